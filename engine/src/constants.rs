@@ -1,0 +1,87 @@
+//! Every limit of the engine, named in one place, with the relations between them proven at
+//! compile time (style.md rule 5). A limit that is not here is a bug.
+
+/// Bytes of the fixed record header (see [`crate::record::RecordHeader`]).
+pub const RECORD_HEADER_BYTES: usize = 56;
+
+/// Largest key, in bytes. Checked on every write before anything is staged.
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+
+/// Largest value, in bytes.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Longest collection name, in bytes (UTF-8).
+pub const COLLECTION_NAME_BYTES_MAX: usize = 128;
+
+/// Most operations in one batch record.
+pub const BATCH_OPERATIONS_MAX: usize = 4096;
+
+/// Largest record body. A batch must fit in it too.
+pub const RECORD_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Largest whole record (header and body).
+pub const RECORD_BYTES_MAX: usize = RECORD_HEADER_BYTES + RECORD_BODY_BYTES_MAX;
+
+/// Largest O_DIRECT alignment the WAL accepts from a file system (`DmaFile::alignment()` is
+/// used at run time; this only bounds it).
+pub const ALIGNMENT_BYTES_MAX: usize = 4096;
+
+/// Bytes at the start of every segment file that hold the segment header; records begin right
+/// after. A whole aligned block, so the header is never rewritten by record writes.
+pub const SEGMENT_HEADER_BYTES: usize = 4096;
+
+/// Smallest segment size accepted from configuration: the header plus two of the largest
+/// records, so that every record fits in a fresh segment.
+pub const SEGMENT_BYTES_MIN: u64 = (SEGMENT_HEADER_BYTES + 2 * RECORD_BYTES_MAX) as u64;
+
+/// Largest segment size accepted from configuration.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+
+/// Default segment size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Most bytes of records staged (appended but not yet written) per partition. A write that would
+/// go past it waits for the group-commit writer: memory per partition stays bounded.
+pub const STAGED_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Largest single write the group-commit writer issues. Also the window within which blocks of
+/// one unsynced write may land out of order on a crash.
+pub const GROUP_WRITE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How far apart (in bytes of WAL) the sparse LSN -> offset index keeps samples.
+pub const LSN_INDEX_STRIDE_BYTES: u64 = 64 * 1024;
+
+/// Bytes read from a segment at a time during recovery and raw reads.
+pub const READ_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Default amount of WAL written since the last snapshot that triggers a new one.
+pub const SNAPSHOT_WAL_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// Entries a snapshot writer copies out of the index before it yields to other tasks, so that
+/// writes keep flowing while a snapshot is taken.
+pub const SNAPSHOT_CHUNK_ENTRIES: usize = 1024;
+
+/// Most partitions an engine may have.
+pub const PARTITIONS_MAX: u32 = 65_536;
+
+/// Default number of partitions.
+pub const PARTITIONS_DEFAULT: u32 = 64;
+
+/// Most requests queued to one shard from other threads before senders wait.
+pub const SHARD_QUEUE_DEPTH_DEFAULT: usize = 4096;
+
+/// Period of every shard's tick timer (design.md section 10: an executor can park with runnable
+/// work; the tick wakes it).
+pub const SHARD_TICK_MS: u64 = 50;
+
+const _: () = assert!(SEGMENT_HEADER_BYTES % ALIGNMENT_BYTES_MAX == 0);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT % ALIGNMENT_BYTES_MAX as u64 == 0);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
+const _: () = assert!(SEGMENT_BYTES_MAX >= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + COLLECTION_NAME_BYTES_MAX + 64 <= RECORD_BODY_BYTES_MAX);
+const _: () = assert!(GROUP_WRITE_BYTES_MAX >= RECORD_BYTES_MAX + ALIGNMENT_BYTES_MAX);
+const _: () = assert!(STAGED_BYTES_MAX >= RECORD_BYTES_MAX);
+const _: () = assert!(GROUP_WRITE_BYTES_MAX % ALIGNMENT_BYTES_MAX == 0);
+const _: () = assert!(READ_CHUNK_BYTES >= RECORD_BYTES_MAX);
+const _: () = assert!(KEY_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(COLLECTION_NAME_BYTES_MAX <= u8::MAX as usize);

@@ -1,0 +1,4 @@
+//! coregrid engine
+pub mod constants;
+pub mod error;
+pub mod record;
