@@ -1,4 +1,14 @@
 //! coregrid engine
 pub mod constants;
 pub mod error;
+pub mod hlc;
+pub mod index;
+pub mod partition;
+pub mod io;
 pub mod record;
+pub mod rt;
+pub mod scan;
+pub mod segment;
+pub mod snapshot;
+pub mod wal;
+pub mod sim;

@@ -1,0 +1,784 @@
+//! A partition on its shard: the WAL, the index, the group-commit writer task and the LSN
+//! waiters.
+//!
+//! Everything here runs on the partition's shard and is `!Send`. A write validates, stages its
+//! record (which assigns the LSN) and applies it to the index in one synchronous step, so
+//! writes are serialized in LSN order and compare-and-set sees every earlier write. It is
+//! acknowledged only after the writer task's `fdatasync` covers its LSN. Reads never answer with
+//! state that is not durable: a read that sees an entry (or an absence) newer than the durable
+//! LSN waits for that LSN first.
+
+use crate::constants::{BATCH_OPERATIONS_MAX, RECORD_BYTES_MAX};
+use crate::error::{EngineError, Result};
+use crate::hlc::Hlc;
+use crate::index::{Entry, Index, ReplaySource};
+use crate::io::Storage;
+use crate::record::{
+    encoded_len, validate_collection_name, validate_key_value, BatchOperation, Operation,
+};
+use crate::rt::{self, Doorbell};
+use crate::snapshot::{self, SnapshotInfo};
+use crate::wal::{self, RawChunk, StageError, Wal, WalPosition};
+use bytes::Bytes;
+use futures::channel::oneshot;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// Identifies a partition.
+pub type PartitionId = u32;
+
+/// State shared by the partitions of one shard: its clock and its health.
+pub struct ShardState {
+    /// The shard's index.
+    pub shard: usize,
+    /// The shard's hybrid logical clock.
+    pub hlc: Hlc,
+    poisoned: RefCell<Option<String>>,
+}
+
+impl ShardState {
+    /// A healthy shard.
+    pub fn new(shard: usize, hlc: Hlc) -> Self {
+        Self {
+            shard,
+            hlc,
+            poisoned: RefCell::new(None),
+        }
+    }
+
+    /// Why the shard stopped taking writes, if it did.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.borrow().clone()
+    }
+
+    fn poison(&self, reason: String) {
+        let mut poisoned = self.poisoned.borrow_mut();
+        if poisoned.is_none() {
+            tracing::error!(shard = self.shard, %reason, "shard poisoned: no more writes until restart");
+            *poisoned = Some(reason);
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        match &*self.poisoned.borrow() {
+            Some(reason) => Err(EngineError::Poisoned {
+                shard: self.shard,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Settings of one partition.
+#[derive(Clone, Copy, Debug)]
+pub struct PartitionConfig {
+    /// Size of each WAL segment file.
+    pub segment_bytes: u64,
+    /// WAL bytes since the last snapshot that trigger a new one (0: never automatically).
+    pub snapshot_wal_bytes: u64,
+}
+
+/// A value with its revision and timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Bytes,
+    /// The key's revision: LSN of the write that set it.
+    pub revision: u64,
+    /// HLC timestamp of that write.
+    pub hlc: u64,
+}
+
+/// A compare-and-set whose expectation did not hold; nothing was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CasMismatch {
+    /// The key's current revision (0: absent).
+    pub current_revision: u64,
+}
+
+/// One write of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchWrite {
+    /// Set a key.
+    Put {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: Bytes,
+        /// Value.
+        value: Bytes,
+    },
+    /// Remove a key.
+    Delete {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: Bytes,
+    },
+}
+
+impl BatchWrite {
+    /// The key written.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Self::Put { key, .. } | Self::Delete { key, .. } => key,
+        }
+    }
+    fn collection(&self) -> &str {
+        match self {
+            Self::Put { collection, .. } | Self::Delete { collection, .. } => collection,
+        }
+    }
+}
+
+/// Counters of one partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// The LSN of the last durable record.
+    pub durable_lsn: u64,
+    /// LSN of the newest snapshot (0: none).
+    pub snapshot_lsn: u64,
+    /// Keys stored.
+    pub keys: u64,
+    /// WAL segment files.
+    pub segments: u64,
+    /// Group commits (flushes) done since open.
+    pub flushes: u64,
+    /// Snapshots taken since open.
+    pub snapshots: u64,
+}
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// A partition on its shard.
+pub struct Partition<S: Storage> {
+    id: PartitionId,
+    config: PartitionConfig,
+    storage: S,
+    shard: Rc<ShardState>,
+    wal: RefCell<Wal<S>>,
+    index: RefCell<Index>,
+    /// Waiters by the LSN whose durability they wait for.
+    waiters: RefCell<BTreeMap<u64, Vec<Waiter>>>,
+    /// Wakes the writer task.
+    writer_bell: Doorbell,
+    /// LSN of the last write that removed keys (a delete or drop): an absent key is reported
+    /// only once that is durable.
+    last_removal_lsn: Cell<u64>,
+    epoch: Cell<u64>,
+    snapshot_lsn: Cell<u64>,
+    snapshot_running: Cell<bool>,
+    wal_bytes_at_snapshot: Cell<u64>,
+    closed: Cell<bool>,
+    flushes: Cell<u64>,
+    snapshots: Cell<u64>,
+}
+
+impl<S: Storage> Partition<S> {
+    /// Opens (recovers) partition `id` from `storage` and starts its writer task on the current
+    /// shard.
+    pub async fn open(
+        id: PartitionId,
+        storage: S,
+        config: PartitionConfig,
+        shard: Rc<ShardState>,
+    ) -> Result<Rc<Self>> {
+        let mut index = Index::default();
+        let (snapshot_lsn, epochs) = snapshot::load_latest(&storage, id, &mut index).await?;
+        let mut max_hlc = 0u64;
+        let mut last_removal_lsn = 0u64;
+        let wal = Wal::open(
+            storage.clone(),
+            id,
+            config.segment_bytes,
+            snapshot_lsn,
+            epochs,
+            |record| {
+                let meta = record.header.meta();
+                max_hlc = max_hlc.max(meta.hlc);
+                if matches!(
+                    record.header.kind(),
+                    crate::record::OperationKind::Delete
+                        | crate::record::OperationKind::DropCollection
+                        | crate::record::OperationKind::Batch
+                ) {
+                    last_removal_lsn = meta.lsn;
+                }
+                index.apply_record(record, ReplaySource::Wal);
+            },
+        )
+        .await?;
+        shard.hlc.observe(max_hlc);
+        let epoch = wal.last_epoch();
+        let partition = Rc::new(Partition {
+            id,
+            config,
+            storage,
+            shard,
+            wal: RefCell::new(wal),
+            index: RefCell::new(index),
+            waiters: RefCell::new(BTreeMap::new()),
+            writer_bell: Doorbell::default(),
+            last_removal_lsn: Cell::new(last_removal_lsn),
+            epoch: Cell::new(epoch),
+            snapshot_lsn: Cell::new(snapshot_lsn),
+            snapshot_running: Cell::new(false),
+            wal_bytes_at_snapshot: Cell::new(0),
+            closed: Cell::new(false),
+            flushes: Cell::new(0),
+            snapshots: Cell::new(0),
+        });
+        rt::spawn_detached(Self::writer_loop(partition.clone()));
+        Ok(partition)
+    }
+
+    /// The partition's id.
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    /// The highest durable LSN.
+    pub fn durable_lsn(&self) -> u64 {
+        self.wal.borrow().durable_lsn()
+    }
+
+    /// The epoch new records are written in.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    /// `(epoch, first_lsn)` for every epoch with records.
+    pub fn epoch_history(&self) -> Vec<(u64, u64)> {
+        self.wal.borrow().epochs().to_vec()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PartitionStats {
+        let wal = self.wal.borrow();
+        PartitionStats {
+            durable_lsn: wal.durable_lsn(),
+            snapshot_lsn: self.snapshot_lsn.get(),
+            keys: self.index.borrow().len() as u64,
+            segments: wal.segment_base_lsns().len() as u64,
+            flushes: self.flushes.get(),
+            snapshots: self.snapshots.get(),
+        }
+    }
+
+    /// The group-commit writer: every record staged while the previous flush ran goes out in
+    /// the next one. One task per partition, so flushes never overlap.
+    async fn writer_loop(partition: Rc<Self>) {
+        loop {
+            partition.writer_bell.wait().await;
+            loop {
+                match wal::flush(&partition.wal).await {
+                    Ok(Some(durable_lsn)) => {
+                        partition.flushes.set(partition.flushes.get() + 1);
+                        partition.complete_waiters(durable_lsn);
+                        partition.maybe_snapshot();
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        partition.shard.poison(format!(
+                            "partition {}: WAL write or sync failed: {error}",
+                            partition.id
+                        ));
+                        partition.fail_waiters();
+                        return;
+                    }
+                }
+            }
+            if partition.closed.get() {
+                return;
+            }
+        }
+    }
+
+    fn complete_waiters(&self, durable_lsn: u64) {
+        let mut waiters = self.waiters.borrow_mut();
+        let later = waiters.split_off(&(durable_lsn + 1));
+        let done = std::mem::replace(&mut *waiters, later);
+        drop(waiters);
+        for sender in done.into_values().flatten() {
+            let _gone = sender.send(Ok(()));
+        }
+    }
+
+    fn fail_waiters(&self) {
+        let reason = self.shard.poisoned().unwrap_or_default();
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for sender in waiters.into_values().flatten() {
+            let _gone = sender.send(Err(reason.clone()));
+        }
+    }
+
+    /// Waits until `lsn` is durable.
+    pub async fn wait_durable(&self, lsn: u64) -> Result<()> {
+        if self.durable_lsn() >= lsn {
+            return Ok(());
+        }
+        self.shard.check()?;
+        let (sender, receiver) = oneshot::channel();
+        self.waiters.borrow_mut().entry(lsn).or_default().push(sender);
+        self.writer_bell.ring();
+        match receiver.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(EngineError::Poisoned {
+                shard: self.shard.shard,
+                reason,
+            }),
+            Err(oneshot::Canceled) => Err(EngineError::ShuttingDown),
+        }
+    }
+
+    /// Stages `operation` once `check` passes against the current state, then lets `apply`
+    /// change the index, all in one synchronous step. Waits (without holding anything) while
+    /// the staging area is full. Returns the record's LSN and HLC timestamp.
+    async fn stage(
+        &self,
+        operation: &Operation<'_>,
+        check: impl Fn(&Index) -> Result<()>,
+        apply: impl FnOnce(&mut Index, u64, u64),
+    ) -> Result<(u64, u64)> {
+        assert!(encoded_len(operation) <= RECORD_BYTES_MAX);
+        loop {
+            if self.closed.get() {
+                return Err(EngineError::ShuttingDown);
+            }
+            self.shard.check()?;
+            check(&self.index.borrow())?;
+            let hlc = self.shard.hlc.now();
+            let staged = self.wal.borrow_mut().stage(self.epoch.get(), hlc, operation);
+            match staged {
+                Ok(lsn) => {
+                    apply(&mut self.index.borrow_mut(), lsn, hlc);
+                    self.writer_bell.ring();
+                    return Ok((lsn, hlc));
+                }
+                Err(StageError::Full) => {
+                    // Wait for the flush in progress, then try again.
+                    let staged_up_to = self.wal.borrow().next_lsn() - 1;
+                    self.wait_durable(staged_up_to).await?;
+                }
+            }
+        }
+    }
+
+    fn require_collection(index: &Index, collection: &str) -> Result<()> {
+        if index.has_collection(collection) {
+            Ok(())
+        } else {
+            Err(EngineError::NoSuchCollection(collection.to_string()))
+        }
+    }
+
+    /// Sets `key` in `collection`; returns the new revision once durable.
+    pub async fn put(&self, collection: &str, key: Bytes, value: Bytes) -> Result<u64> {
+        validate_key_value(&key, Some(&value)).map_err(EngineError::InvalidRequest)?;
+        let operation = Operation::Put {
+            collection,
+            key: &key,
+            value: &value,
+        };
+        let (lsn, _) = self
+            .stage(
+                &operation,
+                |index| Self::require_collection(index, collection),
+                |index, lsn, hlc| {
+                    index.put(
+                        collection,
+                        key.clone(),
+                        Entry {
+                            value: value.clone(),
+                            revision: lsn,
+                            hlc,
+                        },
+                        false,
+                    )
+                },
+            )
+            .await?;
+        self.wait_durable(lsn).await?;
+        Ok(lsn)
+    }
+
+    /// Reads `key`; answers only with durable state.
+    pub async fn get(&self, collection: &str, key: &[u8]) -> Result<Option<Versioned>> {
+        validate_key_value(key, None).map_err(EngineError::InvalidRequest)?;
+        loop {
+            let (found, needs_lsn) = {
+                let index = self.index.borrow();
+                Self::require_collection(&index, collection)?;
+                match index.get(collection, key) {
+                    Some(entry) => (
+                        Some(Versioned {
+                            value: entry.value.clone(),
+                            revision: entry.revision,
+                            hlc: entry.hlc,
+                        }),
+                        entry.revision,
+                    ),
+                    None => (None, self.last_removal_lsn.get()),
+                }
+            };
+            if self.durable_lsn() >= needs_lsn {
+                return Ok(found);
+            }
+            self.wait_durable(needs_lsn).await?;
+        }
+    }
+
+    /// Removes `key`; returns the revision it had, or `None` if it was absent (then nothing is
+    /// written).
+    pub async fn delete(&self, collection: &str, key: &[u8]) -> Result<Option<u64>> {
+        validate_key_value(key, None).map_err(EngineError::InvalidRequest)?;
+        let current = {
+            let index = self.index.borrow();
+            Self::require_collection(&index, collection)?;
+            index.get(collection, key).map(|entry| entry.revision)
+        };
+        let Some(current) = current else {
+            self.wait_durable(self.last_removal_lsn.get()).await?;
+            return Ok(None);
+        };
+        match self
+            .compare_and_set(collection, Bytes::copy_from_slice(key), current, None)
+            .await?
+        {
+            Ok(_) => Ok(Some(current)),
+            // It changed meanwhile: delete whatever is there now.
+            Err(_) => Box::pin(self.delete(collection, key)).await,
+        }
+    }
+
+    /// Writes `value` (or deletes, if `None`) only if the key's revision is `expected_revision`
+    /// (0: the key must be absent). Returns the new revision, or the mismatch.
+    pub async fn compare_and_set(
+        &self,
+        collection: &str,
+        key: Bytes,
+        expected_revision: u64,
+        value: Option<Bytes>,
+    ) -> Result<Result<u64, CasMismatch>> {
+        validate_key_value(&key, value.as_deref()).map_err(EngineError::InvalidRequest)?;
+        let operation = match &value {
+            Some(value) => Operation::Put {
+                collection,
+                key: &key,
+                value,
+            },
+            None => Operation::Delete {
+                collection,
+                key: &key,
+            },
+        };
+        let mismatch = Cell::new(None);
+        let staged = self
+            .stage(
+                &operation,
+                |index| {
+                    Self::require_collection(index, collection)?;
+                    let current = index.get(collection, &key).map_or(0, |entry| entry.revision);
+                    if current != expected_revision {
+                        mismatch.set(Some(current));
+                        return Err(EngineError::InvalidRequest(String::new()));
+                    }
+                    Ok(())
+                },
+                |index, lsn, hlc| match &value {
+                    Some(value) => index.put(
+                        collection,
+                        key.clone(),
+                        Entry {
+                            value: value.clone(),
+                            revision: lsn,
+                            hlc,
+                        },
+                        false,
+                    ),
+                    None => {
+                        index.delete(collection, &key);
+                    }
+                },
+            )
+            .await;
+        if let Some(current_revision) = mismatch.get() {
+            // Answer only from durable state.
+            let needs = if current_revision == 0 {
+                self.last_removal_lsn.get()
+            } else {
+                current_revision
+            };
+            self.wait_durable(needs).await?;
+            return Ok(Err(CasMismatch { current_revision }));
+        }
+        let (lsn, _) = staged?;
+        if value.is_none() {
+            self.last_removal_lsn.set(lsn);
+        }
+        self.wait_durable(lsn).await?;
+        Ok(Ok(lsn))
+    }
+
+    /// Applies every write of `writes` atomically (one record); returns its LSN.
+    pub async fn batch(&self, writes: &[BatchWrite]) -> Result<u64> {
+        if writes.is_empty() || writes.len() > BATCH_OPERATIONS_MAX {
+            return Err(EngineError::InvalidRequest(format!(
+                "a batch holds 1..={BATCH_OPERATIONS_MAX} writes, got {}",
+                writes.len()
+            )));
+        }
+        let mut operations = Vec::with_capacity(writes.len());
+        for write in writes {
+            match write {
+                BatchWrite::Put {
+                    collection,
+                    key,
+                    value,
+                } => {
+                    validate_key_value(key, Some(value)).map_err(EngineError::InvalidRequest)?;
+                    operations.push(BatchOperation::Put {
+                        collection,
+                        key,
+                        value,
+                    });
+                }
+                BatchWrite::Delete { collection, key } => {
+                    validate_key_value(key, None).map_err(EngineError::InvalidRequest)?;
+                    operations.push(BatchOperation::Delete { collection, key });
+                }
+            }
+        }
+        let operation = Operation::Batch(operations);
+        if encoded_len(&operation) > RECORD_BYTES_MAX {
+            return Err(EngineError::InvalidRequest(format!(
+                "batch encodes to {} bytes, over the {RECORD_BYTES_MAX}-byte record limit",
+                encoded_len(&operation)
+            )));
+        }
+        let has_delete = writes.iter().any(|write| matches!(write, BatchWrite::Delete { .. }));
+        let (lsn, _) = self
+            .stage(
+                &operation,
+                |index| {
+                    writes
+                        .iter()
+                        .try_for_each(|write| Self::require_collection(index, write.collection()))
+                },
+                |index, lsn, hlc| {
+                    for write in writes {
+                        match write {
+                            BatchWrite::Put {
+                                collection,
+                                key,
+                                value,
+                            } => index.put(
+                                collection,
+                                key.clone(),
+                                Entry {
+                                    value: value.clone(),
+                                    revision: lsn,
+                                    hlc,
+                                },
+                                false,
+                            ),
+                            BatchWrite::Delete { collection, key } => {
+                                index.delete(collection, key);
+                            }
+                        }
+                    }
+                },
+            )
+            .await?;
+        if has_delete {
+            self.last_removal_lsn.set(lsn);
+        }
+        self.wait_durable(lsn).await?;
+        Ok(lsn)
+    }
+
+    /// Creates a collection in this partition; `CollectionExists` if it is there.
+    pub async fn create_collection(&self, name: &str) -> Result<u64> {
+        validate_collection_name(name).map_err(EngineError::InvalidRequest)?;
+        let staged = self
+            .stage(
+                &Operation::CreateCollection { name },
+                |index| {
+                    if index.has_collection(name) {
+                        Err(EngineError::CollectionExists(name.to_string()))
+                    } else {
+                        Ok(())
+                    }
+                },
+                |index, _, _| {
+                    index.create_collection(name);
+                },
+            )
+            .await;
+        let lsn = match staged {
+            Ok((lsn, _)) => lsn,
+            Err(EngineError::CollectionExists(name)) => {
+                // It exists: answer once its creation is durable.
+                self.wait_durable(self.wal.borrow().next_lsn() - 1).await?;
+                return Err(EngineError::CollectionExists(name));
+            }
+            Err(error) => return Err(error),
+        };
+        self.wait_durable(lsn).await?;
+        Ok(lsn)
+    }
+
+    /// Drops a collection and every key in it.
+    pub async fn drop_collection(&self, name: &str) -> Result<u64> {
+        validate_collection_name(name).map_err(EngineError::InvalidRequest)?;
+        let (lsn, _) = self
+            .stage(
+                &Operation::DropCollection { name },
+                |index| Self::require_collection(index, name),
+                |index, _, _| {
+                    index.drop_collection(name);
+                },
+            )
+            .await?;
+        self.last_removal_lsn.set(lsn);
+        self.wait_durable(lsn).await?;
+        Ok(lsn)
+    }
+
+    /// Starts leadership epoch `epoch` (it must be higher than the current one): writes an
+    /// `EpochStart` record so the epoch history knows the LSN where it began.
+    pub async fn begin_epoch(&self, epoch: u64) -> Result<u64> {
+        if epoch <= self.epoch.get() {
+            return Err(EngineError::InvalidRequest(format!(
+                "epoch {epoch} is not above the current epoch {}",
+                self.epoch.get()
+            )));
+        }
+        self.epoch.set(epoch);
+        let (lsn, _) = self.stage(&Operation::EpochStart, |_| Ok(()), |_, _, _| {}).await?;
+        self.wait_durable(lsn).await?;
+        Ok(lsn)
+    }
+
+    /// Reads up to `max_bytes` of whole durable records at `from`, as they lie on disk.
+    pub async fn read_raw(&self, from: WalPosition, max_bytes: usize) -> Result<RawChunk> {
+        wal::read_raw(&self.wal, from, max_bytes)
+            .await
+            .map_err(|error| EngineError::io(format!("partition {}: raw read", self.id), error))
+    }
+
+    /// Where durable record `lsn` lies, if the WAL still holds it.
+    pub async fn position_of(&self, lsn: u64) -> Result<Option<WalPosition>> {
+        wal::position_of(&self.wal, lsn)
+            .await
+            .map_err(|error| EngineError::io(format!("partition {}: seek", self.id), error))
+    }
+
+    /// Takes a snapshot now (unless one is running) and prunes the WAL it covers.
+    pub async fn snapshot(&self) -> Result<Option<SnapshotInfo>> {
+        if self.snapshot_running.replace(true) {
+            return Ok(None);
+        }
+        let result = self.snapshot_inner().await;
+        self.snapshot_running.set(false);
+        result.map(Some)
+    }
+
+    async fn snapshot_inner(&self) -> Result<SnapshotInfo> {
+        // Everything up to the durable LSN is in the index; staged-but-not-durable writes may be
+        // too, which is harmless: they are newer than the snapshot LSN and replay covers them.
+        let (snapshot_lsn, epochs, bytes_now) = {
+            let wal = self.wal.borrow();
+            let lsn = wal.durable_lsn();
+            let epochs: Vec<(u64, u64)> = wal.epochs().iter().copied().filter(|(_, first)| *first <= lsn).collect();
+            (lsn, epochs, wal.durable_bytes_written())
+        };
+        let io_error = |error| EngineError::io(format!("partition {}: snapshot", self.id), error);
+        let info = snapshot::write_snapshot(&self.storage, self.id, snapshot_lsn, epochs, &self.index)
+            .await
+            .map_err(io_error)?;
+        self.snapshot_lsn.set(snapshot_lsn);
+        self.wal_bytes_at_snapshot.set(bytes_now);
+        self.snapshots.set(self.snapshots.get() + 1);
+        snapshot::remove_older(&self.storage, snapshot_lsn).await.map_err(io_error)?;
+        wal::prune_through(&self.wal, snapshot_lsn).await.map_err(io_error)?;
+        tracing::debug!(partition = self.id, snapshot_lsn, entries = info.entries, "snapshot taken");
+        Ok(info)
+    }
+
+    fn maybe_snapshot(self: &Rc<Self>) {
+        let threshold = self.config.snapshot_wal_bytes;
+        if threshold == 0 || self.snapshot_running.get() {
+            return;
+        }
+        let written = self.wal.borrow().durable_bytes_written() - self.wal_bytes_at_snapshot.get();
+        if written < threshold {
+            return;
+        }
+        let partition = self.clone();
+        rt::spawn_detached(async move {
+            if let Err(error) = partition.snapshot().await {
+                tracing::warn!(partition = partition.id, %error, "snapshot failed; will retry");
+            }
+        });
+    }
+
+    /// Removes every record after `lsn` and rebuilds the state (a deposed leader's tail). Needs
+    /// `lsn` at or above the snapshot LSN.
+    pub async fn truncate_after(self: &Rc<Self>, lsn: u64) -> Result<()> {
+        if lsn < self.snapshot_lsn.get() {
+            return Err(EngineError::TruncateBelowSnapshot {
+                lsn,
+                snapshot_lsn: self.snapshot_lsn.get(),
+            });
+        }
+        // Let every staged write become durable first, so nothing is in flight.
+        let staged_up_to = self.wal.borrow().next_lsn() - 1;
+        self.wait_durable(staged_up_to).await?;
+        wal::truncate_after(&self.wal, lsn)
+            .await
+            .map_err(|error| EngineError::io(format!("partition {}: truncate", self.id), error))?;
+        // Rebuild the index from the snapshot and the WAL that is left.
+        let mut index = Index::default();
+        snapshot::load_latest(&self.storage, self.id, &mut index).await?;
+        let from = self.snapshot_lsn.get() + 1;
+        let mut position = match self.position_of(from).await? {
+            Some(position) => Some(position),
+            None => None,
+        };
+        while let Some(at) = position {
+            let chunk = self.read_raw(at, 4 * 1024 * 1024).await?;
+            if chunk.bytes.is_empty() {
+                break;
+            }
+            let mut used = 0;
+            while used < chunk.bytes.len() {
+                let record = crate::record::RecordRef::validate(&chunk.bytes[used..]).map_err(|error| {
+                    EngineError::Corruption {
+                        file: self.storage.path(""),
+                        offset: at.offset + used as u64,
+                        lsn: 0,
+                        reason: error.to_string(),
+                    }
+                })?;
+                index.apply_record(record, ReplaySource::Wal);
+                used += record.len();
+            }
+            position = Some(chunk.next);
+        }
+        *self.index.borrow_mut() = index;
+        self.epoch.set(self.wal.borrow().last_epoch().max(self.epoch.get()));
+        Ok(())
+    }
+
+    /// Stops the writer task after it has flushed everything staged.
+    pub async fn close(&self) -> Result<()> {
+        let staged_up_to = self.wal.borrow().next_lsn() - 1;
+        let flushed = self.wait_durable(staged_up_to).await;
+        self.closed.set(true);
+        self.writer_bell.ring();
+        flushed
+    }
+}

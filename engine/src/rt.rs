@@ -1,0 +1,328 @@
+//! Every glommio call of the engine lives here (style.md rule 3): glommio 0.9.0 is the last
+//! crates.io release, so if it must be patched or replaced, this is the one module to change.
+//!
+//! What it offers the rest of the engine: shard threads ([`spawn_shard`]), local tasks
+//! ([`spawn_local`]), a doorbell between local tasks ([`Doorbell`]), timers, and
+//! [`DmaStorage`], the production [`Storage`]: files opened with O_DIRECT and written through
+//! io_uring with `DmaFile`.
+
+use crate::error::{EngineError, Result};
+use crate::io::{Storage, StorageFile};
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::future::Future;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Memory each shard registers with io_uring for I/O buffers. Kept below common default
+/// memlock limits (8 MiB) so unprivileged users start; larger buffers fall back to ordinary
+/// aligned allocations.
+pub const SHARD_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
+
+/// The least locked memory glommio accepts per executor.
+pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+
+/// Checks, before any shard starts, that io_uring is enabled and the memlock limit suffices,
+/// and says how to fix what is wrong.
+pub fn check_runtime(shards: usize) -> Result<()> {
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if text.trim() != "0" {
+            let is_root = unsafe { libc::geteuid() } == 0;
+            if text.trim() == "2" || !is_root {
+                return Err(EngineError::Runtime(format!(
+                    "io_uring is disabled on this machine (kernel.io_uring_disabled = {}); \
+                     enable it with `sysctl -w kernel.io_uring_disabled=0`",
+                    text.trim()
+                )));
+            }
+        }
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0 {
+        let has_ipc_lock = unsafe { libc::geteuid() } == 0;
+        let needed = MEMLOCK_BYTES_MIN.max(SHARD_IO_MEMORY_BYTES as u64) * shards as u64;
+        if !has_ipc_lock && limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+            return Err(EngineError::Runtime(format!(
+                "the locked-memory limit is {} KiB but {shards} shard(s) need {} KiB for io_uring; \
+                 raise it with `ulimit -l {}` (shell), `LimitMEMLOCK=infinity` (systemd unit), \
+                 `--ulimit memlock=-1` (docker) or a `memlock` line in /etc/security/limits.conf",
+                limit.rlim_cur / 1024,
+                needed / 1024,
+                needed / 1024
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Turns a glommio executor start error into a message that says how to fix it.
+fn runtime_error(error: glommio::GlommioError<()>) -> EngineError {
+    let text = error.to_string();
+    let hint = if text.contains("memlock") || text.contains("MemLock") {
+        " (raise the memlock limit: `ulimit -l unlimited`, systemd `LimitMEMLOCK=infinity`, docker `--ulimit memlock=-1`)"
+    } else if text.contains("Operation not permitted") || text.contains("Function not implemented") {
+        " (io_uring is unavailable: check `kernel.io_uring_disabled` and the container's seccomp profile)"
+    } else {
+        ""
+    };
+    EngineError::Runtime(format!("{text}{hint}"))
+}
+
+/// Number of CPUs this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|cores| cores.get())
+        .unwrap_or(1)
+}
+
+/// A running shard thread.
+pub struct ShardThread<T: Send + 'static> {
+    handle: glommio::ExecutorJoinHandle<T>,
+}
+
+impl<T: Send + 'static> ShardThread<T> {
+    /// Waits for the shard's main future to end.
+    pub fn join(self) -> Result<T> {
+        self.handle.join().map_err(runtime_error)
+    }
+}
+
+/// Starts shard `shard` on a thread of its own running a glommio executor, pinned to `cpu` if
+/// given, and runs `main` on it.
+pub fn spawn_shard<G, F, T>(shard: usize, cpu: Option<usize>, main: G) -> Result<ShardThread<T>>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let placement = match cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
+    };
+    let handle = LocalExecutorBuilder::new(placement)
+        .name(&format!("coregrid-shard-{shard}"))
+        .io_memory(SHARD_IO_MEMORY_BYTES)
+        .spawn(main)
+        .map_err(runtime_error)?;
+    Ok(ShardThread { handle })
+}
+
+/// Runs `main` on a fresh, unpinned executor on the calling thread (tests, tools).
+pub fn run_local<F, T>(main: impl FnOnce() -> F) -> T
+where
+    F: Future<Output = T>,
+{
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(SHARD_IO_MEMORY_BYTES)
+        .make()
+        .expect("start a local glommio executor (io_uring and memlock needed)");
+    executor.run(main())
+}
+
+/// A task on the current shard.
+pub type Task<T> = glommio::Task<T>;
+
+/// Spawns a task on the current shard.
+pub fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
+    glommio::spawn_local(future)
+}
+
+/// Spawns a task that runs to its end on its own.
+pub fn spawn_detached(future: impl Future<Output = ()> + 'static) {
+    glommio::spawn_local(future).detach();
+}
+
+/// Yields to other tasks of the shard if this one has used up its time slice.
+pub async fn yield_if_needed() {
+    glommio::yield_if_needed().await;
+}
+
+/// Sleeps on the shard's timer.
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await;
+}
+
+/// One-slot wake-up between tasks of one shard: `ring` never blocks and coalesces; `wait`
+/// returns once rung at least once since the last `wait`.
+#[derive(Clone)]
+pub struct Doorbell {
+    sender: Rc<glommio::channels::local_channel::LocalSender<()>>,
+    receiver: Rc<glommio::channels::local_channel::LocalReceiver<()>>,
+}
+
+impl Default for Doorbell {
+    fn default() -> Self {
+        let (sender, receiver) = glommio::channels::local_channel::new_bounded(1);
+        Self {
+            sender: Rc::new(sender),
+            receiver: Rc::new(receiver),
+        }
+    }
+}
+
+impl Doorbell {
+    /// Rings; a ring while one is pending is absorbed.
+    pub fn ring(&self) {
+        let _already_pending = self.sender.try_send(());
+    }
+    /// Waits for a ring.
+    pub async fn wait(&self) {
+        let _ = self.receiver.recv().await;
+    }
+}
+
+/// The production storage: a directory of O_DIRECT files.
+#[derive(Clone)]
+pub struct DmaStorage {
+    dir: Rc<PathBuf>,
+}
+
+impl DmaStorage {
+    /// A storage over `dir`, created if missing.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: Rc::new(dir.to_path_buf()),
+        })
+    }
+}
+
+/// An O_DIRECT file.
+pub struct DmaStorageFile {
+    file: DmaFile,
+}
+
+/// An aligned buffer from glommio's allocator.
+pub struct DmaBuf(DmaBuffer);
+
+impl Deref for DmaBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+impl DerefMut for DmaBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0.as_bytes_mut()
+    }
+}
+
+/// Bytes read from an O_DIRECT file.
+pub struct DmaRead(ReadResult);
+
+impl Deref for DmaRead {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Storage for DmaStorage {
+    type File = DmaStorageFile;
+
+    async fn create(&self, name: &str, size_bytes: u64) -> io::Result<DmaStorageFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(self.dir.join(name))
+            .await?;
+        if size_bytes > 0 {
+            file.pre_allocate(size_bytes, false).await?;
+        }
+        Ok(DmaStorageFile { file })
+    }
+
+    async fn open(&self, name: &str) -> io::Result<DmaStorageFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(self.dir.join(name))
+            .await?;
+        Ok(DmaStorageFile { file })
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&*self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        glommio::io::remove(self.dir.join(name)).await?;
+        Ok(())
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        glommio::io::rename(self.dir.join(from), self.dir.join(to)).await?;
+        Ok(())
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        let dir = glommio::io::Directory::open(&*self.dir).await?;
+        dir.sync().await?;
+        dir.close().await?;
+        Ok(())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl StorageFile for DmaStorageFile {
+    type Buffer = DmaBuf;
+    type Read = DmaRead;
+
+    fn alignment(&self) -> usize {
+        self.file.alignment() as usize
+    }
+
+    fn alloc_buffer(&self, len: usize) -> DmaBuf {
+        assert_eq!(len % self.alignment(), 0, "unaligned buffer");
+        let mut buffer = self.file.alloc_dma_buffer(len);
+        buffer.as_bytes_mut().fill(0);
+        DmaBuf(buffer)
+    }
+
+    async fn write_at(&self, buffer: DmaBuf, offset: u64) -> io::Result<()> {
+        assert_eq!(offset % self.alignment() as u64, 0, "unaligned write");
+        let len = buffer.len();
+        let written = self.file.write_at(buffer.0, offset).await?;
+        if written != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes at {offset}"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<DmaRead> {
+        Ok(DmaRead(self.file.read_at(offset, len).await?))
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.file.fdatasync().await?;
+        Ok(())
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        Ok(self.file.file_size().await?)
+    }
+}

@@ -1,0 +1,238 @@
+//! Recovery's decisions about a partition's WAL, as a pure function over segment images
+//! (style.md rules 1 and 10): which records are the log, where it ends, what is a torn tail to
+//! cut off and what is corruption to refuse.
+//!
+//! The rule. Scanning stops at the first position that is not the next valid record (zero
+//! header, failed crc, wrong LSN, epoch going backwards, no room left in the segment). Then:
+//! - if any valid record *after* that position has `durable_lsn` at or past the LSN expected
+//!   there, the missing record had been made durable before that later record was staged:
+//!   this is **corruption**, reported with file, offset and LSN, and the partition refuses to
+//!   open;
+//! - otherwise, if the segment simply ran out (zeros or no room) and the next segment starts at
+//!   the expected LSN, the log continues there (a segment roll);
+//! - otherwise this is the **end of the log**: everything after it was never acknowledged (no
+//!   sync covered it), so it is cut off: later segments are removed and the rest of this
+//!   segment is zeroed.
+//!
+//! What this cannot tell apart: a bit flip inside the very last synced group (no later record
+//! vouches for it) looks like a torn write and is cut off. Every WAL that commits a group
+//! with one write and one sync has this window; docs/storage.md says so.
+
+use crate::constants::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::record::{RecordError, RecordRef, RECORD_MAGIC};
+use crate::segment::SegmentHeader;
+
+/// One segment file's bytes, as read at recovery.
+pub struct SegmentImage<'a> {
+    /// Base LSN from the file name.
+    pub base_lsn: u64,
+    /// The whole file.
+    pub bytes: &'a [u8],
+}
+
+/// A segment that is part of the recovered log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedSegment {
+    /// Index into the input.
+    pub index: usize,
+    /// LSN of the first record.
+    pub base_lsn: u64,
+    /// Offset just past the last valid record.
+    pub end_offset: u64,
+    /// LSN of the last record, or `base_lsn - 1` if it holds none.
+    pub last_lsn: u64,
+    /// Sparse `(lsn, offset)` samples for seeking.
+    pub samples: Vec<(u64, u64)>,
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOutcome {
+    /// Segments that hold the log, in order.
+    pub segments: Vec<ScannedSegment>,
+    /// Input indexes of segments past the end of the log, to remove.
+    pub remove: Vec<usize>,
+    /// `(input index, from, to)`: bytes of the last kept segment to zero (a torn tail).
+    pub zero: Option<(usize, u64, u64)>,
+    /// The LSN the next append gets.
+    pub next_lsn: u64,
+}
+
+/// A bad record before the tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanCorruption {
+    /// Input index of the segment.
+    pub index: usize,
+    /// Offset of the bad record in it.
+    pub offset: u64,
+    /// The LSN expected there.
+    pub lsn: u64,
+    /// What was wrong, and the evidence that it had been durable.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Zeros or no room for a header: the segment may simply have been rolled.
+    RanOut,
+    /// Anything else.
+    Bad,
+}
+
+/// Scans `segments` (sorted by base LSN, the first one starting at or before `first_lsn`),
+/// calling `visit` for each valid record with LSN `>= first_lsn`, in order.
+///
+/// `sample_stride_bytes` sets how often `(lsn, offset)` samples are taken.
+pub fn scan(
+    segments: &[SegmentImage<'_>],
+    partition: u32,
+    first_lsn: u64,
+    sample_stride_bytes: u64,
+    mut visit: impl FnMut(RecordRef<'_>),
+) -> Result<ScanOutcome, ScanCorruption> {
+    let mut outcome = ScanOutcome {
+        segments: Vec::new(),
+        remove: Vec::new(),
+        zero: None,
+        next_lsn: first_lsn,
+    };
+    let Some(first) = segments.first() else {
+        return Ok(outcome);
+    };
+    if first.base_lsn > first_lsn {
+        return Err(ScanCorruption {
+            index: 0,
+            offset: 0,
+            lsn: first_lsn,
+            reason: format!(
+                "the WAL starts at LSN {} but LSN {first_lsn} is the first one needed",
+                first.base_lsn
+            ),
+        });
+    }
+    let mut expected = first.base_lsn;
+    let mut last_epoch = 0u64;
+    for (index, segment) in segments.iter().enumerate() {
+        let bytes = segment.bytes;
+        let header_ok = SegmentHeader::read(bytes).filter(|header| {
+            header.base_lsn() == segment.base_lsn
+                && header.partition() == partition
+                && header.base_lsn() == expected
+        });
+        let (stop_offset, stop, reason, scanned) = if header_ok.is_none() {
+            (0u64, Stop::Bad, "bad segment header".to_string(), None)
+        } else {
+            let mut scanned = ScannedSegment {
+                index,
+                base_lsn: segment.base_lsn,
+                end_offset: SEGMENT_HEADER_BYTES as u64,
+                last_lsn: segment.base_lsn - 1,
+                samples: Vec::new(),
+            };
+            let mut offset = SEGMENT_HEADER_BYTES;
+            let mut next_sample = 0u64;
+            let (stop, reason) = loop {
+                if offset + RECORD_HEADER_BYTES > bytes.len() {
+                    break (Stop::RanOut, "end of segment".to_string());
+                }
+                match RecordRef::validate(&bytes[offset..]) {
+                    Ok(record) => {
+                        let meta = record.header.meta();
+                        if meta.lsn != expected {
+                            break (
+                                Stop::Bad,
+                                format!("record has LSN {} where {expected} belongs", meta.lsn),
+                            );
+                        }
+                        if meta.epoch < last_epoch {
+                            break (
+                                Stop::Bad,
+                                format!("epoch {} after epoch {last_epoch}", meta.epoch),
+                            );
+                        }
+                        if offset as u64 >= next_sample {
+                            scanned.samples.push((meta.lsn, offset as u64));
+                            next_sample = offset as u64 + sample_stride_bytes;
+                        }
+                        last_epoch = meta.epoch;
+                        if meta.lsn >= first_lsn {
+                            visit(record);
+                        }
+                        expected += 1;
+                        offset += record.len();
+                        scanned.end_offset = offset as u64;
+                        scanned.last_lsn = meta.lsn;
+                    }
+                    Err(RecordError::ZeroHeader) => break (Stop::RanOut, "zero header".into()),
+                    Err(error) => break (Stop::Bad, error.to_string()),
+                }
+            };
+            (offset as u64, stop, reason, Some(scanned))
+        };
+
+        if let Some((at_index, at_offset, durable_lsn)) =
+            find_evidence(segments, index, stop_offset as usize + 1, expected)
+        {
+            return Err(ScanCorruption {
+                index,
+                offset: stop_offset,
+                lsn: expected,
+                reason: format!(
+                    "{reason}, yet the valid record at offset {at_offset} of segment {} \
+                     was written after LSN {durable_lsn} was durable",
+                    segments[at_index].base_lsn
+                ),
+            });
+        }
+        let rolls_on = stop == Stop::RanOut
+            && segments
+                .get(index + 1)
+                .and_then(|next| SegmentHeader::read(next.bytes))
+                .is_some_and(|next| next.base_lsn() == expected);
+        if let Some(scanned) = scanned {
+            outcome.segments.push(scanned);
+        }
+        if rolls_on {
+            continue;
+        }
+        // The end of the log.
+        if header_ok.is_none() {
+            outcome.remove.push(index);
+        } else if let Some(last_nonzero) = bytes.iter().rposition(|&byte| byte != 0) {
+            if last_nonzero as u64 >= stop_offset {
+                outcome.zero = Some((index, stop_offset, last_nonzero as u64 + 1));
+            }
+        }
+        outcome.remove.extend(index + 1..segments.len());
+        break;
+    }
+    outcome.next_lsn = expected.max(first_lsn);
+    Ok(outcome)
+}
+
+/// Looks past `from` in segment `index`, and in every later segment, for a valid record whose
+/// `durable_lsn` is at least `lsn`. Returns `(segment index, offset, durable_lsn)`.
+fn find_evidence(
+    segments: &[SegmentImage<'_>],
+    index: usize,
+    from: usize,
+    lsn: u64,
+) -> Option<(usize, u64, u64)> {
+    let magic = RECORD_MAGIC.to_le_bytes();
+    for (at_index, segment) in segments.iter().enumerate().skip(index) {
+        let start = if at_index == index { from } else { 0 };
+        let Some(haystack) = segment.bytes.get(start..) else {
+            continue;
+        };
+        for hit in memchr::memmem::find_iter(haystack, &magic) {
+            let offset = start + hit;
+            if let Ok(record) = RecordRef::validate(&segment.bytes[offset..]) {
+                let durable_lsn = record.header.meta().durable_lsn;
+                if durable_lsn >= lsn {
+                    return Some((at_index, offset as u64, durable_lsn));
+                }
+            }
+        }
+    }
+    None
+}

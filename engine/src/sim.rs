@@ -1,0 +1,385 @@
+//! A simulated disk for tests (style.md rule 2): an in-memory directory whose files know which
+//! bytes were written and which are durable.
+//!
+//! Every write lands in the file's volatile image; `sync` copies it to the durable image.
+//! Directory changes (create, rename, remove) are durable only after `sync_dir`. [`SimDisk::crash`]
+//! returns what a machine would find after a power cut: the durable images plus, chosen by a
+//! seeded PRNG, some of the unsynced sectors (torn writes, reordered blocks) or none of them.
+//! [`SimDisk::crash_at_sync`] freezes the disk at the n-th sync: that sync and every later
+//! operation fail, as if power went out at that moment.
+
+use crate::io::{Storage, StorageFile};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// Sector size of the simulated device: the unit in which unsynced data survives or not.
+pub const SIM_SECTOR_BYTES: usize = 512;
+
+#[derive(Clone, Default)]
+struct SimFile {
+    volatile: Vec<u8>,
+    durable: Vec<u8>,
+    /// Sectors written since the last sync.
+    dirty_sectors: BTreeSet<usize>,
+}
+
+#[derive(Clone, Default)]
+struct SimState {
+    /// Files by inode number.
+    inodes: BTreeMap<u64, SimFile>,
+    next_inode: u64,
+    /// The directory as processes see it.
+    names: BTreeMap<String, u64>,
+    /// The directory as it would be found after a crash.
+    durable_names: BTreeMap<String, u64>,
+    syncs: u64,
+    crash_at_sync: Option<u64>,
+    frozen: Option<Box<SimState>>,
+    fail_writes_after: Option<u64>,
+    writes: u64,
+}
+
+/// How a crash treats unsynced sectors.
+#[derive(Clone, Copy, Debug)]
+pub enum CrashMode {
+    /// Every unsynced sector is lost.
+    LoseUnsynced,
+    /// Every unsynced sector survives.
+    KeepUnsynced,
+    /// Each unsynced sector survives or not by a coin flip from this seed; surviving sectors
+    /// may also come back zeroed (an unwritten extent).
+    Torn(u64),
+}
+
+/// An in-memory directory. Clones share the same state.
+#[derive(Clone, Default)]
+pub struct SimDisk {
+    state: Rc<RefCell<SimState>>,
+    prefix: String,
+}
+
+fn powered_off() -> io::Error {
+    io::Error::other("simulated power loss")
+}
+
+impl SimDisk {
+    /// An empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A view of the same disk where every name is prefixed by `dir/` (a subdirectory).
+    pub fn subdir(&self, dir: &str) -> Self {
+        Self {
+            state: self.state.clone(),
+            prefix: format!("{}{dir}/", self.prefix),
+        }
+    }
+
+    /// Number of file syncs so far.
+    pub fn syncs(&self) -> u64 {
+        self.state.borrow().syncs
+    }
+
+    /// The `n`-th file sync (1-based) and every operation after it fail; [`SimDisk::crash`]
+    /// then starts from the state just before that sync.
+    pub fn crash_at_sync(&self, n: u64) {
+        self.state.borrow_mut().crash_at_sync = Some(n);
+    }
+
+    /// Every write after the first `n` fails with EIO (the disk stays powered).
+    pub fn fail_writes_after(&self, n: u64) {
+        self.state.borrow_mut().fail_writes_after = Some(n);
+    }
+
+    /// Whether the disk froze at its crash point.
+    pub fn is_frozen(&self) -> bool {
+        self.state.borrow().frozen.is_some()
+    }
+
+    /// What a restarted machine finds: a new disk with the durable state and, per `mode`,
+    /// some unsynced sectors.
+    pub fn crash(&self, mode: CrashMode) -> SimDisk {
+        let source = {
+            let state = self.state.borrow();
+            state
+                .frozen
+                .as_deref()
+                .cloned()
+                .unwrap_or_else(|| state.clone())
+        };
+        let mut rng = match mode {
+            CrashMode::Torn(seed) => seed | 1,
+            _ => 1,
+        };
+        let mut next = || {
+            // xorshift64*: deterministic per seed
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let mut after = SimState {
+            next_inode: source.next_inode,
+            ..SimState::default()
+        };
+        for (name, inode) in &source.durable_names {
+            let file = &source.inodes[inode];
+            let mut durable = file.durable.clone();
+            for &sector in &file.dirty_sectors {
+                let keep = match mode {
+                    CrashMode::LoseUnsynced => false,
+                    CrashMode::KeepUnsynced => true,
+                    CrashMode::Torn(_) => next() % 2 == 0,
+                };
+                if !keep {
+                    continue;
+                }
+                let start = sector * SIM_SECTOR_BYTES;
+                let end = (start + SIM_SECTOR_BYTES).min(file.volatile.len());
+                if durable.len() < end {
+                    durable.resize(end, 0);
+                }
+                if matches!(mode, CrashMode::Torn(_)) && next() % 4 == 0 {
+                    durable[start..end].fill(0);
+                } else {
+                    durable[start..end].copy_from_slice(&file.volatile[start..end]);
+                }
+            }
+            after.inodes.insert(
+                *inode,
+                SimFile {
+                    volatile: durable.clone(),
+                    durable,
+                    dirty_sectors: BTreeSet::new(),
+                },
+            );
+            after.names.insert(name.clone(), *inode);
+            after.durable_names.insert(name.clone(), *inode);
+        }
+        SimDisk {
+            state: Rc::new(RefCell::new(after)),
+            prefix: String::new(),
+        }
+    }
+
+    /// Reads a whole file as the running process sees it (for tests that corrupt bytes).
+    pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        let state = self.state.borrow();
+        let inode = state.names.get(&format!("{}{name}", self.prefix))?;
+        Some(state.inodes[inode].volatile.clone())
+    }
+
+    /// Replaces a file's bytes, durably (for tests that corrupt bytes between runs).
+    pub fn set_file_bytes(&self, name: &str, bytes: Vec<u8>) {
+        let mut state = self.state.borrow_mut();
+        let inode = state.names[&format!("{}{name}", self.prefix)];
+        let file = state.inodes.get_mut(&inode).expect("inode");
+        file.volatile = bytes.clone();
+        file.durable = bytes;
+        file.dirty_sectors.clear();
+    }
+
+    fn check_power(&self) -> io::Result<()> {
+        if self.state.borrow().frozen.is_some() {
+            return Err(powered_off());
+        }
+        Ok(())
+    }
+
+    fn full(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+/// A file of a [`SimDisk`].
+pub struct SimHandle {
+    disk: SimDisk,
+    inode: u64,
+}
+
+/// A plain byte buffer standing in for an aligned DMA buffer.
+pub struct SimBuffer(Vec<u8>);
+
+impl Deref for SimBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+impl DerefMut for SimBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Storage for SimDisk {
+    type File = SimHandle;
+
+    async fn create(&self, name: &str, size_bytes: u64) -> io::Result<SimHandle> {
+        self.check_power()?;
+        let mut state = self.state.borrow_mut();
+        let inode = state.next_inode;
+        state.next_inode += 1;
+        state.inodes.insert(
+            inode,
+            SimFile {
+                volatile: vec![0; size_bytes as usize],
+                // Preallocation is metadata: durable at once here, as a file system's fallocate
+                // is once the file's metadata is synced; the directory entry is not.
+                durable: vec![0; size_bytes as usize],
+                dirty_sectors: BTreeSet::new(),
+            },
+        );
+        state.names.insert(self.full(name), inode);
+        Ok(SimHandle {
+            disk: self.clone(),
+            inode,
+        })
+    }
+
+    async fn open(&self, name: &str) -> io::Result<SimHandle> {
+        self.check_power()?;
+        let state = self.state.borrow();
+        let inode = *state
+            .names
+            .get(&self.full(name))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
+        Ok(SimHandle {
+            disk: self.clone(),
+            inode,
+        })
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.check_power()?;
+        let state = self.state.borrow();
+        Ok(state
+            .names
+            .keys()
+            .filter_map(|name| name.strip_prefix(&self.prefix))
+            .filter(|name| !name.contains('/'))
+            .map(str::to_string)
+            .collect())
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        self.check_power()?;
+        let mut state = self.state.borrow_mut();
+        state
+            .names
+            .remove(&self.full(name))
+            .map(|_| ())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.check_power()?;
+        let mut state = self.state.borrow_mut();
+        let inode = state
+            .names
+            .remove(&self.full(from))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, from.to_string()))?;
+        state.names.insert(self.full(to), inode);
+        Ok(())
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        self.check_power()?;
+        let mut state = self.state.borrow_mut();
+        let prefix = self.prefix.clone();
+        state.durable_names.retain(|name, _| {
+            !(name.starts_with(&prefix) && !name[prefix.len()..].contains('/'))
+        });
+        let own: Vec<(String, u64)> = state
+            .names
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix) && !name[prefix.len()..].contains('/'))
+            .map(|(name, inode)| (name.clone(), *inode))
+            .collect();
+        state.durable_names.extend(own);
+        Ok(())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("sim:/{}", self.full(name)))
+    }
+}
+
+impl StorageFile for SimHandle {
+    type Buffer = SimBuffer;
+    type Read = Vec<u8>;
+
+    fn alignment(&self) -> usize {
+        SIM_SECTOR_BYTES
+    }
+
+    fn alloc_buffer(&self, len: usize) -> SimBuffer {
+        assert_eq!(len % SIM_SECTOR_BYTES, 0, "unaligned buffer");
+        SimBuffer(vec![0; len])
+    }
+
+    async fn write_at(&self, buffer: SimBuffer, offset: u64) -> io::Result<()> {
+        self.disk.check_power()?;
+        let mut state = self.disk.state.borrow_mut();
+        state.writes += 1;
+        if let Some(limit) = state.fail_writes_after {
+            if state.writes > limit {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+        let offset = offset as usize;
+        assert_eq!(offset % SIM_SECTOR_BYTES, 0, "unaligned write offset");
+        assert_eq!(buffer.len() % SIM_SECTOR_BYTES, 0, "unaligned write length");
+        let file = state.inodes.get_mut(&self.inode).expect("inode");
+        let end = offset + buffer.len();
+        if file.volatile.len() < end {
+            file.volatile.resize(end, 0);
+        }
+        file.volatile[offset..end].copy_from_slice(&buffer);
+        for sector in offset / SIM_SECTOR_BYTES..end / SIM_SECTOR_BYTES {
+            file.dirty_sectors.insert(sector);
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.disk.check_power()?;
+        let state = self.disk.state.borrow();
+        let file = &state.inodes[&self.inode];
+        let start = (offset as usize).min(file.volatile.len());
+        let end = (start + len).min(file.volatile.len());
+        Ok(file.volatile[start..end].to_vec())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.disk.check_power()?;
+        let mut state = self.disk.state.borrow_mut();
+        state.syncs += 1;
+        if state.crash_at_sync == Some(state.syncs) {
+            let mut image = state.clone();
+            image.frozen = None;
+            state.frozen = Some(Box::new(image));
+            return Err(powered_off());
+        }
+        let file = state.inodes.get_mut(&self.inode).expect("inode");
+        if file.durable.len() < file.volatile.len() {
+            file.durable.resize(file.volatile.len(), 0);
+        }
+        for sector in std::mem::take(&mut file.dirty_sectors) {
+            let start = sector * SIM_SECTOR_BYTES;
+            let end = (start + SIM_SECTOR_BYTES).min(file.volatile.len());
+            file.durable[start..end].copy_from_slice(&file.volatile[start..end]);
+        }
+        Ok(())
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        self.disk.check_power()?;
+        Ok(self.disk.state.borrow().inodes[&self.inode].volatile.len() as u64)
+    }
+}

@@ -1,0 +1,282 @@
+//! Snapshots: a partition's whole state at an LSN, so restart replays only the WAL after it and
+//! older segments can be deleted.
+//!
+//! A snapshot is *fuzzy*: it is taken while writes go on. It records `snapshot_lsn` (every
+//! record up to it is reflected), then copies the index in key order a chunk at a time,
+//! yielding between chunks. Entries copied later may already carry newer writes; because
+//! applying records is absolute and idempotent (see [`crate::index`]), replaying the WAL from
+//! `snapshot_lsn + 1` over it yields exactly the state at the end of the log.
+//!
+//! File format: the record format of the WAL, in a file `<snapshot_lsn>.snap`: a `SnapshotBegin`
+//! record (partition, LSN, epoch history), a `CreateCollection` record per collection, a `Put`
+//! record per key (its LSN field is the key's revision), and a `SnapshotEnd` record with the
+//! count. It is written to `.snap.tmp`, synced, renamed and the directory synced: a `.snap`
+//! file is always whole, so a bad one is corruption, never a torn write.
+
+use crate::constants::{READ_CHUNK_BYTES, RECORD_HEADER_BYTES, SNAPSHOT_CHUNK_ENTRIES};
+use crate::error::{EngineError, Result};
+use crate::index::{Index, ReplaySource};
+use crate::io::{Storage, StorageFile};
+use crate::record::{encode_record, Operation, RecordHeader, RecordMeta, RecordRef};
+use crate::rt;
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::io;
+
+/// File name suffix of snapshots.
+pub const SNAPSHOT_SUFFIX: &str = ".snap";
+const TMP_SUFFIX: &str = ".snap.tmp";
+/// Bytes buffered before a snapshot write is issued.
+const SNAPSHOT_WRITE_BYTES: usize = 1024 * 1024;
+const BLOCK: usize = crate::constants::ALIGNMENT_BYTES_MAX;
+
+/// File name of the snapshot at `lsn`.
+pub fn snapshot_name(lsn: u64) -> String {
+    format!("{lsn:020}{SNAPSHOT_SUFFIX}")
+}
+
+fn parse_snapshot_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SNAPSHOT_SUFFIX)?;
+    (digits.len() == 20 && digits.bytes().all(|byte| byte.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// What a written snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Records up to this LSN are reflected.
+    pub snapshot_lsn: u64,
+    /// Entries (keys) written.
+    pub entries: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+}
+
+/// Writes a snapshot of `index` at `snapshot_lsn`, yielding between chunks so the shard keeps
+/// serving. Returns once the snapshot is durable under its final name.
+pub async fn write_snapshot<S: Storage>(
+    storage: &S,
+    partition: u32,
+    snapshot_lsn: u64,
+    epochs: Vec<(u64, u64)>,
+    index: &RefCell<Index>,
+) -> io::Result<SnapshotInfo> {
+    let tmp = format!("{snapshot_lsn:020}{TMP_SUFFIX}");
+    let file = storage.create(&tmp, 0).await?;
+    let mut writer = SnapshotWriter {
+        file,
+        buffer: Vec::with_capacity(2 * SNAPSHOT_WRITE_BYTES),
+        written: 0,
+        records: 0,
+    };
+    let meta = |lsn| RecordMeta {
+        lsn,
+        epoch: 0,
+        hlc: 0,
+        durable_lsn: 0,
+    };
+    writer.push(
+        meta(snapshot_lsn),
+        &Operation::SnapshotBegin {
+            partition,
+            snapshot_lsn,
+            epochs,
+        },
+    );
+    let collections = index.borrow().collection_names();
+    for name in &collections {
+        writer.push(meta(snapshot_lsn), &Operation::CreateCollection { name });
+    }
+    let mut entries = 0u64;
+    let mut cursor: Option<(String, Bytes)> = None;
+    loop {
+        let chunk = index
+            .borrow()
+            .entries_after(cursor.as_ref(), SNAPSHOT_CHUNK_ENTRIES);
+        let Some((collection, key, _)) = chunk.last() else {
+            break;
+        };
+        cursor = Some((collection.clone(), key.clone()));
+        for (collection, key, entry) in &chunk {
+            writer.push(
+                RecordMeta {
+                    lsn: entry.revision,
+                    epoch: 0,
+                    hlc: entry.hlc,
+                    durable_lsn: 0,
+                },
+                &Operation::Put {
+                    collection,
+                    key,
+                    value: &entry.value,
+                },
+            );
+            entries += 1;
+        }
+        writer.write_full_blocks().await?;
+        rt::yield_if_needed().await;
+    }
+    let records = writer.records;
+    writer.push(meta(snapshot_lsn), &Operation::SnapshotEnd { records });
+    let bytes = writer.finish().await?;
+    storage.rename(&tmp, &snapshot_name(snapshot_lsn)).await?;
+    storage.sync_dir().await?;
+    Ok(SnapshotInfo {
+        snapshot_lsn,
+        entries,
+        bytes,
+    })
+}
+
+struct SnapshotWriter<F: StorageFile> {
+    file: F,
+    buffer: Vec<u8>,
+    written: u64,
+    records: u64,
+}
+
+impl<F: StorageFile> SnapshotWriter<F> {
+    fn push(&mut self, meta: RecordMeta, operation: &Operation<'_>) {
+        encode_record(&mut self.buffer, meta, operation);
+        self.records += 1;
+    }
+
+    async fn write_full_blocks(&mut self) -> io::Result<()> {
+        if self.buffer.len() < SNAPSHOT_WRITE_BYTES {
+            return Ok(());
+        }
+        let full = self.buffer.len() - self.buffer.len() % BLOCK;
+        let mut out = self.file.alloc_buffer(full);
+        out.copy_from_slice(&self.buffer[..full]);
+        self.file.write_at(out, self.written).await?;
+        self.written += full as u64;
+        self.buffer.drain(..full);
+        Ok(())
+    }
+
+    async fn finish(self) -> io::Result<u64> {
+        let len = self.buffer.len().div_ceil(BLOCK) * BLOCK;
+        if len > 0 {
+            let mut out = self.file.alloc_buffer(len);
+            out[..self.buffer.len()].copy_from_slice(&self.buffer);
+            self.file.write_at(out, self.written).await?;
+        }
+        let total = self.written + self.buffer.len() as u64;
+        self.file.sync().await?;
+        Ok(total)
+    }
+}
+
+/// Loads the newest snapshot into `index`. Returns its LSN and epoch history, or `(0, [])`
+/// if there is none. Leftover temporary files are removed; a bad `.snap` is corruption.
+pub async fn load_latest<S: Storage>(
+    storage: &S,
+    partition: u32,
+    index: &mut Index,
+) -> Result<(u64, Vec<(u64, u64)>)> {
+    let names = storage
+        .list()
+        .map_err(|error| EngineError::io(format!("list {:?}", storage.path("")), error))?;
+    for name in names.iter().filter(|name| name.ends_with(TMP_SUFFIX)) {
+        storage
+            .remove(name)
+            .await
+            .map_err(|error| EngineError::io(format!("remove {:?}", storage.path(name)), error))?;
+    }
+    let Some(lsn) = names.iter().filter_map(|name| parse_snapshot_name(name)).max() else {
+        return Ok((0, Vec::new()));
+    };
+    let name = snapshot_name(lsn);
+    let path = storage.path(&name);
+    let corrupt = |offset: u64, reason: String| EngineError::Corruption {
+        file: path.clone(),
+        offset,
+        lsn,
+        reason,
+    };
+    let file = storage
+        .open(&name)
+        .await
+        .map_err(|error| EngineError::io(format!("open {path:?}"), error))?;
+    let size = file
+        .size()
+        .await
+        .map_err(|error| EngineError::io(format!("stat {path:?}"), error))?;
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut buffer_offset = 0u64; // file offset of buffer[0]
+    let mut read_offset = 0u64;
+    let mut begin: Option<Vec<(u64, u64)>> = None;
+    let mut records = 0u64;
+    loop {
+        // Parse every whole record in the buffer.
+        let mut used = 0usize;
+        while buffer.len() - used >= RECORD_HEADER_BYTES {
+            let at = buffer_offset + used as u64;
+            let header = match RecordHeader::validate(&buffer[used..]) {
+                Ok(header) => header,
+                Err(error) => return Err(corrupt(at, error.to_string())),
+            };
+            if buffer.len() - used < header.record_len() {
+                break;
+            }
+            let record = RecordRef::validate(&buffer[used..]).map_err(|error| corrupt(at, error.to_string()))?;
+            let operation = record.operation().map_err(|error| corrupt(at, error.to_string()))?;
+            match (&begin, operation) {
+                (
+                    None,
+                    Operation::SnapshotBegin {
+                        partition: owner,
+                        snapshot_lsn,
+                        epochs,
+                    },
+                ) => {
+                    if owner != partition || snapshot_lsn != lsn {
+                        return Err(corrupt(at, format!("snapshot of partition {owner} at LSN {snapshot_lsn}")));
+                    }
+                    begin = Some(epochs);
+                }
+                (None, _) => return Err(corrupt(at, "does not start with SnapshotBegin".into())),
+                (Some(epochs), Operation::SnapshotEnd { records: count }) => {
+                    if count != records {
+                        return Err(corrupt(at, format!("SnapshotEnd counts {count} records, found {records}")));
+                    }
+                    return Ok((lsn, epochs.clone()));
+                }
+                (Some(_), Operation::Put { .. } | Operation::CreateCollection { .. }) => {
+                    index.apply_record(record, ReplaySource::Snapshot);
+                }
+                (Some(_), other) => {
+                    return Err(corrupt(at, format!("unexpected {:?} record", other.kind())))
+                }
+            }
+            records += 1;
+            used += record.len();
+        }
+        buffer.drain(..used);
+        buffer_offset += used as u64;
+        if read_offset >= size {
+            return Err(corrupt(buffer_offset, "ends without SnapshotEnd".into()));
+        }
+        let want = ((size - read_offset) as usize).min(READ_CHUNK_BYTES);
+        let read = file
+            .read_at(read_offset, want)
+            .await
+            .map_err(|error| EngineError::io(format!("read {path:?}"), error))?;
+        if read.is_empty() {
+            return Err(corrupt(buffer_offset, "ends without SnapshotEnd".into()));
+        }
+        read_offset += read.len() as u64;
+        buffer.extend_from_slice(&read);
+    }
+}
+
+/// Removes every snapshot older than `lsn`.
+pub async fn remove_older<S: Storage>(storage: &S, lsn: u64) -> io::Result<()> {
+    for name in storage.list()? {
+        if parse_snapshot_name(&name).is_some_and(|older| older < lsn) {
+            storage.remove(&name).await?;
+        }
+    }
+    storage.sync_dir().await
+}

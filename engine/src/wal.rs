@@ -1,0 +1,778 @@
+//! A partition's write-ahead log: preallocated segment files written with O_DIRECT, a
+//! group-commit writer, recovery, raw reads by position, truncation and pruning.
+//!
+//! Ownership: one [`Wal`] per partition, owned by the partition's shard and used only there.
+//! Records are *staged* (encoded into memory, LSN assigned) by any task of the shard; the
+//! partition's single writer task *flushes*: every record staged since the last flush goes to
+//! disk in one aligned write per segment touched (normally one) and one `fdatasync` per file,
+//! after which their LSNs are durable. Nothing is durable before that sync returns.
+//!
+//! O_DIRECT and the tail block: writes start at the 4 KiB block holding the durable end, so
+//! the partial last block is rewritten (from a copy kept in memory) with the new records after
+//! it, zero-padded. A crash mid-write leaves at worst a torn or zero tail, which recovery cuts
+//! off (see [`crate::scan`]).
+
+use crate::constants::{
+    ALIGNMENT_BYTES_MAX, GROUP_WRITE_BYTES_MAX, LSN_INDEX_STRIDE_BYTES, READ_CHUNK_BYTES,
+    RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, STAGED_BYTES_MAX,
+};
+use crate::error::{EngineError, Result};
+use crate::io::{Storage, StorageFile};
+use crate::record::{encode_record, encoded_len, Operation, RecordHeader, RecordMeta, RecordRef};
+use crate::scan::{scan, SegmentImage};
+use crate::segment::{parse_segment_name, segment_name, SegmentHeader};
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+
+/// Write granularity: every write starts and ends on this boundary. A multiple of every O_DIRECT
+/// alignment a file system may ask for (checked against `StorageFile::alignment`).
+const BLOCK_BYTES: u64 = ALIGNMENT_BYTES_MAX as u64;
+
+fn align_down(value: u64) -> u64 {
+    value - value % BLOCK_BYTES
+}
+fn align_up(value: u64) -> u64 {
+    value.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+}
+
+/// Where a record lies: the segment (by its base LSN) and the byte offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WalPosition {
+    /// Base LSN of the segment.
+    pub segment_base_lsn: u64,
+    /// Byte offset of the record in the segment file.
+    pub offset: u64,
+}
+
+/// Raw, whole, durable records exactly as they lie in a segment (for replication).
+#[derive(Debug, Clone)]
+pub struct RawChunk {
+    /// The bytes: whole records, checksummed, never re-encoded.
+    pub bytes: Vec<u8>,
+    /// LSN of the first record (0 if empty).
+    pub first_lsn: u64,
+    /// LSN of the last record (0 if empty).
+    pub last_lsn: u64,
+    /// Where the next read starts.
+    pub next: WalPosition,
+}
+
+struct Segment<F> {
+    base_lsn: u64,
+    file: Rc<F>,
+    /// Offset just past the last durable record.
+    end_offset: u64,
+    /// LSN of the last durable record; `base_lsn - 1` if none.
+    last_lsn: u64,
+    samples: Vec<(u64, u64)>,
+}
+
+/// Records staged for one segment.
+struct StagedGroup {
+    segment_base_lsn: u64,
+    new_segment: bool,
+    start_offset: u64,
+    bytes: Vec<u8>,
+    last_lsn: u64,
+    samples: Vec<(u64, u64)>,
+}
+
+/// The records of one flush, taken out of the WAL while their I/O runs.
+pub struct FlushPlan<F> {
+    groups: Vec<StagedGroup>,
+    active: Option<Rc<F>>,
+    tail: Vec<u8>,
+}
+
+/// Why a record could not be staged now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageError {
+    /// Too many bytes are staged already; wait for a flush.
+    Full,
+}
+
+/// A partition's WAL.
+pub struct Wal<S: Storage> {
+    storage: S,
+    partition: u32,
+    segment_bytes: u64,
+    segments: Vec<Segment<S::File>>,
+    /// Bytes `[align_down(end), end)` of the active (last) segment.
+    tail: Vec<u8>,
+    staged: Vec<StagedGroup>,
+    staged_bytes: usize,
+    flush_in_flight: bool,
+    /// Where the next staged record goes: segment base LSN (0: no segment yet) and offset.
+    append_segment_base_lsn: u64,
+    append_offset: u64,
+    next_lsn: u64,
+    durable_lsn: u64,
+    /// `(epoch, first_lsn)`, one entry per epoch that has records, ascending.
+    epochs: Vec<(u64, u64)>,
+    /// WAL bytes made durable since open (for snapshot scheduling).
+    durable_bytes_written: u64,
+}
+
+impl<S: Storage> Wal<S> {
+    /// Opens (recovers) the WAL in `storage`: keeps the records after `snapshot_lsn`, calls
+    /// `visit` for each in order, cuts a torn tail off, and refuses corruption.
+    ///
+    /// `epochs` is the epoch history the snapshot carried; records extend it.
+    pub async fn open(
+        storage: S,
+        partition: u32,
+        segment_bytes: u64,
+        snapshot_lsn: u64,
+        epochs: Vec<(u64, u64)>,
+        mut visit: impl FnMut(RecordRef<'_>),
+    ) -> Result<Self> {
+        let list_error = |error| EngineError::io(format!("list {:?}", storage.path("")), error);
+        let mut names: Vec<(u64, String)> = storage
+            .list()
+            .map_err(list_error)?
+            .into_iter()
+            .filter_map(|name| parse_segment_name(&name).map(|base| (base, name)))
+            .collect();
+        names.sort();
+        // Segments wholly covered by the snapshot are leftovers of an interrupted prune.
+        let first_needed = snapshot_lsn + 1;
+        let keep_from = names
+            .iter()
+            .rposition(|(base, _)| *base <= first_needed)
+            .unwrap_or(0);
+        for (_, name) in names.drain(..keep_from) {
+            storage
+                .remove(&name)
+                .await
+                .map_err(|error| EngineError::io(format!("remove {:?}", storage.path(&name)), error))?;
+        }
+        let mut files = Vec::with_capacity(names.len());
+        let mut images = Vec::with_capacity(names.len());
+        for (_, name) in &names {
+            let path = storage.path(name);
+            let file = storage
+                .open(name)
+                .await
+                .map_err(|error| EngineError::io(format!("open {path:?}"), error))?;
+            assert!(BLOCK_BYTES % file.alignment() as u64 == 0, "alignment over 4 KiB");
+            let image = read_whole(&file)
+                .await
+                .map_err(|error| EngineError::io(format!("read {path:?}"), error))?;
+            files.push(Rc::new(file));
+            images.push(image);
+        }
+        let segment_images: Vec<SegmentImage<'_>> = names
+            .iter()
+            .zip(&images)
+            .map(|((base_lsn, _), bytes)| SegmentImage {
+                base_lsn: *base_lsn,
+                bytes,
+            })
+            .collect();
+        let mut epochs = epochs;
+        let outcome = scan(
+            &segment_images,
+            partition,
+            first_needed,
+            LSN_INDEX_STRIDE_BYTES,
+            |record| {
+                let meta = record.header.meta();
+                if epochs.last().is_none_or(|(epoch, _)| meta.epoch > *epoch) {
+                    epochs.push((meta.epoch, meta.lsn));
+                }
+                visit(record);
+            },
+        )
+        .map_err(|corruption| EngineError::Corruption {
+            file: storage.path(&names[corruption.index].1),
+            offset: corruption.offset,
+            lsn: corruption.lsn,
+            reason: corruption.reason,
+        })?;
+
+        // Cut the torn tail off: later segments first (a crash in between leaves a prefix of the
+        // old log, which recovery handles again), then the rest of the last segment.
+        for &index in outcome.remove.iter().rev() {
+            let name = &names[index].1;
+            storage
+                .remove(name)
+                .await
+                .map_err(|error| EngineError::io(format!("remove {:?}", storage.path(name)), error))?;
+        }
+        if !outcome.remove.is_empty() {
+            storage
+                .sync_dir()
+                .await
+                .map_err(|error| EngineError::io(format!("sync {:?}", storage.path("")), error))?;
+        }
+        if let Some((index, from, to)) = outcome.zero {
+            let name = &names[index].1;
+            zero_range(&*files[index], &images[index], from, to)
+                .await
+                .map_err(|error| EngineError::io(format!("cut torn tail of {:?}", storage.path(name)), error))?;
+            tracing::warn!(file = ?storage.path(name), offset = from, "cut off a torn WAL tail");
+        }
+
+        let mut wal = Wal {
+            storage,
+            partition,
+            segment_bytes,
+            segments: Vec::new(),
+            tail: Vec::new(),
+            staged: Vec::new(),
+            staged_bytes: 0,
+            flush_in_flight: false,
+            append_segment_base_lsn: 0,
+            append_offset: 0,
+            next_lsn: outcome.next_lsn,
+            durable_lsn: outcome.next_lsn - 1,
+            epochs,
+            durable_bytes_written: 0,
+        };
+        for scanned in outcome.segments {
+            if outcome.remove.contains(&scanned.index) {
+                continue;
+            }
+            let index = scanned.index;
+            wal.segments.push(Segment {
+                base_lsn: scanned.base_lsn,
+                file: files[index].clone(),
+                end_offset: scanned.end_offset,
+                last_lsn: scanned.last_lsn,
+                samples: scanned.samples,
+            });
+        }
+        if let Some(last) = wal.segments.last() {
+            let index = names
+                .iter()
+                .position(|(base, _)| *base == last.base_lsn)
+                .expect("kept segment is listed");
+            let end = last.end_offset as usize;
+            wal.tail = images[index][align_down(last.end_offset) as usize..end].to_vec();
+            wal.append_segment_base_lsn = last.base_lsn;
+            wal.append_offset = last.end_offset;
+        }
+        Ok(wal)
+    }
+
+    /// The LSN the next staged record gets.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// The highest LSN covered by a completed sync.
+    pub fn durable_lsn(&self) -> u64 {
+        self.durable_lsn
+    }
+
+    /// `(epoch, first_lsn)` of every epoch that has records, ascending.
+    pub fn epochs(&self) -> &[(u64, u64)] {
+        &self.epochs
+    }
+
+    /// The epoch of the last record, 0 if none.
+    pub fn last_epoch(&self) -> u64 {
+        self.epochs.last().map_or(0, |(epoch, _)| *epoch)
+    }
+
+    /// Bytes staged and not yet flushed.
+    pub fn staged_bytes(&self) -> usize {
+        self.staged_bytes
+    }
+
+    /// Whether records wait for a flush.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// WAL bytes made durable since open.
+    pub fn durable_bytes_written(&self) -> u64 {
+        self.durable_bytes_written
+    }
+
+    /// Base LSNs of the segment files, ascending.
+    pub fn segment_base_lsns(&self) -> Vec<u64> {
+        self.segments.iter().map(|segment| segment.base_lsn).collect()
+    }
+
+    /// Encodes `operation` as the next record, in memory, and returns its LSN. The record is
+    /// durable once a flush that took it returns.
+    pub fn stage(
+        &mut self,
+        epoch: u64,
+        hlc: u64,
+        operation: &Operation<'_>,
+    ) -> std::result::Result<u64, StageError> {
+        let len = encoded_len(operation);
+        assert!(len <= RECORD_BYTES_MAX, "record over the limit: validate first");
+        if !self.staged.is_empty() && self.staged_bytes + len > STAGED_BYTES_MAX {
+            return Err(StageError::Full);
+        }
+        assert!(epoch >= self.last_epoch(), "epochs never go backwards in a log");
+        let lsn = self.next_lsn;
+        let needs_segment = self.append_segment_base_lsn == 0
+            || self.append_offset + len as u64 > self.segment_bytes;
+        if needs_segment {
+            self.append_segment_base_lsn = lsn;
+            self.append_offset = SEGMENT_HEADER_BYTES as u64;
+        }
+        let same_group = !needs_segment
+            && self
+                .staged
+                .last()
+                .is_some_and(|group| group.segment_base_lsn == self.append_segment_base_lsn);
+        if !same_group {
+            self.staged.push(StagedGroup {
+                segment_base_lsn: self.append_segment_base_lsn,
+                new_segment: needs_segment,
+                start_offset: self.append_offset,
+                bytes: Vec::with_capacity(len.max(64 * 1024)),
+                last_lsn: 0,
+                samples: Vec::new(),
+            });
+        }
+        let group = self.staged.last_mut().expect("a group");
+        let offset = self.append_offset;
+        let previous_sample = group
+            .samples
+            .last()
+            .map(|(_, at)| *at)
+            .or(if group.new_segment { None } else { Some(0) });
+        if previous_sample.is_none_or(|at| offset >= at + LSN_INDEX_STRIDE_BYTES) {
+            group.samples.push((lsn, offset));
+        }
+        let meta = RecordMeta {
+            lsn,
+            epoch,
+            hlc,
+            durable_lsn: self.durable_lsn,
+        };
+        let written = encode_record(&mut group.bytes, meta, operation);
+        assert_eq!(written, len);
+        group.last_lsn = lsn;
+        self.append_offset += len as u64;
+        self.staged_bytes += len;
+        self.next_lsn += 1;
+        if self.epochs.last().is_none_or(|(last, _)| epoch > *last) {
+            self.epochs.push((epoch, lsn));
+        }
+        Ok(lsn)
+    }
+
+    /// Takes every staged record for a flush. `None` if nothing is staged.
+    fn take_flush(&mut self) -> Option<FlushPlan<S::File>> {
+        assert!(!self.flush_in_flight, "one flush at a time");
+        if self.staged.is_empty() {
+            return None;
+        }
+        self.flush_in_flight = true;
+        self.staged_bytes = 0;
+        let groups = std::mem::take(&mut self.staged);
+        if let Some(active) = self.segments.last() {
+            if !groups[0].new_segment {
+                assert_eq!(groups[0].start_offset, active.end_offset, "flushes are sequential");
+            }
+        }
+        Some(FlushPlan {
+            groups,
+            active: self.segments.last().map(|segment| segment.file.clone()),
+            tail: self.tail.clone(),
+        })
+    }
+
+    fn complete_flush(&mut self, plan: FlushPlan<S::File>, created: Vec<Rc<S::File>>, tail: Vec<u8>) -> u64 {
+        self.flush_in_flight = false;
+        let mut created = created.into_iter();
+        for group in plan.groups {
+            if group.new_segment {
+                self.segments.push(Segment {
+                    base_lsn: group.segment_base_lsn,
+                    file: created.next().expect("created file"),
+                    end_offset: SEGMENT_HEADER_BYTES as u64,
+                    last_lsn: group.segment_base_lsn - 1,
+                    samples: Vec::new(),
+                });
+            }
+            let segment = self.segments.last_mut().expect("active segment");
+            assert_eq!(segment.base_lsn, group.segment_base_lsn);
+            assert_eq!(segment.end_offset, group.start_offset);
+            segment.end_offset += group.bytes.len() as u64;
+            segment.last_lsn = group.last_lsn;
+            segment.samples.extend(group.samples);
+            self.durable_bytes_written += group.bytes.len() as u64;
+            assert!(group.last_lsn > self.durable_lsn, "durable LSN only grows");
+            self.durable_lsn = group.last_lsn;
+        }
+        self.tail = tail;
+        self.durable_lsn
+    }
+
+    fn poison_flush(&mut self) {
+        // Nothing is retried after a failed write or sync; the partition is poisoned by the
+        // caller and reopened by restart. Keep the flag set so nobody flushes again.
+    }
+
+    /// The segment holding `lsn` and a sampled position at or before it.
+    fn seek_hint(&self, lsn: u64) -> Option<(usize, WalPosition)> {
+        let index = self
+            .segments
+            .iter()
+            .rposition(|segment| segment.base_lsn <= lsn)?;
+        let segment = &self.segments[index];
+        if lsn > segment.last_lsn {
+            return None;
+        }
+        let offset = match segment.samples.binary_search_by_key(&lsn, |(sample, _)| *sample) {
+            Ok(at) => segment.samples[at].1,
+            Err(0) => SEGMENT_HEADER_BYTES as u64,
+            Err(at) => segment.samples[at - 1].1,
+        };
+        Some((
+            index,
+            WalPosition {
+                segment_base_lsn: segment.base_lsn,
+                offset: if segment.samples.first().is_some_and(|(first, _)| *first > lsn) {
+                    SEGMENT_HEADER_BYTES as u64
+                } else {
+                    offset
+                },
+            },
+        ))
+    }
+}
+
+/// Flushes every staged record: one aligned write per segment touched, one `fdatasync` per file,
+/// a directory sync if a segment was created. Returns the new durable LSN, or `None` if nothing
+/// was staged.
+///
+/// On error nothing is retried: the caller must poison the partition (style.md rule 9).
+pub async fn flush<S: Storage>(wal: &RefCell<Wal<S>>) -> io::Result<Option<u64>> {
+    let (plan, storage, partition, segment_bytes) = {
+        let mut wal = wal.borrow_mut();
+        let Some(plan) = wal.take_flush() else {
+            return Ok(None);
+        };
+        (plan, wal.storage.clone(), wal.partition, wal.segment_bytes)
+    };
+    let result = flush_io(&plan, &storage, partition, segment_bytes).await;
+    let mut wal = wal.borrow_mut();
+    match result {
+        Ok((created, tail)) => Ok(Some(wal.complete_flush(plan, created, tail))),
+        Err(error) => {
+            wal.poison_flush();
+            Err(error)
+        }
+    }
+}
+
+async fn flush_io<S: Storage>(
+    plan: &FlushPlan<S::File>,
+    storage: &S,
+    partition: u32,
+    segment_bytes: u64,
+) -> io::Result<(Vec<Rc<S::File>>, Vec<u8>)> {
+    let mut created = Vec::new();
+    let mut touched: Vec<Rc<S::File>> = Vec::new();
+    let mut tail = Vec::new();
+    let mut active = plan.active.clone();
+    let mut prefix_for_active = plan.tail.clone();
+    for group in &plan.groups {
+        let (file, prefix, write_from) = if group.new_segment {
+            let name = segment_name(group.segment_base_lsn);
+            let file = Rc::new(storage.create(&name, segment_bytes).await?);
+            assert!(BLOCK_BYTES % file.alignment() as u64 == 0, "alignment over 4 KiB");
+            let mut header_block = vec![0u8; SEGMENT_HEADER_BYTES];
+            SegmentHeader::write(&mut header_block, partition, group.segment_base_lsn, segment_bytes);
+            created.push(file.clone());
+            active = Some(file.clone());
+            (file, header_block, 0u64)
+        } else {
+            let file = active.clone().expect("an active segment");
+            let prefix = std::mem::take(&mut prefix_for_active);
+            assert_eq!(prefix.len() as u64, group.start_offset - align_down(group.start_offset));
+            (file, prefix, align_down(group.start_offset))
+        };
+        write_stream(&*file, write_from, &prefix, &group.bytes).await?;
+        let end = group.start_offset + group.bytes.len() as u64;
+        let tail_from = align_down(end);
+        // The new tail block: the last partial block of what was just written.
+        let stream_index = (tail_from - write_from) as usize;
+        tail = if stream_index >= prefix.len() {
+            group.bytes[stream_index - prefix.len()..].to_vec()
+        } else {
+            let mut bytes = prefix[stream_index..].to_vec();
+            bytes.extend_from_slice(&group.bytes);
+            bytes
+        };
+        if !touched.iter().any(|seen| Rc::ptr_eq(seen, &file)) {
+            touched.push(file);
+        }
+    }
+    for file in &touched {
+        file.sync().await?;
+    }
+    if !created.is_empty() {
+        storage.sync_dir().await?;
+    }
+    Ok((created, tail))
+}
+
+/// Writes `prefix ++ bytes` at `offset` (aligned), zero-padded to the block size, in writes of
+/// at most [`GROUP_WRITE_BYTES_MAX`].
+async fn write_stream<F: StorageFile>(file: &F, offset: u64, prefix: &[u8], bytes: &[u8]) -> io::Result<()> {
+    assert_eq!(offset % BLOCK_BYTES, 0);
+    let total = prefix.len() + bytes.len();
+    let mut done = 0usize;
+    while done < total {
+        let chunk = (total - done).min(GROUP_WRITE_BYTES_MAX);
+        let mut buffer = file.alloc_buffer(align_up(chunk as u64) as usize);
+        let mut filled = 0usize;
+        if done < prefix.len() {
+            let take = (prefix.len() - done).min(chunk);
+            buffer[..take].copy_from_slice(&prefix[done..done + take]);
+            filled = take;
+        }
+        if filled < chunk {
+            let from = done + filled - prefix.len();
+            let take = chunk - filled;
+            buffer[filled..filled + take].copy_from_slice(&bytes[from..from + take]);
+        }
+        file.write_at(buffer, offset + done as u64).await?;
+        done += chunk;
+    }
+    Ok(())
+}
+
+/// Reads a whole file.
+async fn read_whole<F: StorageFile>(file: &F) -> io::Result<Vec<u8>> {
+    let size = file.size().await? as usize;
+    let mut image = Vec::with_capacity(size);
+    while image.len() < size {
+        let want = (size - image.len()).min(READ_CHUNK_BYTES);
+        let read = file.read_at(image.len() as u64, want).await?;
+        if read.is_empty() {
+            break;
+        }
+        image.extend_from_slice(&read);
+    }
+    Ok(image)
+}
+
+/// Zeroes `[from, to)` of a file whose current bytes are `image`, keeping `[align_down(from),
+/// from)`, and syncs.
+async fn zero_range<F: StorageFile>(file: &F, image: &[u8], from: u64, to: u64) -> io::Result<()> {
+    let start = align_down(from);
+    let end = align_up(to).min(align_up(image.len() as u64));
+    let keep = &image[start as usize..from as usize];
+    let zeros = vec![0u8; (end - from) as usize];
+    write_stream(file, start, keep, &zeros).await?;
+    file.sync().await
+}
+
+/// Reads up to `max_bytes` of whole durable records starting at `from`, exactly as they lie on
+/// disk. At the end of a sealed segment it moves on to the next one.
+pub async fn read_raw<S: Storage>(
+    wal: &RefCell<Wal<S>>,
+    from: WalPosition,
+    max_bytes: usize,
+) -> io::Result<RawChunk> {
+    let max_bytes = max_bytes.max(RECORD_BYTES_MAX);
+    let (file, mut position, end_offset) = {
+        let wal = wal.borrow();
+        let Some(index) = wal
+            .segments
+            .iter()
+            .position(|segment| segment.base_lsn == from.segment_base_lsn)
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no segment with base LSN {}", from.segment_base_lsn),
+            ));
+        };
+        let mut index = index;
+        let mut position = from;
+        if position.offset >= wal.segments[index].end_offset && index + 1 < wal.segments.len() {
+            index += 1;
+            position = WalPosition {
+                segment_base_lsn: wal.segments[index].base_lsn,
+                offset: SEGMENT_HEADER_BYTES as u64,
+            };
+        }
+        let segment = &wal.segments[index];
+        (segment.file.clone(), position, segment.end_offset)
+    };
+    let available = end_offset.saturating_sub(position.offset) as usize;
+    let want = available.min(max_bytes);
+    let mut chunk = RawChunk {
+        bytes: Vec::new(),
+        first_lsn: 0,
+        last_lsn: 0,
+        next: position,
+    };
+    if want == 0 {
+        return Ok(chunk);
+    }
+    let read = file.read_at(position.offset, want).await?;
+    let mut used = 0usize;
+    while used + RECORD_HEADER_BYTES <= read.len() {
+        let Ok(header) = RecordHeader::validate(&read[used..]) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad record header at offset {} of segment {}", position.offset + used as u64, position.segment_base_lsn),
+            ));
+        };
+        if used + header.record_len() > read.len() {
+            break;
+        }
+        if chunk.first_lsn == 0 {
+            chunk.first_lsn = header.lsn();
+        }
+        chunk.last_lsn = header.lsn();
+        used += header.record_len();
+    }
+    chunk.bytes = read[..used].to_vec();
+    position.offset += used as u64;
+    chunk.next = position;
+    Ok(chunk)
+}
+
+/// The exact position of durable record `lsn`, found from the sparse samples by walking headers.
+pub async fn position_of<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::Result<Option<WalPosition>> {
+    let Some((index, mut position)) = wal.borrow().seek_hint(lsn) else {
+        return Ok(None);
+    };
+    let file = wal.borrow().segments[index].file.clone();
+    loop {
+        let read = file.read_at(position.offset, RECORD_HEADER_BYTES).await?;
+        let header = RecordHeader::validate(&read).map_err(|error| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("seeking LSN {lsn}: {error}"))
+        })?;
+        if header.lsn() == lsn {
+            return Ok(Some(position));
+        }
+        if header.lsn() > lsn {
+            return Ok(None);
+        }
+        position.offset += header.record_len() as u64;
+    }
+}
+
+/// Removes every record after `lsn` (a deposed leader's unreplicated tail). Nothing may be staged
+/// or in flight. Later segments are removed first, then the rest of the segment holding
+/// `lsn + 1` is zeroed, so a crash in between leaves a prefix of the old log, never a gap.
+pub async fn truncate_after<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::Result<()> {
+    {
+        let wal = wal.borrow();
+        assert!(!wal.flush_in_flight && wal.staged.is_empty(), "truncate with writes paused");
+        if lsn >= wal.durable_lsn {
+            return Ok(());
+        }
+    }
+    let position = position_of(wal, lsn + 1).await?;
+    let storage = wal.borrow().storage.clone();
+    let (keep_segments, cut) = {
+        let wal = wal.borrow();
+        match position {
+            Some(position) => {
+                let index = wal
+                    .segments
+                    .iter()
+                    .position(|segment| segment.base_lsn == position.segment_base_lsn)
+                    .expect("segment of a found position");
+                if position.offset == SEGMENT_HEADER_BYTES as u64 {
+                    (index, None)
+                } else {
+                    (index + 1, Some((index, position.offset)))
+                }
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("LSN {} is not in the WAL (pruned?)", lsn + 1),
+                ))
+            }
+        }
+    };
+    let doomed: Vec<u64> = wal.borrow().segments[keep_segments..]
+        .iter()
+        .map(|segment| segment.base_lsn)
+        .collect();
+    for base in doomed.iter().rev() {
+        storage.remove(&segment_name(*base)).await?;
+    }
+    if !doomed.is_empty() {
+        storage.sync_dir().await?;
+    }
+    let mut new_tail = None;
+    if let Some((index, offset)) = cut {
+        let (file, end) = {
+            let wal = wal.borrow();
+            (wal.segments[index].file.clone(), wal.segments[index].end_offset)
+        };
+        let start = align_down(offset);
+        let head = file.read_at(start, (offset - start) as usize).await?;
+        let head = head.to_vec();
+        let mut image = vec![0u8; end as usize];
+        image[start as usize..offset as usize].copy_from_slice(&head);
+        zero_range(&*file, &image, offset, end).await?;
+        new_tail = Some(head);
+    }
+    let mut wal = wal.borrow_mut();
+    wal.segments.truncate(keep_segments);
+    if let (Some((_, offset)), Some(segment)) = (cut, wal.segments.last_mut()) {
+        segment.end_offset = offset;
+        segment.last_lsn = lsn;
+        segment.samples.retain(|(sample, _)| *sample <= lsn);
+    }
+    wal.tail = new_tail.unwrap_or_default();
+    let active = wal
+        .segments
+        .last()
+        .map(|segment| (segment.base_lsn, segment.end_offset, segment.last_lsn));
+    match active {
+        Some((base_lsn, end_offset, _)) if cut.is_some() => {
+            wal.append_segment_base_lsn = base_lsn;
+            wal.append_offset = end_offset;
+        }
+        _ => {
+            // The next record starts a fresh segment; the last kept one stays sealed.
+            assert!(active.is_none_or(|(_, _, last_lsn)| last_lsn == lsn));
+            wal.append_segment_base_lsn = 0;
+            wal.append_offset = 0;
+            wal.tail.clear();
+        }
+    }
+    wal.next_lsn = lsn + 1;
+    wal.durable_lsn = lsn;
+    wal.epochs.retain(|(_, first)| *first <= lsn);
+    Ok(())
+}
+
+/// Removes sealed segments whose every record is at or below `lsn` (covered by a snapshot).
+/// Returns how many were removed.
+pub async fn prune_through<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::Result<usize> {
+    let (storage, doomed) = {
+        let wal = wal.borrow();
+        let sealed = wal.segments.len().saturating_sub(1);
+        let doomed: Vec<u64> = wal.segments[..sealed]
+            .iter()
+            .take_while(|segment| segment.last_lsn <= lsn)
+            .map(|segment| segment.base_lsn)
+            .collect();
+        (wal.storage.clone(), doomed)
+    };
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    // Oldest first: a crash in between leaves a suffix of segments that still covers the
+    // snapshot's successor.
+    for base in &doomed {
+        storage.remove(&segment_name(*base)).await?;
+    }
+    storage.sync_dir().await?;
+    wal.borrow_mut()
+        .segments
+        .retain(|segment| !doomed.contains(&segment.base_lsn));
+    Ok(doomed.len())
+}
