@@ -1,5 +1,6 @@
 //! coregrid engine
 pub mod constants;
+pub mod engine;
 pub mod error;
 pub mod hlc;
 pub mod index;
@@ -12,3 +13,7 @@ pub mod segment;
 pub mod snapshot;
 pub mod wal;
 pub mod sim;
+
+pub use engine::{Engine, EngineConfig, LocalShard};
+pub use error::{EngineError, Result};
+pub use partition::{BatchWrite, CasMismatch, Partition, PartitionId, Versioned};

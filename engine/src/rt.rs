@@ -326,3 +326,25 @@ impl StorageFile for DmaStorageFile {
         Ok(self.file.file_size().await?)
     }
 }
+
+/// A counting semaphore for tasks of one shard.
+pub struct Semaphore(Rc<glommio::sync::Semaphore>);
+
+/// A held unit of a [`Semaphore`], released on drop.
+pub struct Permit(#[expect(dead_code, reason = "held for its drop")] glommio::sync::StaticPermit);
+
+impl Semaphore {
+    /// A semaphore with `units` available.
+    pub fn new(units: u64) -> Self {
+        Self(Rc::new(glommio::sync::Semaphore::new(units)))
+    }
+    /// Waits for one unit.
+    pub async fn acquire(&self) -> Permit {
+        Permit(
+            self.0
+                .acquire_static_permit(1)
+                .await
+                .expect("the semaphore is never closed"),
+        )
+    }
+}

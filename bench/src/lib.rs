@@ -1,0 +1,1 @@
+//! coregrid's load generator.

@@ -1,0 +1,614 @@
+//! The embedding API: [`Engine::open`] starts one glommio shard per configured core, opens
+//! each shard's partitions, and returns a handle usable from any thread.
+//!
+//! Two ways in:
+//! - [`Engine`] methods (async, runtime-agnostic, `Send`): each request goes to the shard that
+//!   owns the key's partition over a bounded channel and the answer comes back on a oneshot.
+//!   A cross-thread hop costs tens of microseconds; fine for most servers.
+//! - [`Engine::run_on_shard`] runs your closure *on* a shard with a [`LocalShard`], whose
+//!   partitions you call directly, with no hop: the way for code that already runs on glommio
+//!   or that wants the lowest latency (the benchmark uses it).
+//!
+//! Placement: partition `p` lives on shard `p % shards`; a key's partition is
+//! `crc32c(key) % partitions`. The partition count is fixed when the data directory is created;
+//! the shard count may change between runs.
+
+use crate::constants::{
+    PARTITIONS_DEFAULT, PARTITIONS_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+    SHARD_QUEUE_DEPTH_DEFAULT, SHARD_TICK_MS, SNAPSHOT_WAL_BYTES_DEFAULT,
+};
+use crate::error::{EngineError, Result};
+use crate::hlc::{Hlc, SystemTime, TimeSource};
+use crate::partition::{
+    BatchWrite, CasMismatch, Partition, PartitionConfig, PartitionId, PartitionStats, ShardState,
+    Versioned,
+};
+use crate::rt::{self, DmaStorage, ShardThread};
+use crate::snapshot::SnapshotInfo;
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::LocalBoxFuture;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The time source handed to every shard's HLC.
+#[derive(Clone)]
+pub struct Clock(pub Arc<dyn TimeSource>);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self(Arc::new(SystemTime))
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Clock")
+    }
+}
+
+/// Engine configuration; every field has a default, and it reads from TOML.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Data shards (one glommio executor each); 0 means one per available core.
+    pub shards: usize,
+    /// Partitions; fixed when the data directory is created.
+    pub partitions: u32,
+    /// WAL segment file size in bytes.
+    pub segment_bytes: u64,
+    /// WAL bytes written since the last snapshot that trigger the next (0: never).
+    pub snapshot_wal_bytes: u64,
+    /// Pin shard `i` to CPU `i` (only when there are at least as many CPUs as shards).
+    pub pin_shards: bool,
+    /// Requests queued and in flight per shard from other threads.
+    pub shard_queue_depth: usize,
+    /// Time source for the HLCs (not from TOML).
+    #[serde(skip)]
+    pub clock: Clock,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("coregrid-data"),
+            shards: 0,
+            partitions: PARTITIONS_DEFAULT,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
+            pin_shards: true,
+            shard_queue_depth: SHARD_QUEUE_DEPTH_DEFAULT,
+            clock: Clock::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The default configuration over `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The shard count in effect.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            rt::available_cores()
+        } else {
+            self.shards
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(EngineError::Config(message));
+        if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
+            return fail(format!("partitions must be 1..={PARTITIONS_MAX}, got {}", self.partitions));
+        }
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes)
+            || self.segment_bytes % 4096 != 0
+        {
+            return fail(format!(
+                "segment_bytes must be a multiple of 4096 in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}, got {}",
+                self.segment_bytes
+            ));
+        }
+        let shards = self.shard_count();
+        if shards == 0 || shards > 1024 {
+            return fail(format!("shards must be 1..=1024, got {shards}"));
+        }
+        if self.shard_queue_depth == 0 {
+            return fail("shard_queue_depth must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+const META_FILE: &str = "coregrid.meta";
+const LOCK_FILE: &str = "LOCK";
+const DATA_FORMAT: u32 = 1;
+
+/// Creates or checks the data directory's metadata, and takes its lock.
+fn prepare_data_dir(config: &EngineConfig) -> Result<std::fs::File> {
+    let dir = &config.data_dir;
+    let io = |what: &str, error| EngineError::io(format!("{what} {dir:?}"), error);
+    std::fs::create_dir_all(dir.join("partitions")).map_err(|error| io("create", error))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(|error| io("open lock in", error))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(EngineError::IncompatibleDataDir {
+            dir: dir.clone(),
+            reason: "another process has it open (its LOCK file is held)".into(),
+        });
+    }
+    let meta_path = dir.join(META_FILE);
+    let expected = format!("format = {DATA_FORMAT}\npartitions = {}\n", config.partitions);
+    match std::fs::read_to_string(&meta_path) {
+        Ok(found) if found == expected => Ok(lock),
+        Ok(found) => Err(EngineError::IncompatibleDataDir {
+            dir: dir.clone(),
+            reason: format!(
+                "it was created as {:?}; this configuration asks for {:?}",
+                found.trim().replace('\n', ", "),
+                expected.trim().replace('\n', ", ")
+            ),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join("coregrid.meta.tmp");
+            std::fs::write(&tmp, &expected).map_err(|error| io("write meta in", error))?;
+            std::fs::File::open(&tmp)
+                .and_then(|file| file.sync_all())
+                .map_err(|error| io("sync meta in", error))?;
+            std::fs::rename(&tmp, &meta_path).map_err(|error| io("rename meta in", error))?;
+            std::fs::File::open(dir)
+                .and_then(|file| file.sync_all())
+                .map_err(|error| io("sync", error))?;
+            Ok(lock)
+        }
+        Err(error) => Err(io("read meta in", error)),
+    }
+}
+
+/// Directory of a partition.
+pub fn partition_dir(data_dir: &Path, partition: PartitionId) -> PathBuf {
+    data_dir.join("partitions").join(format!("{partition:05}"))
+}
+
+/// The partition a key belongs to.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
+    crc32c::crc32c(key) % partitions
+}
+
+/// A shard's view of itself, for code running on it ([`Engine::run_on_shard`]).
+#[derive(Clone)]
+pub struct LocalShard {
+    state: Rc<ShardState>,
+    partitions: Rc<BTreeMap<PartitionId, Rc<Partition<DmaStorage>>>>,
+    partition_count: u32,
+    shard_count: usize,
+}
+
+impl LocalShard {
+    /// This shard's index.
+    pub fn shard(&self) -> usize {
+        self.state.shard
+    }
+    /// Partitions in the engine.
+    pub fn partition_count(&self) -> u32 {
+        self.partition_count
+    }
+    /// Shards in the engine.
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+    /// A partition this shard owns.
+    pub fn partition(&self, id: PartitionId) -> Option<&Rc<Partition<DmaStorage>>> {
+        self.partitions.get(&id)
+    }
+    /// The partition owning `key`, if this shard owns it.
+    pub fn partition_for_key(&self, key: &[u8]) -> Option<&Rc<Partition<DmaStorage>>> {
+        self.partition(partition_for_key(key, self.partition_count))
+    }
+    /// Every partition this shard owns.
+    pub fn partitions(&self) -> impl Iterator<Item = &Rc<Partition<DmaStorage>>> {
+        self.partitions.values()
+    }
+    /// Why this shard stopped taking writes, if it did.
+    pub fn poisoned(&self) -> Option<String> {
+        self.state.poisoned()
+    }
+}
+
+type ShardJob = Box<dyn FnOnce(LocalShard) -> LocalBoxFuture<'static, ()> + Send>;
+
+enum ShardMessage {
+    Run(ShardJob),
+    Shutdown(oneshot::Sender<Result<()>>),
+}
+
+struct Inner {
+    config: EngineConfig,
+    shard_count: usize,
+    senders: Vec<flume::Sender<ShardMessage>>,
+    threads: Mutex<Vec<ShardThread<()>>>,
+    _lock: std::fs::File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let mut replies = Vec::new();
+        for sender in &self.senders {
+            let (reply, answer) = oneshot::channel();
+            if sender.send(ShardMessage::Shutdown(reply)).is_ok() {
+                replies.push(answer);
+            }
+        }
+        for answer in replies {
+            let _ = futures::executor::block_on(answer);
+        }
+        for thread in self.threads.lock().map(|mut threads| std::mem::take(&mut *threads)).unwrap_or_default() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Health of one shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardHealth {
+    /// Shard index.
+    pub shard: usize,
+    /// Why it stopped taking writes, if it did.
+    pub poisoned: Option<String>,
+}
+
+/// A handle to a running engine; cheap to clone, usable from any thread. The engine stops when
+/// the last handle is dropped (after flushing what was staged).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Opens the engine: checks the runtime, takes the data directory's lock, starts the
+    /// shards and recovers every partition. Blocks until all are open or one fails.
+    pub fn open(config: EngineConfig) -> Result<Engine> {
+        config.validate()?;
+        let shard_count = config.shard_count();
+        rt::check_runtime(shard_count)?;
+        let lock = prepare_data_dir(&config)?;
+        let pin = config.pin_shards && shard_count <= rt::available_cores();
+        let partition_config = PartitionConfig {
+            segment_bytes: config.segment_bytes,
+            snapshot_wal_bytes: config.snapshot_wal_bytes,
+        };
+        let mut senders = Vec::with_capacity(shard_count);
+        let mut threads = Vec::with_capacity(shard_count);
+        let mut readies = Vec::with_capacity(shard_count);
+        for shard in 0..shard_count {
+            let (sender, receiver) = flume::bounded(config.shard_queue_depth);
+            let (ready, ready_answer) = oneshot::channel();
+            let owned: Vec<PartitionId> = (0..config.partitions)
+                .filter(|partition| *partition as usize % shard_count == shard)
+                .collect();
+            let data_dir = config.data_dir.clone();
+            let clock = config.clock.clone();
+            let depth = config.shard_queue_depth;
+            let partition_count = config.partitions;
+            let thread = rt::spawn_shard(shard, pin.then_some(shard), move || {
+                shard_main(ShardSetup {
+                    shard,
+                    shard_count,
+                    partition_count,
+                    owned,
+                    data_dir,
+                    clock,
+                    partition_config,
+                    depth,
+                    receiver,
+                    ready,
+                })
+            })?;
+            senders.push(sender);
+            threads.push(thread);
+            readies.push(ready_answer);
+        }
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config,
+                shard_count,
+                senders,
+                threads: Mutex::new(threads),
+                _lock: lock,
+            }),
+        };
+        for ready in readies {
+            match futures::executor::block_on(ready) {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(oneshot::Canceled) => return Err(EngineError::Runtime("a shard died while opening".into())),
+            }
+        }
+        Ok(engine)
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shard_count
+    }
+    /// Number of partitions.
+    pub fn partition_count(&self) -> u32 {
+        self.inner.config.partitions
+    }
+    /// The partition owning `key`.
+    pub fn partition_of(&self, key: &[u8]) -> PartitionId {
+        partition_for_key(key, self.partition_count())
+    }
+    /// The shard owning `partition`.
+    pub fn shard_of(&self, partition: PartitionId) -> usize {
+        partition as usize % self.inner.shard_count
+    }
+
+    /// Runs `job` on shard `shard` with its [`LocalShard`] and returns what it returns.
+    pub async fn run_on_shard<F, Fut, T>(&self, shard: usize, job: F) -> Result<T>
+    where
+        F: FnOnce(LocalShard) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        let sender = self
+            .inner
+            .senders
+            .get(shard)
+            .ok_or_else(|| EngineError::InvalidRequest(format!("no shard {shard}")))?;
+        let (reply, answer) = oneshot::channel();
+        let job: ShardJob = Box::new(move |local| {
+            Box::pin(async move {
+                let _gone = reply.send(job(local).await);
+            })
+        });
+        sender
+            .send_async(ShardMessage::Run(job))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        answer.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    async fn on_partition<F, Fut, T>(&self, partition: PartitionId, job: F) -> Result<T>
+    where
+        F: FnOnce(Rc<Partition<DmaStorage>>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + 'static,
+        T: Send + 'static,
+    {
+        self.run_on_shard(self.shard_of(partition), move |local| {
+            let partition = local.partition(partition).cloned();
+            async move {
+                match partition {
+                    Some(partition) => job(partition).await,
+                    None => Err(EngineError::InvalidRequest("partition not on this shard".into())),
+                }
+            }
+        })
+        .await?
+    }
+
+    /// Sets `key` in `collection`; returns the new revision once durable.
+    pub async fn put(&self, collection: &str, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
+        let (collection, key, value) = (collection.to_string(), key.into(), value.into());
+        self.on_partition(self.partition_of(&key), move |partition| async move {
+            partition.put(&collection, key, value).await
+        })
+        .await
+    }
+
+    /// Reads `key`: its value, revision and timestamp, or `None`.
+    pub async fn get(&self, collection: &str, key: impl Into<Bytes>) -> Result<Option<Versioned>> {
+        let (collection, key) = (collection.to_string(), key.into());
+        self.on_partition(self.partition_of(&key), move |partition| async move {
+            partition.get(&collection, &key).await
+        })
+        .await
+    }
+
+    /// Removes `key`; returns the revision it had, or `None` if it was absent.
+    pub async fn delete(&self, collection: &str, key: impl Into<Bytes>) -> Result<Option<u64>> {
+        let (collection, key) = (collection.to_string(), key.into());
+        self.on_partition(self.partition_of(&key), move |partition| async move {
+            partition.delete(&collection, &key).await
+        })
+        .await
+    }
+
+    /// Sets (or, with `None`, deletes) `key` only if its revision is `expected_revision` (0:
+    /// absent). Returns the new revision or the mismatch.
+    pub async fn compare_and_set(
+        &self,
+        collection: &str,
+        key: impl Into<Bytes>,
+        expected_revision: u64,
+        value: Option<Bytes>,
+    ) -> Result<Result<u64, CasMismatch>> {
+        let (collection, key) = (collection.to_string(), key.into());
+        self.on_partition(self.partition_of(&key), move |partition| async move {
+            partition.compare_and_set(&collection, key, expected_revision, value).await
+        })
+        .await
+    }
+
+    /// Applies `writes`: atomically within each partition (one record per partition), in
+    /// parallel across partitions. Returns once all are durable; on error some partitions'
+    /// parts may have been applied.
+    pub async fn batch(&self, writes: Vec<BatchWrite>) -> Result<()> {
+        let mut by_partition: BTreeMap<PartitionId, Vec<BatchWrite>> = BTreeMap::new();
+        for write in writes {
+            by_partition.entry(self.partition_of(write.key())).or_default().push(write);
+        }
+        let parts = by_partition.into_iter().map(|(partition, writes)| {
+            self.on_partition(partition, move |partition| async move {
+                partition.batch(&writes).await.map(|_| ())
+            })
+        });
+        futures::future::try_join_all(parts).await.map(|_| ())
+    }
+
+    /// Creates a collection in every partition. `CollectionExists` if it existed everywhere.
+    pub async fn create_collection(&self, name: &str) -> Result<()> {
+        let parts = (0..self.partition_count()).map(|partition| {
+            let name = name.to_string();
+            self.on_partition(partition, move |partition| async move {
+                match partition.create_collection(&name).await {
+                    Ok(_) => Ok(true),
+                    Err(EngineError::CollectionExists(_)) => Ok(false),
+                    Err(error) => Err(error),
+                }
+            })
+        });
+        let created = futures::future::try_join_all(parts).await?;
+        if created.iter().any(|created| *created) {
+            Ok(())
+        } else {
+            Err(EngineError::CollectionExists(name.to_string()))
+        }
+    }
+
+    /// Drops a collection (and its keys) in every partition.
+    pub async fn drop_collection(&self, name: &str) -> Result<()> {
+        let parts = (0..self.partition_count()).map(|partition| {
+            let name = name.to_string();
+            self.on_partition(partition, move |partition| async move {
+                match partition.drop_collection(&name).await {
+                    Ok(_) => Ok(true),
+                    Err(EngineError::NoSuchCollection(_)) => Ok(false),
+                    Err(error) => Err(error),
+                }
+            })
+        });
+        let dropped = futures::future::try_join_all(parts).await?;
+        if dropped.iter().any(|dropped| *dropped) {
+            Ok(())
+        } else {
+            Err(EngineError::NoSuchCollection(name.to_string()))
+        }
+    }
+
+    /// Snapshots every partition now; returns what each wrote (`None` where one was running).
+    pub async fn snapshot_all(&self) -> Result<Vec<Option<SnapshotInfo>>> {
+        let parts = (0..self.partition_count())
+            .map(|partition| self.on_partition(partition, |partition| async move { partition.snapshot().await }));
+        futures::future::try_join_all(parts).await
+    }
+
+    /// Counters of every partition, by partition id.
+    pub async fn stats(&self) -> Result<Vec<PartitionStats>> {
+        let parts = (0..self.partition_count())
+            .map(|partition| self.on_partition(partition, |partition| async move { Ok(partition.stats()) }));
+        futures::future::try_join_all(parts).await
+    }
+
+    /// Health of every shard.
+    pub async fn health(&self) -> Result<Vec<ShardHealth>> {
+        let shards = (0..self.shard_count()).map(|shard| {
+            self.run_on_shard(shard, |local| async move {
+                ShardHealth {
+                    shard: local.shard(),
+                    poisoned: local.poisoned(),
+                }
+            })
+        });
+        futures::future::try_join_all(shards).await
+    }
+
+    /// Flushes what is staged and stops every shard. Dropping the last handle does the same.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+struct ShardSetup {
+    shard: usize,
+    shard_count: usize,
+    partition_count: u32,
+    owned: Vec<PartitionId>,
+    data_dir: PathBuf,
+    clock: Clock,
+    partition_config: PartitionConfig,
+    depth: usize,
+    receiver: flume::Receiver<ShardMessage>,
+    ready: oneshot::Sender<Result<()>>,
+}
+
+async fn shard_main(setup: ShardSetup) {
+    let state = Rc::new(ShardState::new(setup.shard, Hlc::new(setup.clock.0.clone())));
+    let mut partitions = BTreeMap::new();
+    for id in setup.owned {
+        let dir = partition_dir(&setup.data_dir, id);
+        let opened = match DmaStorage::open(&dir) {
+            Ok(storage) => Partition::open(id, storage, setup.partition_config, state.clone()).await,
+            Err(error) => Err(EngineError::io(format!("create {dir:?}"), error)),
+        };
+        match opened {
+            Ok(partition) => {
+                partitions.insert(id, partition);
+            }
+            Err(error) => {
+                let _gone = setup.ready.send(Err(error));
+                return;
+            }
+        }
+    }
+    let local = LocalShard {
+        state,
+        partitions: Rc::new(partitions),
+        partition_count: setup.partition_count,
+        shard_count: setup.shard_count,
+    };
+    let _gone = setup.ready.send(Ok(()));
+    let running = Rc::new(std::cell::Cell::new(true));
+    let ticking = running.clone();
+    rt::spawn_detached(async move {
+        // design.md section 10: a periodic tick keeps the executor from parking with work.
+        while ticking.get() {
+            rt::sleep(Duration::from_millis(SHARD_TICK_MS)).await;
+        }
+    });
+    let in_flight = Rc::new(rt::Semaphore::new(setup.depth as u64));
+    while let Ok(message) = setup.receiver.recv_async().await {
+        match message {
+            ShardMessage::Run(job) => {
+                let permit = in_flight.acquire().await;
+                let future = job(local.clone());
+                rt::spawn_detached(async move {
+                    future.await;
+                    drop(permit);
+                });
+            }
+            ShardMessage::Shutdown(reply) => {
+                let mut result = Ok(());
+                for partition in local.partitions() {
+                    if let Err(error) = partition.close().await {
+                        result = Err(error);
+                    }
+                }
+                running.set(false);
+                let _gone = reply.send(result);
+                break;
+            }
+        }
+    }
+}
