@@ -170,6 +170,20 @@ pub fn scan(
             (offset as u64, stop, reason, Some(scanned))
         };
 
+        // A segment that simply ran out, followed by one that starts at the expected LSN, is a
+        // roll: nothing is missing. Only then may later records carry `durable_lsn`s at or past
+        // `expected` without that being evidence of a lost record (they are its successors).
+        let rolls_on = stop == Stop::RanOut
+            && segments
+                .get(index + 1)
+                .and_then(|next| SegmentHeader::read(next.bytes))
+                .is_some_and(|next| next.base_lsn() == expected);
+        if rolls_on {
+            outcome
+                .segments
+                .push(scanned.expect("a segment that ran out had a valid header"));
+            continue;
+        }
         if let Some((at_index, at_offset, durable_lsn)) =
             find_evidence(segments, index, stop_offset as usize + 1, expected)
         {
@@ -184,16 +198,8 @@ pub fn scan(
                 ),
             });
         }
-        let rolls_on = stop == Stop::RanOut
-            && segments
-                .get(index + 1)
-                .and_then(|next| SegmentHeader::read(next.bytes))
-                .is_some_and(|next| next.base_lsn() == expected);
         if let Some(scanned) = scanned {
             outcome.segments.push(scanned);
-        }
-        if rolls_on {
-            continue;
         }
         // The end of the log.
         if header_ok.is_none() {

@@ -1,0 +1,107 @@
+//! Helpers shared by the engine's integration tests: seeds, partitions on a simulated disk,
+//! a yield point for interleaving tasks, and hand-built segment images.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of these helpers; `expect` would fire \
+              in the binaries that do use them"
+)]
+
+use bytes::Bytes;
+use coregrid_engine::constants::{SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES};
+use coregrid_engine::hlc::{Hlc, SystemTime};
+use coregrid_engine::io::Storage;
+use coregrid_engine::partition::{PartitionConfig, ShardState};
+use coregrid_engine::record::RecordRef;
+use coregrid_engine::segment::parse_segment_name;
+use coregrid_engine::sim::SimDisk;
+use coregrid_engine::{Partition, Result};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// The partition id every single-partition test uses.
+pub const PARTITION: u32 = 7;
+
+/// The seed of a randomized test: `COREGRID_SEED` if set (to replay a failure), else a fresh
+/// one. Printed either way, so every failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = match std::env::var("COREGRID_SEED") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("COREGRID_SEED={text:?} is not a u64")),
+        Err(_) => rand::random(),
+    };
+    println!("{test}: seed {seed} (replay with COREGRID_SEED={seed})");
+    seed
+}
+
+/// A fresh healthy shard with the system clock.
+pub fn shard() -> Rc<ShardState> {
+    Rc::new(ShardState::new(0, Hlc::new(Arc::new(SystemTime))))
+}
+
+/// Smallest legal segments (so rolls come early) and the given snapshot trigger.
+pub fn config(snapshot_wal_bytes: u64) -> PartitionConfig {
+    PartitionConfig {
+        segment_bytes: SEGMENT_BYTES_MIN,
+        snapshot_wal_bytes,
+    }
+}
+
+/// Opens the test partition on `disk` with a fresh shard.
+pub async fn open(disk: &SimDisk, config: PartitionConfig) -> Result<Rc<Partition<SimDisk>>> {
+    Partition::open(PARTITION, disk.clone(), config, shard()).await
+}
+
+/// Names of the segment files on `disk`, oldest first.
+pub fn segment_names(disk: &SimDisk) -> Vec<String> {
+    let mut names: Vec<(u64, String)> = disk
+        .list()
+        .expect("list")
+        .into_iter()
+        .filter_map(|name| parse_segment_name(&name).map(|base| (base, name)))
+        .collect();
+    names.sort();
+    names.into_iter().map(|(_, name)| name).collect()
+}
+
+/// `(offset, lsn, len)` of every valid record of a segment image, from the first until the
+/// first position that does not validate.
+pub fn record_spans(image: &[u8]) -> Vec<(usize, u64, usize)> {
+    let mut spans = Vec::new();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    while let Ok(record) = RecordRef::validate(&image[offset..]) {
+        spans.push((offset, record.header.lsn(), record.len()));
+        offset += record.len();
+    }
+    spans
+}
+
+/// A value that says which write made it.
+pub fn value(tag: &str) -> Bytes {
+    Bytes::from(tag.to_string())
+}
+
+/// Returns `Pending` once after waking itself: lets every other runnable task of the shard run
+/// (the writer task included) before the caller goes on.
+pub struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        context.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// See [`YieldNow`].
+pub fn yield_now() -> YieldNow {
+    YieldNow(false)
+}
