@@ -70,21 +70,30 @@ fn partition_put(iters: u64, in_flight: usize) -> Duration {
             segment_bytes: SEGMENT_BYTES,
             snapshot_wal_bytes: 0,
         };
-        let partition = Partition::open(0, SimDisk::new(), config, shard).await.expect("open partition");
-        partition.create_collection("bench").await.expect("create collection");
+        let partition = Partition::open(0, SimDisk::new(), config, shard)
+            .await
+            .expect("open partition");
+        partition
+            .create_collection("bench")
+            .await
+            .expect("create collection");
         let value = Bytes::from(vec![0x5a_u8; VALUE_BYTES]);
         let remaining = Rc::new(std::cell::Cell::new(iters));
         let begun = Instant::now();
         let tasks: Vec<_> = (0..in_flight)
             .map(|task| {
-                let (partition, value, remaining) = (partition.clone(), value.clone(), remaining.clone());
+                let (partition, value, remaining) =
+                    (partition.clone(), value.clone(), remaining.clone());
                 rt::spawn_local(async move {
                     let mut n = task as u64;
                     while remaining.get() > 0 {
                         remaining.set(remaining.get() - 1);
                         n += in_flight as u64;
                         let key = Bytes::copy_from_slice(&key(n));
-                        partition.put("bench", key, value.clone()).await.expect("put");
+                        partition
+                            .put("bench", key, value.clone())
+                            .await
+                            .expect("put");
                     }
                 })
             })

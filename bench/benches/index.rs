@@ -75,12 +75,12 @@ fn index(criterion: &mut Criterion) {
                 // Delete up to all keys, timed; put them back, untimed.
                 let round = (iters - done).min(KEYS) as usize;
                 let begun = Instant::now();
-                for at in 0..round {
-                    black_box(index.delete(COLLECTION, &keys[at]));
+                for key in &keys[..round] {
+                    black_box(index.delete(COLLECTION, key));
                 }
                 timed += begun.elapsed();
-                for at in 0..round {
-                    index.put(COLLECTION, keys[at].clone(), entry(at as u64), false);
+                for (at, key) in keys[..round].iter().enumerate() {
+                    index.put(COLLECTION, key.clone(), entry(at as u64), false);
                 }
                 done += round as u64;
             }

@@ -35,20 +35,28 @@ fn record(criterion: &mut Criterion) {
         let len = encode_record(&mut encoded, meta(1), &operation);
         group.throughput(Throughput::Bytes(len as u64));
         let mut out = Vec::with_capacity(len);
-        group.bench_with_input(BenchmarkId::new("encode", value_bytes), &operation, |bencher, operation| {
-            let mut lsn = 0;
-            bencher.iter(|| {
-                lsn += 1;
-                out.clear();
-                black_box(encode_record(&mut out, meta(lsn), black_box(operation)))
-            });
-        });
-        group.bench_with_input(BenchmarkId::new("validate", value_bytes), &encoded, |bencher, encoded| {
-            bencher.iter(|| {
-                let record = RecordRef::validate(black_box(encoded)).expect("valid record");
-                black_box(record.operation().expect("decodes"));
-            });
-        });
+        group.bench_with_input(
+            BenchmarkId::new("encode", value_bytes),
+            &operation,
+            |bencher, operation| {
+                let mut lsn = 0;
+                bencher.iter(|| {
+                    lsn += 1;
+                    out.clear();
+                    black_box(encode_record(&mut out, meta(lsn), black_box(operation)))
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("validate", value_bytes),
+            &encoded,
+            |bencher, encoded| {
+                bencher.iter(|| {
+                    let record = RecordRef::validate(black_box(encoded)).expect("valid record");
+                    black_box(record.operation().expect("decodes"));
+                });
+            },
+        );
     }
     group.finish();
 }
