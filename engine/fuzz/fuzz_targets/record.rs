@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(operation) = record.operation() {
             let mut again = Vec::new();
             encode_record(&mut again, record.header.meta(), &operation);
-            assert_eq!(&again[..], &data[..record.len()], "decode/encode is not the identity");
+            assert_eq!(
+                &again[..],
+                &data[..record.len()],
+                "decode/encode is not the identity"
+            );
         }
     }
     if let Some((&kind, body)) = data.split_first() {

@@ -7,23 +7,46 @@ use coregrid_engine::segment::SegmentHeader;
 
 fn main() -> std::io::Result<()> {
     let operations = [
-        Operation::Put { collection: "c", key: b"key", value: b"value" },
-        Operation::Delete { collection: "c", key: b"key" },
+        Operation::Put {
+            collection: "c",
+            key: b"key",
+            value: b"value",
+        },
+        Operation::Delete {
+            collection: "c",
+            key: b"key",
+        },
         Operation::CreateCollection { name: "users" },
         Operation::DropCollection { name: "users" },
         Operation::Batch(vec![
-            BatchOperation::Put { collection: "a", key: b"1", value: b"one" },
-            BatchOperation::Delete { collection: "b", key: b"2" },
+            BatchOperation::Put {
+                collection: "a",
+                key: b"1",
+                value: b"one",
+            },
+            BatchOperation::Delete {
+                collection: "b",
+                key: b"2",
+            },
         ]),
         Operation::EpochStart,
-        Operation::SnapshotBegin { partition: 0, snapshot_lsn: 9, epochs: vec![(1, 1), (2, 5)] },
+        Operation::SnapshotBegin {
+            partition: 0,
+            snapshot_lsn: 9,
+            epochs: vec![(1, 1), (2, 5)],
+        },
         Operation::SnapshotEnd { records: 3 },
     ];
     std::fs::create_dir_all("corpus/record")?;
     std::fs::create_dir_all("corpus/scan")?;
     for (index, operation) in operations.iter().enumerate() {
         let mut bytes = Vec::new();
-        let meta = RecordMeta { lsn: index as u64 + 1, epoch: 1, hlc: 7, durable_lsn: index as u64 };
+        let meta = RecordMeta {
+            lsn: index as u64 + 1,
+            epoch: 1,
+            hlc: 7,
+            durable_lsn: index as u64,
+        };
         encode_record(&mut bytes, meta, operation);
         std::fs::write(format!("corpus/record/seed-{index}"), &bytes)?;
     }
@@ -32,8 +55,21 @@ fn main() -> std::io::Result<()> {
     let mut segment = vec![0u8; SEGMENT_HEADER_BYTES];
     SegmentHeader::write(&mut segment, 0, 1, 1 << 20);
     for lsn in 1..=4u64 {
-        let meta = RecordMeta { lsn, epoch: 1, hlc: lsn, durable_lsn: lsn - 1 };
-        encode_record(&mut segment, meta, &Operation::Put { collection: "c", key: b"k", value: b"v" });
+        let meta = RecordMeta {
+            lsn,
+            epoch: 1,
+            hlc: lsn,
+            durable_lsn: lsn - 1,
+        };
+        encode_record(
+            &mut segment,
+            meta,
+            &Operation::Put {
+                collection: "c",
+                key: b"k",
+                value: b"v",
+            },
+        );
     }
     segment.extend_from_slice(&[0u8; 64]);
     let mut input = vec![0u8];
