@@ -348,12 +348,23 @@ fn kill9_never_loses_an_acknowledged_write() {
             println!("round {round:2} writer stderr:\n{stderr}");
         }
         if !verified.passed() {
+            // Diagnosis only: a second look tells a lasting loss from a transient one (such as
+            // I/O of the killed process still landing after it was reaped).
+            let again = run_verify(
+                work.path(),
+                &format!("verify-{round}-again"),
+                &dir,
+                &acks_path,
+                load.shards,
+            );
             fail(
                 work,
                 seed,
                 format!(
-                    "round {round} ({load:?}, writer seed {round_seed}): verification failed\n{}",
-                    verified.describe()
+                    "round {round} ({load:?}, writer seed {round_seed}): verification failed\n{}\n\
+                     === a second verification right after it:\n{}",
+                    verified.describe(),
+                    again.describe()
                 ),
             );
         }
