@@ -52,6 +52,16 @@ impl fmt::Debug for Clock {
     }
 }
 
+mod duration_millis {
+    //! `Duration` as integer milliseconds in TOML.
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
+}
+
 /// Engine configuration; every field has a default, and it reads from TOML.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -70,6 +80,10 @@ pub struct EngineConfig {
     pub pin_shards: bool,
     /// Requests queued and in flight per shard from other threads.
     pub shard_queue_depth: usize,
+    /// How long `Engine::open` waits for the data directory's lock held by another process
+    /// (a process killed a moment ago keeps it until its in-flight I/O ends).
+    #[serde(with = "duration_millis")]
+    pub lock_wait: Duration,
     /// Time source for the HLCs (not from TOML).
     #[serde(skip)]
     pub clock: Clock,
@@ -85,6 +99,7 @@ impl Default for EngineConfig {
             snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
             pin_shards: true,
             shard_queue_depth: SHARD_QUEUE_DEPTH_DEFAULT,
+            lock_wait: Duration::from_secs(10),
             clock: Clock::default(),
         }
     }
@@ -133,6 +148,8 @@ impl EngineConfig {
 }
 
 const META_FILE: &str = "coregrid.meta";
+/// How often `Engine::open` tries again for a held data-directory lock.
+const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 const LOCK_FILE: &str = "LOCK";
 const DATA_FORMAT: u32 = 1;
 
@@ -147,12 +164,27 @@ fn prepare_data_dir(config: &EngineConfig) -> Result<std::fs::File> {
         .write(true)
         .open(dir.join(LOCK_FILE))
         .map_err(|error| io("open lock in", error))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(EngineError::IncompatibleDataDir {
-            dir: dir.clone(),
-            reason: "another process has it open (its LOCK file is held)".into(),
-        });
+    // A process that just died (kill -9) may hold the lock a little longer: its io_uring worker
+    // threads keep its files open until their last request ends. Wait for that, up to a limit.
+    let deadline = std::time::Instant::now() + config.lock_wait;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        let locked = unsafe {
+            libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB)
+        };
+        if locked == 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(EngineError::IncompatibleDataDir {
+                dir: dir.clone(),
+                reason: format!(
+                    "another process has it open (its LOCK file stayed held for {:?})",
+                    config.lock_wait
+                ),
+            });
+        }
+        std::thread::sleep(LOCK_RETRY_INTERVAL);
     }
     let meta_path = dir.join(META_FILE);
     let expected = format!("format = {DATA_FORMAT}\npartitions = {}\n", config.partitions);
@@ -249,18 +281,21 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let mut replies = Vec::new();
+        // Ask every shard to flush and stop, then wait for the threads themselves: a reply could
+        // never come from a shard that already died, but its thread always ends.
         for sender in &self.senders {
-            let (reply, answer) = oneshot::channel();
-            if sender.send(ShardMessage::Shutdown(reply)).is_ok() {
-                replies.push(answer);
+            let (reply, _answer) = oneshot::channel();
+            let _stopped_already = sender.send(ShardMessage::Shutdown(reply));
+        }
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut threads| std::mem::take(&mut *threads))
+            .unwrap_or_default();
+        for thread in threads {
+            if let Err(error) = thread.join() {
+                tracing::error!(%error, "a shard thread ended abnormally");
             }
-        }
-        for answer in replies {
-            let _ = futures::executor::block_on(answer);
-        }
-        for thread in self.threads.lock().map(|mut threads| std::mem::take(&mut *threads)).unwrap_or_default() {
-            let _ = thread.join();
         }
     }
 }
@@ -553,7 +588,21 @@ struct ShardSetup {
     ready: oneshot::Sender<Result<()>>,
 }
 
+/// Empties a shard's queue when the shard ends, however it ends (error, shutdown, panic):
+/// dropping each queued job drops its reply sender, so its caller gets `ShuttingDown` instead of
+/// waiting forever.
+struct DrainOnExit(flume::Receiver<ShardMessage>);
+
+impl Drop for DrainOnExit {
+    fn drop(&mut self) {
+        for message in self.0.drain() {
+            drop(message);
+        }
+    }
+}
+
 async fn shard_main(setup: ShardSetup) {
+    let receiver = DrainOnExit(setup.receiver.clone());
     let state = Rc::new(ShardState::new(setup.shard, Hlc::new(setup.clock.0.clone())));
     let mut partitions = BTreeMap::new();
     for id in setup.owned {
@@ -588,7 +637,7 @@ async fn shard_main(setup: ShardSetup) {
         }
     });
     let in_flight = Rc::new(rt::Semaphore::new(setup.depth as u64));
-    while let Ok(message) = setup.receiver.recv_async().await {
+    while let Ok(message) = receiver.0.recv_async().await {
         match message {
             ShardMessage::Run(job) => {
                 let permit = in_flight.acquire().await;
