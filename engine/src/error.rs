@@ -79,12 +79,14 @@ pub enum EngineError {
     #[error("the engine is shutting down")]
     ShuttingDown,
 
-    /// A truncation was asked below the partition's latest snapshot; nothing changed.
-    #[error("cannot truncate to LSN {lsn}: the snapshot at LSN {snapshot_lsn} covers it")]
+    /// A truncation was asked below what the partition's latest snapshot reflects; nothing
+    /// changed.
+    #[error("cannot truncate to LSN {lsn}: the snapshot reflects records up to LSN {snapshot_lsn}")]
     TruncateBelowSnapshot {
         /// The LSN asked for.
         lsn: u64,
-        /// The partition's snapshot LSN.
+        /// The last LSN the snapshot may reflect (its LSN, or later for records staged while
+        /// it was taken).
         snapshot_lsn: u64,
     },
 }

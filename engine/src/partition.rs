@@ -169,6 +169,11 @@ pub struct Partition<S: Storage> {
     last_removal_lsn: Cell<u64>,
     epoch: Cell<u64>,
     snapshot_lsn: Cell<u64>,
+    /// The last LSN the snapshot may reflect (a fuzzy snapshot copies records staged while it
+    /// runs): the WAL is never truncated below it.
+    snapshot_covers_lsn: Cell<u64>,
+    /// Truncations done since open: a snapshot that overlapped one is abandoned.
+    truncations: Cell<u64>,
     snapshot_running: Cell<bool>,
     wal_bytes_at_snapshot: Cell<u64>,
     closed: Cell<bool>,
@@ -186,7 +191,8 @@ impl<S: Storage> Partition<S> {
         shard: Rc<ShardState>,
     ) -> Result<Rc<Self>> {
         let mut index = Index::default();
-        let (snapshot_lsn, epochs) = snapshot::load_latest(&storage, id, &mut index).await?;
+        let loaded = snapshot::load_latest(&storage, id, &mut index).await?;
+        let (snapshot_lsn, epochs) = (loaded.snapshot_lsn, loaded.epochs);
         let mut max_hlc = 0u64;
         let mut last_removal_lsn = 0u64;
         let wal = Wal::open(
@@ -210,6 +216,20 @@ impl<S: Storage> Partition<S> {
             },
         )
         .await?;
+        // Paired with the publication rule of snapshots: everything a snapshot reflects is in
+        // the WAL.
+        if loaded.covers_lsn > wal.durable_lsn() {
+            return Err(EngineError::Corruption {
+                file: storage.path(&snapshot::snapshot_name(snapshot_lsn)),
+                offset: 0,
+                lsn: loaded.covers_lsn,
+                reason: format!(
+                    "the snapshot reflects records up to LSN {} but the WAL ends at LSN {}",
+                    loaded.covers_lsn,
+                    wal.durable_lsn()
+                ),
+            });
+        }
         shard.hlc.observe(max_hlc);
         let epoch = wal.last_epoch();
         let partition = Rc::new(Partition {
@@ -224,6 +244,8 @@ impl<S: Storage> Partition<S> {
             last_removal_lsn: Cell::new(last_removal_lsn),
             epoch: Cell::new(epoch),
             snapshot_lsn: Cell::new(snapshot_lsn),
+            snapshot_covers_lsn: Cell::new(loaded.covers_lsn),
+            truncations: Cell::new(0),
             snapshot_running: Cell::new(false),
             wal_bytes_at_snapshot: Cell::new(0),
             closed: Cell::new(false),
@@ -676,36 +698,49 @@ impl<S: Storage> Partition<S> {
             .map_err(|error| EngineError::io(format!("partition {}: seek", self.id), error))
     }
 
-    /// Takes a snapshot now (unless one is running) and prunes the WAL it covers.
+    /// Takes a snapshot now (unless one is running) and prunes the WAL it covers. `None` if
+    /// one was running, or if a truncation overlapped this one (it is then abandoned).
     pub async fn snapshot(&self) -> Result<Option<SnapshotInfo>> {
         if self.snapshot_running.replace(true) {
             return Ok(None);
         }
         let result = self.snapshot_inner().await;
         self.snapshot_running.set(false);
-        result.map(Some)
+        result
     }
 
-    async fn snapshot_inner(&self) -> Result<SnapshotInfo> {
+    async fn snapshot_inner(&self) -> Result<Option<SnapshotInfo>> {
         // Everything up to the durable LSN is in the index; staged-but-not-durable writes may be
-        // too, which is harmless: they are newer than the snapshot LSN and replay covers them.
+        // too. Replay from the snapshot LSN covers them, but only if they reach the WAL: the
+        // snapshot is published only once every LSN staged while it was copied is durable.
         let (snapshot_lsn, epochs, bytes_now) = {
             let wal = self.wal.borrow();
             let lsn = wal.durable_lsn();
             let epochs: Vec<(u64, u64)> = wal.epochs().iter().copied().filter(|(_, first)| *first <= lsn).collect();
             (lsn, epochs, wal.durable_bytes_written())
         };
+        let truncations = self.truncations.get();
         let io_error = |error| EngineError::io(format!("partition {}: snapshot", self.id), error);
-        let info = snapshot::write_snapshot(&self.storage, self.id, snapshot_lsn, epochs, &self.index)
-            .await
-            .map_err(io_error)?;
+        let unpublished = snapshot::write_snapshot(&self.storage, self.id, snapshot_lsn, epochs, &self.index, || {
+            self.wal.borrow().next_lsn() - 1
+        })
+        .await
+        .map_err(io_error)?;
+        self.wait_durable(unpublished.info.covers_lsn).await?;
+        if self.truncations.get() != truncations {
+            // It may hold records of the truncated tail.
+            unpublished.discard(&self.storage).await.map_err(io_error)?;
+            return Ok(None);
+        }
+        let info = unpublished.publish(&self.storage).await.map_err(io_error)?;
         self.snapshot_lsn.set(snapshot_lsn);
+        self.snapshot_covers_lsn.set(info.covers_lsn);
         self.wal_bytes_at_snapshot.set(bytes_now);
         self.snapshots.set(self.snapshots.get() + 1);
         snapshot::remove_older(&self.storage, snapshot_lsn).await.map_err(io_error)?;
         wal::prune_through(&self.wal, snapshot_lsn).await.map_err(io_error)?;
         tracing::debug!(partition = self.id, snapshot_lsn, entries = info.entries, "snapshot taken");
-        Ok(info)
+        Ok(Some(info))
     }
 
     fn maybe_snapshot(self: &Rc<Self>) {
@@ -728,15 +763,25 @@ impl<S: Storage> Partition<S> {
     /// Removes every record after `lsn` and rebuilds the state (a deposed leader's tail). Needs
     /// `lsn` at or above the snapshot LSN.
     pub async fn truncate_after(self: &Rc<Self>, lsn: u64) -> Result<()> {
-        if lsn < self.snapshot_lsn.get() {
-            return Err(EngineError::TruncateBelowSnapshot {
-                lsn,
-                snapshot_lsn: self.snapshot_lsn.get(),
-            });
-        }
+        let refuse = |partition: &Self| {
+            // The snapshot may reflect records up to its covers LSN: truncating below that
+            // would bring them back from the snapshot.
+            let covers_lsn = partition.snapshot_covers_lsn.get().max(partition.snapshot_lsn.get());
+            if lsn < covers_lsn {
+                return Err(EngineError::TruncateBelowSnapshot {
+                    lsn,
+                    snapshot_lsn: covers_lsn,
+                });
+            }
+            Ok(())
+        };
+        refuse(self)?;
         // Let every staged write become durable first, so nothing is in flight.
         let staged_up_to = self.wal.borrow().next_lsn() - 1;
         self.wait_durable(staged_up_to).await?;
+        // A snapshot may have been published while we waited.
+        refuse(self)?;
+        self.truncations.set(self.truncations.get() + 1);
         wal::truncate_after(&self.wal, lsn)
             .await
             .map_err(|error| EngineError::io(format!("partition {}: truncate", self.id), error))?;

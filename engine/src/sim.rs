@@ -51,7 +51,8 @@ pub enum CrashMode {
     /// Every unsynced sector survives.
     KeepUnsynced,
     /// Each unsynced sector survives or not by a coin flip from this seed; surviving sectors
-    /// may also come back zeroed (an unwritten extent).
+    /// may also come back zeroed (an unwritten extent) where nothing had been synced before.
+    /// A sector that held durable bytes comes back with its old or its new bytes, never zeros.
     Torn(u64),
 }
 
@@ -145,7 +146,14 @@ impl SimDisk {
                     durable.resize(end, 0);
                 }
                 if matches!(mode, CrashMode::Torn(_)) && next() % 4 == 0 {
-                    durable[start..end].fill(0);
+                    // The write reached the platter but the extent is still marked unwritten:
+                    // reads return zeros, but only where nothing was ever synced. A sector
+                    // that was durable before keeps its old bytes (an overwrite of a written
+                    // extent comes back old or new, never zeroed).
+                    let old_is_zero = durable[start..end].iter().all(|&byte| byte == 0);
+                    if old_is_zero {
+                        durable[start..end].fill(0);
+                    }
                 } else {
                     durable[start..end].copy_from_slice(&file.volatile[start..end]);
                 }

@@ -12,6 +12,13 @@
 //! record per key (its LSN field is the key's revision), and a `SnapshotEnd` record with the
 //! count. It is written to `.snap.tmp`, synced, renamed and the directory synced: a `.snap`
 //! file is always whole, so a bad one is corruption, never a torn write.
+//!
+//! Being fuzzy, a snapshot may also reflect records staged after `snapshot_lsn` while it was
+//! copied, up to its `covers_lsn` (the last LSN staged when copying ended; stored as the LSN
+//! field of the `SnapshotEnd` record). Two rules follow: a snapshot is published (renamed into
+//! place) only once `covers_lsn` is durable, or a crash would let it show writes the WAL never
+//! got; and the WAL is never truncated below `covers_lsn`, or the snapshot would bring back
+//! writes from the truncated tail.
 
 use crate::constants::{READ_CHUNK_BYTES, RECORD_HEADER_BYTES, SNAPSHOT_CHUNK_ENTRIES};
 use crate::error::{EngineError, Result};
@@ -47,21 +54,50 @@ fn parse_snapshot_name(name: &str) -> Option<u64> {
 pub struct SnapshotInfo {
     /// Records up to this LSN are reflected.
     pub snapshot_lsn: u64,
+    /// Records after this LSN are not reflected (records between the two may be).
+    pub covers_lsn: u64,
     /// Entries (keys) written.
     pub entries: u64,
     /// File size in bytes.
     pub bytes: u64,
 }
 
-/// Writes a snapshot of `index` at `snapshot_lsn`, yielding between chunks so the shard keeps
-/// serving. Returns once the snapshot is durable under its final name.
+/// A snapshot written and synced under its temporary name, not yet the one recovery loads.
+#[derive(Debug)]
+#[must_use = "an unpublished snapshot is never loaded"]
+pub struct UnpublishedSnapshot {
+    tmp: String,
+    /// What it holds.
+    pub info: SnapshotInfo,
+}
+
+impl UnpublishedSnapshot {
+    /// Renames the snapshot into place and syncs the directory: from then on recovery loads
+    /// it. Call only once `info.covers_lsn` is durable in the WAL.
+    pub async fn publish<S: Storage>(self, storage: &S) -> io::Result<SnapshotInfo> {
+        storage.rename(&self.tmp, &snapshot_name(self.info.snapshot_lsn)).await?;
+        storage.sync_dir().await?;
+        Ok(self.info)
+    }
+
+    /// Removes the temporary file (the snapshot is abandoned).
+    pub async fn discard<S: Storage>(self, storage: &S) -> io::Result<()> {
+        storage.remove(&self.tmp).await
+    }
+}
+
+/// Writes a snapshot of `index` at `snapshot_lsn` to a temporary file, yielding between chunks
+/// so the shard keeps serving, and syncs it. `staged_lsn` tells the last LSN staged (applied to
+/// the index) so far; it is read when copying ends and becomes the snapshot's `covers_lsn`.
+/// The caller publishes it once that LSN is durable.
 pub async fn write_snapshot<S: Storage>(
     storage: &S,
     partition: u32,
     snapshot_lsn: u64,
     epochs: Vec<(u64, u64)>,
     index: &RefCell<Index>,
-) -> io::Result<SnapshotInfo> {
+    staged_lsn: impl Fn() -> u64,
+) -> io::Result<UnpublishedSnapshot> {
     let tmp = format!("{snapshot_lsn:020}{TMP_SUFFIX}");
     let file = storage.create(&tmp, 0).await?;
     let mut writer = SnapshotWriter {
@@ -118,14 +154,18 @@ pub async fn write_snapshot<S: Storage>(
         rt::yield_if_needed().await;
     }
     let records = writer.records;
-    writer.push(meta(snapshot_lsn), &Operation::SnapshotEnd { records });
+    let covers_lsn = staged_lsn();
+    assert!(covers_lsn >= snapshot_lsn, "the snapshot LSN was staged");
+    writer.push(meta(covers_lsn), &Operation::SnapshotEnd { records });
     let bytes = writer.finish().await?;
-    storage.rename(&tmp, &snapshot_name(snapshot_lsn)).await?;
-    storage.sync_dir().await?;
-    Ok(SnapshotInfo {
-        snapshot_lsn,
-        entries,
-        bytes,
+    Ok(UnpublishedSnapshot {
+        tmp,
+        info: SnapshotInfo {
+            snapshot_lsn,
+            covers_lsn,
+            entries,
+            bytes,
+        },
     })
 }
 
@@ -168,13 +208,25 @@ impl<F: StorageFile> SnapshotWriter<F> {
     }
 }
 
-/// Loads the newest snapshot into `index`. Returns its LSN and epoch history, or `(0, [])`
-/// if there is none. Leftover temporary files are removed; a bad `.snap` is corruption.
+/// The snapshot recovery loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedSnapshot {
+    /// Records up to this LSN are reflected (0: no snapshot).
+    pub snapshot_lsn: u64,
+    /// Records after this LSN are not reflected.
+    pub covers_lsn: u64,
+    /// Epoch history at `snapshot_lsn`.
+    pub epochs: Vec<(u64, u64)>,
+}
+
+/// Loads the newest snapshot into `index`. Returns its LSNs and epoch history, or the default
+/// (all zero) if there is none. Leftover temporary files are removed; a bad `.snap` is
+/// corruption.
 pub async fn load_latest<S: Storage>(
     storage: &S,
     partition: u32,
     index: &mut Index,
-) -> Result<(u64, Vec<(u64, u64)>)> {
+) -> Result<LoadedSnapshot> {
     let names = storage
         .list()
         .map_err(|error| EngineError::io(format!("list {:?}", storage.path("")), error))?;
@@ -185,7 +237,7 @@ pub async fn load_latest<S: Storage>(
             .map_err(|error| EngineError::io(format!("remove {:?}", storage.path(name)), error))?;
     }
     let Some(lsn) = names.iter().filter_map(|name| parse_snapshot_name(name)).max() else {
-        return Ok((0, Vec::new()));
+        return Ok(LoadedSnapshot::default());
     };
     let name = snapshot_name(lsn);
     let path = storage.path(&name);
@@ -241,7 +293,15 @@ pub async fn load_latest<S: Storage>(
                     if count != records {
                         return Err(corrupt(at, format!("SnapshotEnd counts {count} records, found {records}")));
                     }
-                    return Ok((lsn, epochs.clone()));
+                    let covers_lsn = record.header.lsn();
+                    if covers_lsn < lsn {
+                        return Err(corrupt(at, format!("SnapshotEnd covers LSN {covers_lsn}, below the snapshot")));
+                    }
+                    return Ok(LoadedSnapshot {
+                        snapshot_lsn: lsn,
+                        covers_lsn,
+                        epochs: epochs.clone(),
+                    });
                 }
                 (Some(_), Operation::Put { .. } | Operation::CreateCollection { .. }) => {
                     index.apply_record(record, ReplaySource::Snapshot);
