@@ -40,6 +40,7 @@ struct SimState {
     crash_at_sync: Option<u64>,
     frozen: Option<Box<SimState>>,
     fail_writes_after: Option<u64>,
+    fail_syncs_after: Option<u64>,
     writes: u64,
 }
 
@@ -95,6 +96,19 @@ impl SimDisk {
     /// Every write after the first `n` fails with EIO (the disk stays powered).
     pub fn fail_writes_after(&self, n: u64) {
         self.state.borrow_mut().fail_writes_after = Some(n);
+    }
+
+    /// Every file sync after the first `n` fails with EIO and, as Linux does after a failed
+    /// `fsync` ("fsyncgate"), marks the dirty sectors clean without making them durable: a
+    /// retried sync would succeed and lie. The disk stays powered.
+    pub fn fail_syncs_after(&self, n: u64) {
+        self.state.borrow_mut().fail_syncs_after = Some(n);
+    }
+
+    /// Number of file writes issued so far, failed ones included (for tests that check a
+    /// failed write is never retried).
+    pub fn writes(&self) -> u64 {
+        self.state.borrow().writes
     }
 
     /// Whether the disk froze at its crash point.
@@ -373,6 +387,11 @@ impl StorageFile for SimHandle {
             image.frozen = None;
             state.frozen = Some(Box::new(image));
             return Err(powered_off());
+        }
+        if state.fail_syncs_after.is_some_and(|limit| state.syncs > limit) {
+            let file = state.inodes.get_mut(&self.inode).expect("inode");
+            file.dirty_sectors.clear();
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let file = state.inodes.get_mut(&self.inode).expect("inode");
         if file.durable.len() < file.volatile.len() {
