@@ -135,7 +135,11 @@ pub fn scan(
                 if offset + RECORD_HEADER_BYTES > bytes.len() {
                     break (Stop::RanOut, "end of segment".to_string());
                 }
-                match RecordRef::validate(&bytes[offset..]) {
+                // A record whose crcs hold but whose body does not decode was never written by
+                // this engine: it is as bad as a failed crc, and replay must not meet it.
+                let validated = RecordRef::validate(&bytes[offset..])
+                    .and_then(|record| record.operation().map(|_| record));
+                match validated {
                     Ok(record) => {
                         let meta = record.header.meta();
                         if meta.lsn != expected {
