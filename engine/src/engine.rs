@@ -504,42 +504,48 @@ impl Engine {
 
     /// Creates a collection in every partition. `CollectionExists` if it existed everywhere.
     pub async fn create_collection(&self, name: &str) -> Result<()> {
-        let parts = (0..self.partition_count()).map(|partition| {
-            let name = name.to_string();
-            self.on_partition(partition, move |partition| async move {
+        let changed = self
+            .on_every_partition(name, |partition, name| async move {
                 match partition.create_collection(&name).await {
                     Ok(_) => Ok(true),
                     Err(EngineError::CollectionExists(_)) => Ok(false),
                     Err(error) => Err(error),
                 }
             })
-        });
-        let created = futures::future::try_join_all(parts).await?;
-        if created.iter().any(|created| *created) {
-            Ok(())
-        } else {
-            Err(EngineError::CollectionExists(name.to_string()))
-        }
+            .await?;
+        changed
+            .then_some(())
+            .ok_or_else(|| EngineError::CollectionExists(name.to_string()))
     }
 
     /// Drops a collection (and its keys) in every partition.
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
-        let parts = (0..self.partition_count()).map(|partition| {
-            let name = name.to_string();
-            self.on_partition(partition, move |partition| async move {
+        let changed = self
+            .on_every_partition(name, |partition, name| async move {
                 match partition.drop_collection(&name).await {
                     Ok(_) => Ok(true),
                     Err(EngineError::NoSuchCollection(_)) => Ok(false),
                     Err(error) => Err(error),
                 }
             })
+            .await?;
+        changed
+            .then_some(())
+            .ok_or_else(|| EngineError::NoSuchCollection(name.to_string()))
+    }
+
+    /// Runs a collection change on every partition at once; true if any partition changed.
+    async fn on_every_partition<F, Fut>(&self, name: &str, change: F) -> Result<bool>
+    where
+        F: Fn(Rc<Partition<DmaStorage>>, String) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<bool>> + 'static,
+    {
+        let parts = (0..self.partition_count()).map(|partition| {
+            let (name, change) = (name.to_string(), change.clone());
+            self.on_partition(partition, move |partition| change(partition, name))
         });
-        let dropped = futures::future::try_join_all(parts).await?;
-        if dropped.iter().any(|dropped| *dropped) {
-            Ok(())
-        } else {
-            Err(EngineError::NoSuchCollection(name.to_string()))
-        }
+        let changed = futures::future::try_join_all(parts).await?;
+        Ok(changed.into_iter().any(|changed| changed))
     }
 
     /// Snapshots every partition now; returns what each wrote (`None` where one was running).
