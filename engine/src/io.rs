@@ -60,4 +60,8 @@ pub trait StorageFile: 'static {
     async fn sync(&self) -> io::Result<()>;
     /// Size of the file in bytes.
     async fn size(&self) -> io::Result<u64>;
+    /// Closes the file now. Dropping it instead defers the close to the runtime's next I/O
+    /// cycle, which never comes if the runtime is stopping: the descriptor would leak (and,
+    /// for one, keep its file system busy).
+    async fn close(self) -> io::Result<()>;
 }

@@ -818,12 +818,27 @@ impl<S: Storage> Partition<S> {
         Ok(())
     }
 
-    /// Stops the writer task after it has flushed everything staged.
+    /// Stops the writer task after it has flushed everything staged, and closes the WAL's
+    /// files. Afterwards writes answer `ShuttingDown`; the partition must be reopened to be
+    /// used again.
     pub async fn close(&self) -> Result<()> {
-        let staged_up_to = self.wal.borrow().next_lsn() - 1;
-        let flushed = self.wait_durable(staged_up_to).await;
+        if self.closed.get() {
+            return Ok(());
+        }
+        // Other tasks may stage more while we wait: stop only once nothing is staged or in
+        // flight (or the shard is poisoned), so no flush can still use the files.
+        let flushed = loop {
+            let staged_up_to = self.wal.borrow().next_lsn() - 1;
+            let flushed = self.wait_durable(staged_up_to).await;
+            if flushed.is_err() || self.durable_lsn() == self.wal.borrow().next_lsn() - 1 {
+                break flushed;
+            }
+        };
         self.closed.set(true);
         self.writer_bell.ring();
-        flushed
+        let closed = wal::close_files(&self.wal)
+            .await
+            .map_err(|error| EngineError::io(format!("partition {}: close", self.id), error));
+        flushed.and(closed)
     }
 }

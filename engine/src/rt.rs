@@ -325,6 +325,10 @@ impl StorageFile for DmaStorageFile {
     async fn size(&self) -> io::Result<u64> {
         Ok(self.file.file_size().await?)
     }
+
+    async fn close(self) -> io::Result<()> {
+        Ok(self.file.close().await?)
+    }
 }
 
 /// A counting semaphore for tasks of one shard.

@@ -409,4 +409,8 @@ impl StorageFile for SimHandle {
         self.disk.check_power()?;
         Ok(self.disk.state.borrow().inodes[&self.inode].volatile.len() as u64)
     }
+
+    async fn close(self) -> io::Result<()> {
+        Ok(())
+    }
 }

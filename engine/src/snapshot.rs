@@ -204,6 +204,7 @@ impl<F: StorageFile> SnapshotWriter<F> {
         }
         let total = self.written + self.buffer.len() as u64;
         self.file.sync().await?;
+        self.file.close().await?;
         Ok(total)
     }
 }

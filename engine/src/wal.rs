@@ -749,6 +749,26 @@ pub async fn truncate_after<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::
     Ok(())
 }
 
+/// Closes every segment file (the partition is closing; nothing may be staged or in flight).
+/// The WAL holds no segment afterwards: reads find nothing and it must not be written again.
+pub async fn close_files<S: Storage>(wal: &RefCell<Wal<S>>) -> io::Result<()> {
+    let files: Vec<Rc<S::File>> = {
+        let mut wal = wal.borrow_mut();
+        wal.tail.clear();
+        wal.segments.drain(..).map(|segment| segment.file).collect()
+    };
+    let mut result = Ok(());
+    for file in files {
+        // A file still referenced elsewhere (a raw read in flight) is closed on drop.
+        if let Ok(file) = Rc::try_unwrap(file) {
+            if let Err(error) = file.close().await {
+                result = result.and(Err(error));
+            }
+        }
+    }
+    result
+}
+
 /// Removes sealed segments whose every record is at or below `lsn` (covered by a snapshot).
 /// Returns how many were removed.
 pub async fn prune_through<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::Result<usize> {
