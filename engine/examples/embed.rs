@@ -31,7 +31,9 @@ fn main() -> anyhow::Result<()> {
         let written = engine
             .run_on_shard(shard, |local| async move {
                 let partition = local.partition_for_key(b"bob").expect("owned here").clone();
-                partition.put("users", Bytes::from("bob"), Bytes::from("designer")).await
+                partition
+                    .put("users", Bytes::from("bob"), Bytes::from("designer"))
+                    .await
             })
             .await??;
         println!("bob written in-shard at revision {written}");

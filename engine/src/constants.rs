@@ -33,8 +33,9 @@ pub const SEGMENT_HEADER_BYTES: usize = 4096;
 /// Smallest segment size accepted from configuration: the header plus two of the largest
 /// records, so that every record fits in a fresh segment, rounded up to the alignment (the
 /// configuration must be a multiple of it).
-pub const SEGMENT_BYTES_MIN: u64 =
-    ((SEGMENT_HEADER_BYTES + 2 * RECORD_BYTES_MAX) as u64).div_ceil(ALIGNMENT_BYTES_MAX as u64) * ALIGNMENT_BYTES_MAX as u64;
+pub const SEGMENT_BYTES_MIN: u64 = ((SEGMENT_HEADER_BYTES + 2 * RECORD_BYTES_MAX) as u64)
+    .div_ceil(ALIGNMENT_BYTES_MAX as u64)
+    * ALIGNMENT_BYTES_MAX as u64;
 
 /// Largest segment size accepted from configuration.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
@@ -81,7 +82,9 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT % ALIGNMENT_BYTES_MAX as u64 == 0);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
 const _: () = assert!(SEGMENT_BYTES_MIN % ALIGNMENT_BYTES_MAX as u64 == 0);
 const _: () = assert!(SEGMENT_BYTES_MAX >= SEGMENT_BYTES_DEFAULT);
-const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + COLLECTION_NAME_BYTES_MAX + 64 <= RECORD_BODY_BYTES_MAX);
+const _: () = assert!(
+    KEY_BYTES_MAX + VALUE_BYTES_MAX + COLLECTION_NAME_BYTES_MAX + 64 <= RECORD_BODY_BYTES_MAX
+);
 const _: () = assert!(GROUP_WRITE_BYTES_MAX >= RECORD_BYTES_MAX + ALIGNMENT_BYTES_MAX);
 const _: () = assert!(STAGED_BYTES_MAX >= RECORD_BYTES_MAX);
 const _: () = assert!(GROUP_WRITE_BYTES_MAX % ALIGNMENT_BYTES_MAX == 0);

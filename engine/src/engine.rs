@@ -14,8 +14,8 @@
 //! the shard count may change between runs.
 
 use crate::constants::{
-    PARTITIONS_DEFAULT, PARTITIONS_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
-    SHARD_QUEUE_DEPTH_DEFAULT, SHARD_TICK_MS, SNAPSHOT_WAL_BYTES_DEFAULT,
+    PARTITIONS_DEFAULT, PARTITIONS_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN, SHARD_QUEUE_DEPTH_DEFAULT, SHARD_TICK_MS, SNAPSHOT_WAL_BYTES_DEFAULT,
 };
 use crate::error::{EngineError, Result};
 use crate::hlc::{Hlc, SystemTime, TimeSource};
@@ -126,7 +126,10 @@ impl EngineConfig {
     fn validate(&self) -> Result<()> {
         let fail = |message: String| Err(EngineError::Config(message));
         if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
-            return fail(format!("partitions must be 1..={PARTITIONS_MAX}, got {}", self.partitions));
+            return fail(format!(
+                "partitions must be 1..={PARTITIONS_MAX}, got {}",
+                self.partitions
+            ));
         }
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes)
             || self.segment_bytes % 4096 != 0
@@ -170,7 +173,10 @@ fn prepare_data_dir(config: &EngineConfig) -> Result<std::fs::File> {
     loop {
         // SAFETY: flock on a descriptor we own.
         let locked = unsafe {
-            libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB)
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
         };
         if locked == 0 {
             break;
@@ -187,7 +193,10 @@ fn prepare_data_dir(config: &EngineConfig) -> Result<std::fs::File> {
         std::thread::sleep(LOCK_RETRY_INTERVAL);
     }
     let meta_path = dir.join(META_FILE);
-    let expected = format!("format = {DATA_FORMAT}\npartitions = {}\n", config.partitions);
+    let expected = format!(
+        "format = {DATA_FORMAT}\npartitions = {}\n",
+        config.partitions
+    );
     match std::fs::read_to_string(&meta_path) {
         Ok(found) if found == expected => Ok(lock),
         Ok(found) => Err(EngineError::IncompatibleDataDir {
@@ -373,7 +382,9 @@ impl Engine {
             match futures::executor::block_on(ready) {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => return Err(error),
-                Err(oneshot::Canceled) => return Err(EngineError::Runtime("a shard died while opening".into())),
+                Err(oneshot::Canceled) => {
+                    return Err(EngineError::Runtime("a shard died while opening".into()))
+                }
             }
         }
         Ok(engine)
@@ -436,7 +447,9 @@ impl Engine {
             async move {
                 match partition {
                     Some(partition) => job(partition).await,
-                    None => Err(EngineError::InvalidRequest("partition not on this shard".into())),
+                    None => Err(EngineError::InvalidRequest(
+                        "partition not on this shard".into(),
+                    )),
                 }
             }
         })
@@ -444,7 +457,12 @@ impl Engine {
     }
 
     /// Sets `key` in `collection`; returns the new revision once durable.
-    pub async fn put(&self, collection: &str, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
+    pub async fn put(
+        &self,
+        collection: &str,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<u64> {
         let (collection, key, value) = (collection.to_string(), key.into(), value.into());
         self.on_partition(self.partition_of(&key), move |partition| async move {
             partition.put(&collection, key, value).await
@@ -481,7 +499,9 @@ impl Engine {
     ) -> Result<Result<u64, CasMismatch>> {
         let (collection, key) = (collection.to_string(), key.into());
         self.on_partition(self.partition_of(&key), move |partition| async move {
-            partition.compare_and_set(&collection, key, expected_revision, value).await
+            partition
+                .compare_and_set(&collection, key, expected_revision, value)
+                .await
         })
         .await
     }
@@ -492,7 +512,10 @@ impl Engine {
     pub async fn batch(&self, writes: Vec<BatchWrite>) -> Result<()> {
         let mut by_partition: BTreeMap<PartitionId, Vec<BatchWrite>> = BTreeMap::new();
         for write in writes {
-            by_partition.entry(self.partition_of(write.key())).or_default().push(write);
+            by_partition
+                .entry(self.partition_of(write.key()))
+                .or_default()
+                .push(write);
         }
         let parts = by_partition.into_iter().map(|(partition, writes)| {
             self.on_partition(partition, move |partition| async move {
@@ -550,15 +573,20 @@ impl Engine {
 
     /// Snapshots every partition now; returns what each wrote (`None` where one was running).
     pub async fn snapshot_all(&self) -> Result<Vec<Option<SnapshotInfo>>> {
-        let parts = (0..self.partition_count())
-            .map(|partition| self.on_partition(partition, |partition| async move { partition.snapshot().await }));
+        let parts = (0..self.partition_count()).map(|partition| {
+            self.on_partition(
+                partition,
+                |partition| async move { partition.snapshot().await },
+            )
+        });
         futures::future::try_join_all(parts).await
     }
 
     /// Counters of every partition, by partition id.
     pub async fn stats(&self) -> Result<Vec<PartitionStats>> {
-        let parts = (0..self.partition_count())
-            .map(|partition| self.on_partition(partition, |partition| async move { Ok(partition.stats()) }));
+        let parts = (0..self.partition_count()).map(|partition| {
+            self.on_partition(partition, |partition| async move { Ok(partition.stats()) })
+        });
         futures::future::try_join_all(parts).await
     }
 
@@ -609,12 +637,17 @@ impl Drop for DrainOnExit {
 
 async fn shard_main(setup: ShardSetup) {
     let receiver = DrainOnExit(setup.receiver.clone());
-    let state = Rc::new(ShardState::new(setup.shard, Hlc::new(setup.clock.0.clone())));
+    let state = Rc::new(ShardState::new(
+        setup.shard,
+        Hlc::new(setup.clock.0.clone()),
+    ));
     let mut partitions = BTreeMap::new();
     for id in setup.owned {
         let dir = partition_dir(&setup.data_dir, id);
         let opened = match DmaStorage::open(&dir) {
-            Ok(storage) => Partition::open(id, storage, setup.partition_config, state.clone()).await,
+            Ok(storage) => {
+                Partition::open(id, storage, setup.partition_config, state.clone()).await
+            }
             Err(error) => Err(EngineError::io(format!("create {dir:?}"), error)),
         };
         match opened {

@@ -81,7 +81,9 @@ pub enum EngineError {
 
     /// A truncation was asked below what the partition's latest snapshot reflects; nothing
     /// changed.
-    #[error("cannot truncate to LSN {lsn}: the snapshot reflects records up to LSN {snapshot_lsn}")]
+    #[error(
+        "cannot truncate to LSN {lsn}: the snapshot reflects records up to LSN {snapshot_lsn}"
+    )]
     TruncateBelowSnapshot {
         /// The LSN asked for.
         lsn: u64,

@@ -110,7 +110,10 @@ impl Index {
         let meta = record.header.meta();
         let Ok(operation) = record.operation() else {
             // Bodies were crc-checked; an undecodable one is a format bug, not disk damage.
-            panic!("record at LSN {} has a valid crc but an undecodable body", meta.lsn);
+            panic!(
+                "record at LSN {} has a valid crc but an undecodable body",
+                meta.lsn
+            );
         };
         let create = source == ReplaySource::Snapshot;
         let entry = |value: &[u8]| Entry {
@@ -123,7 +126,12 @@ impl Index {
                 collection,
                 key,
                 value,
-            } => self.put(collection, Bytes::copy_from_slice(key), entry(value), create),
+            } => self.put(
+                collection,
+                Bytes::copy_from_slice(key),
+                entry(value),
+                create,
+            ),
             Operation::Delete { collection, key } => {
                 self.delete(collection, key);
             }
@@ -140,14 +148,21 @@ impl Index {
                             collection,
                             key,
                             value,
-                        } => self.put(collection, Bytes::copy_from_slice(key), entry(value), create),
+                        } => self.put(
+                            collection,
+                            Bytes::copy_from_slice(key),
+                            entry(value),
+                            create,
+                        ),
                         BatchOperation::Delete { collection, key } => {
                             self.delete(collection, key);
                         }
                     }
                 }
             }
-            Operation::EpochStart | Operation::SnapshotBegin { .. } | Operation::SnapshotEnd { .. } => {}
+            Operation::EpochStart
+            | Operation::SnapshotBegin { .. }
+            | Operation::SnapshotEnd { .. } => {}
         }
     }
 
@@ -159,7 +174,8 @@ impl Index {
         limit: usize,
     ) -> Vec<(String, Bytes, Entry)> {
         let mut out = Vec::with_capacity(limit);
-        let collections: Box<dyn Iterator<Item = (&String, &BTreeMap<Bytes, Entry>)>> = match cursor {
+        let collections: Box<dyn Iterator<Item = (&String, &BTreeMap<Bytes, Entry>)>> = match cursor
+        {
             None => Box::new(self.collections.iter()),
             Some((collection, _)) => Box::new(
                 self.collections

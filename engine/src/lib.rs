@@ -4,15 +4,15 @@ pub mod engine;
 pub mod error;
 pub mod hlc;
 pub mod index;
-pub mod partition;
 pub mod io;
+pub mod partition;
 pub mod record;
 pub mod rt;
 pub mod scan;
 pub mod segment;
+pub mod sim;
 pub mod snapshot;
 pub mod wal;
-pub mod sim;
 
 pub use engine::{Engine, EngineConfig, LocalShard};
 pub use error::{EngineError, Result};

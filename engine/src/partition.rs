@@ -343,7 +343,11 @@ impl<S: Storage> Partition<S> {
         }
         self.shard.check()?;
         let (sender, receiver) = oneshot::channel();
-        self.waiters.borrow_mut().entry(lsn).or_default().push(sender);
+        self.waiters
+            .borrow_mut()
+            .entry(lsn)
+            .or_default()
+            .push(sender);
         self.writer_bell.ring();
         match receiver.await {
             Ok(Ok(())) => Ok(()),
@@ -372,7 +376,10 @@ impl<S: Storage> Partition<S> {
             self.shard.check()?;
             check(&self.index.borrow())?;
             let hlc = self.shard.hlc.now();
-            let staged = self.wal.borrow_mut().stage(self.epoch.get(), hlc, operation);
+            let staged = self
+                .wal
+                .borrow_mut()
+                .stage(self.epoch.get(), hlc, operation);
             match staged {
                 Ok(lsn) => {
                     apply(&mut self.index.borrow_mut(), lsn, hlc);
@@ -502,7 +509,9 @@ impl<S: Storage> Partition<S> {
                 &operation,
                 |index| {
                     Self::require_collection(index, collection)?;
-                    let current = index.get(collection, &key).map_or(0, |entry| entry.revision);
+                    let current = index
+                        .get(collection, &key)
+                        .map_or(0, |entry| entry.revision);
                     if current != expected_revision {
                         mismatch.set(Some(current));
                         return Err(EngineError::InvalidRequest(String::new()));
@@ -580,7 +589,9 @@ impl<S: Storage> Partition<S> {
                 encoded_len(&operation)
             )));
         }
-        let has_delete = writes.iter().any(|write| matches!(write, BatchWrite::Delete { .. }));
+        let has_delete = writes
+            .iter()
+            .any(|write| matches!(write, BatchWrite::Delete { .. }));
         let (lsn, _) = self
             .stage(
                 &operation,
@@ -642,8 +653,10 @@ impl<S: Storage> Partition<S> {
         let lsn = match staged {
             Ok((lsn, _)) => lsn,
             Err(EngineError::CollectionExists(name)) => {
-                // It exists: answer once its creation is durable.
-                self.wait_durable(self.wal.borrow().next_lsn() - 1).await?;
+                // It exists: answer once its creation is durable. (The borrow must end before
+                // the wait: the writer task borrows the WAL mutably meanwhile.)
+                let staged_up_to = self.wal.borrow().next_lsn() - 1;
+                self.wait_durable(staged_up_to).await?;
                 return Err(EngineError::CollectionExists(name));
             }
             Err(error) => return Err(error),
@@ -679,7 +692,9 @@ impl<S: Storage> Partition<S> {
             )));
         }
         self.epoch.set(epoch);
-        let (lsn, _) = self.stage(&Operation::EpochStart, |_| Ok(()), |_, _, _| {}).await?;
+        let (lsn, _) = self
+            .stage(&Operation::EpochStart, |_| Ok(()), |_, _, _| {})
+            .await?;
         self.wait_durable(lsn).await?;
         Ok(lsn)
     }
@@ -716,14 +731,24 @@ impl<S: Storage> Partition<S> {
         let (snapshot_lsn, epochs, bytes_now) = {
             let wal = self.wal.borrow();
             let lsn = wal.durable_lsn();
-            let epochs: Vec<(u64, u64)> = wal.epochs().iter().copied().filter(|(_, first)| *first <= lsn).collect();
+            let epochs: Vec<(u64, u64)> = wal
+                .epochs()
+                .iter()
+                .copied()
+                .filter(|(_, first)| *first <= lsn)
+                .collect();
             (lsn, epochs, wal.durable_bytes_written())
         };
         let truncations = self.truncations.get();
         let io_error = |error| EngineError::io(format!("partition {}: snapshot", self.id), error);
-        let unpublished = snapshot::write_snapshot(&self.storage, self.id, snapshot_lsn, epochs, &self.index, || {
-            self.wal.borrow().next_lsn() - 1
-        })
+        let unpublished = snapshot::write_snapshot(
+            &self.storage,
+            self.id,
+            snapshot_lsn,
+            epochs,
+            &self.index,
+            || self.wal.borrow().next_lsn() - 1,
+        )
         .await
         .map_err(io_error)?;
         self.wait_durable(unpublished.info.covers_lsn).await?;
@@ -737,9 +762,18 @@ impl<S: Storage> Partition<S> {
         self.snapshot_covers_lsn.set(info.covers_lsn);
         self.wal_bytes_at_snapshot.set(bytes_now);
         self.snapshots.set(self.snapshots.get() + 1);
-        snapshot::remove_older(&self.storage, snapshot_lsn).await.map_err(io_error)?;
-        wal::prune_through(&self.wal, snapshot_lsn).await.map_err(io_error)?;
-        tracing::debug!(partition = self.id, snapshot_lsn, entries = info.entries, "snapshot taken");
+        snapshot::remove_older(&self.storage, snapshot_lsn)
+            .await
+            .map_err(io_error)?;
+        wal::prune_through(&self.wal, snapshot_lsn)
+            .await
+            .map_err(io_error)?;
+        tracing::debug!(
+            partition = self.id,
+            snapshot_lsn,
+            entries = info.entries,
+            "snapshot taken"
+        );
         Ok(Some(info))
     }
 
@@ -766,7 +800,10 @@ impl<S: Storage> Partition<S> {
         let refuse = |partition: &Self| {
             // The snapshot may reflect records up to its covers LSN: truncating below that
             // would bring them back from the snapshot.
-            let covers_lsn = partition.snapshot_covers_lsn.get().max(partition.snapshot_lsn.get());
+            let covers_lsn = partition
+                .snapshot_covers_lsn
+                .get()
+                .max(partition.snapshot_lsn.get());
             if lsn < covers_lsn {
                 return Err(EngineError::TruncateBelowSnapshot {
                     lsn,
@@ -789,10 +826,7 @@ impl<S: Storage> Partition<S> {
         let mut index = Index::default();
         snapshot::load_latest(&self.storage, self.id, &mut index).await?;
         let from = self.snapshot_lsn.get() + 1;
-        let mut position = match self.position_of(from).await? {
-            Some(position) => Some(position),
-            None => None,
-        };
+        let mut position = self.position_of(from).await?;
         while let Some(at) = position {
             let chunk = self.read_raw(at, 4 * 1024 * 1024).await?;
             if chunk.bytes.is_empty() {
@@ -800,21 +834,23 @@ impl<S: Storage> Partition<S> {
             }
             let mut used = 0;
             while used < chunk.bytes.len() {
-                let record = crate::record::RecordRef::validate(&chunk.bytes[used..]).map_err(|error| {
-                    EngineError::Corruption {
-                        file: self.storage.path(""),
-                        offset: at.offset + used as u64,
-                        lsn: 0,
-                        reason: error.to_string(),
-                    }
-                })?;
+                let record =
+                    crate::record::RecordRef::validate(&chunk.bytes[used..]).map_err(|error| {
+                        EngineError::Corruption {
+                            file: self.storage.path(""),
+                            offset: at.offset + used as u64,
+                            lsn: 0,
+                            reason: error.to_string(),
+                        }
+                    })?;
                 index.apply_record(record, ReplaySource::Wal);
                 used += record.len();
             }
             position = Some(chunk.next);
         }
         *self.index.borrow_mut() = index;
-        self.epoch.set(self.wal.borrow().last_epoch().max(self.epoch.get()));
+        self.epoch
+            .set(self.wal.borrow().last_epoch().max(self.epoch.get()));
         Ok(())
     }
 

@@ -67,7 +67,8 @@ fn runtime_error(error: glommio::GlommioError<()>) -> EngineError {
     let text = error.to_string();
     let hint = if text.contains("memlock") || text.contains("MemLock") {
         " (raise the memlock limit: `ulimit -l unlimited`, systemd `LimitMEMLOCK=infinity`, docker `--ulimit memlock=-1`)"
-    } else if text.contains("Operation not permitted") || text.contains("Function not implemented") {
+    } else if text.contains("Operation not permitted") || text.contains("Function not implemented")
+    {
         " (io_uring is unavailable: check `kernel.io_uring_disabled` and the container's seccomp profile)"
     } else {
         ""

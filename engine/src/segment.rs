@@ -100,7 +100,11 @@ mod tests {
         SegmentHeader::write(&mut block, 3, 77, 1 << 20);
         let header = SegmentHeader::read(&block).unwrap();
         assert_eq!(
-            (header.partition(), header.base_lsn(), header.segment_bytes()),
+            (
+                header.partition(),
+                header.base_lsn(),
+                header.segment_bytes()
+            ),
             (3, 77, 1 << 20)
         );
         for bit in 0..SEGMENT_HEADER_STRUCT_BYTES * 8 {

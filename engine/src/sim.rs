@@ -314,9 +314,9 @@ impl Storage for SimDisk {
         self.check_power()?;
         let mut state = self.state.borrow_mut();
         let prefix = self.prefix.clone();
-        state.durable_names.retain(|name, _| {
-            !(name.starts_with(&prefix) && !name[prefix.len()..].contains('/'))
-        });
+        state
+            .durable_names
+            .retain(|name, _| !name.starts_with(&prefix) || name[prefix.len()..].contains('/'));
         let own: Vec<(String, u64)> = state
             .names
             .iter()
@@ -388,7 +388,10 @@ impl StorageFile for SimHandle {
             state.frozen = Some(Box::new(image));
             return Err(powered_off());
         }
-        if state.fail_syncs_after.is_some_and(|limit| state.syncs > limit) {
+        if state
+            .fail_syncs_after
+            .is_some_and(|limit| state.syncs > limit)
+        {
             let file = state.inodes.get_mut(&self.inode).expect("inode");
             file.dirty_sectors.clear();
             return Err(io::Error::from_raw_os_error(libc::EIO));

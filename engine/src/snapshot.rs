@@ -75,7 +75,9 @@ impl UnpublishedSnapshot {
     /// Renames the snapshot into place and syncs the directory: from then on recovery loads
     /// it. Call only once `info.covers_lsn` is durable in the WAL.
     pub async fn publish<S: Storage>(self, storage: &S) -> io::Result<SnapshotInfo> {
-        storage.rename(&self.tmp, &snapshot_name(self.info.snapshot_lsn)).await?;
+        storage
+            .rename(&self.tmp, &snapshot_name(self.info.snapshot_lsn))
+            .await?;
         storage.sync_dir().await?;
         Ok(self.info)
     }
@@ -237,7 +239,11 @@ pub async fn load_latest<S: Storage>(
             .await
             .map_err(|error| EngineError::io(format!("remove {:?}", storage.path(name)), error))?;
     }
-    let Some(lsn) = names.iter().filter_map(|name| parse_snapshot_name(name)).max() else {
+    let Some(lsn) = names
+        .iter()
+        .filter_map(|name| parse_snapshot_name(name))
+        .max()
+    else {
         return Ok(LoadedSnapshot::default());
     };
     let name = snapshot_name(lsn);
@@ -273,8 +279,11 @@ pub async fn load_latest<S: Storage>(
             if buffer.len() - used < header.record_len() {
                 break;
             }
-            let record = RecordRef::validate(&buffer[used..]).map_err(|error| corrupt(at, error.to_string()))?;
-            let operation = record.operation().map_err(|error| corrupt(at, error.to_string()))?;
+            let record = RecordRef::validate(&buffer[used..])
+                .map_err(|error| corrupt(at, error.to_string()))?;
+            let operation = record
+                .operation()
+                .map_err(|error| corrupt(at, error.to_string()))?;
             match (&begin, operation) {
                 (
                     None,
@@ -285,18 +294,27 @@ pub async fn load_latest<S: Storage>(
                     },
                 ) => {
                     if owner != partition || snapshot_lsn != lsn {
-                        return Err(corrupt(at, format!("snapshot of partition {owner} at LSN {snapshot_lsn}")));
+                        return Err(corrupt(
+                            at,
+                            format!("snapshot of partition {owner} at LSN {snapshot_lsn}"),
+                        ));
                     }
                     begin = Some(epochs);
                 }
                 (None, _) => return Err(corrupt(at, "does not start with SnapshotBegin".into())),
                 (Some(epochs), Operation::SnapshotEnd { records: count }) => {
                     if count != records {
-                        return Err(corrupt(at, format!("SnapshotEnd counts {count} records, found {records}")));
+                        return Err(corrupt(
+                            at,
+                            format!("SnapshotEnd counts {count} records, found {records}"),
+                        ));
                     }
                     let covers_lsn = record.header.lsn();
                     if covers_lsn < lsn {
-                        return Err(corrupt(at, format!("SnapshotEnd covers LSN {covers_lsn}, below the snapshot")));
+                        return Err(corrupt(
+                            at,
+                            format!("SnapshotEnd covers LSN {covers_lsn}, below the snapshot"),
+                        ));
                     }
                     return Ok(LoadedSnapshot {
                         snapshot_lsn: lsn,

@@ -142,10 +142,9 @@ impl<S: Storage> Wal<S> {
             .rposition(|(base, _)| *base <= first_needed)
             .unwrap_or(0);
         for (_, name) in names.drain(..keep_from) {
-            storage
-                .remove(&name)
-                .await
-                .map_err(|error| EngineError::io(format!("remove {:?}", storage.path(&name)), error))?;
+            storage.remove(&name).await.map_err(|error| {
+                EngineError::io(format!("remove {:?}", storage.path(&name)), error)
+            })?;
         }
         let mut files = Vec::with_capacity(names.len());
         let mut images = Vec::with_capacity(names.len());
@@ -155,7 +154,10 @@ impl<S: Storage> Wal<S> {
                 .open(name)
                 .await
                 .map_err(|error| EngineError::io(format!("open {path:?}"), error))?;
-            assert!(BLOCK_BYTES % file.alignment() as u64 == 0, "alignment over 4 KiB");
+            assert!(
+                BLOCK_BYTES % file.alignment() as u64 == 0,
+                "alignment over 4 KiB"
+            );
             let image = read_whole(&file)
                 .await
                 .map_err(|error| EngineError::io(format!("read {path:?}"), error))?;
@@ -195,10 +197,9 @@ impl<S: Storage> Wal<S> {
         // old log, which recovery handles again), then the rest of the last segment.
         for &index in outcome.remove.iter().rev() {
             let name = &names[index].1;
-            storage
-                .remove(name)
-                .await
-                .map_err(|error| EngineError::io(format!("remove {:?}", storage.path(name)), error))?;
+            storage.remove(name).await.map_err(|error| {
+                EngineError::io(format!("remove {:?}", storage.path(name)), error)
+            })?;
         }
         if !outcome.remove.is_empty() {
             storage
@@ -210,7 +211,9 @@ impl<S: Storage> Wal<S> {
             let name = &names[index].1;
             zero_range(&*files[index], &images[index], from, to)
                 .await
-                .map_err(|error| EngineError::io(format!("cut torn tail of {:?}", storage.path(name)), error))?;
+                .map_err(|error| {
+                    EngineError::io(format!("cut torn tail of {:?}", storage.path(name)), error)
+                })?;
             tracing::warn!(file = ?storage.path(name), offset = from, "cut off a torn WAL tail");
         }
 
@@ -293,7 +296,10 @@ impl<S: Storage> Wal<S> {
 
     /// Base LSNs of the segment files, ascending.
     pub fn segment_base_lsns(&self) -> Vec<u64> {
-        self.segments.iter().map(|segment| segment.base_lsn).collect()
+        self.segments
+            .iter()
+            .map(|segment| segment.base_lsn)
+            .collect()
     }
 
     /// Encodes `operation` as the next record, in memory, and returns its LSN. The record is
@@ -305,11 +311,17 @@ impl<S: Storage> Wal<S> {
         operation: &Operation<'_>,
     ) -> std::result::Result<u64, StageError> {
         let len = encoded_len(operation);
-        assert!(len <= RECORD_BYTES_MAX, "record over the limit: validate first");
+        assert!(
+            len <= RECORD_BYTES_MAX,
+            "record over the limit: validate first"
+        );
         if !self.staged.is_empty() && self.staged_bytes + len > STAGED_BYTES_MAX {
             return Err(StageError::Full);
         }
-        assert!(epoch >= self.last_epoch(), "epochs never go backwards in a log");
+        assert!(
+            epoch >= self.last_epoch(),
+            "epochs never go backwards in a log"
+        );
         let lsn = self.next_lsn;
         let needs_segment = self.append_segment_base_lsn == 0
             || self.append_offset + len as u64 > self.segment_bytes;
@@ -371,7 +383,10 @@ impl<S: Storage> Wal<S> {
         let groups = std::mem::take(&mut self.staged);
         if let Some(active) = self.segments.last() {
             if !groups[0].new_segment {
-                assert_eq!(groups[0].start_offset, active.end_offset, "flushes are sequential");
+                assert_eq!(
+                    groups[0].start_offset, active.end_offset,
+                    "flushes are sequential"
+                );
             }
         }
         Some(FlushPlan {
@@ -381,7 +396,12 @@ impl<S: Storage> Wal<S> {
         })
     }
 
-    fn complete_flush(&mut self, plan: FlushPlan<S::File>, created: Vec<Rc<S::File>>, tail: Vec<u8>) -> u64 {
+    fn complete_flush(
+        &mut self,
+        plan: FlushPlan<S::File>,
+        created: Vec<Rc<S::File>>,
+        tail: Vec<u8>,
+    ) -> u64 {
         self.flush_in_flight = false;
         let mut created = created.into_iter();
         for group in plan.groups {
@@ -423,7 +443,10 @@ impl<S: Storage> Wal<S> {
         if lsn > segment.last_lsn {
             return None;
         }
-        let offset = match segment.samples.binary_search_by_key(&lsn, |(sample, _)| *sample) {
+        let offset = match segment
+            .samples
+            .binary_search_by_key(&lsn, |(sample, _)| *sample)
+        {
             Ok(at) => segment.samples[at].1,
             Err(0) => SEGMENT_HEADER_BYTES as u64,
             Err(at) => segment.samples[at - 1].1,
@@ -432,7 +455,11 @@ impl<S: Storage> Wal<S> {
             index,
             WalPosition {
                 segment_base_lsn: segment.base_lsn,
-                offset: if segment.samples.first().is_some_and(|(first, _)| *first > lsn) {
+                offset: if segment
+                    .samples
+                    .first()
+                    .is_some_and(|(first, _)| *first > lsn)
+                {
                     SEGMENT_HEADER_BYTES as u64
                 } else {
                     offset
@@ -481,16 +508,27 @@ async fn flush_io<S: Storage>(
         let (file, prefix, write_from) = if group.new_segment {
             let name = segment_name(group.segment_base_lsn);
             let file = Rc::new(storage.create(&name, segment_bytes).await?);
-            assert!(BLOCK_BYTES % file.alignment() as u64 == 0, "alignment over 4 KiB");
+            assert!(
+                BLOCK_BYTES % file.alignment() as u64 == 0,
+                "alignment over 4 KiB"
+            );
             let mut header_block = vec![0u8; SEGMENT_HEADER_BYTES];
-            SegmentHeader::write(&mut header_block, partition, group.segment_base_lsn, segment_bytes);
+            SegmentHeader::write(
+                &mut header_block,
+                partition,
+                group.segment_base_lsn,
+                segment_bytes,
+            );
             created.push(file.clone());
             active = Some(file.clone());
             (file, header_block, 0u64)
         } else {
             let file = active.clone().expect("an active segment");
             let prefix = std::mem::take(&mut prefix_for_active);
-            assert_eq!(prefix.len() as u64, group.start_offset - align_down(group.start_offset));
+            assert_eq!(
+                prefix.len() as u64,
+                group.start_offset - align_down(group.start_offset)
+            );
             (file, prefix, align_down(group.start_offset))
         };
         write_stream(&*file, write_from, &prefix, &group.bytes).await?;
@@ -520,7 +558,12 @@ async fn flush_io<S: Storage>(
 
 /// Writes `prefix ++ bytes` at `offset` (aligned), zero-padded to the block size, in writes of
 /// at most [`GROUP_WRITE_BYTES_MAX`].
-async fn write_stream<F: StorageFile>(file: &F, offset: u64, prefix: &[u8], bytes: &[u8]) -> io::Result<()> {
+async fn write_stream<F: StorageFile>(
+    file: &F,
+    offset: u64,
+    prefix: &[u8],
+    bytes: &[u8],
+) -> io::Result<()> {
     assert_eq!(offset % BLOCK_BYTES, 0);
     let total = prefix.len() + bytes.len();
     let mut done = 0usize;
@@ -619,7 +662,11 @@ pub async fn read_raw<S: Storage>(
         let Ok(header) = RecordHeader::validate(&read[used..]) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("bad record header at offset {} of segment {}", position.offset + used as u64, position.segment_base_lsn),
+                format!(
+                    "bad record header at offset {} of segment {}",
+                    position.offset + used as u64,
+                    position.segment_base_lsn
+                ),
             ));
         };
         if used + header.record_len() > read.len() {
@@ -638,7 +685,10 @@ pub async fn read_raw<S: Storage>(
 }
 
 /// The exact position of durable record `lsn`, found from the sparse samples by walking headers.
-pub async fn position_of<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::Result<Option<WalPosition>> {
+pub async fn position_of<S: Storage>(
+    wal: &RefCell<Wal<S>>,
+    lsn: u64,
+) -> io::Result<Option<WalPosition>> {
     let Some((index, mut position)) = wal.borrow().seek_hint(lsn) else {
         return Ok(None);
     };
@@ -646,7 +696,10 @@ pub async fn position_of<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::Res
     loop {
         let read = file.read_at(position.offset, RECORD_HEADER_BYTES).await?;
         let header = RecordHeader::validate(&read).map_err(|error| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("seeking LSN {lsn}: {error}"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("seeking LSN {lsn}: {error}"),
+            )
         })?;
         if header.lsn() == lsn {
             return Ok(Some(position));
@@ -664,7 +717,10 @@ pub async fn position_of<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::Res
 pub async fn truncate_after<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::Result<()> {
     {
         let wal = wal.borrow();
-        assert!(!wal.flush_in_flight && wal.staged.is_empty(), "truncate with writes paused");
+        assert!(
+            !wal.flush_in_flight && wal.staged.is_empty(),
+            "truncate with writes paused"
+        );
         if lsn >= wal.durable_lsn {
             return Ok(());
         }
@@ -708,7 +764,10 @@ pub async fn truncate_after<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::
     if let Some((index, offset)) = cut {
         let (file, end) = {
             let wal = wal.borrow();
-            (wal.segments[index].file.clone(), wal.segments[index].end_offset)
+            (
+                wal.segments[index].file.clone(),
+                wal.segments[index].end_offset,
+            )
         };
         let start = align_down(offset);
         let head = file.read_at(start, (offset - start) as usize).await?;

@@ -44,14 +44,26 @@ fn runner(test: &str, cases: u32) -> TestRunner {
     if std::env::var("PROPTEST_CASES").is_err() {
         config.cases = cases;
     }
-    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes))
+    TestRunner::new_with_rng(
+        config,
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    )
 }
 
 /// A record with a valid header and body crc around an arbitrary body of an arbitrary kind.
 fn forged_record(kind: OperationKind, body: &[u8], lsn: u64) -> Vec<u8> {
     // Encode an EpochStart (empty body), then splice in the body and fix the header.
     let mut out = Vec::new();
-    encode_record(&mut out, RecordMeta { lsn, epoch: 1, hlc: 0, durable_lsn: lsn - 1 }, &Operation::EpochStart);
+    encode_record(
+        &mut out,
+        RecordMeta {
+            lsn,
+            epoch: 1,
+            hlc: 0,
+            durable_lsn: lsn - 1,
+        },
+        &Operation::EpochStart,
+    );
     out[10] = kind as u8;
     out[12..16].copy_from_slice(&(body.len() as u32).to_le_bytes());
     out[16..20].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
@@ -65,23 +77,26 @@ fn forged_record(kind: OperationKind, body: &[u8], lsn: u64) -> Vec<u8> {
 fn record_and_body_decoders_never_panic() {
     let mut runner = runner("decoders/records", 2048);
     runner
-        .run(&(prop::collection::vec(any::<u8>(), 0..400), 0..KINDS.len()), |(bytes, kind)| {
-            let _ = RecordRef::validate(&bytes);
-            for kind in KINDS {
-                let _ = Operation::decode(kind, &bytes);
-            }
-            // Through validate, with crcs that hold, so the body decoder really runs.
-            let forged = forged_record(KINDS[kind], &bytes, 1);
-            let record = RecordRef::validate(&forged).expect("forged crcs hold");
-            if let Ok(operation) = record.operation() {
-                // Whatever decodes re-encodes to the same body.
-                let mut again = Vec::new();
-                operation.encode_body(&mut again);
-                prop_assert_eq!(&again, &bytes);
-            }
-            let _ = SegmentHeader::read(&bytes);
-            Ok(())
-        })
+        .run(
+            &(prop::collection::vec(any::<u8>(), 0..400), 0..KINDS.len()),
+            |(bytes, kind)| {
+                let _ = RecordRef::validate(&bytes);
+                for kind in KINDS {
+                    let _ = Operation::decode(kind, &bytes);
+                }
+                // Through validate, with crcs that hold, so the body decoder really runs.
+                let forged = forged_record(KINDS[kind], &bytes, 1);
+                let record = RecordRef::validate(&forged).expect("forged crcs hold");
+                if let Ok(operation) = record.operation() {
+                    // Whatever decodes re-encodes to the same body.
+                    let mut again = Vec::new();
+                    operation.encode_body(&mut again);
+                    prop_assert_eq!(&again, &bytes);
+                }
+                let _ = SegmentHeader::read(&bytes);
+                Ok(())
+            },
+        )
         .unwrap();
 }
 
@@ -92,8 +107,17 @@ fn valid_segment(base_lsn: u64, records: u64) -> Vec<u8> {
         let key = format!("k{lsn}");
         encode_record(
             &mut image,
-            RecordMeta { lsn, epoch: 1, hlc: lsn, durable_lsn: lsn - 1 },
-            &Operation::Put { collection: "c", key: key.as_bytes(), value: b"value" },
+            RecordMeta {
+                lsn,
+                epoch: 1,
+                hlc: lsn,
+                durable_lsn: lsn - 1,
+            },
+            &Operation::Put {
+                collection: "c",
+                key: key.as_bytes(),
+                value: b"value",
+            },
         );
     }
     image.resize(16 * 1024, 0);
@@ -119,7 +143,10 @@ fn scan_never_panics_on_arbitrary_or_mutated_images() {
                 headed.extend_from_slice(&arbitrary);
                 headed
             }] {
-                let images = [SegmentImage { base_lsn: 1, bytes: &bytes }];
+                let images = [SegmentImage {
+                    base_lsn: 1,
+                    bytes: &bytes,
+                }];
                 let _ = scan(&images, PARTITION, first_lsn.max(1), 1024, |record| {
                     let _ = record.operation();
                 });
@@ -131,8 +158,14 @@ fn scan_never_panics_on_arbitrary_or_mutated_images() {
                 segments[segment][offset..end].fill(byte);
             }
             let images = [
-                SegmentImage { base_lsn: 1, bytes: &segments[0] },
-                SegmentImage { base_lsn: 41, bytes: &segments[1] },
+                SegmentImage {
+                    base_lsn: 1,
+                    bytes: &segments[0],
+                },
+                SegmentImage {
+                    base_lsn: 41,
+                    bytes: &segments[1],
+                },
             ];
             let mut visited = Vec::new();
             if let Ok(outcome) = scan(&images, PARTITION, first_lsn.max(1), 1024, |record| {
@@ -190,7 +223,10 @@ fn a_crc_valid_undecodable_record_is_corruption_not_a_panic() {
             image.extend_from_slice(&forged);
             image.append(&mut tail);
             image.resize(16 * 1024, 0);
-            let file = disk.create(&segment_name(1), image.len() as u64).await.unwrap();
+            let file = disk
+                .create(&segment_name(1), image.len() as u64)
+                .await
+                .unwrap();
             let mut buffer = file.alloc_buffer(image.len());
             buffer.copy_from_slice(&image);
             file.write_at(buffer, 0).await.unwrap();

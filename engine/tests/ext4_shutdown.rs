@@ -35,11 +35,16 @@ struct Mount {
 }
 
 fn run(command: &mut Command) -> Result<(), String> {
-    let output = command.output().map_err(|error| format!("{command:?}: {error}"))?;
+    let output = command
+        .output()
+        .map_err(|error| format!("{command:?}: {error}"))?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!("{command:?}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+        Err(format!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
 }
 
@@ -71,7 +76,10 @@ impl Mount {
     }
 
     fn mount(&mut self) -> Result<(), String> {
-        run(Command::new("mount").args(["-t", "ext4", "-o", "loop"]).arg(&self.image).arg(&self.point))?;
+        run(Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop"])
+            .arg(&self.image)
+            .arg(&self.point))?;
         self.mounted = true;
         Ok(())
     }
@@ -158,7 +166,8 @@ fn acknowledged_writes_survive_an_ext4_shutdown() {
                     }
                     let key = format!("w{writer}-{index}");
                     let value = format!("value of {key}: {}", "x".repeat(index % 300));
-                    let result = futures::executor::block_on(engine.put("c", key.clone(), value.clone()));
+                    let result =
+                        futures::executor::block_on(engine.put("c", key.clone(), value.clone()));
                     let (lock, changed) = &*progress;
                     let mut progress = lock.lock().unwrap();
                     match result {
@@ -183,7 +192,11 @@ fn acknowledged_writes_survive_an_ext4_shutdown() {
                 progress.acked.len() < ACKED_BEFORE_SHUTDOWN && progress.errors.is_empty()
             })
             .unwrap();
-        assert!(guard.errors.is_empty(), "writes failed before the shutdown: {:?}", guard.errors);
+        assert!(
+            guard.errors.is_empty(),
+            "writes failed before the shutdown: {:?}",
+            guard.errors
+        );
     }
     let shutdown = mount.shut_down();
     if shutdown.is_err() {
@@ -204,9 +217,16 @@ fn acknowledged_writes_survive_an_ext4_shutdown() {
         progress.errors.len(),
         progress.errors.first()
     );
-    assert_eq!(progress.errors.len(), WRITERS, "every writer must see writes fail after the shutdown");
+    assert_eq!(
+        progress.errors.len(),
+        WRITERS,
+        "every writer must see writes fail after the shutdown"
+    );
     let health = futures::executor::block_on(engine.health()).unwrap();
-    assert!(health.iter().all(|shard| shard.poisoned.is_some()), "the shard must be poisoned: {health:?}");
+    assert!(
+        health.iter().all(|shard| shard.poisoned.is_some()),
+        "the shard must be poisoned: {health:?}"
+    );
     drop(engine);
     // Dropping the engine closes every file it had open in the mount (or unmount fails).
 

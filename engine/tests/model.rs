@@ -25,10 +25,25 @@ const KEYS: u8 = 6;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Put { collection: usize, key: u8, large: bool },
-    Get { collection: usize, key: u8 },
-    Delete { collection: usize, key: u8 },
-    Cas { collection: usize, key: u8, right_revision: bool, delete: bool },
+    Put {
+        collection: usize,
+        key: u8,
+        large: bool,
+    },
+    Get {
+        collection: usize,
+        key: u8,
+    },
+    Delete {
+        collection: usize,
+        key: u8,
+    },
+    Cas {
+        collection: usize,
+        key: u8,
+        right_revision: bool,
+        delete: bool,
+    },
     Batch(Vec<(usize, u8, bool)>),
     Create(usize),
     Drop(usize),
@@ -71,11 +86,17 @@ fn fail(message: String) -> TestCaseError {
     TestCaseError::fail(message)
 }
 
-fn check<T: PartialEq + std::fmt::Debug>(found: T, expected: T, what: &str) -> Result<(), TestCaseError> {
+fn check<T: PartialEq + std::fmt::Debug>(
+    found: T,
+    expected: T,
+    what: &str,
+) -> Result<(), TestCaseError> {
     if found == expected {
         Ok(())
     } else {
-        Err(fail(format!("{what}: engine {found:?}, model {expected:?}")))
+        Err(fail(format!(
+            "{what}: engine {found:?}, model {expected:?}"
+        )))
     }
 }
 
@@ -89,12 +110,20 @@ fn error_kind<T>(result: &Result<T, EngineError>) -> Option<&'static str> {
     }
 }
 
-async fn check_full_state(partition: &Partition<SimDisk>, model: &Model, what: &str) -> Result<(), TestCaseError> {
+async fn check_full_state(
+    partition: &Partition<SimDisk>,
+    model: &Model,
+    what: &str,
+) -> Result<(), TestCaseError> {
     for collection in COLLECTIONS {
         for key in 0..KEYS {
             let found = partition.get(collection, &key_bytes(key)).await;
             match model.get(collection) {
-                None => check(error_kind(&found), Some("NoSuchCollection"), &format!("{what}: {collection}"))?,
+                None => check(
+                    error_kind(&found),
+                    Some("NoSuchCollection"),
+                    &format!("{what}: {collection}"),
+                )?,
                 Some(keys) => {
                     let found = found.map_err(|error| fail(format!("{what}: get: {error}")))?;
                     check(
@@ -107,12 +136,18 @@ async fn check_full_state(partition: &Partition<SimDisk>, model: &Model, what: &
         }
     }
     let keys: usize = model.values().map(BTreeMap::len).sum();
-    check(partition.stats().keys, keys as u64, &format!("{what}: key count"))
+    check(
+        partition.stats().keys,
+        keys as u64,
+        &format!("{what}: key count"),
+    )
 }
 
 async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut disk = SimDisk::new();
-    let mut partition: Rc<Partition<SimDisk>> = open(&disk, config()).await.map_err(|error| fail(error.to_string()))?;
+    let mut partition: Rc<Partition<SimDisk>> = open(&disk, config())
+        .await
+        .map_err(|error| fail(error.to_string()))?;
     let mut model = Model::new();
     let mut last_lsn = 0u64;
     for (step, op) in ops.into_iter().enumerate() {
@@ -133,7 +168,11 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Ok(())
         };
         match op {
-            Op::Put { collection, key, large } => {
+            Op::Put {
+                collection,
+                key,
+                large,
+            } => {
                 let name = COLLECTIONS[collection];
                 let value = value(large);
                 let result = partition.put(name, key_bytes(key), value.clone()).await;
@@ -152,7 +191,9 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 match model.get(name) {
                     None => check(error_kind(&result), Some("NoSuchCollection"), &what)?,
                     Some(keys) => check(
-                        result.map_err(|error| fail(format!("{what}: {error}")))?.map(|found| (found.value, found.revision)),
+                        result
+                            .map_err(|error| fail(format!("{what}: {error}")))?
+                            .map(|found| (found.value, found.revision)),
                         keys.get(&key_bytes(key)).cloned(),
                         &what,
                     )?,
@@ -170,25 +211,46 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     )?,
                 }
             }
-            Op::Cas { collection, key, right_revision, delete } => {
+            Op::Cas {
+                collection,
+                key,
+                right_revision,
+                delete,
+            } => {
                 let name = COLLECTIONS[collection];
-                let current = model.get(name).and_then(|keys| keys.get(&key_bytes(key))).map_or(0, |(_, revision)| *revision);
-                let expected = if right_revision { current } else { current + 1_000 };
+                let current = model
+                    .get(name)
+                    .and_then(|keys| keys.get(&key_bytes(key)))
+                    .map_or(0, |(_, revision)| *revision);
+                let expected = if right_revision {
+                    current
+                } else {
+                    current + 1_000
+                };
                 let new_value = (!delete).then(|| value(false));
-                let result = partition.compare_and_set(name, key_bytes(key), expected, new_value.clone()).await;
+                let result = partition
+                    .compare_and_set(name, key_bytes(key), expected, new_value.clone())
+                    .await;
                 match model.get_mut(name) {
                     None => check(error_kind(&result), Some("NoSuchCollection"), &what)?,
                     Some(keys) => {
                         let outcome = result.map_err(|error| fail(format!("{what}: {error}")))?;
                         if right_revision {
-                            let lsn = outcome.map_err(|mismatch| fail(format!("{what}: {mismatch:?}")))?;
+                            let lsn = outcome
+                                .map_err(|mismatch| fail(format!("{what}: {mismatch:?}")))?;
                             fresh_lsn(lsn)?;
                             match new_value {
                                 Some(value) => keys.insert(key_bytes(key), (value, lsn)),
                                 None => keys.remove(&key_bytes(key)),
                             };
                         } else {
-                            check(outcome, Err(CasMismatch { current_revision: current }), &what)?;
+                            check(
+                                outcome,
+                                Err(CasMismatch {
+                                    current_revision: current,
+                                }),
+                                &what,
+                            )?;
                         }
                     }
                 }
@@ -198,16 +260,24 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let batch: Vec<BatchWrite> = writes
                     .iter()
                     .map(|(collection, key, delete)| {
-                        let (collection, key) = (COLLECTIONS[*collection].to_string(), key_bytes(*key));
+                        let (collection, key) =
+                            (COLLECTIONS[*collection].to_string(), key_bytes(*key));
                         if *delete {
                             BatchWrite::Delete { collection, key }
                         } else {
-                            BatchWrite::Put { collection, key, value: value.clone() }
+                            BatchWrite::Put {
+                                collection,
+                                key,
+                                value: value.clone(),
+                            }
                         }
                     })
                     .collect();
                 let result = partition.batch(&batch).await;
-                if writes.iter().any(|(collection, _, _)| !model.contains_key(COLLECTIONS[*collection])) {
+                if writes
+                    .iter()
+                    .any(|(collection, _, _)| !model.contains_key(COLLECTIONS[*collection]))
+                {
                     check(error_kind(&result), Some("NoSuchCollection"), &what)?;
                 } else {
                     let lsn = result.map_err(|error| fail(format!("{what}: {error}")))?;
@@ -242,23 +312,36 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Snapshot => {
-                partition.snapshot().await.map_err(|error| fail(format!("{what}: {error}")))?;
+                partition
+                    .snapshot()
+                    .await
+                    .map_err(|error| fail(format!("{what}: {error}")))?;
             }
             Op::Restart => {
-                partition.close().await.map_err(|error| fail(format!("{what}: close: {error}")))?;
-                partition = open(&disk, config()).await.map_err(|error| fail(format!("{what}: reopen: {error}")))?;
+                partition
+                    .close()
+                    .await
+                    .map_err(|error| fail(format!("{what}: close: {error}")))?;
+                partition = open(&disk, config())
+                    .await
+                    .map_err(|error| fail(format!("{what}: reopen: {error}")))?;
                 check_full_state(&partition, &model, &what).await?;
             }
             Op::Crash => {
                 // Every op so far was acknowledged: nothing may be lost.
                 disk = disk.crash(CrashMode::LoseUnsynced);
-                partition = open(&disk, config()).await.map_err(|error| fail(format!("{what}: recover: {error}")))?;
+                partition = open(&disk, config())
+                    .await
+                    .map_err(|error| fail(format!("{what}: recover: {error}")))?;
                 check_full_state(&partition, &model, &what).await?;
             }
         }
     }
     check_full_state(&partition, &model, "end").await?;
-    partition.close().await.map_err(|error| fail(format!("close: {error}")))?;
+    partition
+        .close()
+        .await
+        .map_err(|error| fail(format!("close: {error}")))?;
     Ok(())
 }
 
@@ -274,8 +357,13 @@ fn partition_matches_a_btreemap_model() {
     if std::env::var("PROPTEST_CASES").is_err() {
         config.cases = 128;
     }
-    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
-    let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| rt::run_local(|| run_case(ops)));
+    let mut runner = TestRunner::new_with_rng(
+        config,
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    );
+    let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
+        rt::run_local(|| run_case(ops))
+    });
     if let Err(error) = result {
         panic!("{error}\n(seed {seed}: replay with COREGRID_SEED={seed})");
     }

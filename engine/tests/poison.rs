@@ -26,7 +26,9 @@ const PUTS_PER_WRITER: usize = 20;
 
 fn assert_poisoned(result: Result<impl std::fmt::Debug, EngineError>, reason: &str, what: &str) {
     match result {
-        Err(EngineError::Poisoned { reason: found, .. }) => assert_eq!(found, reason, "{what}: a different reason"),
+        Err(EngineError::Poisoned { reason: found, .. }) => {
+            assert_eq!(found, reason, "{what}: a different reason")
+        }
         other => panic!("{what}: expected Poisoned, got {other:?}"),
     }
 }
@@ -46,12 +48,16 @@ async fn run(disk: &SimDisk, failure: Failure) -> Vec<(String, Bytes)> {
         Ok(_) => {
             let tasks: Vec<_> = (0..WRITERS)
                 .map(|writer| {
-                    let (partition, acked, first_errors) = (partition.clone(), acked.clone(), first_errors.clone());
+                    let (partition, acked, first_errors) =
+                        (partition.clone(), acked.clone(), first_errors.clone());
                     rt::spawn_local(async move {
                         for index in 0..PUTS_PER_WRITER {
                             let key = format!("w{writer}-{index}");
                             let value = value(&format!("value of {key}"));
-                            match partition.put("c", Bytes::from(key.clone()), value.clone()).await {
+                            match partition
+                                .put("c", Bytes::from(key.clone()), value.clone())
+                                .await
+                            {
                                 Ok(_) => acked.borrow_mut().push((key, value)),
                                 Err(error) => {
                                     first_errors.borrow_mut().push(error);
@@ -75,8 +81,14 @@ async fn run(disk: &SimDisk, failure: Failure) -> Vec<(String, Bytes)> {
     for error in errors {
         match error {
             EngineError::Poisoned { reason: found, .. } => {
-                assert!(found.contains("WAL write or sync failed"), "{what}: reason {found:?}");
-                assert!(reason.as_ref().is_none_or(|reason| *reason == found), "{what}: reasons differ");
+                assert!(
+                    found.contains("WAL write or sync failed"),
+                    "{what}: reason {found:?}"
+                );
+                assert!(
+                    reason.as_ref().is_none_or(|reason| *reason == found),
+                    "{what}: reasons differ"
+                );
                 reason = Some(found);
             }
             other => panic!("{what}: a failed write must report Poisoned, got {other}"),
@@ -86,22 +98,39 @@ async fn run(disk: &SimDisk, failure: Failure) -> Vec<(String, Bytes)> {
     // Nothing touches the disk any more: no write, no sync, whatever is asked.
     let (writes, syncs) = (disk.writes(), disk.syncs());
     poisoned_calls(&partition, &reason, &what).await;
-    assert_eq!((disk.writes(), disk.syncs()), (writes, syncs), "{what}: the disk was touched after the failure");
+    assert_eq!(
+        (disk.writes(), disk.syncs()),
+        (writes, syncs),
+        "{what}: the disk was touched after the failure"
+    );
     // Durable state is still readable.
-    for (key, value) in acked.borrow().iter() {
+    let acked = Rc::try_unwrap(acked)
+        .expect("writers are done")
+        .into_inner();
+    for (key, value) in &acked {
         let found = partition.get("c", key.as_bytes()).await.unwrap();
-        assert_eq!(found.map(|found| found.value), Some(value.clone()), "{what}: {key} before restart");
+        assert_eq!(
+            found.map(|found| found.value),
+            Some(value.clone()),
+            "{what}: {key} before restart"
+        );
     }
     let _ = partition.close().await;
-    Rc::try_unwrap(acked).unwrap().into_inner()
+    acked
 }
 
 async fn poisoned_calls(partition: &Partition<SimDisk>, reason: &str, what: &str) {
     for attempt in 0..3 {
         let what = format!("{what}, call {attempt} after the failure");
-        assert_poisoned(partition.put("c", Bytes::from("late"), value("late")).await, reason, &what);
         assert_poisoned(
-            partition.compare_and_set("c", Bytes::from("late"), 0, Some(value("late"))).await,
+            partition.put("c", Bytes::from("late"), value("late")).await,
+            reason,
+            &what,
+        );
+        assert_poisoned(
+            partition
+                .compare_and_set("c", Bytes::from("late"), 0, Some(value("late")))
+                .await,
             reason,
             &what,
         );
@@ -121,15 +150,32 @@ async fn check_restart(disk: &SimDisk, acked: &[(String, Bytes)], what: &str) {
         let recovered = disk.crash(mode);
         let partition = open(&recovered, common::config(0)).await.unwrap();
         for (key, value) in acked {
-            let found = partition.get("c", key.as_bytes()).await.unwrap_or_else(|error| panic!("{what}: {error}"));
-            assert_eq!(found.map(|found| found.value), Some(value.clone()), "{what}, {mode:?}: {key} lost");
+            let found = partition
+                .get("c", key.as_bytes())
+                .await
+                .unwrap_or_else(|error| panic!("{what}: {error}"));
+            assert_eq!(
+                found.map(|found| found.value),
+                Some(value.clone()),
+                "{what}, {mode:?}: {key} lost"
+            );
         }
-        assert_eq!(partition.get("c", b"late").await.ok().flatten(), None, "{what}: a refused write appeared");
+        assert_eq!(
+            partition.get("c", b"late").await.ok().flatten(),
+            None,
+            "{what}: a refused write appeared"
+        );
         // The restarted partition takes writes again.
         if partition.create_collection("c").await.is_ok() {
-            assert!(acked.is_empty(), "{what}: collection c was acknowledged but is gone");
+            assert!(
+                acked.is_empty(),
+                "{what}: collection c was acknowledged but is gone"
+            );
         }
-        partition.put("c", Bytes::from("after"), value("after")).await.unwrap();
+        partition
+            .put("c", Bytes::from("after"), value("after"))
+            .await
+            .unwrap();
         partition.close().await.unwrap();
     }
 }
@@ -145,7 +191,10 @@ fn a_failed_write_poisons_and_is_never_retried() {
             acked_somewhere |= !acked.is_empty();
             check_restart(&disk, &acked, &format!("{failure:?}")).await;
         }
-        assert!(acked_somewhere, "some writes must be acknowledged before the failure");
+        assert!(
+            acked_somewhere,
+            "some writes must be acknowledged before the failure"
+        );
     });
 }
 
@@ -160,6 +209,9 @@ fn a_failed_sync_poisons_and_is_never_retried() {
             acked_somewhere |= !acked.is_empty();
             check_restart(&disk, &acked, &format!("{failure:?}")).await;
         }
-        assert!(acked_somewhere, "some writes must be acknowledged before the failure");
+        assert!(
+            acked_somewhere,
+            "some writes must be acknowledged before the failure"
+        );
     });
 }

@@ -74,7 +74,11 @@ fn tagged(tag: &str, len: usize) -> Bytes {
 }
 
 /// One writer's ops. Stops at its first error (the disk is gone or the shard poisoned).
-async fn writer(partition: Rc<Partition<SimDisk>>, history: Shared, writer: usize) -> Result<(), EngineError> {
+async fn writer(
+    partition: Rc<Partition<SimDisk>>,
+    history: Shared,
+    writer: usize,
+) -> Result<(), EngineError> {
     let mut snapshots = Vec::new();
     for op in 0..OPS_PER_WRITER {
         let tag = format!("w{writer}-op{op}");
@@ -94,14 +98,19 @@ async fn writer(partition: Rc<Partition<SimDisk>>, history: Shared, writer: usiz
                 };
                 let writes = [(key.clone(), None)];
                 record(&history, &writes, None);
-                if let Ok(lsn) = partition.compare_and_set("c", Bytes::from(key), current.revision, None).await? {
+                if let Ok(lsn) = partition
+                    .compare_and_set("c", Bytes::from(key), current.revision, None)
+                    .await?
+                {
                     record(&history, &writes, Some(lsn));
                 }
             }
             2 => {
                 let value = tagged(&tag, 24);
-                let writes: Vec<(String, Option<Bytes>)> =
-                    BATCH_KEYS.iter().map(|key| (key.to_string(), Some(value.clone()))).collect();
+                let writes: Vec<(String, Option<Bytes>)> = BATCH_KEYS
+                    .iter()
+                    .map(|key| (key.to_string(), Some(value.clone())))
+                    .collect();
                 let batch: Vec<BatchWrite> = BATCH_KEYS
                     .iter()
                     .map(|key| BatchWrite::Put {
@@ -116,7 +125,10 @@ async fn writer(partition: Rc<Partition<SimDisk>>, history: Shared, writer: usiz
             }
             3 => {
                 let cas_key = format!("cas-{}", writer % 2);
-                let expected = partition.get("c", cas_key.as_bytes()).await?.map_or(0, |found| found.revision);
+                let expected = partition
+                    .get("c", cas_key.as_bytes())
+                    .await?
+                    .map_or(0, |found| found.revision);
                 let value = tagged(&tag, 8);
                 let writes = [(cas_key.clone(), Some(value.clone()))];
                 record(&history, &writes, None);
@@ -166,11 +178,16 @@ async fn workload(disk: &SimDisk) -> History {
         let _outcome_is_in_the_history = task.await;
     }
     let _ = partition.close().await;
-    Rc::try_unwrap(history).ok().expect("tasks are done").into_inner()
+    Rc::try_unwrap(history)
+        .ok()
+        .expect("tasks are done")
+        .into_inner()
 }
 
 fn universe() -> Vec<String> {
-    let mut keys: Vec<String> = (0..PLAIN_KEYS).map(|index| format!("key-{index}")).collect();
+    let mut keys: Vec<String> = (0..PLAIN_KEYS)
+        .map(|index| format!("key-{index}"))
+        .collect();
     keys.extend(BATCH_KEYS.iter().map(|key| key.to_string()));
     keys.extend((0..2).map(|index| format!("cas-{index}")));
     keys.extend((0..WRITERS).map(|index| format!("big-{index}")));
@@ -179,7 +196,11 @@ fn universe() -> Vec<String> {
 
 type State = BTreeMap<String, Option<(Bytes, u64)>>;
 
-async fn read_state(partition: &Partition<SimDisk>, history: &History, what: &str) -> Option<State> {
+async fn read_state(
+    partition: &Partition<SimDisk>,
+    history: &History,
+    what: &str,
+) -> Option<State> {
     let mut state = State::new();
     for key in universe() {
         match partition.get("c", key.as_bytes()).await {
@@ -187,7 +208,10 @@ async fn read_state(partition: &Partition<SimDisk>, history: &History, what: &st
                 state.insert(key, found.map(|found| (found.value, found.revision)));
             }
             Err(EngineError::NoSuchCollection(_)) => {
-                assert!(!history.collection_acked, "{what}: the acknowledged collection is gone");
+                assert!(
+                    !history.collection_acked,
+                    "{what}: the acknowledged collection is gone"
+                );
                 return None;
             }
             Err(error) => panic!("{what}: get {key}: {error}"),
@@ -199,7 +223,11 @@ async fn read_state(partition: &Partition<SimDisk>, history: &History, what: &st
 fn check_state(state: &State, history: &History, durable_lsn: u64, what: &str) {
     let short = |value: &Bytes| String::from_utf8_lossy(&value[..value.len().min(16)]).into_owned();
     for (key, found) in state {
-        let attempts: Vec<&Attempt> = history.attempts.iter().filter(|attempt| &attempt.key == key).collect();
+        let attempts: Vec<&Attempt> = history
+            .attempts
+            .iter()
+            .filter(|attempt| &attempt.key == key)
+            .collect();
         // The last acknowledged write (each write is recorded once attempted, once acked).
         let latest_acked = attempts
             .iter()
@@ -207,11 +235,26 @@ fn check_state(state: &State, history: &History, durable_lsn: u64, what: &str) {
             .max_by_key(|(lsn, _)| *lsn);
         match found {
             Some((value, revision)) => {
-                assert!(*revision <= durable_lsn, "{what}: {key} has revision {revision} past the durable LSN {durable_lsn}");
-                let origin: Vec<&&Attempt> = attempts.iter().filter(|attempt| attempt.value.as_ref() == Some(value)).collect();
-                assert!(!origin.is_empty(), "{what}: {key} holds {:?}, never written to it", short(value));
+                assert!(
+                    *revision <= durable_lsn,
+                    "{what}: {key} has revision {revision} past the durable LSN {durable_lsn}"
+                );
+                let origin: Vec<&&Attempt> = attempts
+                    .iter()
+                    .filter(|attempt| attempt.value.as_ref() == Some(value))
+                    .collect();
+                assert!(
+                    !origin.is_empty(),
+                    "{what}: {key} holds {:?}, never written to it",
+                    short(value)
+                );
                 if let Some(acked) = origin.iter().find_map(|attempt| attempt.acked_lsn) {
-                    assert_eq!(*revision, acked, "{what}: {key} = {:?} at the wrong revision", short(value));
+                    assert_eq!(
+                        *revision,
+                        acked,
+                        "{what}: {key} = {:?} at the wrong revision",
+                        short(value)
+                    );
                 }
                 if let Some((lsn, _)) = latest_acked {
                     assert!(*revision >= lsn, "{what}: {key} lost its write acknowledged at LSN {lsn} (found revision {revision})");
@@ -219,7 +262,9 @@ fn check_state(state: &State, history: &History, durable_lsn: u64, what: &str) {
             }
             None => {
                 if let Some((lsn, acked)) = latest_acked {
-                    let unknown_delete = attempts.iter().any(|attempt| attempt.value.is_none() && attempt.acked_lsn.is_none());
+                    let unknown_delete = attempts
+                        .iter()
+                        .any(|attempt| attempt.value.is_none() && attempt.acked_lsn.is_none());
                     assert!(
                         acked.value.is_none() || unknown_delete,
                         "{what}: {key} is absent but its write at LSN {lsn} was acknowledged"
@@ -229,7 +274,10 @@ fn check_state(state: &State, history: &History, durable_lsn: u64, what: &str) {
         }
     }
     let batch: Vec<&Option<(Bytes, u64)>> = BATCH_KEYS.iter().map(|key| &state[*key]).collect();
-    assert!(batch.windows(2).all(|pair| pair[0] == pair[1]), "{what}: a batch was applied in part: {batch:?}");
+    assert!(
+        batch.windows(2).all(|pair| pair[0] == pair[1]),
+        "{what}: a batch was applied in part: {batch:?}"
+    );
 }
 
 /// Recovers from `disk`, checks, writes once more, restarts cleanly and checks again.
@@ -241,14 +289,34 @@ async fn recover_and_check(disk: &SimDisk, history: &History, what: &str) {
         return;
     };
     check_state(&state, history, partition.durable_lsn(), what);
-    let after = partition.put("c", Bytes::from("after"), Bytes::from("restart")).await.unwrap();
-    assert!(state.values().flatten().all(|(_, revision)| *revision < after), "{what}: LSN {after} reused");
+    let after = partition
+        .put("c", Bytes::from("after"), Bytes::from("restart"))
+        .await
+        .unwrap();
+    assert!(
+        state
+            .values()
+            .flatten()
+            .all(|(_, revision)| *revision < after),
+        "{what}: LSN {after} reused"
+    );
     partition.close().await.unwrap();
     drop(partition);
-    let partition = open(disk, config()).await.unwrap_or_else(|error| panic!("{what}: second recovery: {error}"));
-    let again = read_state(&partition, history, what).await.expect("collection");
+    let partition = open(disk, config())
+        .await
+        .unwrap_or_else(|error| panic!("{what}: second recovery: {error}"));
+    let again = read_state(&partition, history, what)
+        .await
+        .expect("collection");
     assert_eq!(again, state, "{what}: state changed across a clean restart");
-    assert_eq!(partition.get("c", b"after").await.unwrap().map(|found| found.revision), Some(after));
+    assert_eq!(
+        partition
+            .get("c", b"after")
+            .await
+            .unwrap()
+            .map(|found| found.revision),
+        Some(after)
+    );
     partition.close().await.unwrap();
 }
 
@@ -259,14 +327,26 @@ fn no_acknowledged_write_is_lost_at_any_sync() {
         let clean = SimDisk::new();
         let history = workload(&clean).await;
         let syncs = clean.syncs();
-        let acked = history.attempts.iter().filter(|attempt| attempt.acked_lsn.is_some()).count();
+        let acked = history
+            .attempts
+            .iter()
+            .filter(|attempt| attempt.acked_lsn.is_some())
+            .count();
         println!("clean run: {syncs} syncs, {acked} acknowledged key writes");
         assert!(syncs > 20, "the workload must sync many times");
         let segments = common::segment_names(&clean);
-        let last_base = coregrid_engine::segment::parse_segment_name(segments.last().expect("a segment"));
-        assert!(last_base > Some(1), "the workload must roll segments: {segments:?}");
+        let last_base =
+            coregrid_engine::segment::parse_segment_name(segments.last().expect("a segment"));
         assert!(
-            clean.list().unwrap().iter().any(|name| name.ends_with(".snap")),
+            last_base > Some(1),
+            "the workload must roll segments: {segments:?}"
+        );
+        assert!(
+            clean
+                .list()
+                .unwrap()
+                .iter()
+                .any(|name| name.ends_with(".snap")),
             "the workload must leave a snapshot"
         );
         recover_and_check(&clean.crash(CrashMode::LoseUnsynced), &history, "clean run").await;
@@ -294,6 +374,9 @@ fn no_acknowledged_write_is_lost_at_any_sync() {
             crash_at += 1;
             assert!(crash_at <= 2 * syncs, "the workload never ends");
         }
-        assert!(crash_at > syncs - 3, "only {crash_at} of ~{syncs} sync points were reached");
+        assert!(
+            crash_at > syncs - 3,
+            "only {crash_at} of ~{syncs} sync points were reached"
+        );
     });
 }

@@ -9,9 +9,9 @@ mod common;
 
 use bytes::Bytes;
 use common::{open, value};
-use coregrid_engine::snapshot::SnapshotInfo;
 use coregrid_engine::rt;
 use coregrid_engine::sim::{CrashMode, SimDisk};
+use coregrid_engine::snapshot::SnapshotInfo;
 use coregrid_engine::{EngineError, Partition};
 use std::rc::Rc;
 
@@ -27,14 +27,28 @@ type Snapshot = rt::Task<Result<Option<SnapshotInfo>, EngineError>>;
 /// With `crash_after_snapshot`, the power goes out at the first sync after the snapshot's file
 /// sync: the WAL flush of the staged puts (or, if the snapshot waits for them before it is
 /// published, that wait's flush).
-async fn staged_puts(disk: &SimDisk, crash_after_snapshot: bool) -> (Rc<Partition<SimDisk>>, Vec<rt::Task<Result<u64, EngineError>>>, Snapshot) {
+async fn staged_puts(
+    disk: &SimDisk,
+    crash_after_snapshot: bool,
+) -> (
+    Rc<Partition<SimDisk>>,
+    Vec<rt::Task<Result<u64, EngineError>>>,
+    Snapshot,
+) {
     let partition = open(disk, common::config(0)).await.unwrap();
     partition.create_collection("c").await.unwrap();
-    partition.put("c", Bytes::from("durable"), value("before")).await.unwrap();
+    partition
+        .put("c", Bytes::from("durable"), value("before"))
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..STAGED)
         .map(|index| {
             let partition = partition.clone();
-            rt::spawn_local(async move { partition.put("c", Bytes::from(format!("staged-{index}")), value("staged")).await })
+            rt::spawn_local(async move {
+                partition
+                    .put("c", Bytes::from(format!("staged-{index}")), value("staged"))
+                    .await
+            })
         })
         .collect();
     let snapshot = rt::spawn_local({
@@ -44,8 +58,16 @@ async fn staged_puts(disk: &SimDisk, crash_after_snapshot: bool) -> (Rc<Partitio
             if crash_after_snapshot {
                 disk.crash_at_sync(disk.syncs() + 2);
             }
-            assert_eq!(partition.durable_lsn(), 2, "the staged puts must not be durable yet");
-            assert_eq!(partition.stats().keys, 1 + STAGED as u64, "the puts must be staged");
+            assert_eq!(
+                partition.durable_lsn(),
+                2,
+                "the staged puts must not be durable yet"
+            );
+            assert_eq!(
+                partition.stats().keys,
+                1 + STAGED as u64,
+                "the puts must be staged"
+            );
             partition.snapshot().await
         }
     });
@@ -58,7 +80,11 @@ fn a_crash_after_a_snapshot_never_shows_undurable_writes() {
         let disk = SimDisk::new();
         let (partition, tasks, snapshot) = staged_puts(&disk, true).await;
         let _ = snapshot.await;
-        let acked: Vec<bool> = futures::future::join_all(tasks).await.iter().map(Result::is_ok).collect();
+        let acked: Vec<bool> = futures::future::join_all(tasks)
+            .await
+            .iter()
+            .map(Result::is_ok)
+            .collect();
         drop(partition);
         for mode in [CrashMode::LoseUnsynced, CrashMode::KeepUnsynced] {
             let recovered = disk.crash(mode);
@@ -66,7 +92,10 @@ fn a_crash_after_a_snapshot_never_shows_undurable_writes() {
             let durable_lsn = partition.durable_lsn();
             assert!(partition.get("c", b"durable").await.unwrap().is_some());
             for (index, acked) in acked.iter().enumerate() {
-                let found = partition.get("c", format!("staged-{index}").as_bytes()).await.unwrap();
+                let found = partition
+                    .get("c", format!("staged-{index}").as_bytes())
+                    .await
+                    .unwrap();
                 if let Some(found) = &found {
                     assert!(
                         found.revision <= durable_lsn,
@@ -77,7 +106,10 @@ fn a_crash_after_a_snapshot_never_shows_undurable_writes() {
                     assert!(!acked, "{mode:?}: acknowledged staged-{index} lost");
                 }
             }
-            let next = partition.put("c", Bytes::from("next"), value("next")).await.unwrap();
+            let next = partition
+                .put("c", Bytes::from("next"), value("next"))
+                .await
+                .unwrap();
             assert_eq!(next, durable_lsn + 1);
             partition.close().await.unwrap();
         }
@@ -99,14 +131,21 @@ fn truncation_never_resurrects_writes_a_snapshot_copied() {
             Err(EngineError::TruncateBelowSnapshot { .. }) => {
                 // Refused: every staged write must still be there.
                 for index in 0..STAGED {
-                    assert!(partition.get("c", format!("staged-{index}").as_bytes()).await.unwrap().is_some());
+                    assert!(partition
+                        .get("c", format!("staged-{index}").as_bytes())
+                        .await
+                        .unwrap()
+                        .is_some());
                 }
             }
             Err(other) => panic!("truncate failed: {other}"),
             Ok(()) => {
                 for index in 0..STAGED {
                     assert_eq!(
-                        partition.get("c", format!("staged-{index}").as_bytes()).await.unwrap(),
+                        partition
+                            .get("c", format!("staged-{index}").as_bytes())
+                            .await
+                            .unwrap(),
                         None,
                         "staged-{index} (after the truncation point) came back from the snapshot"
                     );
@@ -115,7 +154,13 @@ fn truncation_never_resurrects_writes_a_snapshot_copied() {
                 drop(partition);
                 let partition = open(&disk, common::config(0)).await.unwrap();
                 for index in 0..STAGED {
-                    assert_eq!(partition.get("c", format!("staged-{index}").as_bytes()).await.unwrap(), None);
+                    assert_eq!(
+                        partition
+                            .get("c", format!("staged-{index}").as_bytes())
+                            .await
+                            .unwrap(),
+                        None
+                    );
                 }
             }
         }

@@ -130,10 +130,9 @@ impl Log {
     fn expected(&self, damaged: &[u64]) -> Expected {
         let first = damaged[0];
         let span = self.spans[first as usize - 1];
-        let vouched = self
-            .spans
-            .iter()
-            .any(|later| later.lsn > first && !damaged.contains(&later.lsn) && later.durable_lsn >= first);
+        let vouched = self.spans.iter().any(|later| {
+            later.lsn > first && !damaged.contains(&later.lsn) && later.durable_lsn >= first
+        });
         if vouched {
             Expected::Corruption {
                 index: span.segment,
@@ -195,16 +194,28 @@ fn scan_ends_a_torn_last_record_at_every_byte_offset() {
     for cut in 0..last.len {
         let mut images = log.images.clone();
         images[last.segment][last.offset + cut..last.offset + last.len].fill(0);
-        let outcome = check_scan(&log, &images, &Expected::EndsBefore(last.lsn), &format!("cut at {cut}"))
-            .expect("torn tail is not corruption");
+        let outcome = check_scan(
+            &log,
+            &images,
+            &Expected::EndsBefore(last.lsn),
+            &format!("cut at {cut}"),
+        )
+        .expect("torn tail is not corruption");
         let kept = outcome.segments.last().unwrap();
         assert_eq!(kept.end_offset, last.offset as u64, "cut at {cut}");
         if cut == 0 {
             assert_eq!(outcome.zero, None, "nothing left to zero");
         } else {
             let (index, from, to) = outcome.zero.expect("torn bytes must be zeroed");
-            assert_eq!((index, from), (last.segment, last.offset as u64), "cut at {cut}");
-            assert!(to > from && to <= (last.offset + cut) as u64, "cut at {cut}: zero to {to}");
+            assert_eq!(
+                (index, from),
+                (last.segment, last.offset as u64),
+                "cut at {cut}"
+            );
+            assert!(
+                to > from && to <= (last.offset + cut) as u64,
+                "cut at {cut}: zero to {to}"
+            );
         }
     }
 }
@@ -220,8 +231,13 @@ fn scan_ends_a_torn_last_record_with_garbage_after_it() {
         for (index, byte) in garbage.iter_mut().enumerate() {
             *byte = (index as u8).wrapping_mul(31).wrapping_add(7);
         }
-        let outcome = check_scan(&log, &images, &Expected::EndsBefore(last.lsn), &format!("garbage at {cut}"))
-            .expect("torn tail");
+        let outcome = check_scan(
+            &log,
+            &images,
+            &Expected::EndsBefore(last.lsn),
+            &format!("garbage at {cut}"),
+        )
+        .expect("torn tail");
         let (_, from, to) = outcome.zero.expect("garbage is zeroed");
         assert_eq!(from, last.offset as u64);
         assert_eq!(to, (last.offset + last.len + 700) as u64);
@@ -234,7 +250,13 @@ fn scan_reports_or_cuts_a_zeroed_sector_never_accepts_it() {
     let mut corruptions = 0;
     let mut cuts = 0;
     for segment in 0..log.images.len() {
-        let records_end = log.spans.iter().filter(|span| span.segment == segment).map(|span| span.offset + span.len).max().unwrap();
+        let records_end = log
+            .spans
+            .iter()
+            .filter(|span| span.segment == segment)
+            .map(|span| span.offset + span.len)
+            .max()
+            .unwrap();
         for sector_start in (SEGMENT_HEADER_BYTES..records_end).step_by(SIM_SECTOR_BYTES) {
             let mut images = log.images.clone();
             images[segment][sector_start..sector_start + SIM_SECTOR_BYTES].fill(0);
@@ -254,11 +276,20 @@ fn scan_reports_or_cuts_a_zeroed_sector_never_accepts_it() {
                 Expected::Corruption { .. } => corruptions += 1,
                 Expected::EndsBefore(_) => cuts += 1,
             }
-            check_scan(&log, &images, &expected, &format!("segment {segment} sector at {sector_start}")).ok();
+            check_scan(
+                &log,
+                &images,
+                &expected,
+                &format!("segment {segment} sector at {sector_start}"),
+            )
+            .ok();
         }
     }
     // Both outcomes must have been exercised, or the test proves less than it says.
-    assert!(corruptions > 0 && cuts > 0, "corruptions {corruptions}, cuts {cuts}");
+    assert!(
+        corruptions > 0 && cuts > 0,
+        "corruptions {corruptions}, cuts {cuts}"
+    );
 }
 
 #[test]
@@ -270,14 +301,24 @@ fn scan_never_accepts_a_flipped_bit() {
     for span in [middle, end_of_first_segment, last] {
         let expected = log.expected(&[span.lsn]);
         if span.lsn != last.lsn {
-            assert!(matches!(expected, Expected::Corruption { .. }), "LSN {} is vouched for", span.lsn);
+            assert!(
+                matches!(expected, Expected::Corruption { .. }),
+                "LSN {} is vouched for",
+                span.lsn
+            );
         } else {
             assert_eq!(expected, Expected::EndsBefore(last.lsn));
         }
         for bit in 0..span.len * 8 {
             let mut images = log.images.clone();
             images[span.segment][span.offset + bit / 8] ^= 1 << (bit % 8);
-            check_scan(&log, &images, &expected, &format!("LSN {} bit {bit}", span.lsn)).ok();
+            check_scan(
+                &log,
+                &images,
+                &expected,
+                &format!("LSN {} bit {bit}", span.lsn),
+            )
+            .ok();
         }
     }
 }
@@ -303,7 +344,10 @@ fn write_log(count: u64) -> SimDisk {
             let partition = open(&disk, partition_config()).await.unwrap();
             assert_eq!(partition.create_collection("c").await.unwrap(), 1);
             for index in 0..count {
-                let lsn = partition.put("c", key(index), value(&format!("value-{index}"))).await.unwrap();
+                let lsn = partition
+                    .put("c", key(index), value(&format!("value-{index}")))
+                    .await
+                    .unwrap();
                 assert_eq!(lsn, index + 2);
             }
             partition.close().await.unwrap();
@@ -323,7 +367,9 @@ fn corrupted_copy(disk: &SimDisk, name: &str, bytes: Vec<u8>) -> SimDisk {
 /// after the last intact record is zeros on disk, that a new write gets the next LSN and that
 /// a second reopen finds it and nothing stale.
 async fn check_recovered(disk: &SimDisk, name: &str, intact: u64, written: u64, cut_from: usize) {
-    let partition = open(disk, partition_config()).await.expect("recovery must succeed");
+    let partition = open(disk, partition_config())
+        .await
+        .expect("recovery must succeed");
     assert_eq!(partition.durable_lsn(), intact + 1);
     for index in 0..written {
         let found = partition.get("c", &key(index)).await.unwrap();
@@ -340,15 +386,36 @@ async fn check_recovered(disk: &SimDisk, name: &str, intact: u64, written: u64, 
         image[cut_from..].iter().all(|&byte| byte == 0),
         "torn bytes after offset {cut_from} were not physically cut"
     );
-    let fresh = partition.put("c", key(intact), value("fresh")).await.unwrap();
-    assert_eq!(fresh, intact + 2, "new writes continue right after the intact prefix");
+    let fresh = partition
+        .put("c", key(intact), value("fresh"))
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh,
+        intact + 2,
+        "new writes continue right after the intact prefix"
+    );
     partition.close().await.unwrap();
     drop(partition);
-    let partition = open(disk, partition_config()).await.expect("second recovery");
+    let partition = open(disk, partition_config())
+        .await
+        .expect("second recovery");
     assert_eq!(partition.durable_lsn(), intact + 2);
-    assert_eq!(partition.get("c", &key(intact)).await.unwrap().unwrap().value, value("fresh"));
+    assert_eq!(
+        partition
+            .get("c", &key(intact))
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        value("fresh")
+    );
     for index in intact + 1..written {
-        assert_eq!(partition.get("c", &key(index)).await.unwrap(), None, "stale key {index} resurfaced");
+        assert_eq!(
+            partition.get("c", &key(index)).await.unwrap(),
+            None,
+            "stale key {index} resurfaced"
+        );
     }
     partition.close().await.unwrap();
 }
@@ -382,7 +449,13 @@ fn partition_reports_a_zeroed_sector_or_cuts_it_never_accepts_it() {
     let records_end = spans.last().map(|(offset, _, len)| offset + len).unwrap();
     let durable: Vec<u64> = spans
         .iter()
-        .map(|(offset, _, _)| RecordRef::validate(&image[*offset..]).unwrap().header.meta().durable_lsn)
+        .map(|(offset, _, _)| {
+            RecordRef::validate(&image[*offset..])
+                .unwrap()
+                .header
+                .meta()
+                .durable_lsn
+        })
         .collect();
     let (mut corruptions, mut cuts) = (0, 0);
     rt::run_local(|| async move {
@@ -397,19 +470,32 @@ fn partition_reports_a_zeroed_sector_or_cuts_it_never_accepts_it() {
                 .collect();
             let first = damaged[0];
             let (first_offset, first_lsn, _) = spans[first];
-            let vouched = (first + 1..spans.len()).any(|at| !damaged.contains(&at) && durable[at] >= first_lsn);
+            let vouched = (first + 1..spans.len())
+                .any(|at| !damaged.contains(&at) && durable[at] >= first_lsn);
             let copy = corrupted_copy(&disk, name, bytes.clone());
             let opened = open(&copy, partition_config()).await;
             if vouched {
                 corruptions += 1;
                 match opened {
                     Err(EngineError::Corruption { offset, lsn, .. }) => {
-                        assert_eq!((offset, lsn), (first_offset as u64, first_lsn), "sector at {sector_start}");
+                        assert_eq!(
+                            (offset, lsn),
+                            (first_offset as u64, first_lsn),
+                            "sector at {sector_start}"
+                        );
                     }
-                    Err(other) => panic!("sector at {sector_start}: expected corruption, got {other}"),
-                    Ok(_) => panic!("sector at {sector_start}: a damaged acknowledged record was accepted"),
+                    Err(other) => {
+                        panic!("sector at {sector_start}: expected corruption, got {other}")
+                    }
+                    Ok(_) => panic!(
+                        "sector at {sector_start}: a damaged acknowledged record was accepted"
+                    ),
                 }
-                assert_eq!(copy.file_bytes(name).unwrap(), bytes, "a refused open must not change the disk");
+                assert_eq!(
+                    copy.file_bytes(name).unwrap(),
+                    bytes,
+                    "a refused open must not change the disk"
+                );
             } else {
                 cuts += 1;
                 drop(opened.expect("an unvouched damaged tail is cut"));
@@ -418,7 +504,10 @@ fn partition_reports_a_zeroed_sector_or_cuts_it_never_accepts_it() {
                 check_recovered(&copy, name, intact, written, first_offset).await;
             }
         }
-        assert!(corruptions > 0 && cuts > 0, "corruptions {corruptions}, cuts {cuts}");
+        assert!(
+            corruptions > 0 && cuts > 0,
+            "corruptions {corruptions}, cuts {cuts}"
+        );
     });
 }
 
@@ -447,7 +536,11 @@ fn partition_never_accepts_a_flipped_bit() {
             bytes[offset + bit / 8] ^= 1 << (bit % 8);
             let copy = corrupted_copy(&disk, name, bytes);
             match open(&copy, partition_config()).await {
-                Err(EngineError::Corruption { offset: at, lsn: at_lsn, .. }) => {
+                Err(EngineError::Corruption {
+                    offset: at,
+                    lsn: at_lsn,
+                    ..
+                }) => {
                     assert_eq!((at, at_lsn), (offset as u64, lsn), "bit {bit}")
                 }
                 Err(other) => panic!("bit {bit}: expected corruption, got {other}"),

@@ -40,19 +40,40 @@ async fn write_log(partition: &Partition<SimDisk>) -> BTreeMap<u64, u64> {
         if index == PUTS / 2 {
             partition.begin_epoch(5).await.unwrap();
         }
-        lsns.insert(index, partition.put("c", Bytes::from(format!("k{index}")), big(index)).await.unwrap());
+        lsns.insert(
+            index,
+            partition
+                .put("c", Bytes::from(format!("k{index}")), big(index))
+                .await
+                .unwrap(),
+        );
     }
     lsns
 }
 
-async fn check_keys(partition: &Partition<SimDisk>, lsns: &BTreeMap<u64, u64>, through: u64, what: &str) {
+async fn check_keys(
+    partition: &Partition<SimDisk>,
+    lsns: &BTreeMap<u64, u64>,
+    through: u64,
+    what: &str,
+) {
     for (index, lsn) in lsns {
-        let found = partition.get("c", format!("k{index}").as_bytes()).await.unwrap();
+        let found = partition
+            .get("c", format!("k{index}").as_bytes())
+            .await
+            .unwrap();
         if *lsn <= through {
             let found = found.unwrap_or_else(|| panic!("{what}: k{index} (LSN {lsn}) lost"));
-            assert_eq!((found.revision, found.value == big(*index)), (*lsn, true), "{what}: k{index}");
+            assert_eq!(
+                (found.revision, found.value == big(*index)),
+                (*lsn, true),
+                "{what}: k{index}"
+            );
         } else {
-            assert_eq!(found, None, "{what}: k{index} (LSN {lsn}) survived truncation after {through}");
+            assert_eq!(
+                found, None,
+                "{what}: k{index} (LSN {lsn}) survived truncation after {through}"
+            );
         }
     }
 }
@@ -64,9 +85,18 @@ fn raw_reads_return_whole_records_as_on_disk_across_rolls() {
         let partition = open(&disk, common::config(0)).await.unwrap();
         write_log(&partition).await;
         let durable_lsn = partition.durable_lsn();
-        assert!(segment_names(&disk).len() >= 3, "the log must span several segments");
+        assert!(
+            segment_names(&disk).len() >= 3,
+            "the log must span several segments"
+        );
         let first = partition.position_of(1).await.unwrap().expect("LSN 1");
-        assert_eq!(first, WalPosition { segment_base_lsn: 1, offset: SEGMENT_HEADER_BYTES as u64 });
+        assert_eq!(
+            first,
+            WalPosition {
+                segment_base_lsn: 1,
+                offset: SEGMENT_HEADER_BYTES as u64
+            }
+        );
         let mut position = first;
         let mut next_lsn = 1;
         let mut segments_seen = Vec::new();
@@ -79,25 +109,44 @@ fn raw_reads_return_whole_records_as_on_disk_across_rolls() {
             let segment = chunk.next.segment_base_lsn;
             let start = chunk.next.offset as usize - chunk.bytes.len();
             let image = disk.file_bytes(&segment_name(segment)).unwrap();
-            assert_eq!(&image[start..start + chunk.bytes.len()], &chunk.bytes[..], "raw bytes differ from the disk");
+            assert_eq!(
+                &image[start..start + chunk.bytes.len()],
+                &chunk.bytes[..],
+                "raw bytes differ from the disk"
+            );
             if segments_seen.last() != Some(&segment) {
                 segments_seen.push(segment);
             }
             let mut used = 0;
             assert_eq!(chunk.first_lsn, next_lsn);
             while used < chunk.bytes.len() {
-                let record = RecordRef::validate(&chunk.bytes[used..]).expect("whole, valid records");
+                let record =
+                    RecordRef::validate(&chunk.bytes[used..]).expect("whole, valid records");
                 assert_eq!(record.header.lsn(), next_lsn, "LSNs are dense");
-                let at = WalPosition { segment_base_lsn: segment, offset: (start + used) as u64 };
-                assert_eq!(partition.position_of(next_lsn).await.unwrap(), Some(at), "position of LSN {next_lsn}");
+                let at = WalPosition {
+                    segment_base_lsn: segment,
+                    offset: (start + used) as u64,
+                };
+                assert_eq!(
+                    partition.position_of(next_lsn).await.unwrap(),
+                    Some(at),
+                    "position of LSN {next_lsn}"
+                );
                 used += record.len();
                 next_lsn += 1;
             }
             assert_eq!(chunk.last_lsn, next_lsn - 1);
             position = chunk.next;
         }
-        assert_eq!(next_lsn - 1, durable_lsn, "raw reads end at the durable LSN");
-        assert!(segments_seen.len() >= 3, "raw reads crossed the rolls: {segments_seen:?}");
+        assert_eq!(
+            next_lsn - 1,
+            durable_lsn,
+            "raw reads end at the durable LSN"
+        );
+        assert!(
+            segments_seen.len() >= 3,
+            "raw reads crossed the rolls: {segments_seen:?}"
+        );
         assert_eq!(partition.position_of(durable_lsn + 1).await.unwrap(), None);
         partition.close().await.unwrap();
     });
@@ -119,7 +168,11 @@ fn truncation_removes_the_tail_and_keeps_the_epoch_history() {
         let epoch_5_lsn = lsns[&(PUTS / 2)] - 1;
         assert_eq!(history, vec![(0, 1), (3, 2), (5, epoch_5_lsn)]);
         partition = reopen(&disk, partition).await;
-        assert_eq!(partition.epoch_history(), history, "epoch history after reopen");
+        assert_eq!(
+            partition.epoch_history(),
+            history,
+            "epoch history after reopen"
+        );
         assert_eq!(partition.epoch(), 5);
 
         // Inside a segment, after the epoch-5 record.
@@ -134,7 +187,13 @@ fn truncation_removes_the_tail_and_keeps_the_epoch_history() {
         partition = reopen(&disk, partition).await;
         check_keys(&partition, &lsns, cut, "reopened after truncation").await;
         assert_eq!(partition.epoch_history(), history);
-        assert_eq!(partition.put("c", Bytes::from("new"), Bytes::from("v")).await.unwrap(), cut + 1);
+        assert_eq!(
+            partition
+                .put("c", Bytes::from("new"), Bytes::from("v"))
+                .await
+                .unwrap(),
+            cut + 1
+        );
 
         // At a segment boundary, before the epoch-5 record: the later segments go away and
         // epoch 5 leaves the history.
@@ -147,7 +206,12 @@ fn truncation_removes_the_tail_and_keeps_the_epoch_history() {
         partition.truncate_after(cut).await.unwrap();
         assert_eq!(partition.durable_lsn(), cut);
         assert!(
-            segment_names(&disk).iter().all(|name| coregrid_engine::segment::parse_segment_name(name).unwrap() < boundary_base),
+            segment_names(&disk)
+                .iter()
+                .all(
+                    |name| coregrid_engine::segment::parse_segment_name(name).unwrap()
+                        < boundary_base
+                ),
             "segments past the cut remain: {:?}",
             segment_names(&disk)
         );
@@ -156,13 +220,35 @@ fn truncation_removes_the_tail_and_keeps_the_epoch_history() {
         assert_eq!(partition.epoch_history(), vec![(0, 1), (3, 2)]);
         partition = reopen(&disk, partition).await;
         assert_eq!(partition.epoch_history(), vec![(0, 1), (3, 2)]);
-        check_keys(&partition, &lsns, cut, "reopened after the boundary truncation").await;
+        check_keys(
+            &partition,
+            &lsns,
+            cut,
+            "reopened after the boundary truncation",
+        )
+        .await;
         // A new leader's epoch starts right after the cut.
         assert_eq!(partition.begin_epoch(7).await.unwrap(), cut + 1);
-        assert_eq!(partition.put("c", Bytes::from("new"), Bytes::from("v")).await.unwrap(), cut + 2);
+        assert_eq!(
+            partition
+                .put("c", Bytes::from("new"), Bytes::from("v"))
+                .await
+                .unwrap(),
+            cut + 2
+        );
         partition = reopen(&disk, partition).await;
-        assert_eq!(partition.epoch_history(), vec![(0, 1), (3, 2), (7, cut + 1)]);
-        assert_eq!(partition.get("c", b"new").await.unwrap().map(|found| found.revision), Some(cut + 2));
+        assert_eq!(
+            partition.epoch_history(),
+            vec![(0, 1), (3, 2), (7, cut + 1)]
+        );
+        assert_eq!(
+            partition
+                .get("c", b"new")
+                .await
+                .unwrap()
+                .map(|found| found.revision),
+            Some(cut + 2)
+        );
         partition.close().await.unwrap();
     });
 }
@@ -185,7 +271,13 @@ fn truncation_below_the_snapshot_is_refused() {
         let durable_lsn = partition.durable_lsn();
         check_keys(&partition, &lsns, durable_lsn, "after a refused truncation").await;
         let partition = reopen(&disk, partition).await;
-        check_keys(&partition, &lsns, durable_lsn, "reopened after a refused truncation").await;
+        check_keys(
+            &partition,
+            &lsns,
+            durable_lsn,
+            "reopened after a refused truncation",
+        )
+        .await;
         assert!(matches!(
             partition.truncate_after(below).await,
             Err(EngineError::TruncateBelowSnapshot { .. })
