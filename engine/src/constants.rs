@@ -51,6 +51,16 @@ pub const STAGED_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// one unsynced write may land out of order on a crash.
 pub const GROUP_WRITE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// How far past a small group commit the writer zero-fills a segment. An O_DIRECT write into
+/// never-written (fallocated) blocks makes `fdatasync` commit the file system's journal to record
+/// the extent conversion, which costs ~3.5x a plain write + sync on ext4 here; zeroing ahead pays
+/// that once per this many bytes instead of once per group.
+pub const ZERO_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Groups larger than this do not zero ahead: their own size amortizes the journal commit, and
+/// zeroing would double their bytes.
+pub const ZERO_AHEAD_GROUP_BYTES_MAX: usize = 1024 * 1024;
+
 /// How far apart (in bytes of WAL) the sparse LSN -> offset index keeps samples.
 pub const LSN_INDEX_STRIDE_BYTES: u64 = 64 * 1024;
 
@@ -88,6 +98,8 @@ const _: () = assert!(
 const _: () = assert!(GROUP_WRITE_BYTES_MAX >= RECORD_BYTES_MAX + ALIGNMENT_BYTES_MAX);
 const _: () = assert!(STAGED_BYTES_MAX >= RECORD_BYTES_MAX);
 const _: () = assert!(GROUP_WRITE_BYTES_MAX % ALIGNMENT_BYTES_MAX == 0);
+const _: () = assert!(ZERO_AHEAD_BYTES % ALIGNMENT_BYTES_MAX as u64 == 0);
+const _: () = assert!(ZERO_AHEAD_GROUP_BYTES_MAX as u64 <= ZERO_AHEAD_BYTES);
 const _: () = assert!(READ_CHUNK_BYTES >= RECORD_BYTES_MAX);
 const _: () = assert!(KEY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(COLLECTION_NAME_BYTES_MAX <= u8::MAX as usize);

@@ -13,6 +13,7 @@
 //! off (see [`crate::scan`]).
 
 use crate::constants::{
+    ZERO_AHEAD_BYTES, ZERO_AHEAD_GROUP_BYTES_MAX,
     ALIGNMENT_BYTES_MAX, GROUP_WRITE_BYTES_MAX, LSN_INDEX_STRIDE_BYTES, READ_CHUNK_BYTES,
     RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, STAGED_BYTES_MAX,
 };
@@ -83,6 +84,15 @@ pub struct FlushPlan<F> {
     groups: Vec<StagedGroup>,
     active: Option<Rc<F>>,
     tail: Vec<u8>,
+    /// The active segment's [`Wal::written_until`].
+    written_until: u64,
+}
+
+/// What a flush's I/O leaves behind for the WAL's state.
+struct FlushDone<F> {
+    created: Vec<Rc<F>>,
+    tail: Vec<u8>,
+    written_until: u64,
 }
 
 /// Why a record could not be staged now.
@@ -100,6 +110,10 @@ pub struct Wal<S: Storage> {
     segments: Vec<Segment<S::File>>,
     /// Bytes `[align_down(end), end)` of the active (last) segment.
     tail: Vec<u8>,
+    /// How far the active segment's blocks are known to have been written (records or zeros).
+    /// Writes below it overwrite written extents, which `fdatasync` commits without a
+    /// file-system journal commit; see [`ZERO_AHEAD_BYTES`].
+    written_until: u64,
     staged: Vec<StagedGroup>,
     staged_bytes: usize,
     flush_in_flight: bool,
@@ -223,6 +237,7 @@ impl<S: Storage> Wal<S> {
             segment_bytes,
             segments: Vec::new(),
             tail: Vec::new(),
+            written_until: 0,
             staged: Vec::new(),
             staged_bytes: 0,
             flush_in_flight: false,
@@ -253,6 +268,8 @@ impl<S: Storage> Wal<S> {
                 .expect("kept segment is listed");
             let end = last.end_offset as usize;
             wal.tail = images[index][align_down(last.end_offset) as usize..end].to_vec();
+            // Whether the blocks past the end were ever written is unknown: zero ahead again.
+            wal.written_until = align_up(last.end_offset);
             wal.append_segment_base_lsn = last.base_lsn;
             wal.append_offset = last.end_offset;
         }
@@ -393,17 +410,13 @@ impl<S: Storage> Wal<S> {
             groups,
             active: self.segments.last().map(|segment| segment.file.clone()),
             tail: self.tail.clone(),
+            written_until: self.written_until,
         })
     }
 
-    fn complete_flush(
-        &mut self,
-        plan: FlushPlan<S::File>,
-        created: Vec<Rc<S::File>>,
-        tail: Vec<u8>,
-    ) -> u64 {
+    fn complete_flush(&mut self, plan: FlushPlan<S::File>, done: FlushDone<S::File>) -> u64 {
         self.flush_in_flight = false;
-        let mut created = created.into_iter();
+        let mut created = done.created.into_iter();
         for group in plan.groups {
             if group.new_segment {
                 self.segments.push(Segment {
@@ -424,7 +437,8 @@ impl<S: Storage> Wal<S> {
             assert!(group.last_lsn > self.durable_lsn, "durable LSN only grows");
             self.durable_lsn = group.last_lsn;
         }
-        self.tail = tail;
+        self.tail = done.tail;
+        self.written_until = done.written_until;
         self.durable_lsn
     }
 
@@ -485,7 +499,7 @@ pub async fn flush<S: Storage>(wal: &RefCell<Wal<S>>) -> io::Result<Option<u64>>
     let result = flush_io(&plan, &storage, partition, segment_bytes).await;
     let mut wal = wal.borrow_mut();
     match result {
-        Ok((created, tail)) => Ok(Some(wal.complete_flush(plan, created, tail))),
+        Ok(done) => Ok(Some(wal.complete_flush(plan, done))),
         Err(error) => {
             wal.poison_flush();
             Err(error)
@@ -498,12 +512,13 @@ async fn flush_io<S: Storage>(
     storage: &S,
     partition: u32,
     segment_bytes: u64,
-) -> io::Result<(Vec<Rc<S::File>>, Vec<u8>)> {
+) -> io::Result<FlushDone<S::File>> {
     let mut created = Vec::new();
     let mut touched: Vec<Rc<S::File>> = Vec::new();
     let mut tail = Vec::new();
     let mut active = plan.active.clone();
     let mut prefix_for_active = plan.tail.clone();
+    let mut written_until = plan.written_until;
     for group in &plan.groups {
         let (file, prefix, write_from) = if group.new_segment {
             let name = segment_name(group.segment_base_lsn);
@@ -521,6 +536,7 @@ async fn flush_io<S: Storage>(
             );
             created.push(file.clone());
             active = Some(file.clone());
+            written_until = 0;
             (file, header_block, 0u64)
         } else {
             let file = active.clone().expect("an active segment");
@@ -531,8 +547,17 @@ async fn flush_io<S: Storage>(
             );
             (file, prefix, align_down(group.start_offset))
         };
-        write_stream(&*file, write_from, &prefix, &group.bytes).await?;
         let end = group.start_offset + group.bytes.len() as u64;
+        // Zero ahead: a small group that would write into never-written blocks writes zeros
+        // ZERO_AHEAD_BYTES past itself too, so the next groups overwrite written extents and
+        // their fdatasync needs no journal commit. Large groups pay that commit themselves,
+        // amortized over their size.
+        let mut pad_to = align_up(end);
+        if pad_to > written_until && group.bytes.len() <= ZERO_AHEAD_GROUP_BYTES_MAX {
+            pad_to = (pad_to + ZERO_AHEAD_BYTES).min(segment_bytes).max(align_up(end));
+        }
+        write_stream(&*file, write_from, &prefix, &group.bytes, pad_to).await?;
+        written_until = written_until.max(pad_to);
         let tail_from = align_down(end);
         // The new tail block: the last partial block of what was just written.
         let stream_index = (tail_from - write_from) as usize;
@@ -553,32 +578,42 @@ async fn flush_io<S: Storage>(
     if !created.is_empty() {
         storage.sync_dir().await?;
     }
-    Ok((created, tail))
+    Ok(FlushDone {
+        created,
+        tail,
+        written_until,
+    })
 }
 
-/// Writes `prefix ++ bytes` at `offset` (aligned), zero-padded to the block size, in writes of
-/// at most [`GROUP_WRITE_BYTES_MAX`].
+/// Writes `prefix ++ bytes` at `offset` (aligned), then zeros up to `pad_to` (at least the next
+/// block boundary), in writes of at most [`GROUP_WRITE_BYTES_MAX`].
 async fn write_stream<F: StorageFile>(
     file: &F,
     offset: u64,
     prefix: &[u8],
     bytes: &[u8],
+    pad_to: u64,
 ) -> io::Result<()> {
     assert_eq!(offset % BLOCK_BYTES, 0);
-    let total = prefix.len() + bytes.len();
+    assert_eq!(pad_to % BLOCK_BYTES, 0);
+    let data = prefix.len() + bytes.len();
+    let total = (pad_to - offset) as usize;
+    assert!(total >= data, "padding ends before the data");
     let mut done = 0usize;
     while done < total {
         let chunk = (total - done).min(GROUP_WRITE_BYTES_MAX);
-        let mut buffer = file.alloc_buffer(align_up(chunk as u64) as usize);
+        let mut buffer = file.alloc_buffer(chunk);
+        // Copy the part of prefix ++ bytes that falls in [done, done + chunk); the rest of the
+        // buffer stays zero.
         let mut filled = 0usize;
         if done < prefix.len() {
             let take = (prefix.len() - done).min(chunk);
             buffer[..take].copy_from_slice(&prefix[done..done + take]);
             filled = take;
         }
-        if filled < chunk {
+        if filled < chunk && done + filled < data {
             let from = done + filled - prefix.len();
-            let take = chunk - filled;
+            let take = (chunk - filled).min(bytes.len() - from);
             buffer[filled..filled + take].copy_from_slice(&bytes[from..from + take]);
         }
         file.write_at(buffer, offset + done as u64).await?;
@@ -608,8 +643,7 @@ async fn zero_range<F: StorageFile>(file: &F, image: &[u8], from: u64, to: u64) 
     let start = align_down(from);
     let end = align_up(to).min(align_up(image.len() as u64));
     let keep = &image[start as usize..from as usize];
-    let zeros = vec![0u8; (end - from) as usize];
-    write_stream(file, start, keep, &zeros).await?;
+    write_stream(file, start, keep, &[], end).await?;
     file.sync().await
 }
 
