@@ -96,6 +96,17 @@ impl Index {
         }
     }
 
+    /// Sets a key from a live write: the collection was checked to exist, the key and value
+    /// are shared with the caller (reference-counted, not copied).
+    pub fn put_live(&mut self, collection: &str, key: &Bytes, value: &Bytes, lsn: u64, hlc: u64) {
+        let entry = Entry {
+            value: value.clone(),
+            revision: lsn,
+            hlc,
+        };
+        self.put(collection, key.clone(), entry, false);
+    }
+
     /// Removes a key; returns its entry if it was there.
     pub fn delete(&mut self, collection: &str, key: &[u8]) -> Option<Entry> {
         let removed = self.collections.get_mut(collection)?.remove(key);

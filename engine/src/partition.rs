@@ -11,7 +11,7 @@
 use crate::constants::{BATCH_OPERATIONS_MAX, RECORD_BYTES_MAX};
 use crate::error::{EngineError, Result};
 use crate::hlc::Hlc;
-use crate::index::{Entry, Index, ReplaySource};
+use crate::index::{Index, ReplaySource};
 use crate::io::Storage;
 use crate::record::{
     encoded_len, validate_collection_name, validate_key_value, BatchOperation, Operation,
@@ -177,6 +177,9 @@ pub struct Partition<S: Storage> {
     snapshot_running: Cell<bool>,
     wal_bytes_at_snapshot: Cell<u64>,
     closed: Cell<bool>,
+    /// Set while `truncate_after` rewrites the log; writes wait on `resume_waiters`.
+    writes_paused: Cell<bool>,
+    resume_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     flushes: Cell<u64>,
     snapshots: Cell<u64>,
 }
@@ -249,6 +252,8 @@ impl<S: Storage> Partition<S> {
             snapshot_running: Cell::new(false),
             wal_bytes_at_snapshot: Cell::new(0),
             closed: Cell::new(false),
+            writes_paused: Cell::new(false),
+            resume_waiters: RefCell::new(Vec::new()),
             flushes: Cell::new(0),
             snapshots: Cell::new(0),
         });
@@ -373,6 +378,13 @@ impl<S: Storage> Partition<S> {
             if self.closed.get() {
                 return Err(EngineError::ShuttingDown);
             }
+            if self.writes_paused.get() {
+                // A truncation is rewriting the log: wait for it, then look at the state anew.
+                let (resume, resumed) = oneshot::channel();
+                self.resume_waiters.borrow_mut().push(resume);
+                let _ = resumed.await;
+                continue;
+            }
             self.shard.check()?;
             check(&self.index.borrow())?;
             let hlc = self.shard.hlc.now();
@@ -415,18 +427,7 @@ impl<S: Storage> Partition<S> {
             .stage(
                 &operation,
                 |index| Self::require_collection(index, collection),
-                |index, lsn, hlc| {
-                    index.put(
-                        collection,
-                        key.clone(),
-                        Entry {
-                            value: value.clone(),
-                            revision: lsn,
-                            hlc,
-                        },
-                        false,
-                    )
-                },
+                |index, lsn, hlc| index.put_live(collection, &key, &value, lsn, hlc),
             )
             .await?;
         self.wait_durable(lsn).await?;
@@ -519,16 +520,7 @@ impl<S: Storage> Partition<S> {
                     Ok(())
                 },
                 |index, lsn, hlc| match &value {
-                    Some(value) => index.put(
-                        collection,
-                        key.clone(),
-                        Entry {
-                            value: value.clone(),
-                            revision: lsn,
-                            hlc,
-                        },
-                        false,
-                    ),
+                    Some(value) => index.put_live(collection, &key, value, lsn, hlc),
                     None => {
                         index.delete(collection, &key);
                     }
@@ -607,16 +599,7 @@ impl<S: Storage> Partition<S> {
                                 collection,
                                 key,
                                 value,
-                            } => index.put(
-                                collection,
-                                key.clone(),
-                                Entry {
-                                    value: value.clone(),
-                                    revision: lsn,
-                                    hlc,
-                                },
-                                false,
-                            ),
+                            } => index.put_live(collection, key, value, lsn, hlc),
                             BatchWrite::Delete { collection, key } => {
                                 index.delete(collection, key);
                             }
@@ -813,15 +796,37 @@ impl<S: Storage> Partition<S> {
             Ok(())
         };
         refuse(self)?;
-        // Let every staged write become durable first, so nothing is in flight.
-        let staged_up_to = self.wal.borrow().next_lsn() - 1;
-        self.wait_durable(staged_up_to).await?;
+        if self.writes_paused.replace(true) {
+            return Err(EngineError::InvalidRequest(format!(
+                "partition {} is already truncating",
+                self.id
+            )));
+        }
+        let _resume = ResumeWritesOnDrop(self);
+        // New writes now wait; let every staged one become durable, so nothing is in flight.
+        loop {
+            let staged_up_to = self.wal.borrow().next_lsn() - 1;
+            self.wait_durable(staged_up_to).await?;
+            if self.durable_lsn() == self.wal.borrow().next_lsn() - 1 {
+                break;
+            }
+        }
         // A snapshot may have been published while we waited.
         refuse(self)?;
         self.truncations.set(self.truncations.get() + 1);
-        wal::truncate_after(&self.wal, lsn)
-            .await
-            .map_err(|error| EngineError::io(format!("partition {}: truncate", self.id), error))?;
+        if let Err(error) = wal::truncate_after(&self.wal, lsn).await {
+            // The log is half cut: take no more writes; restart recovers a consistent prefix.
+            let reason = format!(
+                "partition {}: truncating after LSN {lsn} failed: {error}",
+                self.id
+            );
+            self.shard.poison(reason);
+            self.fail_waiters();
+            return Err(EngineError::io(
+                format!("partition {}: truncate", self.id),
+                error,
+            ));
+        }
         // Rebuild the index from the snapshot and the WAL that is left.
         let mut index = Index::default();
         snapshot::load_latest(&self.storage, self.id, &mut index).await?;
@@ -854,6 +859,13 @@ impl<S: Storage> Partition<S> {
         Ok(())
     }
 
+    fn resume_writes(&self) {
+        self.writes_paused.set(false);
+        for resume in self.resume_waiters.take() {
+            let _gone = resume.send(());
+        }
+    }
+
     /// Stops the writer task after it has flushed everything staged, and closes the WAL's
     /// files. Afterwards writes answer `ShuttingDown`; the partition must be reopened to be
     /// used again.
@@ -876,5 +888,14 @@ impl<S: Storage> Partition<S> {
             .await
             .map_err(|error| EngineError::io(format!("partition {}: close", self.id), error));
         flushed.and(closed)
+    }
+}
+
+/// Lets paused writes go on when a truncation ends, whichever way it ends.
+struct ResumeWritesOnDrop<'a, S: Storage>(&'a Partition<S>);
+
+impl<S: Storage> Drop for ResumeWritesOnDrop<'_, S> {
+    fn drop(&mut self) {
+        self.0.resume_writes();
     }
 }

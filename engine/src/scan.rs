@@ -208,7 +208,7 @@ pub fn scan(
         // The end of the log.
         if header_ok.is_none() {
             outcome.remove.push(index);
-        } else if let Some(last_nonzero) = bytes.iter().rposition(|&byte| byte != 0) {
+        } else if let Some(last_nonzero) = last_nonzero(bytes) {
             if last_nonzero as u64 >= stop_offset {
                 outcome.zero = Some((index, stop_offset, last_nonzero as u64 + 1));
             }
@@ -245,4 +245,43 @@ fn find_evidence(
         }
     }
     None
+}
+
+/// Index of the last non-zero byte. Whole 64-byte blocks are tested at once (the compiler turns
+/// that into vector compares), since a preallocated segment is mostly zeros.
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 64;
+    let whole = bytes.len() - bytes.len() % BLOCK;
+    if let Some(at) = bytes[whole..].iter().rposition(|&byte| byte != 0) {
+        return Some(whole + at);
+    }
+    let block = bytes[..whole]
+        .chunks_exact(BLOCK)
+        .rposition(|block| block.iter().fold(0u8, |any, &byte| any | byte) != 0)?;
+    let start = block * BLOCK;
+    bytes[start..start + BLOCK]
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map(|at| start + at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_nonzero;
+
+    #[test]
+    fn last_nonzero_finds_the_last_set_byte_anywhere() {
+        assert_eq!(last_nonzero(&[]), None);
+        assert_eq!(last_nonzero(&[0; 200]), None);
+        for len in [1, 63, 64, 65, 200] {
+            for at in 0..len {
+                let mut bytes = vec![0u8; len];
+                bytes[at] = 1;
+                if at > 0 {
+                    bytes[0] = 7;
+                }
+                assert_eq!(last_nonzero(&bytes), Some(at), "len {len} at {at}");
+            }
+        }
+    }
 }

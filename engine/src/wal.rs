@@ -13,9 +13,9 @@
 //! off (see [`crate::scan`]).
 
 use crate::constants::{
-    ZERO_AHEAD_BYTES, ZERO_AHEAD_GROUP_BYTES_MAX,
     ALIGNMENT_BYTES_MAX, GROUP_WRITE_BYTES_MAX, LSN_INDEX_STRIDE_BYTES, READ_CHUNK_BYTES,
     RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, STAGED_BYTES_MAX,
+    ZERO_AHEAD_BYTES, ZERO_AHEAD_GROUP_BYTES_MAX,
 };
 use crate::error::{EngineError, Result};
 use crate::io::{Storage, StorageFile};
@@ -120,6 +120,8 @@ pub struct Wal<S: Storage> {
     /// Where the next staged record goes: segment base LSN (0: no segment yet) and offset.
     append_segment_base_lsn: u64,
     append_offset: u64,
+    /// Offset of the newest `(lsn, offset)` sample in the append segment, if any.
+    append_last_sample_offset: Option<u64>,
     next_lsn: u64,
     durable_lsn: u64,
     /// `(epoch, first_lsn)`, one entry per epoch that has records, ascending.
@@ -243,6 +245,7 @@ impl<S: Storage> Wal<S> {
             flush_in_flight: false,
             append_segment_base_lsn: 0,
             append_offset: 0,
+            append_last_sample_offset: None,
             next_lsn: outcome.next_lsn,
             durable_lsn: outcome.next_lsn - 1,
             epochs,
@@ -272,6 +275,7 @@ impl<S: Storage> Wal<S> {
             wal.written_until = align_up(last.end_offset);
             wal.append_segment_base_lsn = last.base_lsn;
             wal.append_offset = last.end_offset;
+            wal.append_last_sample_offset = last.samples.last().map(|(_, at)| *at);
         }
         Ok(wal)
     }
@@ -345,6 +349,7 @@ impl<S: Storage> Wal<S> {
         if needs_segment {
             self.append_segment_base_lsn = lsn;
             self.append_offset = SEGMENT_HEADER_BYTES as u64;
+            self.append_last_sample_offset = None;
         }
         let same_group = !needs_segment
             && self
@@ -363,13 +368,12 @@ impl<S: Storage> Wal<S> {
         }
         let group = self.staged.last_mut().expect("a group");
         let offset = self.append_offset;
-        let previous_sample = group
-            .samples
-            .last()
-            .map(|(_, at)| *at)
-            .or(if group.new_segment { None } else { Some(0) });
-        if previous_sample.is_none_or(|at| offset >= at + LSN_INDEX_STRIDE_BYTES) {
+        if self
+            .append_last_sample_offset
+            .is_none_or(|at| offset >= at + LSN_INDEX_STRIDE_BYTES)
+        {
             group.samples.push((lsn, offset));
+            self.append_last_sample_offset = Some(offset);
         }
         let meta = RecordMeta {
             lsn,
@@ -554,7 +558,9 @@ async fn flush_io<S: Storage>(
         // amortized over their size.
         let mut pad_to = align_up(end);
         if pad_to > written_until && group.bytes.len() <= ZERO_AHEAD_GROUP_BYTES_MAX {
-            pad_to = (pad_to + ZERO_AHEAD_BYTES).min(segment_bytes).max(align_up(end));
+            pad_to = (pad_to + ZERO_AHEAD_BYTES)
+                .min(segment_bytes)
+                .max(align_up(end));
         }
         write_stream(&*file, write_from, &prefix, &group.bytes, pad_to).await?;
         written_until = written_until.max(pad_to);
@@ -626,16 +632,28 @@ async fn write_stream<F: StorageFile>(
 async fn read_whole<F: StorageFile>(file: &F) -> io::Result<Vec<u8>> {
     let size = file.size().await? as usize;
     let mut image = Vec::with_capacity(size);
-    while image.len() < size {
-        let want = (size - image.len()).min(READ_CHUNK_BYTES);
-        let read = file.read_at(image.len() as u64, want).await?;
-        if read.is_empty() {
-            break;
+    let chunks: Vec<(u64, usize)> = (0..size)
+        .step_by(READ_CHUNK_BYTES)
+        .map(|offset| (offset as u64, (size - offset).min(READ_CHUNK_BYTES)))
+        .collect();
+    // Keep READS_IN_FLIGHT reads queued, so the device streams while we copy.
+    for batch in chunks.chunks(READS_IN_FLIGHT) {
+        let reads =
+            futures::future::join_all(batch.iter().map(|&(offset, len)| file.read_at(offset, len)))
+                .await;
+        for (&(_, len), read) in batch.iter().zip(reads) {
+            let read = read?;
+            image.extend_from_slice(&read);
+            if read.len() < len {
+                return Ok(image); // the file ended early (shrunk under us)
+            }
         }
-        image.extend_from_slice(&read);
     }
     Ok(image)
 }
+
+/// Reads of a segment queued at once during recovery.
+const READS_IN_FLIGHT: usize = 4;
 
 /// Zeroes `[from, to)` of a file whose current bytes are `image`, keeping `[align_down(from),
 /// from)`, and syncs.
@@ -827,12 +845,18 @@ pub async fn truncate_after<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::
         Some((base_lsn, end_offset, _)) if cut.is_some() => {
             wal.append_segment_base_lsn = base_lsn;
             wal.append_offset = end_offset;
+            wal.append_last_sample_offset = wal
+                .segments
+                .last()
+                .and_then(|segment| segment.samples.last())
+                .map(|(_, at)| *at);
         }
         _ => {
             // The next record starts a fresh segment; the last kept one stays sealed.
             assert!(active.is_none_or(|(_, _, last_lsn)| last_lsn == lsn));
             wal.append_segment_base_lsn = 0;
             wal.append_offset = 0;
+            wal.append_last_sample_offset = None;
             wal.tail.clear();
         }
     }
