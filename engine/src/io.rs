@@ -50,7 +50,8 @@ pub trait StorageFile: 'static {
 
     /// Offset and length alignment of writes (O_DIRECT).
     fn alignment(&self) -> usize;
-    /// A zero-filled, aligned buffer of `len` bytes (`len` a multiple of the alignment).
+    /// An aligned buffer of `len` bytes (`len` a multiple of the alignment) whose contents are
+    /// unspecified: the caller sets every byte it hands to `write_at`.
     fn alloc_buffer(&self, len: usize) -> Self::Buffer;
     /// Writes the whole buffer at `offset`; a short write is an error.
     async fn write_at(&self, buffer: Self::Buffer, offset: u64) -> io::Result<()>;

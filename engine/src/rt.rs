@@ -296,9 +296,8 @@ impl StorageFile for DmaStorageFile {
 
     fn alloc_buffer(&self, len: usize) -> DmaBuf {
         assert_eq!(len % self.alignment(), 0, "unaligned buffer");
-        let mut buffer = self.file.alloc_dma_buffer(len);
-        buffer.as_bytes_mut().fill(0);
-        DmaBuf(buffer)
+        // Not zeroed: callers set every byte (a 16 MB memset per flush showed in profiles).
+        DmaBuf(self.file.alloc_dma_buffer(len))
     }
 
     async fn write_at(&self, buffer: DmaBuf, offset: u64) -> io::Result<()> {

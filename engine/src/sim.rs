@@ -342,7 +342,8 @@ impl StorageFile for SimHandle {
 
     fn alloc_buffer(&self, len: usize) -> SimBuffer {
         assert_eq!(len % SIM_SECTOR_BYTES, 0, "unaligned buffer");
-        SimBuffer(vec![0; len])
+        // Not zeros, so a caller that forgets to set a byte writes visible garbage in tests.
+        SimBuffer(vec![0xA5; len])
     }
 
     async fn write_at(&self, buffer: SimBuffer, offset: u64) -> io::Result<()> {

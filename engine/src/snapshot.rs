@@ -202,6 +202,7 @@ impl<F: StorageFile> SnapshotWriter<F> {
         if len > 0 {
             let mut out = self.file.alloc_buffer(len);
             out[..self.buffer.len()].copy_from_slice(&self.buffer);
+            out[self.buffer.len()..].fill(0);
             self.file.write_at(out, self.written).await?;
         }
         let total = self.written + self.buffer.len() as u64;
