@@ -189,8 +189,9 @@ impl DmaStorage {
     /// A storage over `dir`, created if missing.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        // Absolute: glommio 0.9's `Directory::open` fails with EBADF on a relative path.
         Ok(Self {
-            dir: Rc::new(dir.to_path_buf()),
+            dir: Rc::new(std::fs::canonicalize(dir)?),
         })
     }
 }
