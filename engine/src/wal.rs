@@ -605,9 +605,7 @@ async fn write_stream<F: StorageFile>(
     let data = prefix.len() + bytes.len();
     let total = (pad_to - offset) as usize;
     assert!(total >= data, "padding ends before the data");
-    // Fill every chunk first, then issue their writes together: the device works on them in
-    // parallel, and the group's one fdatasync follows them all.
-    let mut writes = Vec::with_capacity(total.div_ceil(GROUP_WRITE_BYTES_MAX));
+    // One chunk at a time: issuing them together measured no faster here (within noise).
     let mut done = 0usize;
     while done < total {
         let chunk = (total - done).min(GROUP_WRITE_BYTES_MAX);
@@ -626,11 +624,8 @@ async fn write_stream<F: StorageFile>(
             filled += take;
         }
         buffer[filled..].fill(0);
-        writes.push(file.write_at(buffer, offset + done as u64));
+        file.write_at(buffer, offset + done as u64).await?;
         done += chunk;
-    }
-    for written in futures::future::join_all(writes).await {
-        written?;
     }
     Ok(())
 }
