@@ -446,11 +446,6 @@ impl<S: Storage> Wal<S> {
         self.durable_lsn
     }
 
-    fn poison_flush(&mut self) {
-        // Nothing is retried after a failed write or sync; the partition is poisoned by the
-        // caller and reopened by restart. Keep the flag set so nobody flushes again.
-    }
-
     /// The segment holding `lsn` and a sampled position at or before it.
     fn seek_hint(&self, lsn: u64) -> Option<(usize, WalPosition)> {
         let index = self
@@ -504,10 +499,9 @@ pub async fn flush<S: Storage>(wal: &RefCell<Wal<S>>) -> io::Result<Option<u64>>
     let mut wal = wal.borrow_mut();
     match result {
         Ok(done) => Ok(Some(wal.complete_flush(plan, done))),
-        Err(error) => {
-            wal.poison_flush();
-            Err(error)
-        }
+        // Nothing is retried: `flush_in_flight` stays set, so no later flush can run (it would
+        // assert), and the caller poisons the partition; a restart recovers from the disk.
+        Err(error) => Err(error),
     }
 }
 
