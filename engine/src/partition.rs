@@ -854,6 +854,10 @@ impl<S: Storage> Partition<S> {
             position = Some(chunk.next);
         }
         *self.index.borrow_mut() = index;
+        // A removal past the cut is gone; absent keys need wait for nothing above `lsn`, which is
+        // durable (the LSNs above it will be reused by new writes).
+        self.last_removal_lsn
+            .set(self.last_removal_lsn.get().min(lsn));
         self.epoch
             .set(self.wal.borrow().last_epoch().max(self.epoch.get()));
         Ok(())
