@@ -173,7 +173,9 @@ pub struct Partition<S: Storage> {
     /// runs): the WAL is never truncated below it.
     snapshot_covers_lsn: Cell<u64>,
     /// Truncations done since open: a snapshot that overlapped one is abandoned.
-    truncations: Cell<u64>,
+    /// Held by a snapshot and by a truncation for their whole run, so that they never
+    /// interleave: a snapshot must not publish records a truncation cut.
+    maintenance: rt::Semaphore,
     snapshot_running: Cell<bool>,
     wal_bytes_at_snapshot: Cell<u64>,
     closed: Cell<bool>,
@@ -248,7 +250,7 @@ impl<S: Storage> Partition<S> {
             epoch: Cell::new(epoch),
             snapshot_lsn: Cell::new(snapshot_lsn),
             snapshot_covers_lsn: Cell::new(loaded.covers_lsn),
-            truncations: Cell::new(0),
+            maintenance: rt::Semaphore::new(1),
             snapshot_running: Cell::new(false),
             wal_bytes_at_snapshot: Cell::new(0),
             closed: Cell::new(false),
@@ -702,7 +704,9 @@ impl<S: Storage> Partition<S> {
         if self.snapshot_running.replace(true) {
             return Ok(None);
         }
+        let permit = self.maintenance.acquire().await;
         let result = self.snapshot_inner().await;
+        drop(permit);
         self.snapshot_running.set(false);
         result
     }
@@ -722,7 +726,6 @@ impl<S: Storage> Partition<S> {
                 .collect();
             (lsn, epochs, wal.durable_bytes_written())
         };
-        let truncations = self.truncations.get();
         let io_error = |error| EngineError::io(format!("partition {}: snapshot", self.id), error);
         let unpublished = snapshot::write_snapshot(
             &self.storage,
@@ -735,11 +738,6 @@ impl<S: Storage> Partition<S> {
         .await
         .map_err(io_error)?;
         self.wait_durable(unpublished.info.covers_lsn).await?;
-        if self.truncations.get() != truncations {
-            // It may hold records of the truncated tail.
-            unpublished.discard(&self.storage).await.map_err(io_error)?;
-            return Ok(None);
-        }
         let info = unpublished.publish(&self.storage).await.map_err(io_error)?;
         self.snapshot_lsn.set(snapshot_lsn);
         self.snapshot_covers_lsn.set(info.covers_lsn);
@@ -795,13 +793,13 @@ impl<S: Storage> Partition<S> {
             }
             Ok(())
         };
+        // A running snapshot finishes first (and may raise what truncation must refuse).
+        let _permit = self.maintenance.acquire().await;
         refuse(self)?;
-        if self.writes_paused.replace(true) {
-            return Err(EngineError::InvalidRequest(format!(
-                "partition {} is already truncating",
-                self.id
-            )));
-        }
+        assert!(
+            !self.writes_paused.replace(true),
+            "truncations are serialized by the maintenance permit"
+        );
         let _resume = ResumeWritesOnDrop(self);
         // New writes now wait; let every staged one become durable, so nothing is in flight.
         loop {
@@ -811,9 +809,6 @@ impl<S: Storage> Partition<S> {
                 break;
             }
         }
-        // A snapshot may have been published while we waited.
-        refuse(self)?;
-        self.truncations.set(self.truncations.get() + 1);
         if let Err(error) = wal::truncate_after(&self.wal, lsn).await {
             // The log is half cut: take no more writes; restart recovers a consistent prefix.
             let reason = format!(

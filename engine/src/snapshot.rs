@@ -81,11 +81,6 @@ impl UnpublishedSnapshot {
         storage.sync_dir().await?;
         Ok(self.info)
     }
-
-    /// Removes the temporary file (the snapshot is abandoned).
-    pub async fn discard<S: Storage>(self, storage: &S) -> io::Result<()> {
-        storage.remove(&self.tmp).await
-    }
 }
 
 /// Writes a snapshot of `index` at `snapshot_lsn` to a temporary file, yielding between chunks
