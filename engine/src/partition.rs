@@ -739,13 +739,16 @@ impl<S: Storage> Partition<S> {
         .map_err(io_error)?;
         self.wait_durable(unpublished.info.covers_lsn).await?;
         let info = unpublished.publish(&self.storage).await.map_err(io_error)?;
-        self.snapshot_lsn.set(snapshot_lsn);
+        let previous_lsn = self.snapshot_lsn.replace(snapshot_lsn);
         self.snapshot_covers_lsn.set(info.covers_lsn);
         self.wal_bytes_at_snapshot.set(bytes_now);
         self.snapshots.set(self.snapshots.get() + 1);
-        snapshot::remove_older(&self.storage, snapshot_lsn)
-            .await
-            .map_err(io_error)?;
+        // A snapshot at the same LSN replaced the previous file under the same name.
+        if previous_lsn < snapshot_lsn {
+            snapshot::remove(&self.storage, previous_lsn)
+                .await
+                .map_err(io_error)?;
+        }
         wal::prune_through(&self.wal, snapshot_lsn)
             .await
             .map_err(io_error)?;
@@ -824,7 +827,7 @@ impl<S: Storage> Partition<S> {
         }
         // Rebuild the index from the snapshot and the WAL that is left.
         let mut index = Index::default();
-        snapshot::load_latest(&self.storage, self.id, &mut index).await?;
+        snapshot::load(&self.storage, self.id, self.snapshot_lsn.get(), &mut index).await?;
         let from = self.snapshot_lsn.get() + 1;
         let mut position = self.position_of(from).await?;
         while let Some(at) = position {

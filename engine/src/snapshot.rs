@@ -242,6 +242,33 @@ pub async fn load_latest<S: Storage>(
     else {
         return Ok(LoadedSnapshot::default());
     };
+    let loaded = load(storage, partition, lsn, index).await?;
+    // Older snapshots left by a crash between publishing and removing; only once the newest
+    // loaded, so a bad newest one leaves the older ones for a repair.
+    for older in names
+        .iter()
+        .filter(|name| parse_snapshot_name(name).is_some_and(|older| older < lsn))
+    {
+        storage
+            .remove(older)
+            .await
+            .map_err(|error| EngineError::io(format!("remove {:?}", storage.path(older)), error))?;
+    }
+    Ok(loaded)
+}
+
+/// Loads the snapshot at `lsn` into `index` (nothing for LSN 0). Used at open through
+/// [`load_latest`], and when a truncation rebuilds the state from the snapshot it knows, without
+/// listing the directory.
+pub async fn load<S: Storage>(
+    storage: &S,
+    partition: u32,
+    lsn: u64,
+    index: &mut Index,
+) -> Result<LoadedSnapshot> {
+    if lsn == 0 {
+        return Ok(LoadedSnapshot::default());
+    }
     let name = snapshot_name(lsn);
     let path = storage.path(&name);
     let corrupt = |offset: u64, reason: String| EngineError::Corruption {
@@ -346,12 +373,12 @@ pub async fn load_latest<S: Storage>(
     }
 }
 
-/// Removes every snapshot older than `lsn`.
-pub async fn remove_older<S: Storage>(storage: &S, lsn: u64) -> io::Result<()> {
-    for name in storage.list()? {
-        if parse_snapshot_name(&name).is_some_and(|older| older < lsn) {
-            storage.remove(&name).await?;
-        }
+/// Removes the snapshot at `lsn` (superseded by a newer one; nothing for LSN 0). Named, not
+/// listed: a data shard makes no blocking directory scans while it serves.
+pub async fn remove<S: Storage>(storage: &S, lsn: u64) -> io::Result<()> {
+    if lsn == 0 {
+        return Ok(());
     }
+    storage.remove(&snapshot_name(lsn)).await?;
     storage.sync_dir().await
 }

@@ -88,6 +88,17 @@ fn overwriting_the_same_keys_keeps_disk_use_bounded() {
             last < written / 4,
             "disk use {last} grows with the {written} bytes written"
         );
+        let snapshots: Vec<String> = disk
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|name| name.ends_with(".snap"))
+            .collect();
+        assert_eq!(
+            snapshots.len(),
+            1,
+            "superseded snapshots stay: {snapshots:?}"
+        );
         // Disk use does not grow from round to round once snapshots run.
         let peak_late = after_round[2..].iter().max().unwrap();
         assert!(*peak_late <= bound, "late rounds peaked at {peak_late}");
