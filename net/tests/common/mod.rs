@@ -1,0 +1,533 @@
+//! Strategies for every message type, and a sample of each kind, shared by the integration
+//! tests. `round_trip.rs` uses all of it; the other files use part and say so where they
+//! declare the module.
+
+use coregrid_net::message::{
+    BatchOperation, BatchRequest, CompareAndSetRequest, CreateCollectionRequest, DeleteRequest,
+    DeleteResponse, DropCollectionRequest, ErrorResponse, GetRequest, GetResponse, Hello,
+    HelloAccepted, HelloReply, Peer, PutRequest, ReadConsistency, Refusal, ShardTopology,
+    TopologyRequest, TopologyResponse, WriteConsistency, WriteResponse,
+};
+use coregrid_net::{
+    encode, ChannelKind, ClientId, ClientRequestId, ClusterId, EncodeError, Epoch, FrameMeta,
+    Limit, Lsn, MessageKind, NodeId, PartitionId, ShardId,
+};
+use proptest::prelude::*;
+
+/// Any message of the wire, to mix kinds in one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnyMessage {
+    Hello(Hello),
+    HelloReply(HelloReply),
+    Put(PutRequest),
+    Get(GetRequest),
+    Delete(DeleteRequest),
+    CompareAndSet(CompareAndSetRequest),
+    CreateCollection(CreateCollectionRequest),
+    DropCollection(DropCollectionRequest),
+    Batch(BatchRequest),
+    Topology(TopologyRequest),
+    WriteResponse(WriteResponse),
+    GetResponse(GetResponse),
+    DeleteResponse(DeleteResponse),
+    TopologyResponse(TopologyResponse),
+    ErrorResponse(ErrorResponse),
+}
+
+/// Calls `$body` with `$message` bound to the inner message, whatever its type.
+macro_rules! with_message {
+    ($any:expr, |$message:ident| $body:expr) => {
+        match $any {
+            AnyMessage::Hello($message) => $body,
+            AnyMessage::HelloReply($message) => $body,
+            AnyMessage::Put($message) => $body,
+            AnyMessage::Get($message) => $body,
+            AnyMessage::Delete($message) => $body,
+            AnyMessage::CompareAndSet($message) => $body,
+            AnyMessage::CreateCollection($message) => $body,
+            AnyMessage::DropCollection($message) => $body,
+            AnyMessage::Batch($message) => $body,
+            AnyMessage::Topology($message) => $body,
+            AnyMessage::WriteResponse($message) => $body,
+            AnyMessage::GetResponse($message) => $body,
+            AnyMessage::DeleteResponse($message) => $body,
+            AnyMessage::TopologyResponse($message) => $body,
+            AnyMessage::ErrorResponse($message) => $body,
+        }
+    };
+}
+
+impl AnyMessage {
+    pub fn encode(&self, out: &mut Vec<u8>, meta: FrameMeta) -> Result<usize, EncodeError> {
+        with_message!(self, |message| encode(out, meta, message))
+    }
+
+    pub fn kind(&self) -> MessageKind {
+        use coregrid_net::Message;
+        fn kind_of<M: Message>(_: &M) -> MessageKind {
+            M::KIND
+        }
+        with_message!(self, |message| kind_of(message))
+    }
+}
+
+pub fn client_request_id() -> impl Strategy<Value = ClientRequestId> {
+    (any::<u64>(), any::<u64>()).prop_map(|(client, sequence)| ClientRequestId {
+        client: ClientId(client),
+        sequence,
+    })
+}
+
+pub fn write_consistency() -> impl Strategy<Value = WriteConsistency> {
+    prop_oneof![
+        Just(WriteConsistency::One),
+        Just(WriteConsistency::Quorum),
+        Just(WriteConsistency::All)
+    ]
+}
+
+pub fn read_consistency() -> impl Strategy<Value = ReadConsistency> {
+    prop_oneof![Just(ReadConsistency::Leader), Just(ReadConsistency::Any)]
+}
+
+/// Names of 1..=32 characters without control characters (at most 128 bytes of UTF-8).
+pub fn collection() -> impl Strategy<Value = String> {
+    "[^\\p{Cc}]{1,32}"
+}
+
+pub fn key() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 1..48)
+}
+
+pub fn value() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..200)
+}
+
+pub fn reason() -> impl Strategy<Value = String> {
+    ".{0,64}"
+}
+
+pub fn node() -> impl Strategy<Value = NodeId> {
+    any::<u64>().prop_map(NodeId)
+}
+
+pub fn shard() -> impl Strategy<Value = ShardId> {
+    any::<u16>().prop_map(ShardId)
+}
+
+pub fn lsn() -> impl Strategy<Value = Lsn> {
+    any::<u64>().prop_map(Lsn)
+}
+
+pub fn epoch() -> impl Strategy<Value = Epoch> {
+    any::<u64>().prop_map(Epoch)
+}
+
+pub fn cluster() -> impl Strategy<Value = ClusterId> {
+    any::<[u8; 16]>().prop_map(ClusterId)
+}
+
+pub fn channel() -> impl Strategy<Value = ChannelKind> {
+    prop_oneof![Just(ChannelKind::Client), Just(ChannelKind::Replication)]
+}
+
+pub fn limit() -> impl Strategy<Value = Limit> {
+    prop_oneof![
+        Just(Limit::KeyBytes),
+        Just(Limit::ValueBytes),
+        Just(Limit::CollectionNameBytes),
+        Just(Limit::BatchOperations),
+        Just(Limit::BatchBytes),
+        Just(Limit::ReasonBytes),
+        Just(Limit::Shards),
+        Just(Limit::Partitions),
+        Just(Limit::FrameBodyBytes),
+    ]
+}
+
+pub fn hello() -> impl Strategy<Value = Hello> {
+    (
+        cluster(),
+        any::<u16>(),
+        channel(),
+        prop_oneof![
+            any::<u64>().prop_map(|id| Peer::Client(ClientId(id))),
+            node().prop_map(Peer::Node)
+        ],
+        proptest::option::of(node()),
+        proptest::option::of(shard()),
+    )
+        .prop_map(
+            |(cluster_id, protocol_version, channel, sender, node, shard)| Hello {
+                cluster_id,
+                protocol_version,
+                channel,
+                sender,
+                node,
+                shard,
+            },
+        )
+}
+
+pub fn refusal() -> impl Strategy<Value = Refusal> {
+    prop_oneof![
+        (cluster(), cluster())
+            .prop_map(|(expected, actual)| Refusal::WrongCluster { expected, actual }),
+        (any::<u16>(), any::<u16>(), any::<u16>())
+            .prop_map(|(min, max, actual)| Refusal::UnsupportedProtocol { min, max, actual }),
+        (node(), node()).prop_map(|(expected, actual)| Refusal::WrongNode { expected, actual }),
+        (shard(), shard()).prop_map(|(expected, actual)| Refusal::WrongShard { expected, actual }),
+        (
+            prop_oneof![
+                Just(ChannelKind::Handshake),
+                Just(ChannelKind::Client),
+                Just(ChannelKind::Replication)
+            ],
+            reason()
+        )
+            .prop_map(|(channel, reason)| Refusal::ChannelRefused { channel, reason }),
+        Just(Refusal::ShuttingDown),
+    ]
+}
+
+pub fn hello_reply() -> impl Strategy<Value = HelloReply> {
+    prop_oneof![
+        (node(), shard(), any::<u16>(), epoch()).prop_map(
+            |(node, shard, protocol_version, epoch)| HelloReply::Accepted(HelloAccepted {
+                node,
+                shard,
+                protocol_version,
+                epoch,
+            })
+        ),
+        refusal().prop_map(HelloReply::Refused),
+    ]
+}
+
+pub fn put() -> impl Strategy<Value = PutRequest> {
+    (
+        client_request_id(),
+        write_consistency(),
+        collection(),
+        key(),
+        value(),
+    )
+        .prop_map(|(id, consistency, collection, key, value)| PutRequest {
+            id,
+            consistency,
+            collection,
+            key,
+            value,
+        })
+}
+
+pub fn get() -> impl Strategy<Value = GetRequest> {
+    (read_consistency(), collection(), key()).prop_map(|(consistency, collection, key)| {
+        GetRequest {
+            consistency,
+            collection,
+            key,
+        }
+    })
+}
+
+pub fn delete() -> impl Strategy<Value = DeleteRequest> {
+    (
+        client_request_id(),
+        write_consistency(),
+        collection(),
+        key(),
+    )
+        .prop_map(|(id, consistency, collection, key)| DeleteRequest {
+            id,
+            consistency,
+            collection,
+            key,
+        })
+}
+
+pub fn compare_and_set() -> impl Strategy<Value = CompareAndSetRequest> {
+    (
+        client_request_id(),
+        write_consistency(),
+        collection(),
+        key(),
+        lsn(),
+        proptest::option::of(value()),
+    )
+        .prop_map(
+            |(id, consistency, collection, key, expected_revision, value)| CompareAndSetRequest {
+                id,
+                consistency,
+                collection,
+                key,
+                expected_revision,
+                value,
+            },
+        )
+}
+
+pub fn create_collection() -> impl Strategy<Value = CreateCollectionRequest> {
+    (client_request_id(), write_consistency(), collection()).prop_map(|(id, consistency, name)| {
+        CreateCollectionRequest {
+            id,
+            consistency,
+            name,
+        }
+    })
+}
+
+pub fn drop_collection() -> impl Strategy<Value = DropCollectionRequest> {
+    (client_request_id(), write_consistency(), collection()).prop_map(|(id, consistency, name)| {
+        DropCollectionRequest {
+            id,
+            consistency,
+            name,
+        }
+    })
+}
+
+pub fn batch_operation() -> impl Strategy<Value = BatchOperation> {
+    prop_oneof![
+        (collection(), key(), value()).prop_map(|(collection, key, value)| BatchOperation::Put {
+            collection,
+            key,
+            value
+        }),
+        (collection(), key())
+            .prop_map(|(collection, key)| BatchOperation::Delete { collection, key }),
+    ]
+}
+
+pub fn batch() -> impl Strategy<Value = BatchRequest> {
+    (
+        client_request_id(),
+        write_consistency(),
+        proptest::collection::vec(batch_operation(), 1..12),
+    )
+        .prop_map(|(id, consistency, operations)| BatchRequest {
+            id,
+            consistency,
+            operations,
+        })
+}
+
+pub fn write_response() -> impl Strategy<Value = WriteResponse> {
+    (lsn(), any::<u64>()).prop_map(|(revision, hlc)| WriteResponse { revision, hlc })
+}
+
+pub fn get_response() -> impl Strategy<Value = GetResponse> {
+    prop_oneof![
+        (value(), lsn(), any::<u64>()).prop_map(|(value, revision, hlc)| GetResponse::Found {
+            value,
+            revision,
+            hlc
+        }),
+        Just(GetResponse::NotFound),
+    ]
+}
+
+pub fn delete_response() -> impl Strategy<Value = DeleteResponse> {
+    prop_oneof![
+        (lsn(), lsn(), any::<u64>()).prop_map(|(previous_revision, revision, hlc)| {
+            DeleteResponse::Deleted {
+                previous_revision,
+                revision,
+                hlc,
+            }
+        }),
+        Just(DeleteResponse::Absent),
+    ]
+}
+
+pub fn topology_response() -> impl Strategy<Value = TopologyResponse> {
+    (node(), epoch(), 1u32..512, 1usize..8).prop_flat_map(|(node, epoch, partitions, shards)| {
+        proptest::collection::vec(any::<u16>(), shards).prop_map(move |ports| {
+            // Partition p on shard p % shards, as the engine pins them.
+            let shards = ports
+                .iter()
+                .enumerate()
+                .map(|(index, &port)| ShardTopology {
+                    shard: ShardId(index as u16),
+                    port,
+                    partitions: (index as u32..partitions)
+                        .step_by(ports.len())
+                        .map(PartitionId)
+                        .collect(),
+                })
+                .collect();
+            TopologyResponse {
+                node,
+                epoch,
+                partition_count: partitions,
+                shards,
+            }
+        })
+    })
+}
+
+pub fn error_response() -> impl Strategy<Value = ErrorResponse> {
+    prop_oneof![
+        (proptest::option::of(node()), epoch())
+            .prop_map(|(leader, epoch)| ErrorResponse::NotLeader { leader, epoch }),
+        (
+            any::<u32>(),
+            proptest::option::of(shard()),
+            proptest::option::of(any::<u16>())
+        )
+            .prop_map(|(partition, shard, port)| ErrorResponse::WrongShard {
+                partition: PartitionId(partition),
+                shard,
+                port,
+            }),
+        (any::<u32>(), any::<u32>()).prop_map(|(needed, available)| {
+            ErrorResponse::NotEnoughReplicas { needed, available }
+        }),
+        reason().prop_map(|reason| ErrorResponse::Unknown { reason }),
+        reason().prop_map(|reason| ErrorResponse::InvalidRequest { reason }),
+        (limit(), any::<u64>(), any::<u64>())
+            .prop_map(|(what, size, limit)| ErrorResponse::TooLarge { what, size, limit }),
+        Just(ErrorResponse::ShuttingDown),
+        lsn().prop_map(|current_revision| ErrorResponse::CasMismatch { current_revision }),
+        collection().prop_map(|name| ErrorResponse::CollectionNotFound { name }),
+        collection().prop_map(|name| ErrorResponse::CollectionExists { name }),
+        reason().prop_map(|reason| ErrorResponse::Unavailable { reason }),
+    ]
+}
+
+/// Any message of any kind.
+pub fn any_message() -> impl Strategy<Value = AnyMessage> {
+    prop_oneof![
+        hello().prop_map(AnyMessage::Hello),
+        hello_reply().prop_map(AnyMessage::HelloReply),
+        put().prop_map(AnyMessage::Put),
+        get().prop_map(AnyMessage::Get),
+        delete().prop_map(AnyMessage::Delete),
+        compare_and_set().prop_map(AnyMessage::CompareAndSet),
+        create_collection().prop_map(AnyMessage::CreateCollection),
+        drop_collection().prop_map(AnyMessage::DropCollection),
+        batch().prop_map(AnyMessage::Batch),
+        Just(AnyMessage::Topology(TopologyRequest {})),
+        write_response().prop_map(AnyMessage::WriteResponse),
+        get_response().prop_map(AnyMessage::GetResponse),
+        delete_response().prop_map(AnyMessage::DeleteResponse),
+        topology_response().prop_map(AnyMessage::TopologyResponse),
+        error_response().prop_map(AnyMessage::ErrorResponse),
+    ]
+}
+
+/// One fixed message of every kind, in [`MessageKind::ALL`] order.
+pub fn samples() -> Vec<AnyMessage> {
+    let id = ClientRequestId {
+        client: ClientId(42),
+        sequence: 7,
+    };
+    let samples = vec![
+        AnyMessage::Hello(Hello {
+            cluster_id: ClusterId([3; 16]),
+            protocol_version: 1,
+            channel: ChannelKind::Client,
+            sender: Peer::Client(ClientId(42)),
+            node: Some(NodeId(1)),
+            shard: Some(ShardId(0)),
+        }),
+        AnyMessage::HelloReply(HelloReply::Refused(Refusal::ChannelRefused {
+            channel: ChannelKind::Replication,
+            reason: "only nodes of the cluster may replicate".into(),
+        })),
+        AnyMessage::Put(PutRequest {
+            id,
+            consistency: WriteConsistency::Quorum,
+            collection: "users".into(),
+            key: b"alice".to_vec(),
+            value: b"{\"age\":3}".to_vec(),
+        }),
+        AnyMessage::Get(GetRequest {
+            consistency: ReadConsistency::Leader,
+            collection: "users".into(),
+            key: b"alice".to_vec(),
+        }),
+        AnyMessage::Delete(DeleteRequest {
+            id,
+            consistency: WriteConsistency::One,
+            collection: "users".into(),
+            key: b"bob".to_vec(),
+        }),
+        AnyMessage::CompareAndSet(CompareAndSetRequest {
+            id,
+            consistency: WriteConsistency::All,
+            collection: "users".into(),
+            key: b"carol".to_vec(),
+            expected_revision: Lsn(12),
+            value: Some(b"new".to_vec()),
+        }),
+        AnyMessage::CreateCollection(CreateCollectionRequest {
+            id,
+            consistency: WriteConsistency::Quorum,
+            name: "orders".into(),
+        }),
+        AnyMessage::DropCollection(DropCollectionRequest {
+            id,
+            consistency: WriteConsistency::Quorum,
+            name: "orders".into(),
+        }),
+        AnyMessage::Batch(BatchRequest {
+            id,
+            consistency: WriteConsistency::Quorum,
+            operations: vec![
+                BatchOperation::Put {
+                    collection: "a".into(),
+                    key: b"1".to_vec(),
+                    value: b"one".to_vec(),
+                },
+                BatchOperation::Delete {
+                    collection: "b".into(),
+                    key: b"2".to_vec(),
+                },
+            ],
+        }),
+        AnyMessage::Topology(TopologyRequest {}),
+        AnyMessage::WriteResponse(WriteResponse {
+            revision: Lsn(13),
+            hlc: 0x0102_0304,
+        }),
+        AnyMessage::GetResponse(GetResponse::Found {
+            value: b"{\"age\":3}".to_vec(),
+            revision: Lsn(13),
+            hlc: 0x0102_0304,
+        }),
+        AnyMessage::DeleteResponse(DeleteResponse::Deleted {
+            previous_revision: Lsn(13),
+            revision: Lsn(14),
+            hlc: 0x0102_0305,
+        }),
+        AnyMessage::TopologyResponse(TopologyResponse {
+            node: NodeId(1),
+            epoch: Epoch(5),
+            partition_count: 4,
+            shards: vec![
+                ShardTopology {
+                    shard: ShardId(0),
+                    port: 7001,
+                    partitions: vec![PartitionId(0), PartitionId(2)],
+                },
+                ShardTopology {
+                    shard: ShardId(1),
+                    port: 7002,
+                    partitions: vec![PartitionId(1), PartitionId(3)],
+                },
+            ],
+        }),
+        AnyMessage::ErrorResponse(ErrorResponse::NotLeader {
+            leader: Some(NodeId(2)),
+            epoch: Epoch(5),
+        }),
+    ];
+    let kinds: Vec<MessageKind> = samples.iter().map(AnyMessage::kind).collect();
+    assert_eq!(
+        kinds,
+        MessageKind::ALL,
+        "one sample of every kind, in order"
+    );
+    samples
+}
