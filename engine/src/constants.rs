@@ -43,9 +43,11 @@ pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 /// Default segment size.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
-/// Most bytes of records staged (appended but not yet written) per partition. A write that would
-/// go past it waits for the group-commit writer: memory per partition stays bounded.
-pub const STAGED_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most bytes of records staged or being flushed per partition (appended, not yet durable). A
+/// write that would go past it waits, first come first served, until a flush is durable:
+/// memory per partition stays bounded. Room for 256 writes of 64 KiB in flight at once, so
+/// such a load forms one group per flush.
+pub const STAGED_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Largest single write the group-commit writer issues. Also the window within which blocks of
 /// one unsynced write may land out of order on a crash.

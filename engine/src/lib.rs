@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod constants;
 pub mod engine;
 pub mod error;

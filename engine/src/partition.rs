@@ -8,7 +8,8 @@
 //! state that is not durable: a read that sees an entry (or an absence) newer than the durable
 //! LSN waits for that LSN first.
 
-use crate::constants::{BATCH_OPERATIONS_MAX, RECORD_BYTES_MAX};
+use crate::budget::Budget;
+use crate::constants::{BATCH_OPERATIONS_MAX, RECORD_BYTES_MAX, STAGED_BYTES_MAX};
 use crate::error::{EngineError, Result};
 use crate::hlc::Hlc;
 use crate::index::{Index, ReplaySource};
@@ -18,7 +19,7 @@ use crate::record::{
 };
 use crate::rt::{self, Doorbell};
 use crate::snapshot::{self, SnapshotInfo};
-use crate::wal::{self, RawChunk, StageError, Wal, WalPosition};
+use crate::wal::{self, RawChunk, Wal, WalPosition};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use std::cell::{Cell, RefCell};
@@ -164,6 +165,9 @@ pub struct Partition<S: Storage> {
     waiters: RefCell<BTreeMap<u64, Vec<Waiter>>>,
     /// Wakes the writer task.
     writer_bell: Doorbell,
+    /// Bytes that may be staged or being flushed; first come, first served. Taken before a
+    /// record is staged, given back once the flush that wrote it is durable.
+    staging_budget: Budget,
     /// LSN of the last write that removed keys (a delete or drop): an absent key is reported
     /// only once that is durable.
     last_removal_lsn: Cell<u64>,
@@ -246,6 +250,7 @@ impl<S: Storage> Partition<S> {
             index: RefCell::new(index),
             waiters: RefCell::new(BTreeMap::new()),
             writer_bell: Doorbell::default(),
+            staging_budget: Budget::new(STAGED_BYTES_MAX),
             last_removal_lsn: Cell::new(last_removal_lsn),
             epoch: Cell::new(epoch),
             snapshot_lsn: Cell::new(snapshot_lsn),
@@ -302,19 +307,28 @@ impl<S: Storage> Partition<S> {
         loop {
             partition.writer_bell.wait().await;
             loop {
-                match wal::flush(&partition.wal).await {
-                    Ok(Some(durable_lsn)) => {
+                let Some(plan) = partition.wal.borrow_mut().take_flush() else {
+                    break;
+                };
+                let flushed_bytes = plan.staged_bytes();
+                match wal::write_flush(&partition.wal, plan).await {
+                    Ok(durable_lsn) => {
+                        // Their bytes may be staged again. Given back only now, not when the
+                        // flush took them: otherwise, under a load larger than the budget, the
+                        // writes left waiting would form a small flush of their own while a big
+                        // one ran, and flushes would alternate small and big.
+                        partition.staging_budget.release(flushed_bytes);
                         partition.flushes.set(partition.flushes.get() + 1);
                         partition.complete_waiters(durable_lsn);
                         partition.maybe_snapshot();
                     }
-                    Ok(None) => break,
                     Err(error) => {
                         partition.shard.poison(format!(
                             "partition {}: WAL write or sync failed: {error}",
                             partition.id
                         ));
                         partition.fail_waiters();
+                        partition.staging_budget.close();
                         return;
                     }
                 }
@@ -375,7 +389,17 @@ impl<S: Storage> Partition<S> {
         check: impl Fn(&Index) -> Result<()>,
         apply: impl FnOnce(&mut Index, u64, u64),
     ) -> Result<(u64, u64)> {
-        assert!(encoded_len(operation) <= RECORD_BYTES_MAX);
+        let len = encoded_len(operation);
+        assert!(len <= RECORD_BYTES_MAX);
+        // Room first, in arrival order; then the checks, against the state as it is now.
+        if self.staging_budget.acquire(len).await.is_err() {
+            self.shard.check()?;
+            return Err(EngineError::ShuttingDown);
+        }
+        let mut room = BudgetTaken {
+            budget: &self.staging_budget,
+            bytes: len,
+        };
         loop {
             if self.closed.get() {
                 return Err(EngineError::ShuttingDown);
@@ -390,22 +414,16 @@ impl<S: Storage> Partition<S> {
             self.shard.check()?;
             check(&self.index.borrow())?;
             let hlc = self.shard.hlc.now();
-            let staged = self
+            let lsn = self
                 .wal
                 .borrow_mut()
-                .stage(self.epoch.get(), hlc, operation);
-            match staged {
-                Ok(lsn) => {
-                    apply(&mut self.index.borrow_mut(), lsn, hlc);
-                    self.writer_bell.ring();
-                    return Ok((lsn, hlc));
-                }
-                Err(StageError::Full) => {
-                    // Wait for the flush in progress, then try again.
-                    let staged_up_to = self.wal.borrow().next_lsn() - 1;
-                    self.wait_durable(staged_up_to).await?;
-                }
-            }
+                .stage(self.epoch.get(), hlc, operation)
+                .expect("the staging budget bounds what is staged");
+            // The bytes are the WAL's now; the writer gives them back once they are durable.
+            room.bytes = 0;
+            apply(&mut self.index.borrow_mut(), lsn, hlc);
+            self.writer_bell.ring();
+            return Ok((lsn, hlc));
         }
     }
 
@@ -885,11 +903,27 @@ impl<S: Storage> Partition<S> {
             }
         };
         self.closed.set(true);
+        self.staging_budget.close();
         self.writer_bell.ring();
         let closed = wal::close_files(&self.wal)
             .await
             .map_err(|error| EngineError::io(format!("partition {}: close", self.id), error));
         flushed.and(closed)
+    }
+}
+
+/// Gives staging room back unless a record was staged in it (a check failed, the partition
+/// closed, or the write was dropped while it waited).
+struct BudgetTaken<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Drop for BudgetTaken<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.release(self.bytes);
+        }
     }
 }
 

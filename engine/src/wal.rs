@@ -82,10 +82,18 @@ struct StagedGroup {
 /// The records of one flush, taken out of the WAL while their I/O runs.
 pub struct FlushPlan<F> {
     groups: Vec<StagedGroup>,
+    staged_bytes: usize,
     active: Option<Rc<F>>,
     tail: Vec<u8>,
     /// The active segment's [`Wal::written_until`].
     written_until: u64,
+}
+
+impl<F> FlushPlan<F> {
+    /// Bytes of the records taken.
+    pub fn staged_bytes(&self) -> usize {
+        self.staged_bytes
+    }
 }
 
 /// What a flush's I/O leaves behind for the WAL's state.
@@ -393,14 +401,15 @@ impl<S: Storage> Wal<S> {
         Ok(lsn)
     }
 
-    /// Takes every staged record for a flush. `None` if nothing is staged.
-    fn take_flush(&mut self) -> Option<FlushPlan<S::File>> {
+    /// Takes every staged record for a flush (to hand to [`write_flush`]). `None` if nothing is
+    /// staged. Afterwards nothing is staged: [`Wal::staged_bytes`] counts from zero again.
+    pub fn take_flush(&mut self) -> Option<FlushPlan<S::File>> {
         assert!(!self.flush_in_flight, "one flush at a time");
         if self.staged.is_empty() {
             return None;
         }
         self.flush_in_flight = true;
-        self.staged_bytes = 0;
+        let staged_bytes = std::mem::take(&mut self.staged_bytes);
         let groups = std::mem::take(&mut self.staged);
         if let Some(active) = self.segments.last() {
             if !groups[0].new_segment {
@@ -412,6 +421,7 @@ impl<S: Storage> Wal<S> {
         }
         Some(FlushPlan {
             groups,
+            staged_bytes,
             active: self.segments.last().map(|segment| segment.file.clone()),
             tail: self.tail.clone(),
             written_until: self.written_until,
@@ -488,17 +498,28 @@ impl<S: Storage> Wal<S> {
 ///
 /// On error nothing is retried: the caller must poison the partition (style.md rule 9).
 pub async fn flush<S: Storage>(wal: &RefCell<Wal<S>>) -> io::Result<Option<u64>> {
-    let (plan, storage, partition, segment_bytes) = {
-        let mut wal = wal.borrow_mut();
-        let Some(plan) = wal.take_flush() else {
-            return Ok(None);
-        };
-        (plan, wal.storage.clone(), wal.partition, wal.segment_bytes)
+    let Some(plan) = wal.borrow_mut().take_flush() else {
+        return Ok(None);
+    };
+    write_flush(wal, plan).await.map(Some)
+}
+
+/// Writes and syncs the records of `plan` (from [`Wal::take_flush`]); returns the new durable
+/// LSN.
+///
+/// On error nothing is retried: the caller must poison the partition (style.md rule 9).
+pub async fn write_flush<S: Storage>(
+    wal: &RefCell<Wal<S>>,
+    plan: FlushPlan<S::File>,
+) -> io::Result<u64> {
+    let (storage, partition, segment_bytes) = {
+        let wal = wal.borrow();
+        (wal.storage.clone(), wal.partition, wal.segment_bytes)
     };
     let result = flush_io(&plan, &storage, partition, segment_bytes).await;
     let mut wal = wal.borrow_mut();
     match result {
-        Ok(done) => Ok(Some(wal.complete_flush(plan, done))),
+        Ok(done) => Ok(wal.complete_flush(plan, done)),
         // Nothing is retried: `flush_in_flight` stays set, so no later flush can run (it would
         // assert), and the caller poisons the partition; a restart recovers from the disk.
         Err(error) => Err(error),
