@@ -74,7 +74,8 @@ pub struct EngineConfig {
     pub partitions: u32,
     /// WAL segment file size in bytes.
     pub segment_bytes: u64,
-    /// WAL bytes written since the last snapshot that trigger the next (0: never).
+    /// WAL bytes written since the last snapshot that trigger the next, or the last snapshot's
+    /// size if that is larger (so snapshots never cost more than the WAL; 0: never).
     pub snapshot_wal_bytes: u64,
     /// Pin shard `i` to CPU `i` (only when there are at least as many CPUs as shards).
     pub pin_shards: bool,

@@ -9,7 +9,9 @@
 //! LSN waits for that LSN first.
 
 use crate::budget::Budget;
-use crate::constants::{BATCH_OPERATIONS_MAX, RECORD_BYTES_MAX, STAGED_BYTES_MAX};
+use crate::constants::{
+    BATCH_OPERATIONS_MAX, RECORD_BYTES_MAX, SNAPSHOT_WAL_TO_SNAPSHOT_RATIO, STAGED_BYTES_MAX,
+};
 use crate::error::{EngineError, Result};
 use crate::hlc::Hlc;
 use crate::index::{Index, ReplaySource};
@@ -77,7 +79,8 @@ impl ShardState {
 pub struct PartitionConfig {
     /// Size of each WAL segment file.
     pub segment_bytes: u64,
-    /// WAL bytes since the last snapshot that trigger a new one (0: never automatically).
+    /// WAL bytes since the last snapshot that trigger a new one, or the last snapshot's size if
+    /// that is larger (0: never automatically).
     pub snapshot_wal_bytes: u64,
 }
 
@@ -182,6 +185,8 @@ pub struct Partition<S: Storage> {
     maintenance: rt::Semaphore,
     snapshot_running: Cell<bool>,
     wal_bytes_at_snapshot: Cell<u64>,
+    /// Size of the newest snapshot file (0: none).
+    snapshot_bytes: Cell<u64>,
     closed: Cell<bool>,
     /// Set while `truncate_after` rewrites the log; writes wait on `resume_waiters`.
     writes_paused: Cell<bool>,
@@ -258,6 +263,7 @@ impl<S: Storage> Partition<S> {
             maintenance: rt::Semaphore::new(1),
             snapshot_running: Cell::new(false),
             wal_bytes_at_snapshot: Cell::new(0),
+            snapshot_bytes: Cell::new(loaded.bytes),
             closed: Cell::new(false),
             writes_paused: Cell::new(false),
             resume_waiters: RefCell::new(Vec::new()),
@@ -760,6 +766,7 @@ impl<S: Storage> Partition<S> {
         let previous_lsn = self.snapshot_lsn.replace(snapshot_lsn);
         self.snapshot_covers_lsn.set(info.covers_lsn);
         self.wal_bytes_at_snapshot.set(bytes_now);
+        self.snapshot_bytes.set(info.bytes);
         self.snapshots.set(self.snapshots.get() + 1);
         // A snapshot at the same LSN replaced the previous file under the same name.
         if previous_lsn < snapshot_lsn {
@@ -780,10 +787,13 @@ impl<S: Storage> Partition<S> {
     }
 
     fn maybe_snapshot(self: &Rc<Self>) {
-        let threshold = self.config.snapshot_wal_bytes;
-        if threshold == 0 || self.snapshot_running.get() {
+        if self.config.snapshot_wal_bytes == 0 || self.snapshot_running.get() {
             return;
         }
+        let threshold = self
+            .config
+            .snapshot_wal_bytes
+            .max(self.snapshot_bytes.get() * SNAPSHOT_WAL_TO_SNAPSHOT_RATIO);
         let written = self.wal.borrow().durable_bytes_written() - self.wal_bytes_at_snapshot.get();
         if written < threshold {
             return;

@@ -146,8 +146,12 @@ pub async fn write_snapshot<S: Storage>(
                 },
             );
             entries += 1;
+            // Out in pieces of about SNAPSHOT_WRITE_BYTES: a chunk of large values can be tens of
+            // MB, and one write (and copy) of it held the shard and the disk from the WAL's
+            // writes for that long (p99 450 ms with 64 KiB values). Each write's wait lets
+            // them run.
+            writer.write_full_blocks().await?;
         }
-        writer.write_full_blocks().await?;
         rt::yield_if_needed().await;
     }
     let records = writer.records;
@@ -216,6 +220,8 @@ pub struct LoadedSnapshot {
     pub covers_lsn: u64,
     /// Epoch history at `snapshot_lsn`.
     pub epochs: Vec<(u64, u64)>,
+    /// File size in bytes.
+    pub bytes: u64,
 }
 
 /// Loads the newest snapshot into `index`. Returns its LSNs and epoch history, or the default
@@ -343,6 +349,7 @@ pub async fn load<S: Storage>(
                         snapshot_lsn: lsn,
                         covers_lsn,
                         epochs: epochs.clone(),
+                        bytes: size,
                     });
                 }
                 (Some(_), Operation::Put { .. } | Operation::CreateCollection { .. }) => {
