@@ -1,0 +1,211 @@
+//! Writes seed corpora of valid frames of every message kind (the crcs and rkyv's validation
+//! would stop a blind fuzzer at the door): `cargo run --bin seeds` from net/fuzz.
+
+use coregrid_net::message::{
+    BatchOperation, BatchRequest, CompareAndSetRequest, CreateCollectionRequest, DeleteRequest,
+    DeleteResponse, DropCollectionRequest, ErrorResponse, GetRequest, GetResponse, Hello,
+    HelloAccepted, HelloReply, PutRequest, ReadConsistency, Refusal, ShardTopology,
+    TopologyRequest, TopologyResponse, WriteConsistency, WriteResponse,
+};
+use coregrid_net::{
+    encode, ChannelKind, ClientId, ClientRequestId, ClusterId, EncodeError, Epoch, FrameMeta,
+    Limit, Lsn, Message, MessageKind, NodeId, PartitionId, RequestId, ShardId,
+};
+
+type Encoder = Box<dyn Fn(&mut Vec<u8>, FrameMeta) -> Result<usize, EncodeError>>;
+
+fn boxed<M: Message + 'static>(message: M) -> (MessageKind, Encoder) {
+    (
+        M::KIND,
+        Box::new(move |out, meta| encode(out, meta, &message)),
+    )
+}
+
+fn samples() -> Vec<(MessageKind, Encoder)> {
+    let id = ClientRequestId {
+        client: ClientId(42),
+        sequence: 7,
+    };
+    vec![
+        boxed(Hello {
+            node: Some(NodeId(1)),
+            shard: Some(ShardId(0)),
+            ..Hello::client(ClusterId([3; 16]), ClientId(42))
+        }),
+        boxed(HelloReply::Accepted(HelloAccepted {
+            node: NodeId(1),
+            shard: ShardId(0),
+            protocol_version: 1,
+            epoch: Epoch(5),
+        })),
+        boxed(HelloReply::Refused(Refusal::ChannelRefused {
+            channel: ChannelKind::Replication,
+            reason: "only nodes of the cluster may replicate".into(),
+        })),
+        boxed(PutRequest {
+            id,
+            consistency: WriteConsistency::Quorum,
+            collection: "users".into(),
+            key: b"alice".to_vec(),
+            value: b"{\"age\":3}".to_vec(),
+        }),
+        boxed(GetRequest {
+            consistency: ReadConsistency::Leader,
+            collection: "users".into(),
+            key: b"alice".to_vec(),
+        }),
+        boxed(DeleteRequest {
+            id,
+            consistency: WriteConsistency::One,
+            collection: "users".into(),
+            key: b"bob".to_vec(),
+        }),
+        boxed(CompareAndSetRequest {
+            id,
+            consistency: WriteConsistency::All,
+            collection: "users".into(),
+            key: b"carol".to_vec(),
+            expected_revision: Lsn(12),
+            value: Some(b"new".to_vec()),
+        }),
+        boxed(CompareAndSetRequest {
+            id,
+            consistency: WriteConsistency::All,
+            collection: "users".into(),
+            key: b"carol".to_vec(),
+            expected_revision: Lsn(13),
+            value: None,
+        }),
+        boxed(CreateCollectionRequest {
+            id,
+            consistency: WriteConsistency::Quorum,
+            name: "orders".into(),
+        }),
+        boxed(DropCollectionRequest {
+            id,
+            consistency: WriteConsistency::Quorum,
+            name: "orders".into(),
+        }),
+        boxed(BatchRequest {
+            id,
+            consistency: WriteConsistency::Quorum,
+            operations: vec![
+                BatchOperation::Put {
+                    collection: "a".into(),
+                    key: b"1".to_vec(),
+                    value: b"one".to_vec(),
+                },
+                BatchOperation::Delete {
+                    collection: "a longer collection name".into(),
+                    key: b"2".to_vec(),
+                },
+            ],
+        }),
+        boxed(TopologyRequest {}),
+        boxed(WriteResponse {
+            revision: Lsn(13),
+            hlc: 0x0102_0304,
+        }),
+        boxed(GetResponse::Found {
+            value: b"{\"age\":3}".to_vec(),
+            revision: Lsn(13),
+            hlc: 0x0102_0304,
+        }),
+        boxed(GetResponse::NotFound),
+        boxed(DeleteResponse::Deleted {
+            previous_revision: Lsn(13),
+            revision: Lsn(14),
+            hlc: 0x0102_0305,
+        }),
+        boxed(DeleteResponse::Absent),
+        boxed(TopologyResponse {
+            node: NodeId(1),
+            epoch: Epoch(5),
+            partition_count: 4,
+            shards: vec![
+                ShardTopology {
+                    shard: ShardId(0),
+                    port: 7001,
+                    partitions: vec![PartitionId(0), PartitionId(2)],
+                },
+                ShardTopology {
+                    shard: ShardId(1),
+                    port: 7002,
+                    partitions: vec![PartitionId(1), PartitionId(3)],
+                },
+            ],
+        }),
+        boxed(ErrorResponse::NotLeader {
+            leader: Some(NodeId(2)),
+            epoch: Epoch(5),
+        }),
+        boxed(ErrorResponse::WrongShard {
+            partition: PartitionId(3),
+            shard: Some(ShardId(1)),
+            port: Some(7002),
+        }),
+        boxed(ErrorResponse::TooLarge {
+            what: Limit::KeyBytes,
+            size: 5000,
+            limit: 4096,
+        }),
+        boxed(ErrorResponse::Unknown {
+            reason: "replica acks timed out".into(),
+        }),
+        boxed(ErrorResponse::CollectionNotFound {
+            name: "users".into(),
+        }),
+    ]
+}
+
+fn main() -> std::io::Result<()> {
+    for dir in ["frame_header", "decoder_stream", "message"] {
+        std::fs::create_dir_all(format!("corpus/{dir}"))?;
+    }
+    let samples = samples();
+    let mut covered: Vec<MessageKind> = samples.iter().map(|(kind, _)| *kind).collect();
+    covered.sort();
+    covered.dedup();
+    assert_eq!(covered, MessageKind::ALL, "a seed of every kind");
+
+    let mut handshake_stream = Vec::new();
+    let mut client_stream = Vec::new();
+    for (index, (kind, encoder)) in samples.iter().enumerate() {
+        let meta = FrameMeta {
+            request_id: RequestId(index as u64 + 1),
+            epoch: Epoch(5),
+        };
+        let mut frame = Vec::new();
+        encoder(&mut frame, meta).expect("samples are valid");
+        std::fs::write(format!("corpus/frame_header/seed-{index}"), &frame)?;
+        // The message target: the kind's index in MessageKind::ALL, then the body.
+        let body_len = u32::from_le_bytes(frame[12..16].try_into().expect("4 bytes")) as usize;
+        let selector = MessageKind::ALL
+            .iter()
+            .position(|all| all == kind)
+            .expect("every kind is in ALL") as u8;
+        let mut input = vec![selector];
+        input.extend_from_slice(&frame[48..48 + body_len]);
+        std::fs::write(format!("corpus/message/seed-{index}"), &input)?;
+        match kind.channel() {
+            ChannelKind::Handshake
+                if handshake_stream.is_empty() && *kind == MessageKind::Hello =>
+            {
+                handshake_stream.extend_from_slice(&frame)
+            }
+            ChannelKind::Client => client_stream.extend_from_slice(&frame),
+            _ => {}
+        }
+    }
+    // The decoder target: mode byte, chunk size byte, stream. A client connection from its
+    // hello (mode 0x80: handshake channel, then client) and a client stream alone (mode 1).
+    for (name, mode, chunk) in [("hello-then-client", 0x80u8, 61u8), ("client", 1, 255)] {
+        let mut input = vec![mode, chunk];
+        if mode == 0x80 {
+            input.extend_from_slice(&handshake_stream);
+        }
+        input.extend_from_slice(&client_stream);
+        std::fs::write(format!("corpus/decoder_stream/seed-{name}"), &input)?;
+    }
+    Ok(())
+}
