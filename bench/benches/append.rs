@@ -50,7 +50,7 @@ fn stage(iters: u64) -> Duration {
                     key: &key,
                     value: &value,
                 };
-                match wal.borrow_mut().stage(1, done + 1, &operation) {
+                match wal.borrow_mut().stage(1, done + 1, None, &operation) {
                     Ok(_) => done += 1,
                     Err(StageError::Full) => break,
                 }

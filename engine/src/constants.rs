@@ -85,6 +85,15 @@ pub const SNAPSHOT_WAL_TO_SNAPSHOT_RATIO: u64 = 1;
 /// writes keep flowing while a snapshot is taken.
 pub const SNAPSHOT_CHUNK_ENTRIES: usize = 1024;
 
+/// Newest client requests remembered per client and partition, so that a retry is answered
+/// instead of applied again (see [`crate::requests`]); an older retry is refused as too old.
+/// Above the requests one client keeps in flight to one partition.
+pub const REQUEST_WINDOW_PER_CLIENT: usize = 128;
+
+/// Clients whose requests a partition remembers; beyond it the least recent is forgotten.
+/// With the window: at most 32,768 remembered requests (about 1.5 MB) per partition.
+pub const REQUEST_CLIENTS_MAX: usize = 256;
+
 /// Most partitions an engine may have.
 pub const PARTITIONS_MAX: u32 = 65_536;
 

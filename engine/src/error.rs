@@ -16,6 +16,20 @@ pub enum EngineError {
     #[error("no such collection: {0:?}")]
     NoSuchCollection(String),
 
+    /// A retried write whose request id is older than the client's window of remembered
+    /// requests: whether its first attempt applied is no longer known, so nothing was written
+    /// and the outcome of the first attempt is unknown.
+    #[error(
+        "request {sequence} of client {client} is too old to tell whether it was applied; \
+         its outcome is unknown"
+    )]
+    RequestTooOld {
+        /// The client.
+        client: u64,
+        /// The request's sequence number.
+        sequence: u64,
+    },
+
     /// The collection already exists. Nothing was written.
     #[error("collection already exists: {0:?}")]
     CollectionExists(String),

@@ -6,6 +6,7 @@
 //! snapshot's start over any mix of older and newer entries ends in the same state.
 
 use crate::record::{BatchOperation, Operation, RecordRef};
+use crate::requests::RequestTable;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -26,6 +27,8 @@ pub struct Entry {
 pub struct Index {
     collections: BTreeMap<String, BTreeMap<Bytes, Entry>>,
     keys: usize,
+    /// Client requests applied (for idempotent retries); rebuilt with the rest of the state.
+    requests: RequestTable,
 }
 
 /// How a replayed record is applied.
@@ -38,6 +41,16 @@ pub enum ReplaySource {
 }
 
 impl Index {
+    /// The client requests applied.
+    pub fn requests(&self) -> &RequestTable {
+        &self.requests
+    }
+
+    /// The client requests applied, to note a live write's.
+    pub fn requests_mut(&mut self) -> &mut RequestTable {
+        &mut self.requests
+    }
+
     /// Whether a collection exists.
     pub fn has_collection(&self, name: &str) -> bool {
         self.collections.contains_key(name)
@@ -126,6 +139,9 @@ impl Index {
                 meta.lsn
             );
         };
+        if let Some(request) = record.request_id() {
+            self.requests.note_applied(request, meta.lsn, meta.hlc);
+        }
         let create = source == ReplaySource::Snapshot;
         let entry = |value: &[u8]| Entry {
             value: Bytes::copy_from_slice(value),
@@ -169,6 +185,11 @@ impl Index {
                             self.delete(collection, key);
                         }
                     }
+                }
+            }
+            Operation::ClientRequests(clients) => {
+                for (client, window) in clients {
+                    self.requests.load_client(client, window);
                 }
             }
             Operation::EpochStart

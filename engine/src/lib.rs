@@ -33,6 +33,7 @@ pub mod index;
 pub mod io;
 pub mod partition;
 pub mod record;
+pub mod requests;
 pub mod rt;
 pub mod scan;
 pub mod segment;
@@ -42,4 +43,5 @@ pub mod wal;
 
 pub use engine::{Engine, EngineConfig, LocalShard};
 pub use error::{EngineError, Result};
-pub use partition::{BatchWrite, CasMismatch, Partition, PartitionId, Versioned};
+pub use partition::{BatchWrite, CasMismatch, Partition, PartitionId, Versioned, WriteOutcome};
+pub use requests::RequestId;

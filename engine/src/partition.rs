@@ -17,8 +17,10 @@ use crate::hlc::Hlc;
 use crate::index::{Index, ReplaySource};
 use crate::io::Storage;
 use crate::record::{
-    encoded_len, validate_collection_name, validate_key_value, BatchOperation, Operation,
+    encoded_len_with_request, validate_collection_name, validate_key_value, BatchOperation,
+    Operation,
 };
+use crate::requests::{Lookup, RequestId};
 use crate::rt::{self, Doorbell};
 use crate::snapshot::{self, SnapshotInfo};
 use crate::wal::{self, RawChunk, Wal, WalPosition};
@@ -100,6 +102,29 @@ pub struct Versioned {
 pub struct CasMismatch {
     /// The key's current revision (0: absent).
     pub current_revision: u64,
+}
+
+/// What a write did, answered once it is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The write's revision: the LSN of the record that applied it.
+    pub revision: u64,
+    /// That record's HLC timestamp.
+    pub hlc: u64,
+    /// For a delete, the revision the key had; `None` otherwise, and for a duplicate (the
+    /// engine remembers outcomes, not prior state).
+    pub previous_revision: Option<u64>,
+    /// The write's request id had been applied already: this is the first attempt's outcome
+    /// and nothing was applied now.
+    pub duplicate: bool,
+}
+
+/// What staging a record did.
+struct Staged {
+    lsn: u64,
+    hlc: u64,
+    /// The request was applied before by record `lsn`; nothing was staged now.
+    duplicate: bool,
 }
 
 /// One write of a batch.
@@ -391,11 +416,12 @@ impl<S: Storage> Partition<S> {
     /// the staging area is full. Returns the record's LSN and HLC timestamp.
     async fn stage(
         &self,
+        request: Option<RequestId>,
         operation: &Operation<'_>,
         check: impl Fn(&Index) -> Result<()>,
         apply: impl FnOnce(&mut Index, u64, u64),
-    ) -> Result<(u64, u64)> {
-        let len = encoded_len(operation);
+    ) -> Result<Staged> {
+        let len = encoded_len_with_request(operation, request.is_some());
         assert!(len <= RECORD_BYTES_MAX);
         // Room first, in arrival order; then the checks, against the state as it is now.
         if self.staging_budget.acquire(len).await.is_err() {
@@ -418,19 +444,68 @@ impl<S: Storage> Partition<S> {
                 continue;
             }
             self.shard.check()?;
+            // A retry is answered before any check: a compare-and-set that applied has changed
+            // the revision its retry would check.
+            if let Some(request) = request {
+                match self.index.borrow().requests().lookup(request) {
+                    Lookup::New => {}
+                    Lookup::Duplicate { lsn, hlc } => {
+                        return Ok(Staged {
+                            lsn,
+                            hlc,
+                            duplicate: true,
+                        })
+                    }
+                    Lookup::TooOld => {
+                        return Err(EngineError::RequestTooOld {
+                            client: request.client,
+                            sequence: request.sequence,
+                        })
+                    }
+                }
+            }
             check(&self.index.borrow())?;
             let hlc = self.shard.hlc.now();
             let lsn = self
                 .wal
                 .borrow_mut()
-                .stage(self.epoch.get(), hlc, operation)
+                .stage(self.epoch.get(), hlc, request, operation)
                 .expect("the staging budget bounds what is staged");
             // The bytes are the WAL's now; the writer gives them back once they are durable.
             room.bytes = 0;
-            apply(&mut self.index.borrow_mut(), lsn, hlc);
+            {
+                let mut index = self.index.borrow_mut();
+                apply(&mut index, lsn, hlc);
+                if let Some(request) = request {
+                    index.requests_mut().note_applied(request, lsn, hlc);
+                }
+            }
             self.writer_bell.ring();
-            return Ok((lsn, hlc));
+            return Ok(Staged {
+                lsn,
+                hlc,
+                duplicate: false,
+            });
         }
+    }
+
+    /// Waits until the staged record is durable and says what the write did.
+    async fn outcome(
+        &self,
+        staged: Staged,
+        previous_revision: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        self.wait_durable(staged.lsn).await?;
+        Ok(WriteOutcome {
+            revision: staged.lsn,
+            hlc: staged.hlc,
+            previous_revision: if staged.duplicate {
+                None
+            } else {
+                previous_revision
+            },
+            duplicate: staged.duplicate,
+        })
     }
 
     fn require_collection(index: &Index, collection: &str) -> Result<()> {
@@ -443,21 +518,33 @@ impl<S: Storage> Partition<S> {
 
     /// Sets `key` in `collection`; returns the new revision once durable.
     pub async fn put(&self, collection: &str, key: Bytes, value: Bytes) -> Result<u64> {
+        Ok(self.put_with(collection, key, value, None).await?.revision)
+    }
+
+    /// [`Partition::put`] carrying a client request id: a retry with the same id is answered
+    /// with the first attempt's outcome and not applied again ([`crate::requests`]).
+    pub async fn put_with(
+        &self,
+        collection: &str,
+        key: Bytes,
+        value: Bytes,
+        request: Option<RequestId>,
+    ) -> Result<WriteOutcome> {
         validate_key_value(&key, Some(&value)).map_err(EngineError::InvalidRequest)?;
         let operation = Operation::Put {
             collection,
             key: &key,
             value: &value,
         };
-        let (lsn, _) = self
+        let staged = self
             .stage(
+                request,
                 &operation,
                 |index| Self::require_collection(index, collection),
                 |index, lsn, hlc| index.put_live(collection, &key, &value, lsn, hlc),
             )
             .await?;
-        self.wait_durable(lsn).await?;
-        Ok(lsn)
+        self.outcome(staged, None).await
     }
 
     /// Reads `key`; answers only with durable state.
@@ -489,23 +576,60 @@ impl<S: Storage> Partition<S> {
     /// Removes `key`; returns the revision it had, or `None` if it was absent (then nothing is
     /// written).
     pub async fn delete(&self, collection: &str, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self
+            .delete_with(collection, key, None)
+            .await?
+            .and_then(|outcome| outcome.previous_revision))
+    }
+
+    /// [`Partition::delete`] carrying a client request id (see [`Partition::put_with`]).
+    /// `None` if the key was absent: nothing was written, and a retry looks again.
+    pub async fn delete_with(
+        &self,
+        collection: &str,
+        key: &[u8],
+        request: Option<RequestId>,
+    ) -> Result<Option<WriteOutcome>> {
         validate_key_value(key, None).map_err(EngineError::InvalidRequest)?;
-        let current = {
+        let (current, duplicate) = {
             let index = self.index.borrow();
             Self::require_collection(&index, collection)?;
-            index.get(collection, key).map(|entry| entry.revision)
+            let duplicate = match request.map(|request| index.requests().lookup(request)) {
+                Some(Lookup::Duplicate { lsn, hlc }) => Some(Staged {
+                    lsn,
+                    hlc,
+                    duplicate: true,
+                }),
+                _ => None,
+            };
+            (
+                index.get(collection, key).map(|entry| entry.revision),
+                duplicate,
+            )
         };
+        if let Some(staged) = duplicate {
+            return self.outcome(staged, None).await.map(Some);
+        }
         let Some(current) = current else {
             self.wait_durable(self.last_removal_lsn.get()).await?;
             return Ok(None);
         };
         match self
-            .compare_and_set(collection, Bytes::copy_from_slice(key), current, None)
+            .compare_and_set_with(
+                collection,
+                Bytes::copy_from_slice(key),
+                current,
+                None,
+                request,
+            )
             .await?
         {
-            Ok(_) => Ok(Some(current)),
+            Ok(outcome) => Ok(Some(WriteOutcome {
+                previous_revision: (!outcome.duplicate).then_some(current),
+                ..outcome
+            })),
             // It changed meanwhile: delete whatever is there now.
-            Err(_) => Box::pin(self.delete(collection, key)).await,
+            Err(_) => Box::pin(self.delete_with(collection, key, request)).await,
         }
     }
 
@@ -518,6 +642,23 @@ impl<S: Storage> Partition<S> {
         expected_revision: u64,
         value: Option<Bytes>,
     ) -> Result<Result<u64, CasMismatch>> {
+        Ok(self
+            .compare_and_set_with(collection, key, expected_revision, value, None)
+            .await?
+            .map(|outcome| outcome.revision))
+    }
+
+    /// [`Partition::compare_and_set`] carrying a client request id (see
+    /// [`Partition::put_with`]): a retry of one that applied answers its outcome, even though
+    /// the revision it expected is gone.
+    pub async fn compare_and_set_with(
+        &self,
+        collection: &str,
+        key: Bytes,
+        expected_revision: u64,
+        value: Option<Bytes>,
+        request: Option<RequestId>,
+    ) -> Result<Result<WriteOutcome, CasMismatch>> {
         validate_key_value(&key, value.as_deref()).map_err(EngineError::InvalidRequest)?;
         let operation = match &value {
             Some(value) => Operation::Put {
@@ -533,6 +674,7 @@ impl<S: Storage> Partition<S> {
         let mismatch = Cell::new(None);
         let staged = self
             .stage(
+                request,
                 &operation,
                 |index| {
                     Self::require_collection(index, collection)?;
@@ -563,16 +705,24 @@ impl<S: Storage> Partition<S> {
             self.wait_durable(needs).await?;
             return Ok(Err(CasMismatch { current_revision }));
         }
-        let (lsn, _) = staged?;
-        if value.is_none() {
-            self.last_removal_lsn.set(lsn);
+        let staged = staged?;
+        if value.is_none() && !staged.duplicate {
+            self.last_removal_lsn.set(staged.lsn);
         }
-        self.wait_durable(lsn).await?;
-        Ok(Ok(lsn))
+        self.outcome(staged, None).await.map(Ok)
     }
 
     /// Applies every write of `writes` atomically (one record); returns its LSN.
     pub async fn batch(&self, writes: &[BatchWrite]) -> Result<u64> {
+        Ok(self.batch_with(writes, None).await?.revision)
+    }
+
+    /// [`Partition::batch`] carrying a client request id (see [`Partition::put_with`]).
+    pub async fn batch_with(
+        &self,
+        writes: &[BatchWrite],
+        request: Option<RequestId>,
+    ) -> Result<WriteOutcome> {
         if writes.is_empty() || writes.len() > BATCH_OPERATIONS_MAX {
             return Err(EngineError::InvalidRequest(format!(
                 "a batch holds 1..={BATCH_OPERATIONS_MAX} writes, got {}",
@@ -601,17 +751,18 @@ impl<S: Storage> Partition<S> {
             }
         }
         let operation = Operation::Batch(operations);
-        if encoded_len(&operation) > RECORD_BYTES_MAX {
+        let len = encoded_len_with_request(&operation, request.is_some());
+        if len > RECORD_BYTES_MAX {
             return Err(EngineError::InvalidRequest(format!(
-                "batch encodes to {} bytes, over the {RECORD_BYTES_MAX}-byte record limit",
-                encoded_len(&operation)
+                "batch encodes to {len} bytes, over the {RECORD_BYTES_MAX}-byte record limit"
             )));
         }
         let has_delete = writes
             .iter()
             .any(|write| matches!(write, BatchWrite::Delete { .. }));
-        let (lsn, _) = self
+        let staged = self
             .stage(
+                request,
                 &operation,
                 |index| {
                     writes
@@ -634,11 +785,10 @@ impl<S: Storage> Partition<S> {
                 },
             )
             .await?;
-        if has_delete {
-            self.last_removal_lsn.set(lsn);
+        if has_delete && !staged.duplicate {
+            self.last_removal_lsn.set(staged.lsn);
         }
-        self.wait_durable(lsn).await?;
-        Ok(lsn)
+        self.outcome(staged, None).await
     }
 
     /// Creates a collection in this partition; `CollectionExists` if it is there.
@@ -646,6 +796,7 @@ impl<S: Storage> Partition<S> {
         validate_collection_name(name).map_err(EngineError::InvalidRequest)?;
         let staged = self
             .stage(
+                None,
                 &Operation::CreateCollection { name },
                 |index| {
                     if index.has_collection(name) {
@@ -660,7 +811,7 @@ impl<S: Storage> Partition<S> {
             )
             .await;
         let lsn = match staged {
-            Ok((lsn, _)) => lsn,
+            Ok(staged) => staged.lsn,
             Err(EngineError::CollectionExists(name)) => {
                 // It exists: answer once its creation is durable. (The borrow must end before
                 // the wait: the writer task borrows the WAL mutably meanwhile.)
@@ -677,15 +828,17 @@ impl<S: Storage> Partition<S> {
     /// Drops a collection and every key in it.
     pub async fn drop_collection(&self, name: &str) -> Result<u64> {
         validate_collection_name(name).map_err(EngineError::InvalidRequest)?;
-        let (lsn, _) = self
+        let lsn = self
             .stage(
+                None,
                 &Operation::DropCollection { name },
                 |index| Self::require_collection(index, name),
                 |index, _, _| {
                     index.drop_collection(name);
                 },
             )
-            .await?;
+            .await?
+            .lsn;
         self.last_removal_lsn.set(lsn);
         self.wait_durable(lsn).await?;
         Ok(lsn)
@@ -701,9 +854,10 @@ impl<S: Storage> Partition<S> {
             )));
         }
         self.epoch.set(epoch);
-        let (lsn, _) = self
-            .stage(&Operation::EpochStart, |_| Ok(()), |_, _, _| {})
-            .await?;
+        let lsn = self
+            .stage(None, &Operation::EpochStart, |_| Ok(()), |_, _, _| {})
+            .await?
+            .lsn;
         self.wait_durable(lsn).await?;
         Ok(lsn)
     }

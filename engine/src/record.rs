@@ -12,7 +12,7 @@
 //!  4  header_crc     u32  crc32c of bytes 8..56
 //!  8  format_version u16
 //! 10  kind           u8   operation kind
-//! 11  flags          u8   0
+//! 11  flags          u8   0, or FLAG_REQUEST_ID: the body starts with a client request id
 //! 12  body_len       u32
 //! 16  body_crc       u32  crc32c of the body
 //! 20  reserved       u32  0
@@ -21,6 +21,10 @@
 //! 40  hlc            u64  hybrid logical clock timestamp
 //! 48  durable_lsn    u64  the partition's durable LSN when this record was staged
 //! ```
+//! With [`FLAG_REQUEST_ID`] (puts, deletes and batches only), the body begins with the client
+//! request id that the write carried (client u64, sequence u64), then the operation's body: the
+//! partition rebuilds its table of applied requests from these at recovery ([`crate::requests`]).
+//!
 //! `durable_lsn` lets recovery tell a torn tail from corruption: a valid record whose
 //! `durable_lsn` is at or past a bad record's LSN proves the bad record had been synced, so the
 //! bad record is corruption, not the tail of a write interrupted by a crash.
@@ -29,6 +33,7 @@ use crate::constants::{
     BATCH_OPERATIONS_MAX, COLLECTION_NAME_BYTES_MAX, KEY_BYTES_MAX, RECORD_BODY_BYTES_MAX,
     RECORD_HEADER_BYTES, VALUE_BYTES_MAX,
 };
+use crate::requests::{ClientWindow, RequestId};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -36,6 +41,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"CGR1");
 /// The record format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
+/// Header flag: the body starts with a [`RequestId`] ([`REQUEST_ID_BYTES`]).
+pub const FLAG_REQUEST_ID: u8 = 1;
+/// Bytes of a request id at the start of a body.
+pub const REQUEST_ID_BYTES: usize = 16;
 
 /// The fixed header of every record.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
@@ -81,6 +90,8 @@ pub enum OperationKind {
     SnapshotBegin = 7,
     /// Last record of a snapshot file: the count of records before it.
     SnapshotEnd = 8,
+    /// In a snapshot: clients' applied request ids ([`crate::requests`]).
+    ClientRequests = 9,
 }
 
 impl OperationKind {
@@ -95,6 +106,7 @@ impl OperationKind {
             6 => Self::EpochStart,
             7 => Self::SnapshotBegin,
             8 => Self::SnapshotEnd,
+            9 => Self::ClientRequests,
             _ => return None,
         })
     }
@@ -169,10 +181,20 @@ impl RecordHeader {
         if header.format_version.get() != FORMAT_VERSION {
             return Err(RecordError::UnsupportedVersion(header.format_version.get()));
         }
-        if OperationKind::from_u8(header.kind).is_none()
-            || header.flags != 0
-            || header.reserved.get() != 0
-        {
+        let Some(kind) = OperationKind::from_u8(header.kind) else {
+            return Err(RecordError::InvalidHeaderField);
+        };
+        let flags_ok = match header.flags {
+            0 => true,
+            FLAG_REQUEST_ID => {
+                matches!(
+                    kind,
+                    OperationKind::Put | OperationKind::Delete | OperationKind::Batch
+                ) && header.body_len.get() as usize >= REQUEST_ID_BYTES
+            }
+            _ => false,
+        };
+        if !flags_ok || header.reserved.get() != 0 {
             return Err(RecordError::InvalidHeaderField);
         }
         if header.body_len.get() as usize > RECORD_BODY_BYTES_MAX {
@@ -210,6 +232,10 @@ impl RecordHeader {
     pub fn lsn(&self) -> u64 {
         self.lsn.get()
     }
+    /// Whether the body starts with a client request id.
+    pub fn has_request_id(&self) -> bool {
+        self.flags == FLAG_REQUEST_ID
+    }
 }
 
 /// A record whose header and body both passed their checks; borrowed from the buffer.
@@ -236,7 +262,26 @@ impl<'a> RecordRef<'a> {
 
     /// Decodes the body as an operation.
     pub fn operation(&self) -> Result<Operation<'a>, RecordError> {
-        Operation::decode(self.header.kind(), self.body)
+        let body = if self.header.has_request_id() {
+            self.body
+                .get(REQUEST_ID_BYTES..)
+                .ok_or(RecordError::MalformedBody)?
+        } else {
+            self.body
+        };
+        Operation::decode(self.header.kind(), body)
+    }
+
+    /// The client request id the write carried, if any.
+    pub fn request_id(&self) -> Option<RequestId> {
+        if !self.header.has_request_id() {
+            return None;
+        }
+        let bytes = self.body.get(..REQUEST_ID_BYTES)?;
+        Some(RequestId {
+            client: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+            sequence: u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes")),
+        })
     }
 
     /// Length of the record in bytes.
@@ -319,6 +364,8 @@ pub enum Operation<'a> {
         /// Records written between the begin and end records.
         records: u64,
     },
+    /// In a snapshot: some clients' applied request ids.
+    ClientRequests(Vec<(u64, ClientWindow)>),
 }
 
 /// A bounds-checked reader over a body.
@@ -438,6 +485,7 @@ impl<'a> Operation<'a> {
             Self::EpochStart => OperationKind::EpochStart,
             Self::SnapshotBegin { .. } => OperationKind::SnapshotBegin,
             Self::SnapshotEnd { .. } => OperationKind::SnapshotEnd,
+            Self::ClientRequests(_) => OperationKind::ClientRequests,
         }
     }
 
@@ -497,6 +545,21 @@ impl<'a> Operation<'a> {
                 }
             }
             Self::SnapshotEnd { records } => out.extend_from_slice(&records.to_le_bytes()),
+            Self::ClientRequests(clients) => {
+                out.extend_from_slice(&(clients.len() as u32).to_le_bytes());
+                for (client, window) in clients {
+                    out.extend_from_slice(&client.to_le_bytes());
+                    out.push(u8::from(window.forgotten_up_to.is_some()));
+                    out.extend_from_slice(&window.forgotten_up_to.unwrap_or(0).to_le_bytes());
+                    out.extend_from_slice(&window.last_lsn.to_le_bytes());
+                    out.extend_from_slice(&(window.applied.len() as u32).to_le_bytes());
+                    for (sequence, (lsn, hlc)) in &window.applied {
+                        out.extend_from_slice(&sequence.to_le_bytes());
+                        out.extend_from_slice(&lsn.to_le_bytes());
+                        out.extend_from_slice(&hlc.to_le_bytes());
+                    }
+                }
+            }
         }
     }
 
@@ -576,6 +639,48 @@ impl<'a> Operation<'a> {
             OperationKind::SnapshotEnd => Self::SnapshotEnd {
                 records: reader.u64()?,
             },
+            OperationKind::ClientRequests => {
+                // Each client takes at least 29 bytes: bound the allocation by the body.
+                let count = reader.u32()? as usize;
+                if count > reader.bytes.len() / 29 {
+                    return Err(RecordError::MalformedBody);
+                }
+                let mut clients = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let client = reader.u64()?;
+                    let forgotten = match (reader.u8()?, reader.u64()?) {
+                        (0, 0) => None,
+                        (1, forgotten) => Some(forgotten),
+                        _ => return Err(RecordError::MalformedBody),
+                    };
+                    let last_lsn = reader.u64()?;
+                    let applied = reader.u32()? as usize;
+                    if applied > reader.bytes.len() / 24 {
+                        return Err(RecordError::MalformedBody);
+                    }
+                    let mut window = ClientWindow {
+                        applied: std::collections::BTreeMap::new(),
+                        forgotten_up_to: forgotten,
+                        last_lsn,
+                    };
+                    for _ in 0..applied {
+                        let sequence = reader.u64()?;
+                        let lsn = reader.u64()?;
+                        let hlc = reader.u64()?;
+                        // Written in ascending order; anything else was not written by us.
+                        if window
+                            .applied
+                            .last_key_value()
+                            .is_some_and(|(last, _)| *last >= sequence)
+                        {
+                            return Err(RecordError::MalformedBody);
+                        }
+                        window.applied.insert(sequence, (lsn, hlc));
+                    }
+                    clients.push((client, window));
+                }
+                Self::ClientRequests(clients)
+            }
         };
         reader.finish()?;
         Ok(operation)
@@ -587,8 +692,29 @@ impl<'a> Operation<'a> {
 /// The body is encoded in place after a reserved header, then the header is filled in and
 /// checksummed, so a record costs one pass over its bytes plus the two crcs.
 pub fn encode_record(out: &mut Vec<u8>, meta: RecordMeta, operation: &Operation<'_>) -> usize {
+    encode_record_with_request(out, meta, None, operation)
+}
+
+/// [`encode_record`] for a write that carries a client request id (puts, deletes, batches).
+pub fn encode_record_with_request(
+    out: &mut Vec<u8>,
+    meta: RecordMeta,
+    request: Option<RequestId>,
+    operation: &Operation<'_>,
+) -> usize {
     let start = out.len();
     out.resize(start + RECORD_HEADER_BYTES, 0);
+    if let Some(request) = request {
+        assert!(
+            matches!(
+                operation.kind(),
+                OperationKind::Put | OperationKind::Delete | OperationKind::Batch
+            ),
+            "only puts, deletes and batches carry request ids"
+        );
+        out.extend_from_slice(&request.client.to_le_bytes());
+        out.extend_from_slice(&request.sequence.to_le_bytes());
+    }
     operation.encode_body(out);
     let body_len = out.len() - start - RECORD_HEADER_BYTES;
     assert!(body_len <= RECORD_BODY_BYTES_MAX, "body over the limit");
@@ -598,7 +724,11 @@ pub fn encode_record(out: &mut Vec<u8>, meta: RecordMeta, operation: &Operation<
         header_crc: 0.into(),
         format_version: FORMAT_VERSION.into(),
         kind: operation.kind() as u8,
-        flags: 0,
+        flags: if request.is_some() {
+            FLAG_REQUEST_ID
+        } else {
+            0
+        },
         body_len: (body_len as u32).into(),
         body_crc: crc32c::crc32c(body).into(),
         reserved: 0.into(),
@@ -643,8 +773,19 @@ pub fn encoded_len(operation: &Operation<'_>) -> usize {
         Operation::EpochStart => 0,
         Operation::SnapshotBegin { epochs, .. } => 4 + 8 + 4 + 16 * epochs.len(),
         Operation::SnapshotEnd { .. } => 8,
+        Operation::ClientRequests(clients) => {
+            4 + clients
+                .iter()
+                .map(|(_, window)| 8 + 1 + 8 + 8 + 4 + 24 * window.applied.len())
+                .sum::<usize>()
+        }
     };
     RECORD_HEADER_BYTES + body
+}
+
+/// Bytes a write's record will take with a request id (`with_request`) or without.
+pub fn encoded_len_with_request(operation: &Operation<'_>, with_request: bool) -> usize {
+    encoded_len(operation) + if with_request { REQUEST_ID_BYTES } else { 0 }
 }
 
 #[cfg(test)]
@@ -751,6 +892,17 @@ mod tests {
                 epochs: vec![(1, 1), (4, 50)],
             },
             Operation::SnapshotEnd { records: 12 },
+            Operation::ClientRequests(vec![
+                (
+                    5,
+                    ClientWindow {
+                        applied: [(3, (40, 400)), (4, (41, 401))].into_iter().collect(),
+                        forgotten_up_to: Some(2),
+                        last_lsn: 41,
+                    },
+                ),
+                (6, ClientWindow::default()),
+            ]),
         ];
         for operation in operations {
             let mut out = Vec::new();
@@ -760,6 +912,67 @@ mod tests {
             assert_eq!(record.header.meta(), meta());
             assert_eq!(record.operation().unwrap(), operation);
         }
+    }
+
+    #[test]
+    fn writes_carry_request_ids_and_nothing_else_may() {
+        let request = RequestId {
+            client: 0xAB,
+            sequence: 9,
+        };
+        let put = Operation::Put {
+            collection: "c",
+            key: b"k",
+            value: b"v",
+        };
+        let mut out = Vec::new();
+        let len = encode_record_with_request(&mut out, meta(), Some(request), &put);
+        assert_eq!(len, encoded_len_with_request(&put, true));
+        let record = RecordRef::validate(&out).unwrap();
+        assert_eq!(record.request_id(), Some(request));
+        assert_eq!(record.operation().unwrap(), put);
+        // Without the flag, the same operation has no request id and the old layout.
+        let mut plain = Vec::new();
+        encode_record(&mut plain, meta(), &put);
+        assert_eq!(RecordRef::validate(&plain).unwrap().request_id(), None);
+        assert_eq!(plain.len() + REQUEST_ID_BYTES, out.len());
+
+        // The flag on a kind that carries no request, an unknown flag, or a body too short
+        // for the id: each refused at the header.
+        let reseal = |mut bytes: Vec<u8>, flags: u8| {
+            bytes[11] = flags;
+            let crc = crc32c::crc32c(&bytes[HEADER_CRC_COVERS_FROM..RECORD_HEADER_BYTES]);
+            bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        let mut create = Vec::new();
+        encode_record(
+            &mut create,
+            meta(),
+            &Operation::CreateCollection { name: "users" },
+        );
+        assert_eq!(
+            RecordHeader::validate(&reseal(create.clone(), FLAG_REQUEST_ID)).err(),
+            Some(RecordError::InvalidHeaderField)
+        );
+        assert_eq!(
+            RecordHeader::validate(&reseal(out.clone(), 2)).err(),
+            Some(RecordError::InvalidHeaderField)
+        );
+        let mut short = Vec::new();
+        encode_record(
+            &mut short,
+            meta(),
+            &Operation::Delete {
+                collection: "c",
+                key: b"k",
+            },
+        );
+        assert!(short.len() - RECORD_HEADER_BYTES < REQUEST_ID_BYTES);
+        assert_eq!(
+            RecordHeader::validate(&reseal(short, FLAG_REQUEST_ID)).err(),
+            Some(RecordError::InvalidHeaderField)
+        );
     }
 
     #[test]

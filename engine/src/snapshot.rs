@@ -35,6 +35,14 @@ pub const SNAPSHOT_SUFFIX: &str = ".snap";
 const TMP_SUFFIX: &str = ".snap.tmp";
 /// Bytes buffered before a snapshot write is issued.
 const SNAPSHOT_WRITE_BYTES: usize = 1024 * 1024;
+
+/// Client windows per `ClientRequests` record: 64 windows of at most 128 requests stay far
+/// below the record body limit.
+const CLIENT_REQUEST_WINDOWS_PER_RECORD: usize = 64;
+const _: () = assert!(
+    CLIENT_REQUEST_WINDOWS_PER_RECORD * (29 + 24 * crate::constants::REQUEST_WINDOW_PER_CLIENT)
+        < crate::constants::RECORD_BODY_BYTES_MAX
+);
 const BLOCK: usize = crate::constants::ALIGNMENT_BYTES_MAX;
 
 /// File name of the snapshot at `lsn`.
@@ -120,6 +128,21 @@ pub async fn write_snapshot<S: Storage>(
     let collections = index.borrow().collection_names();
     for name in &collections {
         writer.push(meta(snapshot_lsn), &Operation::CreateCollection { name });
+    }
+    // The applied client requests, copied now (at most REQUEST_CLIENTS_MAX windows), in
+    // records of at most CLIENT_REQUEST_WINDOWS_PER_RECORD clients.
+    let windows: Vec<_> = index
+        .borrow()
+        .requests()
+        .clients()
+        .map(|(client, window)| (*client, window.clone()))
+        .collect();
+    for chunk in windows.chunks(CLIENT_REQUEST_WINDOWS_PER_RECORD) {
+        writer.push(
+            meta(snapshot_lsn),
+            &Operation::ClientRequests(chunk.to_vec()),
+        );
+        writer.write_full_blocks().await?;
     }
     let mut entries = 0u64;
     let mut cursor: Option<(String, Bytes)> = None;
@@ -352,7 +375,12 @@ pub async fn load<S: Storage>(
                         bytes: size,
                     });
                 }
-                (Some(_), Operation::Put { .. } | Operation::CreateCollection { .. }) => {
+                (
+                    Some(_),
+                    Operation::Put { .. }
+                    | Operation::CreateCollection { .. }
+                    | Operation::ClientRequests(_),
+                ) => {
                     index.apply_record(record, ReplaySource::Snapshot);
                 }
                 (Some(_), other) => {

@@ -19,7 +19,11 @@ use crate::constants::{
 };
 use crate::error::{EngineError, Result};
 use crate::io::{Storage, StorageFile};
-use crate::record::{encode_record, encoded_len, Operation, RecordHeader, RecordMeta, RecordRef};
+use crate::record::{
+    encode_record_with_request, encoded_len_with_request, Operation, RecordHeader, RecordMeta,
+    RecordRef,
+};
+use crate::requests::RequestId;
 use crate::scan::{scan, SegmentImage};
 use crate::segment::{parse_segment_name, segment_name, SegmentHeader};
 use std::cell::RefCell;
@@ -337,9 +341,10 @@ impl<S: Storage> Wal<S> {
         &mut self,
         epoch: u64,
         hlc: u64,
+        request: Option<RequestId>,
         operation: &Operation<'_>,
     ) -> std::result::Result<u64, StageError> {
-        let len = encoded_len(operation);
+        let len = encoded_len_with_request(operation, request.is_some());
         assert!(
             len <= RECORD_BYTES_MAX,
             "record over the limit: validate first"
@@ -389,7 +394,7 @@ impl<S: Storage> Wal<S> {
             hlc,
             durable_lsn: self.durable_lsn,
         };
-        let written = encode_record(&mut group.bytes, meta, operation);
+        let written = encode_record_with_request(&mut group.bytes, meta, request, operation);
         assert_eq!(written, len);
         group.last_lsn = lsn;
         self.append_offset += len as u64;

@@ -2,7 +2,7 @@
 //! segment header. None may panic; a record that validates must re-encode to the same bytes.
 #![no_main]
 
-use coregrid_engine::record::{encode_record, OperationKind, RecordRef};
+use coregrid_engine::record::{encode_record_with_request, OperationKind, RecordRef};
 use coregrid_engine::segment::SegmentHeader;
 use libfuzzer_sys::fuzz_target;
 
@@ -11,7 +11,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(record) = RecordRef::validate(data) {
         if let Ok(operation) = record.operation() {
             let mut again = Vec::new();
-            encode_record(&mut again, record.header.meta(), &operation);
+            encode_record_with_request(
+                &mut again,
+                record.header.meta(),
+                record.request_id(),
+                &operation,
+            );
             assert_eq!(
                 &again[..],
                 &data[..record.len()],
@@ -20,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Some((&kind, body)) = data.split_first() {
-        if let Some(kind) = OperationKind::from_u8(kind % 9) {
+        if let Some(kind) = OperationKind::from_u8(kind % 10) {
             let _ = coregrid_engine::record::Operation::decode(kind, body);
         }
     }

@@ -2,7 +2,10 @@
 //! the door): `cargo run --bin seeds` from engine/fuzz.
 
 use coregrid_engine::constants::SEGMENT_HEADER_BYTES;
-use coregrid_engine::record::{encode_record, BatchOperation, Operation, RecordMeta};
+use coregrid_engine::record::{
+    encode_record, encode_record_with_request, BatchOperation, Operation, RecordMeta,
+};
+use coregrid_engine::requests::{ClientWindow, RequestId};
 use coregrid_engine::segment::SegmentHeader;
 
 fn main() -> std::io::Result<()> {
@@ -36,6 +39,14 @@ fn main() -> std::io::Result<()> {
             epochs: vec![(1, 1), (2, 5)],
         },
         Operation::SnapshotEnd { records: 3 },
+        Operation::ClientRequests(vec![(
+            1,
+            ClientWindow {
+                applied: [(1, (2, 3)), (2, (4, 5))].into_iter().collect(),
+                forgotten_up_to: Some(0),
+                last_lsn: 4,
+            },
+        )]),
     ];
     std::fs::create_dir_all("corpus/record")?;
     std::fs::create_dir_all("corpus/scan")?;
@@ -50,6 +61,27 @@ fn main() -> std::io::Result<()> {
         encode_record(&mut bytes, meta, operation);
         std::fs::write(format!("corpus/record/seed-{index}"), &bytes)?;
     }
+    // A put that carries a client request id.
+    let mut bytes = Vec::new();
+    encode_record_with_request(
+        &mut bytes,
+        RecordMeta {
+            lsn: 1,
+            epoch: 1,
+            hlc: 7,
+            durable_lsn: 0,
+        },
+        Some(RequestId {
+            client: 3,
+            sequence: 4,
+        }),
+        &Operation::Put {
+            collection: "c",
+            key: b"k",
+            value: b"v",
+        },
+    );
+    std::fs::write(format!("corpus/record/seed-{}", operations.len()), &bytes)?;
     // One segment image of a few records, as a scan input (count byte 0 = one segment).
     // Kept small: the header block is shortened to what the scanner reads.
     let mut segment = vec![0u8; SEGMENT_HEADER_BYTES];
