@@ -101,6 +101,37 @@ impl ArchivedClusterId {
     }
 }
 
+impl ClusterId {
+    /// Longest cluster name, in bytes: a name is stored as the 16-byte id itself.
+    pub const NAME_BYTES_MAX: usize = 16;
+
+    /// The id of the cluster named `name` (a node's configured cluster name, default
+    /// "coregrid"; a client's `--cluster-name`): the name's bytes, zero-padded to 16. A name is
+    /// 1..=16 bytes of `[A-Za-z0-9._-]`, so different names always give different ids and an
+    /// id reads back as its name. Nodes and clients must both use this function.
+    pub fn from_name(name: &str) -> Result<ClusterId, String> {
+        if name.is_empty() || name.len() > Self::NAME_BYTES_MAX {
+            return Err(format!(
+                "a cluster name is 1..={} bytes, got {:?} ({} bytes)",
+                Self::NAME_BYTES_MAX,
+                name,
+                name.len()
+            ));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "a cluster name holds only A-Z, a-z, 0-9, '.', '_' and '-'; {name:?} has {bad:?}"
+            ));
+        }
+        let mut id = [0u8; 16];
+        id[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(ClusterId(id))
+    }
+}
+
 impl fmt::Display for ClusterId {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         for byte in self.0 {
@@ -147,5 +178,22 @@ impl ArchivedClientRequestId {
 impl fmt::Display for ClientRequestId {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(formatter, "{}/{}", self.client, self.sequence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClusterId;
+
+    #[test]
+    fn cluster_ids_from_names_are_the_padded_names() {
+        let id = ClusterId::from_name("coregrid").unwrap();
+        assert_eq!(&id.0[..8], b"coregrid");
+        assert!(id.0[8..].iter().all(|&byte| byte == 0));
+        assert_ne!(id, ClusterId::from_name("coregrid2").unwrap());
+        assert!(ClusterId::from_name(&"x".repeat(16)).is_ok());
+        for bad in ["", "seventeen-bytes-x", "a b", "é"] {
+            assert!(ClusterId::from_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -31,12 +31,16 @@
 //!   pipelined: the header's request id pairs each answer with its request, in any order.
 //!   Every write carries a [`ids::ClientRequestId`], so a retry is never applied twice.
 //!
+//! - **The native client** ([`client`]): a sans-IO routing and retry core, and the two drivers
+//!   that are the exception to the next paragraph: blocking (`std::net`) and glommio.
+//!
 //! Nothing here reads a socket, a clock or a file: a transport (the TCP server and client on
 //! glommio, built on this crate) owns the sockets and calls in. The crate has no `unsafe`.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod constants;
 pub mod decoder;
 pub mod error;
