@@ -15,6 +15,8 @@
 
 #![warn(missing_docs)]
 
+pub mod network;
+
 use bytes::Bytes;
 use coregrid_engine::partition::PartitionStats;
 use coregrid_engine::record::{encoded_len, Operation};
@@ -257,7 +259,7 @@ pub struct LatencyUs {
 }
 
 impl LatencyUs {
-    fn from_histogram(histogram: &Histogram<u64>) -> Self {
+    pub(crate) fn from_histogram(histogram: &Histogram<u64>) -> Self {
         if histogram.is_empty() {
             return Self::default();
         }
@@ -385,7 +387,7 @@ struct ShardOutcome {
     first_error: Option<String>,
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX * 1000, 3).expect("valid histogram bounds")
 }
 
