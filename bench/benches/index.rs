@@ -16,7 +16,7 @@ fn key(n: u64) -> Bytes {
 
 fn entry(revision: u64) -> Entry {
     Entry {
-        value: Bytes::from_static(&[0x5a; 100]),
+        value: Bytes::from_static(&[0x5a; 100]).into(),
         revision,
         hlc: revision << 12,
     }

@@ -15,17 +15,127 @@ use std::ops::Bound;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// The value.
-    pub value: Bytes,
+    pub value: InlineBytes,
     /// LSN of the write that set it: the key's revision for compare-and-set.
     pub revision: u64,
     /// HLC timestamp of that write.
     pub hlc: u64,
 }
 
+/// Longest key or value stored inline in the index.
+pub const INLINE_BYTES_MAX: usize = 22;
+
+/// Bytes as the index holds them (keys and values): short ones inline, in the B-tree node
+/// itself, longer ones shared with the caller (reference-counted).
+///
+/// Why: the comparisons of a lookup then read the node's cache lines instead of one heap
+/// allocation per key (the B-tree's key comparisons were a quarter of a small put's CPU), and
+/// a small key or value costs no allocation of its own (cloning a `Bytes` made from a `Vec`
+/// allocates its shared header). Measured: +6% durable 100 B puts, 236 → 203 B/key at 2 M keys
+/// for inline keys alone.
+#[derive(Clone)]
+pub enum InlineBytes {
+    /// Up to [`INLINE_BYTES_MAX`] bytes, in place.
+    Inline {
+        /// Bytes used.
+        len: u8,
+        /// The bytes, zero after `len`.
+        bytes: [u8; INLINE_BYTES_MAX],
+    },
+    /// Longer: shared.
+    Shared(Bytes),
+}
+
+const _: () = assert!(std::mem::size_of::<InlineBytes>() <= 32);
+const _: () = assert!(INLINE_BYTES_MAX <= u8::MAX as usize);
+
+impl InlineBytes {
+    /// Short bytes inline; `None` if they are too long.
+    fn inline(bytes: &[u8]) -> Option<Self> {
+        let mut inline = [0u8; INLINE_BYTES_MAX];
+        inline.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Self::Inline {
+            len: bytes.len() as u8,
+            bytes: inline,
+        })
+    }
+
+    /// From a live write: shared with the caller when long.
+    pub fn new(bytes: &Bytes) -> Self {
+        Self::inline(bytes).unwrap_or_else(|| Self::Shared(bytes.clone()))
+    }
+
+    /// Copied out of a buffer (replay).
+    pub fn copied(bytes: &[u8]) -> Self {
+        Self::inline(bytes).unwrap_or_else(|| Self::Shared(Bytes::copy_from_slice(bytes)))
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..*len as usize],
+            Self::Shared(bytes) => bytes,
+        }
+    }
+
+    /// As `Bytes`: a copy if inline (at most [`INLINE_BYTES_MAX`] bytes), else shared.
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Self::Inline { .. } => Bytes::copy_from_slice(self.as_slice()),
+            Self::Shared(bytes) => bytes.clone(),
+        }
+    }
+}
+
+impl From<Bytes> for InlineBytes {
+    fn from(bytes: Bytes) -> Self {
+        Self::inline(&bytes).unwrap_or(Self::Shared(bytes))
+    }
+}
+
+impl std::ops::Deref for InlineBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for InlineBytes {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for InlineBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for InlineBytes {}
+
+impl PartialOrd for InlineBytes {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InlineBytes {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::fmt::Debug for InlineBytes {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{:?}", self.as_slice())
+    }
+}
+
 /// All collections of one partition.
 #[derive(Default, Debug)]
 pub struct Index {
-    collections: BTreeMap<String, BTreeMap<Bytes, Entry>>,
+    collections: BTreeMap<String, BTreeMap<InlineBytes, Entry>>,
     keys: usize,
     /// Client requests applied (for idempotent retries); rebuilt with the rest of the state.
     requests: RequestTable,
@@ -98,6 +208,10 @@ impl Index {
 
     /// Sets a key. The collection must exist unless `create` is set.
     pub fn put(&mut self, collection: &str, key: Bytes, entry: Entry, create: bool) {
+        self.put_key(collection, InlineBytes::new(&key), entry, create);
+    }
+
+    fn put_key(&mut self, collection: &str, key: InlineBytes, entry: Entry, create: bool) {
         if create {
             self.create_collection(collection);
         }
@@ -113,11 +227,11 @@ impl Index {
     /// are shared with the caller (reference-counted, not copied).
     pub fn put_live(&mut self, collection: &str, key: &Bytes, value: &Bytes, lsn: u64, hlc: u64) {
         let entry = Entry {
-            value: value.clone(),
+            value: InlineBytes::new(value),
             revision: lsn,
             hlc,
         };
-        self.put(collection, key.clone(), entry, false);
+        self.put_key(collection, InlineBytes::new(key), entry, false);
     }
 
     /// Removes a key; returns its entry if it was there.
@@ -144,7 +258,7 @@ impl Index {
         }
         let create = source == ReplaySource::Snapshot;
         let entry = |value: &[u8]| Entry {
-            value: Bytes::copy_from_slice(value),
+            value: InlineBytes::copied(value),
             revision: meta.lsn,
             hlc: meta.hlc,
         };
@@ -153,12 +267,7 @@ impl Index {
                 collection,
                 key,
                 value,
-            } => self.put(
-                collection,
-                Bytes::copy_from_slice(key),
-                entry(value),
-                create,
-            ),
+            } => self.put_key(collection, InlineBytes::copied(key), entry(value), create),
             Operation::Delete { collection, key } => {
                 self.delete(collection, key);
             }
@@ -175,12 +284,9 @@ impl Index {
                             collection,
                             key,
                             value,
-                        } => self.put(
-                            collection,
-                            Bytes::copy_from_slice(key),
-                            entry(value),
-                            create,
-                        ),
+                        } => {
+                            self.put_key(collection, InlineBytes::copied(key), entry(value), create)
+                        }
                         BatchOperation::Delete { collection, key } => {
                             self.delete(collection, key);
                         }
@@ -206,16 +312,16 @@ impl Index {
         limit: usize,
     ) -> Vec<(String, Bytes, Entry)> {
         let mut out = Vec::with_capacity(limit);
-        let collections: Box<dyn Iterator<Item = (&String, &BTreeMap<Bytes, Entry>)>> = match cursor
-        {
-            None => Box::new(self.collections.iter()),
-            Some((collection, _)) => Box::new(
-                self.collections
-                    .range::<str, _>((Bound::Included(collection.as_str()), Bound::Unbounded)),
-            ),
-        };
+        let collections: Box<dyn Iterator<Item = (&String, &BTreeMap<InlineBytes, Entry>)>> =
+            match cursor {
+                None => Box::new(self.collections.iter()),
+                Some((collection, _)) => Box::new(
+                    self.collections
+                        .range::<str, _>((Bound::Included(collection.as_str()), Bound::Unbounded)),
+                ),
+            };
         for (name, keys) in collections {
-            let range: Box<dyn Iterator<Item = (&Bytes, &Entry)>> = match cursor {
+            let range: Box<dyn Iterator<Item = (&InlineBytes, &Entry)>> = match cursor {
                 Some((collection, key)) if collection == name => {
                     Box::new(keys.range::<[u8], _>((Bound::Excluded(&key[..]), Bound::Unbounded)))
                 }
@@ -225,7 +331,7 @@ impl Index {
                 if out.len() == limit {
                     return out;
                 }
-                out.push((name.clone(), key.clone(), entry.clone()));
+                out.push((name.clone(), key.to_bytes(), entry.clone()));
             }
         }
         out

@@ -557,7 +557,7 @@ impl<S: Storage> Partition<S> {
                 match index.get(collection, key) {
                     Some(entry) => (
                         Some(Versioned {
-                            value: entry.value.clone(),
+                            value: entry.value.to_bytes(),
                             revision: entry.revision,
                             hlc: entry.hlc,
                         }),

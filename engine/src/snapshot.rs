@@ -165,7 +165,7 @@ pub async fn write_snapshot<S: Storage>(
                 &Operation::Put {
                     collection,
                     key,
-                    value: &entry.value,
+                    value: entry.value.as_slice(),
                 },
             );
             entries += 1;
