@@ -9,6 +9,8 @@ use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
 
+mod cli;
+
 /// coregrid: a partitioned key-value storage engine.
 #[derive(Parser, Debug)]
 #[command(name = "coregrid", version, about)]
@@ -24,6 +26,9 @@ enum Command {
     /// With no flags: 10 s of durable 100-byte puts, 256 in flight per shard, one shard per
     /// core, in a fresh directory under the current one (removed afterwards).
     Bench(BenchArgs),
+    /// Client commands: put, get, del, cas, status, create-collection, drop-collection.
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +92,19 @@ struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Drive running nodes over the network instead of an embedded engine: seed addresses,
+    /// `host:port,...`. Engine options (--shards, --partitions, --dir, ...) then do not apply.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// With --cluster: the cluster's name.
+    #[arg(long, default_value = "coregrid")]
+    cluster_name: String,
+    /// With --cluster: independent clients, one request in flight each [default: 16].
+    #[arg(long)]
+    clients: Option<usize>,
+    /// With --cluster: client threads (glommio executors, not pinned).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 impl BenchArgs {
@@ -134,10 +152,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => bench(args),
+        Command::Client(command) => std::process::exit(cli::run(command)),
     }
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.cluster.is_some() {
+        return cli::bench_network(&args);
+    }
     let mut workload = args.workload();
     workload.validate()?;
     let cwd = std::env::current_dir().context("current directory")?;
