@@ -36,6 +36,7 @@
 //!
 //! Nothing here reads a socket, a clock or a file: a transport (the TCP server and client on
 //! glommio, built on this crate) owns the sockets and calls in. The crate has no `unsafe`.
+//! [`transport`] is that transport's socket layer, the crate's only runtime (glommio) code.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -48,6 +49,7 @@ pub mod frame;
 pub mod ids;
 pub mod kind;
 pub mod message;
+pub mod transport;
 pub mod validate;
 
 pub use decoder::FrameDecoder;

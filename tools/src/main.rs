@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 mod cli;
+mod node;
 
 /// coregrid: a partitioned key-value storage engine.
 #[derive(Parser, Debug)]
@@ -21,14 +22,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a node: every data shard serves clients on its own port (loopback by default).
+    ///
+    /// With no flags: one node on 127.0.0.1, shard i on port 7400 + i, data in
+    /// ./coregrid-data. Stop it with SIGTERM or Ctrl-C (drains, syncs, exits 0).
+    Node(node::config::NodeArgs),
+    /// Client commands: put, get, del, cas, status, create-collection, drop-collection.
+    #[command(flatten)]
+    Client(cli::ClientCommand),
     /// Benchmark an embedded engine: durable writes and reads driven from inside its shards.
     ///
     /// With no flags: 10 s of durable 100-byte puts, 256 in flight per shard, one shard per
     /// core, in a fresh directory under the current one (removed afterwards).
     Bench(BenchArgs),
-    /// Client commands: put, get, del, cas, status, create-collection, drop-collection.
-    #[command(flatten)]
-    Client(cli::ClientCommand),
 }
 
 #[derive(Args, Debug)]
@@ -142,17 +148,23 @@ struct BenchOutput {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // A node logs its lifecycle (info); the other commands only what went wrong.
+    let default_filter = match cli.command {
+        Command::Node(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
-        Command::Bench(args) => bench(args),
+        Command::Node(args) => node::run(args),
         Command::Client(command) => std::process::exit(cli::run(command)),
+        Command::Bench(args) => bench(args),
     }
 }
 

@@ -1,0 +1,213 @@
+//! TCP on glommio: the one module of this crate that calls the runtime (style.md rule 3).
+//!
+//! What it offers: a [`Listener`] bound on a shard, the [`Connection`]s it accepts, split into
+//! a [`ConnectionReader`] (which reads straight into the connection's [`FrameDecoder`]) and a
+//! [`ConnectionWriter`] (which writes encoded frames), each read and write bounded by a
+//! timeout. Everything here is `!Send`: a listener, its connections and their halves live on
+//! the shard (thread) that created them.
+//!
+//! What it does not do: decide anything. Frames, messages, the handshake and every limit on
+//! what a peer may send are the sans-IO rest of the crate; a server or client drives them and
+//! uses this module only to move bytes.
+//!
+//! **Cancel safety.** [`ConnectionReader::read`] may be dropped before it completes (a server
+//! races it against its shutdown signal): glommio's non-buffered stream waits for readiness
+//! and then reads with a non-blocking `recv`, so a dropped read loses no bytes. A dropped
+//! [`ConnectionWriter::write_all`] may have written part of its bytes: the connection's
+//! framing is then lost, so a writer whose write failed or was dropped must be closed.
+
+use crate::decoder::FrameDecoder;
+use crate::error::FrameError;
+use crate::kind::ChannelKind;
+use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::{TcpListener, TcpStream};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why a read or write of a connection ended without moving bytes. The connection is not
+/// usable after any of them except [`TransportError::TimedOut`] on a read (nothing was
+/// consumed; the caller may read again or close).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Nothing arrived (or nothing could be written) within the timeout. A timed-out read
+    /// consumed nothing; a timed-out write may have written part of its bytes.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The stream's framing failed earlier; see the decoder's error. The connection must be
+    /// dropped.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The socket failed (reset, broken pipe, ...). The connection must be dropped.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Runs `future` for at most `duration`, on the shard's timer.
+async fn with_timeout<T>(
+    duration: Duration,
+    future: impl Future<Output = io::Result<T>>,
+) -> Result<T, TransportError> {
+    glommio::timer::timeout(duration, async { future.await.map_err(Into::into) })
+        .await
+        .map_err(|error| match error {
+            glommio::GlommioError::TimedOut(_) => TransportError::TimedOut(duration),
+            glommio::GlommioError::IoError(error) => TransportError::Io(error),
+            other => TransportError::Io(io::Error::other(other.to_string())),
+        })
+}
+
+/// A listening TCP socket on the current shard.
+#[derive(Debug)]
+pub struct Listener {
+    inner: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Listener {
+    /// Binds `address` (port 0: any free port; [`Listener::local_addr`] tells which).
+    ///
+    /// glommio binds with `SO_REUSEPORT`, which would let a second process bind the same port
+    /// and take half its connections. A fixed port is therefore first bound without it, so a
+    /// port already served by another process is refused with `AddrInUse` here.
+    pub fn bind(address: SocketAddr) -> io::Result<Listener> {
+        if address.port() != 0 {
+            drop(std::net::TcpListener::bind(address)?);
+        }
+        let inner = TcpListener::bind(address).map_err(io::Error::from)?;
+        let local_addr = inner.local_addr().map_err(io::Error::from)?;
+        Ok(Listener { inner, local_addr })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits for the next connection. Errors are per accept (a peer that reset before it was
+    /// accepted, too many open files): the listener stays usable.
+    pub async fn accept(&self) -> io::Result<Connection> {
+        let stream = self.inner.accept().await.map_err(io::Error::from)?;
+        let peer_addr = stream.peer_addr().map_err(io::Error::from)?;
+        // Answers are small and pipelined; Nagle's delay would add latency to each.
+        stream.set_nodelay(true).map_err(io::Error::from)?;
+        Ok(Connection { stream, peer_addr })
+    }
+}
+
+/// An accepted (or connected) TCP connection on the current shard.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+}
+
+impl Connection {
+    /// Connects to `address` within `timeout` (the client side; tests use it too).
+    pub async fn connect(address: SocketAddr, timeout: Duration) -> io::Result<Connection> {
+        let stream = TcpStream::connect_timeout(address, timeout)
+            .await
+            .map_err(io::Error::from)?;
+        stream.set_nodelay(true).map_err(io::Error::from)?;
+        Ok(Connection {
+            stream,
+            peer_addr: address,
+        })
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Splits into a reader that feeds a new decoder for `channel` and a writer, so that one
+    /// task can read requests while another writes answers. The socket closes when both halves
+    /// are dropped.
+    pub fn split(self, channel: ChannelKind) -> (ConnectionReader, ConnectionWriter) {
+        let (read, write) = self.stream.split();
+        (
+            ConnectionReader {
+                half: read,
+                decoder: FrameDecoder::new(channel),
+            },
+            ConnectionWriter { half: write },
+        )
+    }
+}
+
+/// What one read did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes went into the decoder; pop its frames.
+    Received(usize),
+    /// The peer closed its side of the stream (check [`FrameDecoder::finish`]).
+    Closed,
+}
+
+/// The reading half of a connection, with the connection's frame decoder.
+#[derive(Debug)]
+pub struct ConnectionReader {
+    half: ReadHalf<TcpStream>,
+    decoder: FrameDecoder,
+}
+
+impl ConnectionReader {
+    /// The decoder: pop frames with [`FrameDecoder::next_frame`] after a read.
+    pub fn decoder(&mut self) -> &mut FrameDecoder {
+        &mut self.decoder
+    }
+
+    /// Reads what has arrived (waiting at most `timeout`) into the decoder's read buffer. Pop
+    /// the buffered frames first: with whole frames waiting the buffer may have no room, and
+    /// this returns `Received(0)` without reading. Cancel-safe (see the module docs).
+    pub async fn read(&mut self, timeout: Duration) -> Result<ReadOutcome, TransportError> {
+        let buffer = self.decoder.read_buf()?;
+        if buffer.is_empty() {
+            return Ok(ReadOutcome::Received(0));
+        }
+        let half = &mut self.half;
+        let bytes = with_timeout(timeout, half.read(buffer)).await?;
+        if bytes == 0 {
+            return Ok(ReadOutcome::Closed);
+        }
+        self.decoder.advance(bytes);
+        Ok(ReadOutcome::Received(bytes))
+    }
+}
+
+/// The writing half of a connection.
+#[derive(Debug)]
+pub struct ConnectionWriter {
+    half: WriteHalf<TcpStream>,
+}
+
+impl ConnectionWriter {
+    /// Writes all of `bytes` (whole encoded frames). `timeout` bounds each step that makes no
+    /// progress (a peer that stops reading), not the whole write. On error, part may have been
+    /// written: close the connection.
+    pub async fn write_all(
+        &mut self,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let mut written = 0;
+        while written < bytes.len() {
+            let half = &mut self.half;
+            let count = with_timeout(timeout, half.write(&bytes[written..])).await?;
+            if count == 0 {
+                return Err(TransportError::Io(io::ErrorKind::WriteZero.into()));
+            }
+            written += count;
+        }
+        Ok(())
+    }
+
+    /// Shuts the sending direction down (the peer reads end of stream once it has read what
+    /// was written), waiting at most `timeout`.
+    pub async fn close(&mut self, timeout: Duration) -> Result<(), TransportError> {
+        let half = &mut self.half;
+        with_timeout(timeout, half.close()).await
+    }
+}

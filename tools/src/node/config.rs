@@ -1,0 +1,416 @@
+//! The node's configuration: a TOML file (`--config`) whose every key a flag of the same name
+//! overrides, then defaults. Everything is checked before anything is opened, and a bad value
+//! is reported with the key that holds it ([`ConfigError`]; the command exits with code 2).
+
+use super::constants::{
+    BASE_PORT_DEFAULT, CONNECTIONS_PER_SHARD_DEFAULT, DRAIN_TIMEOUT_MS_DEFAULT,
+    HANDSHAKE_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT,
+    REQUESTS_IN_FLIGHT_PER_CONNECTION_DEFAULT, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
+    WRITE_TIMEOUT_MS_DEFAULT,
+};
+use clap::Args;
+use coregrid_engine::constants::{
+    PARTITIONS_DEFAULT, SEGMENT_BYTES_DEFAULT, SNAPSHOT_WAL_BYTES_DEFAULT,
+};
+use coregrid_engine::EngineConfig;
+use coregrid_net::ClusterId;
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration that cannot be used; nothing was opened or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path:?}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration (unknown key, wrong type).
+    #[error("configuration file {path:?}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said, with the line.
+        reason: String,
+    },
+    /// A value is out of its range.
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid {
+        /// The key (also the flag's name, with dashes).
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+/// `coregrid node` flags. Each overrides the configuration file's key of the same name
+/// (underscores for dashes); unset flags leave the file's value or the default.
+#[derive(Args, Debug, Default, Clone)]
+pub struct NodeArgs {
+    /// TOML configuration file (keys as the flags, with underscores).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Cluster name: 1..=16 bytes of [A-Za-z0-9._-]; a peer of another cluster is refused
+    /// [default: coregrid].
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Address to listen on [default: 127.0.0.1, loopback only].
+    #[arg(long)]
+    pub listen_address: Option<IpAddr>,
+    /// Port of shard 0; shard i listens on base_port + i (0: any free ports, printed at
+    /// start) [default: 7400].
+    #[arg(long)]
+    pub base_port: Option<u16>,
+    /// Data directory [default: ./coregrid-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Data shards (0: one per core) [default: 0].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Partitions; fixed when the data directory is created [default: 64].
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// WAL segment file size in bytes [default: 64 MiB].
+    #[arg(long)]
+    pub segment_bytes: Option<u64>,
+    /// WAL bytes between automatic snapshots (0: never) [default: 256 MiB].
+    #[arg(long)]
+    pub snapshot_wal_bytes: Option<u64>,
+    /// Pin shard i to CPU i when there are enough CPUs [default: true].
+    #[arg(long)]
+    pub pin_shards: Option<bool>,
+    /// Connections each shard serves at once; more are refused [default: 1024].
+    #[arg(long)]
+    pub connections_per_shard: Option<usize>,
+    /// Requests in flight per connection before it stops reading [default: 256].
+    #[arg(long)]
+    pub requests_in_flight_per_connection: Option<usize>,
+    /// Milliseconds a new connection has to complete its handshake [default: 5000].
+    #[arg(long)]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Milliseconds without a byte received or a request in flight before a connection is
+    /// closed [default: 300000].
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Milliseconds a write to a peer may make no progress before the connection is closed
+    /// [default: 30000].
+    #[arg(long)]
+    pub write_timeout_ms: Option<u64>,
+    /// Milliseconds a shutdown waits for requests in flight [default: 10000].
+    #[arg(long)]
+    pub drain_timeout_ms: Option<u64>,
+}
+
+/// The node's configuration, resolved: file, then flags, then defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Cluster name (see [`cluster_id`]).
+    pub cluster: String,
+    /// Address every shard listens on.
+    pub listen_address: IpAddr,
+    /// Port of shard 0 (0: any free ports).
+    pub base_port: u16,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Data shards (0: one per core).
+    pub shards: usize,
+    /// Partitions.
+    pub partitions: u32,
+    /// WAL segment size in bytes.
+    pub segment_bytes: u64,
+    /// WAL bytes between snapshots.
+    pub snapshot_wal_bytes: u64,
+    /// Pin shards to CPUs.
+    pub pin_shards: bool,
+    /// Connection cap per shard.
+    pub connections_per_shard: usize,
+    /// Requests in flight per connection.
+    pub requests_in_flight_per_connection: usize,
+    /// Handshake timeout in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Idle timeout in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Write progress timeout in milliseconds.
+    pub write_timeout_ms: u64,
+    /// Shutdown drain timeout in milliseconds.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            cluster: "coregrid".into(),
+            listen_address: IpAddr::from([127, 0, 0, 1]),
+            base_port: BASE_PORT_DEFAULT,
+            data_dir: PathBuf::from("coregrid-data"),
+            shards: 0,
+            partitions: PARTITIONS_DEFAULT,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
+            pin_shards: true,
+            connections_per_shard: CONNECTIONS_PER_SHARD_DEFAULT,
+            requests_in_flight_per_connection: REQUESTS_IN_FLIGHT_PER_CONNECTION_DEFAULT,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            write_timeout_ms: WRITE_TIMEOUT_MS_DEFAULT,
+            drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads the file named by `--config` (if any), applies the flags, checks every value.
+    pub fn load(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
+        let base = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                NodeConfig::from_toml(&text, path)?
+            }
+            None => NodeConfig::default(),
+        };
+        let config = base.with_flags(args);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a configuration file's text (missing keys take their defaults).
+    pub fn from_toml(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })
+    }
+
+    /// This configuration with every flag that is set in its place.
+    pub fn with_flags(mut self, args: &NodeArgs) -> NodeConfig {
+        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(value) = flag {
+                *field = value.clone();
+            }
+        }
+        set(&mut self.cluster, &args.cluster);
+        set(&mut self.listen_address, &args.listen_address);
+        set(&mut self.base_port, &args.base_port);
+        set(&mut self.data_dir, &args.data_dir);
+        set(&mut self.shards, &args.shards);
+        set(&mut self.partitions, &args.partitions);
+        set(&mut self.segment_bytes, &args.segment_bytes);
+        set(&mut self.snapshot_wal_bytes, &args.snapshot_wal_bytes);
+        set(&mut self.pin_shards, &args.pin_shards);
+        set(&mut self.connections_per_shard, &args.connections_per_shard);
+        set(
+            &mut self.requests_in_flight_per_connection,
+            &args.requests_in_flight_per_connection,
+        );
+        set(&mut self.handshake_timeout_ms, &args.handshake_timeout_ms);
+        set(&mut self.idle_timeout_ms, &args.idle_timeout_ms);
+        set(&mut self.write_timeout_ms, &args.write_timeout_ms);
+        set(&mut self.drain_timeout_ms, &args.drain_timeout_ms);
+        self
+    }
+
+    /// Checks every value the node itself uses; the engine's own values (partitions, segment
+    /// size, shards) are checked again by `Engine::open`, which reports them the same way.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        cluster_id(&self.cluster).map_err(|reason| ConfigError::Invalid {
+            key: "cluster",
+            reason,
+        })?;
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty".into());
+        }
+        let shards = self.engine_config().shard_count();
+        if self.base_port != 0 && usize::from(self.base_port) + shards > usize::from(u16::MAX) + 1 {
+            return invalid(
+                "base_port",
+                format!("{} + {shards} shards runs past port 65535", self.base_port),
+            );
+        }
+        if shards > coregrid_net::constants::SHARDS_PER_NODE_MAX {
+            return invalid(
+                "shards",
+                format!(
+                    "at most {} per node, got {shards}",
+                    coregrid_net::constants::SHARDS_PER_NODE_MAX
+                ),
+            );
+        }
+        if self.partitions == 0 || self.partitions > coregrid_net::constants::PARTITIONS_MAX {
+            return invalid(
+                "partitions",
+                format!(
+                    "must be 1..={}, got {}",
+                    coregrid_net::constants::PARTITIONS_MAX,
+                    self.partitions
+                ),
+            );
+        }
+        if self.connections_per_shard == 0 {
+            return invalid("connections_per_shard", "must be at least 1".into());
+        }
+        if !(1..=REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX)
+            .contains(&self.requests_in_flight_per_connection)
+        {
+            return invalid(
+                "requests_in_flight_per_connection",
+                format!(
+                    "must be 1..={REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX}, got {}",
+                    self.requests_in_flight_per_connection
+                ),
+            );
+        }
+        for (key, value) in [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("drain_timeout_ms", self.drain_timeout_ms),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1 ms".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's configuration.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            data_dir: self.data_dir.clone(),
+            shards: self.shards,
+            partitions: self.partitions,
+            segment_bytes: self.segment_bytes,
+            snapshot_wal_bytes: self.snapshot_wal_bytes,
+            pin_shards: self.pin_shards,
+            ..EngineConfig::default()
+        }
+    }
+
+    /// The handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// The write progress timeout.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+/// The cluster id of a cluster name: its bytes, zero-padded to 16 ([`ClusterId::from_name`],
+/// the same mapping every client uses). A name is 1..=16 bytes of `[A-Za-z0-9._-]`, so
+/// different names always give different ids.
+pub fn cluster_id(name: &str) -> Result<ClusterId, String> {
+    ClusterId::from_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        let config = NodeConfig::from_toml(text, Path::new("node.toml"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_are_a_loopback_node_under_the_working_directory() {
+        let config = NodeConfig::load(&NodeArgs::default()).unwrap();
+        assert_eq!(config, NodeConfig::default());
+        assert!(config.listen_address.is_loopback());
+        assert!(config.data_dir.is_relative());
+        assert_eq!(config.base_port, 7400);
+        assert_eq!(parse("").unwrap(), NodeConfig::default());
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_override_them() {
+        let config =
+            parse("cluster = \"prod-1\"\nbase_port = 9000\nshards = 2\nidle_timeout_ms = 1000\n")
+                .unwrap();
+        assert_eq!(config.cluster, "prod-1");
+        assert_eq!(config.base_port, 9000);
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.idle_timeout(), Duration::from_secs(1));
+        assert_eq!(
+            config.partitions, PARTITIONS_DEFAULT,
+            "unset keys keep defaults"
+        );
+        let flags = NodeArgs {
+            base_port: Some(9100),
+            listen_address: Some("0.0.0.0".parse().unwrap()),
+            ..NodeArgs::default()
+        };
+        let config = config.with_flags(&flags);
+        assert_eq!(config.base_port, 9100);
+        assert_eq!(config.listen_address.to_string(), "0.0.0.0");
+        assert_eq!(
+            config.cluster, "prod-1",
+            "unset flags keep the file's value"
+        );
+    }
+
+    #[test]
+    fn bad_files_and_values_say_which_key() {
+        let unknown = parse("base_prot = 1\n").unwrap_err().to_string();
+        assert!(unknown.contains("base_prot"), "{unknown}");
+        let wrong_type = parse("shards = \"two\"\n").unwrap_err().to_string();
+        assert!(wrong_type.contains("shards"), "{wrong_type}");
+        for (text, key) in [
+            ("cluster = \"\"", "cluster"),
+            ("cluster = \"seventeen-bytes-x\"", "cluster"),
+            ("cluster = \"a b\"", "cluster"),
+            ("base_port = 65535\nshards = 2", "base_port"),
+            ("partitions = 0", "partitions"),
+            ("connections_per_shard = 0", "connections_per_shard"),
+            (
+                "requests_in_flight_per_connection = 0",
+                "requests_in_flight_per_connection",
+            ),
+            (
+                "requests_in_flight_per_connection = 1000000",
+                "requests_in_flight_per_connection",
+            ),
+            ("idle_timeout_ms = 0", "idle_timeout_ms"),
+            ("data_dir = \"\"", "data_dir"),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Invalid { key: found, .. }) => assert_eq!(found, key, "{text}"),
+                other => panic!("{text}: expected an invalid {key}, got {other:?}"),
+            }
+        }
+        let missing = NodeConfig::load(&NodeArgs {
+            config: Some(PathBuf::from("/nonexistent/coregrid.toml")),
+            ..NodeArgs::default()
+        })
+        .unwrap_err();
+        assert!(matches!(missing, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn cluster_names_map_to_distinct_ids() {
+        let a = cluster_id("coregrid").unwrap();
+        let b = cluster_id("coregrid2").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(&a.0[..8], b"coregrid");
+        assert!(a.0[8..].iter().all(|&byte| byte == 0));
+        assert!(cluster_id("x".repeat(16).as_str()).is_ok());
+    }
+}

@@ -1,0 +1,69 @@
+//! Every limit and default of the node server, named with its unit (style.md rule 5), and the
+//! relations between them checked at compile time.
+
+use coregrid_net::constants::{frame_bytes, CLIENT_FRAME_BODY_BYTES_MAX, VALUE_BYTES_MAX};
+
+/// Port of shard 0 by default; shard `i` listens on `BASE_PORT_DEFAULT + i`.
+pub const BASE_PORT_DEFAULT: u16 = 7400;
+
+/// Connections one shard serves at once by default; more are refused at accept.
+pub const CONNECTIONS_PER_SHARD_DEFAULT: usize = 1024;
+
+/// Requests in flight (admitted, not yet answered on the socket) per connection by default.
+/// At the limit the connection stops reading: backpressure through TCP.
+pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_DEFAULT: usize = 256;
+
+/// The most requests in flight per connection a configuration may ask for.
+pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 4096;
+
+/// Bytes of request frames admitted and not yet executed, per connection. Past it the
+/// connection stops reading (one frame is always admitted, so the bound is this plus one
+/// frame). Each admitted request owns a copy of its keys and values until the engine has
+/// taken them.
+pub const REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX: usize = 8 * 1024 * 1024;
+
+/// Bytes of encoded answers a connection's writer gathers into one socket write. Answers wait
+/// unencoded (holding shared references to the index's values, not copies) until the writer
+/// takes them, so a connection holds at most this plus one answer in encoded form.
+pub const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Refusals (connection cap reached, shutting down) being sent at once per shard; past it a
+/// connection over the cap is closed without a word.
+pub const REFUSALS_IN_PROGRESS_MAX: usize = 64;
+
+/// How long a refusal may take to send, in milliseconds.
+pub const REFUSAL_WRITE_TIMEOUT_MS: u64 = 1000;
+
+/// How long the writer waits to shut its direction of a closing connection, in milliseconds.
+pub const CLOSE_TIMEOUT_MS: u64 = 1000;
+
+/// Pause after a failed accept (out of file descriptors, say), so the loop does not spin, in
+/// milliseconds.
+pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+
+/// How often a draining shard checks whether its requests are done, in milliseconds.
+pub const DRAIN_POLL_MS: u64 = 10;
+
+/// Times a delete retries when the key changes between reading its revision and deleting it.
+pub const DELETE_ATTEMPTS_MAX: usize = 64;
+
+/// Default handshake timeout, in milliseconds: the whole handshake, not each read.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// Default idle timeout, in milliseconds: no byte received and no request in flight.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 300_000;
+
+/// Default write progress timeout, in milliseconds.
+pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// Default drain timeout at shutdown, in milliseconds.
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+// A whole client frame may be admitted when the budget is empty, and a batch is at least a
+// frame large, so the budget admits at least one largest request.
+const _: () =
+    assert!(REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX >= frame_bytes(CLIENT_FRAME_BODY_BYTES_MAX));
+// The writer's batch is smaller than the largest answer; one answer over it goes out alone.
+const _: () = assert!(WRITE_BATCH_BYTES < VALUE_BYTES_MAX);
+const _: () =
+    assert!(REQUESTS_IN_FLIGHT_PER_CONNECTION_DEFAULT <= REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX);

@@ -1,0 +1,599 @@
+//! What a shard does with one request: [`parse_request`] turns a decoded message into an owned
+//! [`Request`] (routing it first: a key of a partition this shard does not own is answered
+//! `WrongShard` before anything else), [`execute`] runs it against the shard's partitions,
+//! [`map_engine_error`] turns an engine error into the wire's answer, and [`encode_answer`]
+//! writes the answer as a frame. Only `execute` touches the engine; the rest is plain data, and
+//! tested as such.
+//!
+//! **Where a request runs.** Keyed requests run on the shard that received them, on its own
+//! partitions, with no cross-core hop (design.md section 6). Collection changes must reach
+//! every partition of every shard; they are rare and not on the hot path, so the receiving
+//! shard hands them to the engine's handle (`Engine::create_collection`), which sends one job
+//! to each shard and waits for all: the one place a request crosses cores. Any shard may
+//! receive them.
+
+use super::constants::DELETE_ATTEMPTS_MAX;
+use bytes::Bytes;
+use coregrid_engine::engine::partition_for_key;
+use coregrid_engine::{BatchWrite, Engine, EngineError, LocalShard};
+use coregrid_net::message::{
+    ArchivedBatchOperation, DeleteResponse, ErrorResponse, GetResponse, HelloReply, MessageRef,
+    TopologyResponse, WriteResponse,
+};
+use coregrid_net::{encode, ClientRequestId, EncodeError, FrameMeta, Lsn, PartitionId, ShardId};
+use std::sync::Arc;
+
+/// Where partitions live on this node: what a shard needs to route a key and to redirect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routing {
+    /// This shard.
+    pub shard: usize,
+    /// Shards of the node.
+    pub shard_count: usize,
+    /// Partitions of the node.
+    pub partition_count: u32,
+    /// Each shard's port, by shard.
+    pub ports: Vec<u16>,
+}
+
+impl Routing {
+    /// The shard that owns `partition` (the engine's placement: `partition % shards`).
+    pub fn owner(&self, partition: u32) -> usize {
+        partition as usize % self.shard_count
+    }
+
+    /// The key's partition if this shard owns it, else the `WrongShard` redirect.
+    pub fn route(&self, key: &[u8]) -> Result<u32, ErrorResponse> {
+        let partition = partition_for_key(key, self.partition_count);
+        let owner = self.owner(partition);
+        if owner == self.shard {
+            return Ok(partition);
+        }
+        Err(ErrorResponse::WrongShard {
+            partition: PartitionId(partition),
+            shard: u16::try_from(owner).ok().map(ShardId),
+            port: self.ports.get(owner).copied(),
+        })
+    }
+}
+
+/// A write's identity for retries, carried from the frame to [`execute`]'s one write path
+/// ([`apply_write`]), where a retry will be recognised once the engine keeps applied ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteId(pub ClientRequestId);
+
+/// A request, owned (its keys and values copied out of the frame once, into the `Bytes` the
+/// engine keeps), routed to a partition of this shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Read a key.
+    Get {
+        /// Its partition (on this shard).
+        partition: u32,
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: Bytes,
+    },
+    /// A write to one partition.
+    Write {
+        /// The client's id for it.
+        id: WriteId,
+        /// Its partition (on this shard).
+        partition: u32,
+        /// What to write.
+        write: Write,
+    },
+    /// Create or drop a collection on every partition of the node.
+    Collection {
+        /// The client's id for it.
+        id: WriteId,
+        /// The collection.
+        name: String,
+        /// Create (true) or drop.
+        create: bool,
+    },
+    /// The node's topology.
+    Topology,
+}
+
+/// A write to one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Set a key.
+    Put {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: Bytes,
+        /// Value.
+        value: Bytes,
+    },
+    /// Remove a key.
+    Delete {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: Bytes,
+    },
+    /// Set or remove a key if its revision is `expected_revision`.
+    CompareAndSet {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: Bytes,
+        /// The revision it must have (0: absent).
+        expected_revision: u64,
+        /// The new value; `None` removes.
+        value: Option<Bytes>,
+    },
+    /// Several puts and deletes, atomically.
+    Batch(Vec<BatchWrite>),
+}
+
+/// An answer, owned, waiting for the connection's writer to encode it. Values found by a get
+/// are the index's own `Bytes` (shared, not copied) until then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The handshake's answer.
+    Hello(HelloReply),
+    /// A write applied.
+    Write(WriteResponse),
+    /// A get found the key.
+    Found {
+        /// The value.
+        value: Bytes,
+        /// Its revision.
+        revision: u64,
+        /// Its HLC timestamp.
+        hlc: u64,
+    },
+    /// A get found nothing.
+    NotFound,
+    /// A delete's answer.
+    Delete(DeleteResponse),
+    /// The topology.
+    Topology(Arc<TopologyResponse>),
+    /// Any failure.
+    Error(ErrorResponse),
+}
+
+/// Turns a decoded request into an owned, routed [`Request`], or the answer that refuses it.
+/// Copies each key and value once; nothing else is allocated for a refused request.
+pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Request, ErrorResponse> {
+    let bytes = Bytes::copy_from_slice;
+    Ok(match message {
+        MessageRef::Get(get) => Request::Get {
+            partition: routing.route(get.key.as_slice())?,
+            collection: get.collection.as_str().to_string(),
+            key: bytes(get.key.as_slice()),
+        },
+        MessageRef::Put(put) => Request::Write {
+            id: WriteId(put.id.get()),
+            partition: routing.route(put.key.as_slice())?,
+            write: Write::Put {
+                collection: put.collection.as_str().to_string(),
+                key: bytes(put.key.as_slice()),
+                value: bytes(put.value.as_slice()),
+            },
+        },
+        MessageRef::Delete(delete) => Request::Write {
+            id: WriteId(delete.id.get()),
+            partition: routing.route(delete.key.as_slice())?,
+            write: Write::Delete {
+                collection: delete.collection.as_str().to_string(),
+                key: bytes(delete.key.as_slice()),
+            },
+        },
+        MessageRef::CompareAndSet(cas) => Request::Write {
+            id: WriteId(cas.id.get()),
+            partition: routing.route(cas.key.as_slice())?,
+            write: Write::CompareAndSet {
+                collection: cas.collection.as_str().to_string(),
+                key: bytes(cas.key.as_slice()),
+                expected_revision: cas.expected_revision.get().get(),
+                value: cas.value.as_ref().map(|value| bytes(value.as_slice())),
+            },
+        },
+        MessageRef::Batch(batch) => {
+            let mut partition = None;
+            for (index, operation) in batch.operations.iter().enumerate() {
+                let (_, key, _) = operation.parts();
+                let found = partition_for_key(key, routing.partition_count);
+                match partition {
+                    None => partition = Some((found, index)),
+                    Some((first, first_index)) if first != found => {
+                        return Err(ErrorResponse::invalid_request(format!(
+                            "a batch must stay in one partition: operation {first_index} is in \
+                             partition {first}, operation {index} in partition {found}"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            // The wire refuses an empty batch; route by its first key.
+            let first_key = batch
+                .operations
+                .iter()
+                .next()
+                .map(|operation| operation.parts().1)
+                .ok_or_else(|| ErrorResponse::invalid_request("an empty batch"))?;
+            let partition = routing.route(first_key)?;
+            let writes = batch
+                .operations
+                .iter()
+                .map(|operation| match operation {
+                    ArchivedBatchOperation::Put {
+                        collection,
+                        key,
+                        value,
+                    } => BatchWrite::Put {
+                        collection: collection.as_str().to_string(),
+                        key: bytes(key.as_slice()),
+                        value: bytes(value.as_slice()),
+                    },
+                    ArchivedBatchOperation::Delete { collection, key } => BatchWrite::Delete {
+                        collection: collection.as_str().to_string(),
+                        key: bytes(key.as_slice()),
+                    },
+                })
+                .collect();
+            Request::Write {
+                id: WriteId(batch.id.get()),
+                partition,
+                write: Write::Batch(writes),
+            }
+        }
+        MessageRef::CreateCollection(create) => Request::Collection {
+            id: WriteId(create.id.get()),
+            name: create.name.as_str().to_string(),
+            create: true,
+        },
+        MessageRef::DropCollection(drop) => Request::Collection {
+            id: WriteId(drop.id.get()),
+            name: drop.name.as_str().to_string(),
+            create: false,
+        },
+        MessageRef::Topology(_) => Request::Topology,
+        other => {
+            return Err(ErrorResponse::invalid_request(format!(
+                "{} is not a request a client may send on an open connection",
+                other.kind()
+            )))
+        }
+    })
+}
+
+/// Runs `request` on this shard. `engine` is the node's engine handle, for collection changes
+/// only (`None` once the node is shutting down).
+pub async fn execute(
+    request: Request,
+    shard: &LocalShard,
+    engine: Option<Engine>,
+    topology: &Arc<TopologyResponse>,
+) -> Answer {
+    match request {
+        Request::Topology => Answer::Topology(topology.clone()),
+        Request::Get {
+            partition,
+            collection,
+            key,
+        } => {
+            let Some(partition) = shard.partition(partition) else {
+                return Answer::Error(not_on_shard(partition));
+            };
+            match partition.get(&collection, &key).await {
+                Ok(Some(found)) => Answer::Found {
+                    value: found.value,
+                    revision: found.revision,
+                    hlc: found.hlc,
+                },
+                Ok(None) => Answer::NotFound,
+                Err(error) => Answer::Error(map_engine_error(error, false)),
+            }
+        }
+        Request::Write {
+            id,
+            partition,
+            write,
+        } => apply_write(shard, id, partition, write)
+            .await
+            .unwrap_or_else(|error| Answer::Error(map_engine_error(error, true))),
+        Request::Collection { id, name, create } => {
+            // A collection change is a write too; its id travels with it like any other.
+            let WriteId(_client_request_id) = id;
+            let Some(engine) = engine else {
+                return Answer::Error(ErrorResponse::ShuttingDown);
+            };
+            let changed = if create {
+                engine.create_collection(&name).await
+            } else {
+                engine.drop_collection(&name).await
+            };
+            match changed {
+                // Applied in every partition, each at its own LSN: no one revision names it.
+                Ok(()) => Answer::Write(WriteResponse {
+                    revision: Lsn(0),
+                    hlc: 0,
+                }),
+                Err(error) => Answer::Error(map_engine_error(error, true)),
+            }
+        }
+    }
+}
+
+/// The one path of every keyed write: where its [`WriteId`] meets the partition.
+///
+/// The engine's write calls return the record's LSN but not its HLC timestamp, so write
+/// answers carry `hlc: 0` ("not reported"); reads report the HLC of the write they return.
+async fn apply_write(
+    shard: &LocalShard,
+    id: WriteId,
+    partition_id: u32,
+    write: Write,
+) -> Result<Answer, EngineError> {
+    let WriteId(_client_request_id) = id;
+    let Some(partition) = shard.partition(partition_id) else {
+        return Ok(Answer::Error(not_on_shard(partition_id)));
+    };
+    let written = |lsn: u64| {
+        Answer::Write(WriteResponse {
+            revision: Lsn(lsn),
+            hlc: 0,
+        })
+    };
+    Ok(match write {
+        Write::Put {
+            collection,
+            key,
+            value,
+        } => written(partition.put(&collection, key, value).await?),
+        Write::CompareAndSet {
+            collection,
+            key,
+            expected_revision,
+            value,
+        } => match partition
+            .compare_and_set(&collection, key, expected_revision, value)
+            .await?
+        {
+            Ok(lsn) => written(lsn),
+            Err(mismatch) => Answer::Error(ErrorResponse::CasMismatch {
+                current_revision: Lsn(mismatch.current_revision),
+            }),
+        },
+        Write::Batch(writes) => written(partition.batch(&writes).await?),
+        Write::Delete { collection, key } => {
+            // `Partition::delete` returns the revision removed but not the delete's own; a
+            // compare-and-set to absent on the revision read gives both.
+            for _ in 0..DELETE_ATTEMPTS_MAX {
+                let Some(current) = partition.get(&collection, &key).await? else {
+                    return Ok(Answer::Delete(DeleteResponse::Absent));
+                };
+                match partition
+                    .compare_and_set(&collection, key.clone(), current.revision, None)
+                    .await?
+                {
+                    Ok(lsn) => {
+                        return Ok(Answer::Delete(DeleteResponse::Deleted {
+                            previous_revision: Lsn(current.revision),
+                            revision: Lsn(lsn),
+                            hlc: 0,
+                        }))
+                    }
+                    // Written meanwhile: delete what is there now.
+                    Err(_) => continue,
+                }
+            }
+            Answer::Error(ErrorResponse::unavailable(format!(
+                "the key changed {DELETE_ATTEMPTS_MAX} times while being deleted; nothing was \
+                 deleted, retry"
+            )))
+        }
+    })
+}
+
+/// A partition routed here is not among the shard's: the routing and the engine disagree.
+fn not_on_shard(partition: u32) -> ErrorResponse {
+    ErrorResponse::unavailable(format!("partition {partition} is not open on this shard"))
+}
+
+/// The wire's answer for an engine error. `write`: the request was a write, for which a
+/// poisoned shard leaves the outcome open (a write in flight when the WAL failed may or may
+/// not be on disk).
+pub fn map_engine_error(error: EngineError, write: bool) -> ErrorResponse {
+    match error {
+        EngineError::InvalidRequest(reason) => ErrorResponse::invalid_request(reason),
+        EngineError::NoSuchCollection(name) => ErrorResponse::CollectionNotFound { name },
+        EngineError::CollectionExists(name) => ErrorResponse::CollectionExists { name },
+        EngineError::ShuttingDown => ErrorResponse::ShuttingDown,
+        error @ EngineError::Poisoned { .. } if write => ErrorResponse::unknown(format!(
+            "{error}; the write may or may not have been applied"
+        )),
+        other => ErrorResponse::unavailable(other.to_string()),
+    }
+}
+
+/// Appends `answer` as the frame answering `request_id`. An answer that cannot be encoded
+/// (which the limits make impossible, but is never assumed) is replaced by an error saying so.
+pub fn encode_answer(
+    out: &mut Vec<u8>,
+    meta: FrameMeta,
+    answer: &Answer,
+) -> Result<(), EncodeError> {
+    let encoded = match answer {
+        Answer::Hello(reply) => encode(out, meta, reply),
+        Answer::Write(write) => encode(out, meta, write),
+        Answer::Found {
+            value,
+            revision,
+            hlc,
+        } => encode(
+            out,
+            meta,
+            &GetResponse::Found {
+                value: value.to_vec(),
+                revision: Lsn(*revision),
+                hlc: *hlc,
+            },
+        ),
+        Answer::NotFound => encode(out, meta, &GetResponse::NotFound),
+        Answer::Delete(delete) => encode(out, meta, delete),
+        Answer::Topology(topology) => encode(out, meta, topology.as_ref()),
+        Answer::Error(error) => encode(out, meta, error),
+    };
+    match encoded {
+        Ok(_) => Ok(()),
+        Err(error) => encode(
+            out,
+            meta,
+            &ErrorResponse::unavailable(format!("the answer could not be encoded: {error}")),
+        )
+        .map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coregrid_net::message::{
+        BatchOperation, BatchRequest, GetRequest, ReadConsistency, WriteConsistency,
+    };
+    use coregrid_net::rkyv::util::AlignedVec;
+    use coregrid_net::{decode, parse_frame, ChannelKind, ClientId};
+
+    fn routing(shard: usize) -> Routing {
+        Routing {
+            shard,
+            shard_count: 2,
+            partition_count: 8,
+            ports: vec![7400, 7401],
+        }
+    }
+
+    /// Encodes `message` and parses it back as the server would (aligned buffer, decode).
+    fn parsed<M: coregrid_net::Message>(
+        message: &M,
+        routing: &Routing,
+    ) -> Result<Request, ErrorResponse> {
+        let mut out = Vec::new();
+        encode(&mut out, FrameMeta::default(), message).unwrap();
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&out);
+        let (frame, _) = parse_frame(&aligned, ChannelKind::Client).unwrap().unwrap();
+        parse_request(decode(&frame).unwrap(), routing)
+    }
+
+    /// A key whose partition (of 8) lives on `shard` (of 2).
+    fn key_on(shard: usize) -> Vec<u8> {
+        (0u32..)
+            .map(|n| n.to_le_bytes().to_vec())
+            .find(|key| partition_for_key(key, 8) as usize % 2 == shard)
+            .unwrap()
+    }
+
+    #[test]
+    fn engine_errors_map_to_the_wire_answers() {
+        let map = map_engine_error;
+        assert_eq!(
+            map(EngineError::NoSuchCollection("c".into()), true),
+            ErrorResponse::CollectionNotFound { name: "c".into() }
+        );
+        assert_eq!(
+            map(EngineError::CollectionExists("c".into()), true),
+            ErrorResponse::CollectionExists { name: "c".into() }
+        );
+        assert_eq!(
+            map(EngineError::ShuttingDown, false),
+            ErrorResponse::ShuttingDown
+        );
+        assert!(matches!(
+            map(EngineError::InvalidRequest("bad".into()), true),
+            ErrorResponse::InvalidRequest { reason } if reason.contains("bad")
+        ));
+        let poisoned = || EngineError::Poisoned {
+            shard: 1,
+            reason: "fdatasync failed".into(),
+        };
+        assert!(matches!(
+            map(poisoned(), true),
+            ErrorResponse::Unknown { .. }
+        ));
+        assert!(matches!(
+            map(poisoned(), false),
+            ErrorResponse::Unavailable { .. }
+        ));
+        assert!(matches!(
+            map(EngineError::Config("x".repeat(5000)), false),
+            ErrorResponse::Unavailable { reason } if reason.len() <= coregrid_net::constants::REASON_BYTES_MAX
+        ));
+    }
+
+    #[test]
+    fn keys_of_another_shard_are_redirected_with_its_port() {
+        let get = |key: Vec<u8>| GetRequest {
+            consistency: ReadConsistency::Leader,
+            collection: "c".into(),
+            key,
+        };
+        let here = key_on(0);
+        assert!(matches!(
+            parsed(&get(here.clone()), &routing(0)),
+            Ok(Request::Get { partition, .. }) if partition == partition_for_key(&here, 8)
+        ));
+        let there = key_on(1);
+        let partition = partition_for_key(&there, 8);
+        assert_eq!(
+            parsed(&get(there), &routing(0)),
+            Err(ErrorResponse::WrongShard {
+                partition: PartitionId(partition),
+                shard: Some(ShardId(1)),
+                port: Some(7401),
+            })
+        );
+    }
+
+    #[test]
+    fn a_batch_across_partitions_is_refused() {
+        let key_a = key_on(0);
+        let partition_a = partition_for_key(&key_a, 8);
+        let key_b = (0u32..)
+            .map(|n| n.to_be_bytes().to_vec())
+            .find(|key| partition_for_key(key, 8) != partition_a)
+            .unwrap();
+        let batch = |keys: Vec<Vec<u8>>| BatchRequest {
+            id: ClientRequestId {
+                client: ClientId(1),
+                sequence: 1,
+            },
+            consistency: WriteConsistency::One,
+            operations: keys
+                .into_iter()
+                .map(|key| BatchOperation::Delete {
+                    collection: "c".into(),
+                    key,
+                })
+                .collect(),
+        };
+        assert!(matches!(
+            parsed(&batch(vec![key_a.clone(), key_b]), &routing(0)),
+            Err(ErrorResponse::InvalidRequest { reason }) if reason.contains("one partition")
+        ));
+        assert!(matches!(
+            parsed(&batch(vec![key_a.clone(), key_a]), &routing(0)),
+            Ok(Request::Write { write: Write::Batch(writes), .. }) if writes.len() == 2
+        ));
+    }
+
+    #[test]
+    fn answers_a_response_kind_sent_as_a_request_with_an_error() {
+        let answer = parsed(
+            &WriteResponse {
+                revision: Lsn(1),
+                hlc: 0,
+            },
+            &routing(0),
+        );
+        assert!(matches!(answer, Err(ErrorResponse::InvalidRequest { .. })));
+    }
+}

@@ -1,0 +1,637 @@
+//! One data shard's server: its listener, its connections, and its part of a shutdown. All of
+//! it runs on the shard's own executor (started from `Engine::run_on_shard`), next to the
+//! shard's partitions, and calls them directly.
+//!
+//! **A connection** is two tasks. The reader reads into the connection's frame decoder, takes
+//! the handshake (within the handshake timeout), then admits each request: routes and copies
+//! it ([`handler::parse_request`]) and spawns a task that executes it. The writer takes the
+//! answers in the order they are ready, encodes them under their request ids, and writes them
+//! in batches. Memory is bounded per connection: the decoder holds at most one frame; at most
+//! `requests_in_flight_per_connection` requests are admitted and not yet answered on the
+//! socket, and at most [`REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX`] bytes of them are
+//! waiting for the engine; the writer encodes at most [`WRITE_BATCH_BYTES`] plus one answer at
+//! a time. At a limit the reader stops reading, so the peer's TCP window fills: backpressure,
+//! not buffering.
+//!
+//! **Errors.** A request the decoder accepts but that is not valid gets an error answer for
+//! its request id and the connection goes on. A broken stream (bad magic, crc, unknown kind,
+//! oversized or truncated frame) gets one error frame saying why (request id 0), the answers
+//! to requests already admitted, and then the connection is closed. Nothing of it reaches a
+//! partition.
+
+use super::constants::{
+    ACCEPT_ERROR_PAUSE_MS, CLOSE_TIMEOUT_MS, DRAIN_POLL_MS, REFUSALS_IN_PROGRESS_MAX,
+    REFUSAL_WRITE_TIMEOUT_MS, REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
+};
+use super::handler::{self, Answer, Routing};
+use coregrid_engine::rt::{self, Doorbell};
+use coregrid_engine::{Engine, LocalShard};
+use coregrid_net::constants::FRAME_HEADER_BYTES;
+use coregrid_net::message::{
+    answer_hello, ErrorResponse, Hello, HelloReply, LocalIdentity, Refusal, TopologyResponse,
+};
+use coregrid_net::transport::{
+    Connection, ConnectionReader, ConnectionWriter, Listener, ReadOutcome, TransportError,
+};
+use coregrid_net::{access, decode, ChannelKind, Epoch, FrameError, FrameMeta, RequestId};
+use futures::future::{select, Either};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What every shard's server is told at start (`Send`: built on the main thread).
+#[derive(Clone, Debug)]
+pub struct ShardSettings {
+    /// Who this node is, for the handshake (the shard field is set per shard).
+    pub identity: LocalIdentity,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Port of shard 0 (0: any free port for each shard).
+    pub base_port: u16,
+    /// Connection cap per shard.
+    pub connections_max: usize,
+    /// Requests in flight per connection.
+    pub requests_in_flight_max: usize,
+    /// Handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Write progress timeout.
+    pub write_timeout: Duration,
+    /// Drain timeout.
+    pub drain_timeout: Duration,
+}
+
+/// Messages from the main thread to a shard's server.
+pub enum Control {
+    /// Every shard is bound: start accepting, with the node's topology.
+    Start(Arc<TopologyResponse>),
+    /// Stop accepting, drain, release the engine handle, then report.
+    Stop(flume::Sender<DrainReport>),
+}
+
+/// How a shard's drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainReport {
+    /// The shard.
+    pub shard: usize,
+    /// Requests still unanswered when the drain timeout passed (0: a clean drain).
+    pub requests_unanswered: usize,
+    /// Connections still open then.
+    pub connections_open: usize,
+}
+
+/// Binds shard `local`'s listener and spawns its control task; returns the bound address. Runs
+/// on the shard (inside `Engine::run_on_shard`).
+pub fn start_shard(
+    local: LocalShard,
+    engine: Engine,
+    settings: ShardSettings,
+    control: flume::Receiver<Control>,
+) -> Result<SocketAddr, String> {
+    let shard = local.shard();
+    let port = if settings.base_port == 0 {
+        0
+    } else {
+        u16::try_from(usize::from(settings.base_port) + shard)
+            .map_err(|_| format!("shard {shard}: port past 65535"))?
+    };
+    let address = SocketAddr::new(settings.listen.ip(), port);
+    let listener = Listener::bind(address)
+        .map_err(|error| format!("shard {shard}: cannot listen on {address}: {error}"))?;
+    let bound = listener.local_addr();
+    rt::spawn_detached(control_loop(local, engine, settings, listener, control));
+    Ok(bound)
+}
+
+/// The shard's server state, shared by its tasks.
+struct ShardServer {
+    local: LocalShard,
+    identity: LocalIdentity,
+    settings: ShardSettings,
+    routing: Routing,
+    topology: Arc<TopologyResponse>,
+    /// The node's engine, for collection changes; taken out when the drain ends, so that the
+    /// main thread holds the last handle and its drop shuts the engine down.
+    engine: RefCell<Option<Engine>>,
+    stopping: Cell<bool>,
+    /// Open connections: each one's reader doorbell, rung at shutdown.
+    connections: RefCell<HashMap<u64, Doorbell>>,
+    next_connection: Cell<u64>,
+    refusals: Cell<usize>,
+    /// Requests admitted on any connection and not yet answered on the socket.
+    requests_in_flight: Cell<usize>,
+}
+
+async fn control_loop(
+    local: LocalShard,
+    engine: Engine,
+    settings: ShardSettings,
+    listener: Listener,
+    control: flume::Receiver<Control>,
+) {
+    let shard = local.shard();
+    let topology = match control.recv_async().await {
+        Ok(Control::Start(topology)) => topology,
+        Ok(Control::Stop(reply)) => {
+            let _gone = reply.send(DrainReport {
+                shard,
+                requests_unanswered: 0,
+                connections_open: 0,
+            });
+            return;
+        }
+        Err(_) => return,
+    };
+    let ports = topology.shards.iter().map(|shard| shard.port).collect();
+    let server = Rc::new(ShardServer {
+        identity: LocalIdentity {
+            shard: coregrid_net::ShardId(u16::try_from(shard).unwrap_or(u16::MAX)),
+            ..settings.identity
+        },
+        routing: Routing {
+            shard,
+            shard_count: local.shard_count(),
+            partition_count: local.partition_count(),
+            ports,
+        },
+        local,
+        settings,
+        topology,
+        engine: RefCell::new(Some(engine)),
+        stopping: Cell::new(false),
+        connections: RefCell::new(HashMap::new()),
+        next_connection: Cell::new(0),
+        refusals: Cell::new(0),
+        requests_in_flight: Cell::new(0),
+    });
+    let stop_accepting = Doorbell::default();
+    let accepting = rt::spawn_local(accept_loop(
+        server.clone(),
+        listener,
+        stop_accepting.clone(),
+    ));
+    // Until told to stop (or the main thread is gone, which also means stop).
+    let reply = match control.recv_async().await {
+        Ok(Control::Stop(reply)) => Some(reply),
+        Ok(Control::Start(_)) | Err(_) => None,
+    };
+    server.stopping.set(true);
+    stop_accepting.ring();
+    accepting.await;
+    for bell in server.connections.borrow().values() {
+        bell.ring();
+    }
+    let deadline = Instant::now() + server.settings.drain_timeout;
+    while (server.requests_in_flight.get() > 0 || !server.connections.borrow().is_empty())
+        && Instant::now() < deadline
+    {
+        rt::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+    }
+    drop(server.engine.borrow_mut().take());
+    let report = DrainReport {
+        shard,
+        requests_unanswered: server.requests_in_flight.get(),
+        connections_open: server.connections.borrow().len(),
+    };
+    tracing::info!(
+        shard,
+        requests_unanswered = report.requests_unanswered,
+        connections_open = report.connections_open,
+        "shard drained"
+    );
+    if let Some(reply) = reply {
+        let _gone = reply.send(report);
+    }
+}
+
+async fn accept_loop(server: Rc<ShardServer>, listener: Listener, stop: Doorbell) {
+    let shard = server.routing.shard;
+    tracing::info!(shard, address = %listener.local_addr(), "accepting connections");
+    loop {
+        let accepted = {
+            let accept = pin!(listener.accept());
+            let stopped = pin!(stop.wait());
+            match select(accept, stopped).await {
+                Either::Left((accepted, _)) => accepted,
+                Either::Right(_) => break,
+            }
+        };
+        let connection = match accepted {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(shard, %error, "accept failed");
+                rt::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+                continue;
+            }
+        };
+        let open = server.connections.borrow().len();
+        if open >= server.settings.connections_max {
+            tracing::warn!(
+                shard,
+                peer = %connection.peer_addr(),
+                limit = server.settings.connections_max,
+                "connection refused: the shard's connection limit is reached"
+            );
+            refuse(
+                &server,
+                connection,
+                Refusal::ChannelRefused {
+                    channel: ChannelKind::Client,
+                    reason: format!(
+                        "shard {shard} serves {} connections, its limit; retry later",
+                        server.settings.connections_max
+                    ),
+                },
+            );
+            continue;
+        }
+        rt::spawn_detached(serve_connection(server.clone(), connection));
+    }
+    tracing::info!(shard, "stopped accepting connections");
+}
+
+/// Sends `refusal` in place of a handshake answer and closes, in a small task; past
+/// [`REFUSALS_IN_PROGRESS_MAX`] of them the connection is closed without one.
+fn refuse(server: &Rc<ShardServer>, connection: Connection, refusal: Refusal) {
+    if server.refusals.get() >= REFUSALS_IN_PROGRESS_MAX {
+        return;
+    }
+    server.refusals.set(server.refusals.get() + 1);
+    let server = server.clone();
+    rt::spawn_detached(async move {
+        let (_reader, mut writer) = connection.split(ChannelKind::Handshake);
+        let mut out = Vec::new();
+        let answer = Answer::Hello(HelloReply::Refused(refusal));
+        if handler::encode_answer(&mut out, FrameMeta::default(), &answer).is_ok() {
+            let timeout = Duration::from_millis(REFUSAL_WRITE_TIMEOUT_MS);
+            if writer.write_all(&out, timeout).await.is_ok() {
+                let _closing = writer.close(timeout).await;
+            }
+        }
+        server.refusals.set(server.refusals.get() - 1);
+    });
+}
+
+/// One connection's shared state.
+struct ConnectionState {
+    /// Rung when the reader may go on: room freed, the writer failed, the shard stops.
+    reader_bell: Doorbell,
+    /// Rung when there is something for the writer.
+    writer_bell: Doorbell,
+    /// Answers ready, with the request ids they answer; never more than the requests in
+    /// flight plus the handshake answer and one closing error.
+    answers: RefCell<VecDeque<Outgoing>>,
+    /// Admitted requests whose answers are not yet written.
+    requests_in_flight: Cell<usize>,
+    /// Bytes of admitted request frames whose execution has not ended.
+    request_bytes_in_flight: Cell<usize>,
+    /// The reader has ended: the writer closes once the in-flight answers are out.
+    reader_done: Cell<bool>,
+    /// The writer failed (peer gone, write timeout): the reader stops too.
+    writer_failed: Cell<bool>,
+}
+
+struct Outgoing {
+    request_id: RequestId,
+    answer: Answer,
+    /// Whether it answers an admitted request (counted in flight).
+    counted: bool,
+}
+
+impl ConnectionState {
+    fn push(&self, request_id: RequestId, answer: Answer, counted: bool) {
+        self.answers.borrow_mut().push_back(Outgoing {
+            request_id,
+            answer,
+            counted,
+        });
+        self.writer_bell.ring();
+    }
+}
+
+/// Why a connection's reader ended, for the log.
+#[derive(Debug)]
+enum Ending {
+    PeerClosed,
+    Idle,
+    ShuttingDown,
+    WriterFailed,
+    Refused(Refusal),
+    Broken(FrameError),
+    Socket(TransportError),
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::PeerClosed => formatter.write_str("the peer closed it"),
+            Ending::Idle => formatter.write_str("idle timeout"),
+            Ending::ShuttingDown => formatter.write_str("the node is shutting down"),
+            Ending::WriterFailed => formatter.write_str("writing to the peer failed"),
+            Ending::Refused(refusal) => write!(formatter, "handshake refused: {refusal}"),
+            Ending::Broken(error) => write!(formatter, "bad frame: {error}"),
+            Ending::Socket(error) => write!(formatter, "{error}"),
+        }
+    }
+}
+
+async fn serve_connection(server: Rc<ShardServer>, connection: Connection) {
+    let shard = server.routing.shard;
+    let peer = connection.peer_addr();
+    let id = server.next_connection.get();
+    server.next_connection.set(id + 1);
+    let state = Rc::new(ConnectionState {
+        reader_bell: Doorbell::default(),
+        writer_bell: Doorbell::default(),
+        answers: RefCell::new(VecDeque::new()),
+        requests_in_flight: Cell::new(0),
+        request_bytes_in_flight: Cell::new(0),
+        reader_done: Cell::new(false),
+        writer_failed: Cell::new(false),
+    });
+    server
+        .connections
+        .borrow_mut()
+        .insert(id, state.reader_bell.clone());
+    tracing::debug!(shard, %peer, "connection opened");
+    let (mut reader, writer) = connection.split(ChannelKind::Handshake);
+    let writing = rt::spawn_local(write_answers(server.clone(), state.clone(), writer));
+    let ending = match handshake(&server, &state, &mut reader).await {
+        Ok(()) => read_requests(&server, &state, &mut reader).await,
+        Err(ending) => ending,
+    };
+    state.reader_done.set(true);
+    state.writer_bell.ring();
+    writing.await;
+    server.connections.borrow_mut().remove(&id);
+    match &ending {
+        Ending::PeerClosed | Ending::ShuttingDown => {
+            tracing::debug!(shard, %peer, %ending, "connection closed")
+        }
+        _ => tracing::info!(shard, %peer, %ending, "connection closed"),
+    }
+}
+
+/// Reads the `Hello` within the handshake timeout and answers it. On a refusal the answer is
+/// queued for the writer and the connection ends.
+async fn handshake(
+    server: &ShardServer,
+    state: &ConnectionState,
+    reader: &mut ConnectionReader,
+) -> Result<(), Ending> {
+    let deadline = Instant::now() + server.settings.handshake_timeout;
+    let refuse = |refusal: Refusal, request_id| {
+        state.push(
+            request_id,
+            Answer::Hello(HelloReply::Refused(refusal.clone())),
+            false,
+        );
+        Err(Ending::Refused(refusal))
+    };
+    let bad_frame = |reason: String| Refusal::ChannelRefused {
+        channel: ChannelKind::Handshake,
+        reason: coregrid_net::message::truncate_reason(reason),
+    };
+    loop {
+        match reader.decoder().next_frame() {
+            Ok(Some(frame)) => {
+                let request_id = frame.request_id();
+                let reply = match access::<Hello>(&frame) {
+                    Ok(hello) if server.stopping.get() => {
+                        let _ = hello;
+                        HelloReply::Refused(Refusal::ShuttingDown)
+                    }
+                    Ok(hello) => answer_hello(hello, &server.identity),
+                    Err(error) => {
+                        return refuse(bad_frame(format!("bad hello: {error}")), request_id)
+                    }
+                };
+                return match reply {
+                    HelloReply::Accepted(accepted) => {
+                        reader.decoder().set_channel(ChannelKind::Client);
+                        state.push(
+                            request_id,
+                            Answer::Hello(HelloReply::Accepted(accepted)),
+                            false,
+                        );
+                        Ok(())
+                    }
+                    HelloReply::Refused(refusal) => refuse(refusal, request_id),
+                };
+            }
+            Ok(None) => {}
+            Err(error) => {
+                return refuse(
+                    bad_frame(format!("bad handshake frame: {error}")),
+                    RequestId(0),
+                )
+            }
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return refuse(
+                bad_frame(format!(
+                    "no hello within the handshake timeout of {:?}",
+                    server.settings.handshake_timeout
+                )),
+                RequestId(0),
+            );
+        }
+        let read = {
+            let read = pin!(reader.read(remaining));
+            let stopped = pin!(state.reader_bell.wait());
+            match select(read, stopped).await {
+                Either::Left((read, _)) => read,
+                Either::Right(_) => {
+                    if server.stopping.get() {
+                        return refuse(Refusal::ShuttingDown, RequestId(0));
+                    }
+                    continue;
+                }
+            }
+        };
+        match read {
+            Ok(ReadOutcome::Received(_)) => {}
+            Ok(ReadOutcome::Closed) => return Err(Ending::PeerClosed),
+            Err(TransportError::TimedOut(_)) => {} // the deadline check above refuses
+            Err(TransportError::Frame(error)) => {
+                return refuse(
+                    bad_frame(format!("bad handshake frame: {error}")),
+                    RequestId(0),
+                )
+            }
+            Err(error) => return Err(Ending::Socket(error)),
+        }
+    }
+}
+
+/// Admits requests until the peer closes, the stream breaks, the connection idles out, or the
+/// shard stops.
+async fn read_requests(
+    server: &Rc<ShardServer>,
+    state: &Rc<ConnectionState>,
+    reader: &mut ConnectionReader,
+) -> Ending {
+    let in_flight_max = server.settings.requests_in_flight_max;
+    loop {
+        // Admit every whole frame buffered, while there is room.
+        loop {
+            if server.stopping.get() {
+                return Ending::ShuttingDown;
+            }
+            if state.writer_failed.get() {
+                return Ending::WriterFailed;
+            }
+            if state.requests_in_flight.get() >= in_flight_max
+                || state.request_bytes_in_flight.get() >= REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX
+            {
+                state.reader_bell.wait().await;
+                continue;
+            }
+            match reader.decoder().next_frame() {
+                Ok(Some(frame)) => {
+                    let request_id = frame.request_id();
+                    let cost = FRAME_HEADER_BYTES + frame.body().len();
+                    let parsed = decode(&frame)
+                        .map_err(|error| ErrorResponse::from_decode_error(&error))
+                        .and_then(|message| handler::parse_request(message, &server.routing));
+                    admit(server, state, request_id, cost, parsed);
+                }
+                Ok(None) => break,
+                Err(error) => return broken(state, error),
+            }
+        }
+        let read = {
+            let read = pin!(reader.read(server.settings.idle_timeout));
+            let woken = pin!(state.reader_bell.wait());
+            match select(read, woken).await {
+                Either::Left((read, _)) => read,
+                Either::Right(_) => continue,
+            }
+        };
+        match read {
+            Ok(ReadOutcome::Received(_)) => {}
+            Ok(ReadOutcome::Closed) => {
+                return match reader.decoder().finish() {
+                    Ok(()) => Ending::PeerClosed,
+                    Err(error) => broken(state, error),
+                }
+            }
+            Err(TransportError::TimedOut(_)) if state.requests_in_flight.get() > 0 => {}
+            Err(TransportError::TimedOut(_)) => return Ending::Idle,
+            Err(TransportError::Frame(error)) => return broken(state, error),
+            Err(error) => return Ending::Socket(error),
+        }
+    }
+}
+
+/// The stream broke: one error frame saying why, then the connection closes.
+fn broken(state: &ConnectionState, error: FrameError) -> Ending {
+    state.push(
+        RequestId(0),
+        Answer::Error(ErrorResponse::invalid_request(format!(
+            "closing the connection: {error}"
+        ))),
+        false,
+    );
+    Ending::Broken(error)
+}
+
+/// Counts a request in flight and answers it: at once if it was refused, else from a task that
+/// executes it.
+fn admit(
+    server: &Rc<ShardServer>,
+    state: &Rc<ConnectionState>,
+    request_id: RequestId,
+    cost: usize,
+    parsed: Result<handler::Request, ErrorResponse>,
+) {
+    state
+        .requests_in_flight
+        .set(state.requests_in_flight.get() + 1);
+    server
+        .requests_in_flight
+        .set(server.requests_in_flight.get() + 1);
+    let request = match parsed {
+        Ok(request) => request,
+        Err(error) => {
+            state.push(request_id, Answer::Error(error), true);
+            return;
+        }
+    };
+    state
+        .request_bytes_in_flight
+        .set(state.request_bytes_in_flight.get() + cost);
+    let (server, state) = (server.clone(), state.clone());
+    rt::spawn_detached(async move {
+        let engine = server.engine.borrow().clone();
+        let answer = handler::execute(request, &server.local, engine, &server.topology).await;
+        state
+            .request_bytes_in_flight
+            .set(state.request_bytes_in_flight.get() - cost);
+        state.push(request_id, answer, true);
+        state.reader_bell.ring();
+    });
+}
+
+/// The connection's writer: encodes ready answers in batches and writes them; closes once the
+/// reader has ended and every admitted request is answered.
+async fn write_answers(
+    server: Rc<ShardServer>,
+    state: Rc<ConnectionState>,
+    mut writer: ConnectionWriter,
+) {
+    let mut out = Vec::with_capacity(WRITE_BATCH_BYTES);
+    let settle = |counted: usize| {
+        state
+            .requests_in_flight
+            .set(state.requests_in_flight.get() - counted);
+        server
+            .requests_in_flight
+            .set(server.requests_in_flight.get() - counted);
+        state.reader_bell.ring();
+    };
+    loop {
+        let mut counted = 0;
+        while out.len() < WRITE_BATCH_BYTES {
+            let Some(outgoing) = state.answers.borrow_mut().pop_front() else {
+                break;
+            };
+            counted += usize::from(outgoing.counted);
+            let meta = FrameMeta {
+                request_id: outgoing.request_id,
+                epoch: Epoch(0),
+            };
+            if let Err(error) = handler::encode_answer(&mut out, meta, &outgoing.answer) {
+                tracing::error!(%error, "an answer could not be encoded; closing the connection");
+                state.writer_failed.set(true);
+            }
+        }
+        if out.is_empty() {
+            if state.reader_done.get() && state.requests_in_flight.get() == 0 {
+                break;
+            }
+            state.writer_bell.wait().await;
+            continue;
+        }
+        if !state.writer_failed.get() {
+            if let Err(error) = writer.write_all(&out, server.settings.write_timeout).await {
+                tracing::debug!(%error, "write failed; closing the connection");
+                state.writer_failed.set(true);
+            }
+        }
+        out.clear();
+        if out.capacity() > 2 * WRITE_BATCH_BYTES {
+            out = Vec::with_capacity(WRITE_BATCH_BYTES);
+        }
+        settle(counted);
+    }
+    if !state.writer_failed.get() {
+        let _closing = writer.close(Duration::from_millis(CLOSE_TIMEOUT_MS)).await;
+    }
+}

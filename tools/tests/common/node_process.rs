@@ -1,0 +1,112 @@
+//! A `coregrid node` process for integration tests: started on a data directory with free
+//! ports (`--base-port 0`), its listening addresses read from its stdout, SIGKILLed and reaped
+//! if the test drops it. Shared by the `node_*` tests; each test file includes it with
+//! `#[path = "common/node_process.rs"] mod node_process;`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a node may take to open its engine and bind (normally well under a second); only a
+/// bound for a hung start.
+pub const START_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// How long a node may take to exit after SIGTERM (its drain timeout is shorter).
+pub const EXIT_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// A running node.
+pub struct NodeProcess {
+    child: Option<Child>,
+    /// Each shard's address, by shard.
+    pub addresses: Vec<SocketAddr>,
+    /// The node id it printed.
+    pub node_id: u64,
+}
+
+impl NodeProcess {
+    /// Starts `coregrid node` over `data_dir` with `shards` shards, free ports, and `extra`
+    /// flags; waits until it prints `ready`.
+    pub fn start(data_dir: &Path, shards: usize, extra: &[&str]) -> NodeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_coregrid"))
+            .arg("node")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--base-port", "0", "--shards", &shards.to_string()])
+            .args(["--partitions", "8", "--pin-shards", "false"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start coregrid node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut node = NodeProcess {
+            child: Some(child),
+            addresses: Vec::new(),
+            node_id: 0,
+        };
+        let deadline = Instant::now() + START_WAIT_MAX;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = receiver.recv_timeout(remaining).unwrap_or_else(|_| {
+                panic!("the node did not print ready within {START_WAIT_MAX:?}")
+            });
+            if let Some(rest) = line.strip_prefix("listening ") {
+                let address = rest
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("addr="))
+                    .expect("listening line names an address");
+                node.addresses
+                    .push(address.parse().expect("a socket address"));
+            } else if let Some(id) = line.strip_prefix("ready node=") {
+                node.node_id = id.trim().parse().expect("a node id");
+                break;
+            }
+        }
+        assert_eq!(node.addresses.len(), shards, "one listening line per shard");
+        node
+    }
+
+    /// Sends `signal` (SIGTERM, SIGKILL) and waits for the exit.
+    pub fn stop_with(mut self, signal: libc::c_int) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill on the pid of a child we have not reaped yet.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "send signal {signal}"
+        );
+        let deadline = Instant::now() + EXIT_WAIT_MAX;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not exit within {EXIT_WAIT_MAX:?} of signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
