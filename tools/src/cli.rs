@@ -27,7 +27,7 @@ use std::time::Duration;
 
 /// Port of shard 0 of a node by default: the node's own default (`coregrid node
 /// --base-port`), so the commands reach a node started without flags.
-pub const BASE_PORT_DEFAULT: u16 = 7400;
+pub use crate::node::constants::BASE_PORT_DEFAULT;
 
 /// Exit codes of the client commands. See the module docs.
 pub mod exit {
