@@ -44,9 +44,6 @@ pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 /// How often a draining shard checks whether its requests are done, in milliseconds.
 pub const DRAIN_POLL_MS: u64 = 10;
 
-/// Times a delete retries when the key changes between reading its revision and deleting it.
-pub const DELETE_ATTEMPTS_MAX: usize = 64;
-
 /// Default handshake timeout, in milliseconds: the whole handshake, not each read.
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 

@@ -12,10 +12,11 @@
 //! to each shard and waits for all: the one place a request crosses cores. Any shard may
 //! receive them.
 
-use super::constants::DELETE_ATTEMPTS_MAX;
 use bytes::Bytes;
 use coregrid_engine::engine::partition_for_key;
-use coregrid_engine::{BatchWrite, Engine, EngineError, LocalShard};
+use coregrid_engine::{
+    BatchWrite, Engine, EngineError, LocalShard, RequestId as EngineRequestId, WriteOutcome,
+};
 use coregrid_net::message::{
     ArchivedBatchOperation, DeleteResponse, ErrorResponse, GetResponse, HelloReply, MessageRef,
     TopologyResponse, WriteResponse,
@@ -58,7 +59,7 @@ impl Routing {
 }
 
 /// A write's identity for retries, carried from the frame to [`execute`]'s one write path
-/// ([`apply_write`]), where a retry will be recognised once the engine keeps applied ids.
+/// ([`apply_write`]), which hands it to the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteId(pub ClientRequestId);
 
@@ -322,24 +323,27 @@ pub async fn execute(
     }
 }
 
-/// The one path of every keyed write: where its [`WriteId`] meets the partition.
-///
-/// The engine's write calls return the record's LSN but not its HLC timestamp, so write
-/// answers carry `hlc: 0` ("not reported"); reads report the HLC of the write they return.
+/// The one path of every keyed write: where its [`WriteId`] meets the partition. The engine
+/// remembers the ids it applied, so a retry of an applied write is answered with the first
+/// attempt's outcome and applied nothing (`RequestTooOld` past the client's window).
 async fn apply_write(
     shard: &LocalShard,
     id: WriteId,
     partition_id: u32,
     write: Write,
 ) -> Result<Answer, EngineError> {
-    let WriteId(_client_request_id) = id;
+    let WriteId(client_request_id) = id;
+    let request = Some(EngineRequestId {
+        client: client_request_id.client.get(),
+        sequence: client_request_id.sequence,
+    });
     let Some(partition) = shard.partition(partition_id) else {
         return Ok(Answer::Error(not_on_shard(partition_id)));
     };
-    let written = |lsn: u64| {
+    let written = |outcome: WriteOutcome| {
         Answer::Write(WriteResponse {
-            revision: Lsn(lsn),
-            hlc: 0,
+            revision: Lsn(outcome.revision),
+            hlc: outcome.hlc,
         })
     };
     Ok(match write {
@@ -347,48 +351,33 @@ async fn apply_write(
             collection,
             key,
             value,
-        } => written(partition.put(&collection, key, value).await?),
+        } => written(partition.put_with(&collection, key, value, request).await?),
         Write::CompareAndSet {
             collection,
             key,
             expected_revision,
             value,
         } => match partition
-            .compare_and_set(&collection, key, expected_revision, value)
+            .compare_and_set_with(&collection, key, expected_revision, value, request)
             .await?
         {
-            Ok(lsn) => written(lsn),
+            Ok(outcome) => written(outcome),
             Err(mismatch) => Answer::Error(ErrorResponse::CasMismatch {
                 current_revision: Lsn(mismatch.current_revision),
             }),
         },
-        Write::Batch(writes) => written(partition.batch(&writes).await?),
+        Write::Batch(writes) => written(partition.batch_with(&writes, request).await?),
         Write::Delete { collection, key } => {
-            // `Partition::delete` returns the revision removed but not the delete's own; a
-            // compare-and-set to absent on the revision read gives both.
-            for _ in 0..DELETE_ATTEMPTS_MAX {
-                let Some(current) = partition.get(&collection, &key).await? else {
-                    return Ok(Answer::Delete(DeleteResponse::Absent));
-                };
-                match partition
-                    .compare_and_set(&collection, key.clone(), current.revision, None)
-                    .await?
-                {
-                    Ok(lsn) => {
-                        return Ok(Answer::Delete(DeleteResponse::Deleted {
-                            previous_revision: Lsn(current.revision),
-                            revision: Lsn(lsn),
-                            hlc: 0,
-                        }))
-                    }
-                    // Written meanwhile: delete what is there now.
-                    Err(_) => continue,
-                }
+            match partition.delete_with(&collection, &key, request).await? {
+                None => Answer::Delete(DeleteResponse::Absent),
+                // A retry of an applied delete: the engine keeps its outcome, not the prior
+                // revision, which is then reported as 0.
+                Some(outcome) => Answer::Delete(DeleteResponse::Deleted {
+                    previous_revision: Lsn(outcome.previous_revision.unwrap_or(0)),
+                    revision: Lsn(outcome.revision),
+                    hlc: outcome.hlc,
+                }),
             }
-            Answer::Error(ErrorResponse::unavailable(format!(
-                "the key changed {DELETE_ATTEMPTS_MAX} times while being deleted; nothing was \
-                 deleted, retry"
-            )))
         }
     })
 }
@@ -407,6 +396,7 @@ pub fn map_engine_error(error: EngineError, write: bool) -> ErrorResponse {
         EngineError::NoSuchCollection(name) => ErrorResponse::CollectionNotFound { name },
         EngineError::CollectionExists(name) => ErrorResponse::CollectionExists { name },
         EngineError::ShuttingDown => ErrorResponse::ShuttingDown,
+        error @ EngineError::RequestTooOld { .. } => ErrorResponse::unknown(error.to_string()),
         error @ EngineError::Poisoned { .. } if write => ErrorResponse::unknown(format!(
             "{error}; the write may or may not have been applied"
         )),

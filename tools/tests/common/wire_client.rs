@@ -25,6 +25,18 @@ pub fn default_cluster() -> ClusterId {
     ClusterId(id)
 }
 
+/// A client id no other connection of any test run has used: the node remembers applied
+/// (client, sequence) pairs across restarts, so a reused id would make new writes look like
+/// retries.
+fn fresh_client_id() -> ClientId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ClientId(nanos ^ (u64::from(std::process::id()) << 40) ^ (count << 20))
+}
+
 /// Any answer, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -66,7 +78,7 @@ impl WireClient {
             decoder: FrameDecoder::new(ChannelKind::Handshake),
             next_request: 1,
             next_sequence: 1,
-            client: ClientId(std::process::id().into()),
+            client: fresh_client_id(),
         }
     }
 
