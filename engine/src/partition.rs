@@ -27,8 +27,8 @@ use crate::wal::{self, RawChunk, Wal, WalPosition};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
 /// Identifies a partition.
 pub type PartitionId = u32;
@@ -179,7 +179,6 @@ pub struct PartitionStats {
     pub snapshots: u64,
 }
 
-type Waiter = oneshot::Sender<Result<(), String>>;
 
 /// A partition on its shard.
 pub struct Partition<S: Storage> {
@@ -190,7 +189,10 @@ pub struct Partition<S: Storage> {
     wal: RefCell<Wal<S>>,
     index: RefCell<Index>,
     /// Waiters by the LSN whose durability they wait for.
-    waiters: RefCell<BTreeMap<u64, Vec<Waiter>>>,
+    /// Tasks waiting for an LSN to be durable: `(lsn, waker)`, unordered. One entry and no
+    /// allocation per waiting write (a oneshot channel and a map entry each cost more than the
+    /// rest of a small put's wait).
+    waiters: RefCell<Vec<(u64, Waker)>>,
     /// Wakes the writer task.
     writer_bell: Doorbell,
     /// Bytes that may be staged or being flushed; first come, first served. Taken before a
@@ -278,7 +280,7 @@ impl<S: Storage> Partition<S> {
             shard,
             wal: RefCell::new(wal),
             index: RefCell::new(index),
-            waiters: RefCell::new(BTreeMap::new()),
+            waiters: RefCell::new(Vec::new()),
             writer_bell: Doorbell::default(),
             staging_budget: Budget::new(STAGED_BYTES_MAX),
             last_removal_lsn: Cell::new(last_removal_lsn),
@@ -371,44 +373,43 @@ impl<S: Storage> Partition<S> {
     }
 
     fn complete_waiters(&self, durable_lsn: u64) {
-        let mut waiters = self.waiters.borrow_mut();
-        let later = waiters.split_off(&(durable_lsn + 1));
-        let done = std::mem::replace(&mut *waiters, later);
-        drop(waiters);
-        for sender in done.into_values().flatten() {
-            let _gone = sender.send(Ok(()));
-        }
+        // Waking only schedules the tasks: none runs while the list is borrowed.
+        self.waiters.borrow_mut().retain(|(lsn, waker)| {
+            let done = *lsn <= durable_lsn;
+            if done {
+                waker.wake_by_ref();
+            }
+            !done
+        });
     }
 
+    /// Wakes every waiter: the shard is poisoned, which each of them reports.
     fn fail_waiters(&self) {
-        let reason = self.shard.poisoned().unwrap_or_default();
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for sender in waiters.into_values().flatten() {
-            let _gone = sender.send(Err(reason.clone()));
+        for (_, waker) in self.waiters.take() {
+            waker.wake();
         }
     }
 
     /// Waits until `lsn` is durable.
     pub async fn wait_durable(&self, lsn: u64) -> Result<()> {
-        if self.durable_lsn() >= lsn {
-            return Ok(());
-        }
-        self.shard.check()?;
-        let (sender, receiver) = oneshot::channel();
-        self.waiters
-            .borrow_mut()
-            .entry(lsn)
-            .or_default()
-            .push(sender);
-        self.writer_bell.ring();
-        match receiver.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(EngineError::Poisoned {
-                shard: self.shard.shard,
-                reason,
-            }),
-            Err(oneshot::Canceled) => Err(EngineError::ShuttingDown),
-        }
+        let mut registered = false;
+        std::future::poll_fn(|context| {
+            if self.durable_lsn() >= lsn {
+                return Poll::Ready(Ok(()));
+            }
+            self.shard.check()?;
+            if !registered {
+                // Woken by `complete_waiters` once a flush covers `lsn` (the entry is then
+                // gone), or by `fail_waiters`.
+                self.waiters
+                    .borrow_mut()
+                    .push((lsn, context.waker().clone()));
+                registered = true;
+                self.writer_bell.ring();
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Stages `operation` once `check` passes against the current state, then lets `apply`
