@@ -179,7 +179,6 @@ pub struct PartitionStats {
     pub snapshots: u64,
 }
 
-
 /// A partition on its shard.
 pub struct Partition<S: Storage> {
     id: PartitionId,
