@@ -3,6 +3,8 @@
 //! and drop collection, snapshots (explicit and automatic), clean restarts and crash restarts
 //! (power cut after every op was acknowledged, unsynced bytes lost) give the same answers as
 //! the model: every read, every revision, every error, and the full state after each restart.
+//! Puts carry client request ids, and retries of earlier puts (across snapshots, restarts and
+//! crashes) must be answered with the first revision and change nothing.
 //!
 //! Seeded: prints its seed; `COREGRID_SEED=<seed>` replays a run, `PROPTEST_CASES` sets the
 //! number of cases. proptest shrinks a failure to a minimal op sequence.
@@ -14,7 +16,7 @@ use common::open;
 use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::rt;
 use coregrid_engine::sim::{CrashMode, SimDisk};
-use coregrid_engine::{BatchWrite, CasMismatch, EngineError, Partition};
+use coregrid_engine::{BatchWrite, CasMismatch, EngineError, Partition, RequestId};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use std::collections::BTreeMap;
@@ -45,6 +47,8 @@ enum Op {
         delete: bool,
     },
     Batch(Vec<(usize, u8, bool)>),
+    /// Retry an earlier acknowledged put (picked by index) with its request id.
+    RetryPut(usize),
     Create(usize),
     Drop(usize),
     Snapshot,
@@ -63,6 +67,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (collection.clone(), key.clone(), prop::bool::weighted(0.7), prop::bool::weighted(0.3))
             .prop_map(|(collection, key, right_revision, delete)| Op::Cas { collection, key, right_revision, delete }),
         2 => prop::collection::vec((collection.clone(), key, prop::bool::weighted(0.3)), 1..5).prop_map(Op::Batch),
+        2 => any::<usize>().prop_map(Op::RetryPut),
         2 => collection.clone().prop_map(Op::Create),
         1 => collection.prop_map(Op::Drop),
         1 => Just(Op::Snapshot),
@@ -150,6 +155,8 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .map_err(|error| fail(error.to_string()))?;
     let mut model = Model::new();
     let mut last_lsn = 0u64;
+    // Acknowledged puts: (request id, collection, key, value, revision).
+    let mut acked_puts: Vec<(RequestId, &'static str, u8, Bytes, u64)> = Vec::new();
     for (step, op) in ops.into_iter().enumerate() {
         let what = format!("step {step} {op:?}");
         let value = |large: bool| {
@@ -175,13 +182,21 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
             } => {
                 let name = COLLECTIONS[collection];
                 let value = value(large);
-                let result = partition.put(name, key_bytes(key), value.clone()).await;
+                let request = RequestId {
+                    client: 1,
+                    sequence: step as u64,
+                };
+                let result = partition
+                    .put_with(name, key_bytes(key), value.clone(), Some(request))
+                    .await;
                 match model.get_mut(name) {
                     None => check(error_kind(&result), Some("NoSuchCollection"), &what)?,
                     Some(keys) => {
-                        let lsn = result.map_err(|error| fail(format!("{what}: {error}")))?;
-                        fresh_lsn(lsn)?;
-                        keys.insert(key_bytes(key), (value, lsn));
+                        let outcome = result.map_err(|error| fail(format!("{what}: {error}")))?;
+                        check(outcome.duplicate, false, &what)?;
+                        fresh_lsn(outcome.revision)?;
+                        keys.insert(key_bytes(key), (value.clone(), outcome.revision));
+                        acked_puts.push((request, name, key, value, outcome.revision));
                     }
                 }
             }
@@ -291,6 +306,24 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         }
                     }
                 }
+            }
+            Op::RetryPut(pick) => {
+                if acked_puts.is_empty() {
+                    continue;
+                }
+                let (request, name, key, value, revision) =
+                    acked_puts[pick % acked_puts.len()].clone();
+                let durable = partition.durable_lsn();
+                let outcome = partition
+                    .put_with(name, key_bytes(key), value, Some(request))
+                    .await
+                    .map_err(|error| fail(format!("{what}: {error}")))?;
+                check(
+                    (outcome.duplicate, outcome.revision),
+                    (true, revision),
+                    &what,
+                )?;
+                check(partition.durable_lsn(), durable, &format!("{what}: wrote"))?;
             }
             Op::Create(collection) => {
                 let name = COLLECTIONS[collection];
