@@ -13,7 +13,8 @@ use coregrid_engine::constants::{REQUEST_WINDOW_PER_CLIENT, SEGMENT_BYTES_MIN};
 use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::rt;
 use coregrid_engine::sim::{CrashMode, SimDisk};
-use coregrid_engine::{BatchWrite, EngineError, RequestId};
+use coregrid_engine::{BatchWrite, EngineError, Partition, RequestId, WriteOutcome};
+use std::rc::Rc;
 
 fn request(client: u64, sequence: u64) -> RequestId {
     RequestId { client, sequence }
@@ -26,16 +27,42 @@ fn config() -> PartitionConfig {
     }
 }
 
+/// A fresh partition with collection "c".
+async fn fresh() -> (SimDisk, Rc<Partition<SimDisk>>) {
+    let disk = SimDisk::new();
+    let partition = open(&disk, config()).await.unwrap();
+    partition.create_collection("c").await.unwrap();
+    (disk, partition)
+}
+
+/// Puts `key` = `tag` in "c" with `request`.
+async fn put(
+    partition: &Partition<SimDisk>,
+    key: &'static str,
+    tag: &str,
+    request: RequestId,
+) -> WriteOutcome {
+    partition
+        .put_with("c", Bytes::from(key), value(tag), Some(request))
+        .await
+        .unwrap()
+}
+
+/// The value of `key` in "c".
+async fn value_of(partition: &Partition<SimDisk>, key: &str) -> Bytes {
+    partition
+        .get("c", key.as_bytes())
+        .await
+        .unwrap()
+        .expect("present")
+        .value
+}
+
 #[test]
 fn a_retried_put_is_answered_not_applied_and_loses_no_later_write() {
     rt::run_local(|| async {
-        let disk = SimDisk::new();
-        let partition = open(&disk, config()).await.unwrap();
-        partition.create_collection("c").await.unwrap();
-        let first = partition
-            .put_with("c", Bytes::from("k"), value("a1"), Some(request(1, 1)))
-            .await
-            .unwrap();
+        let (_disk, partition) = fresh().await;
+        let first = put(&partition, "k", "a1", request(1, 1)).await;
         assert!(!first.duplicate);
         // Another client writes the key after the first attempt.
         partition
@@ -44,10 +71,7 @@ fn a_retried_put_is_answered_not_applied_and_loses_no_later_write() {
             .unwrap();
         let durable = partition.durable_lsn();
         // The first client's retry (its answer was lost) must not bring "a1" back.
-        let retry = partition
-            .put_with("c", Bytes::from("k"), value("a1"), Some(request(1, 1)))
-            .await
-            .unwrap();
+        let retry = put(&partition, "k", "a1", request(1, 1)).await;
         assert!(retry.duplicate);
         assert_eq!((retry.revision, retry.hlc), (first.revision, first.hlc));
         assert_eq!(partition.durable_lsn(), durable, "the retry wrote a record");
@@ -60,9 +84,7 @@ fn a_retried_put_is_answered_not_applied_and_loses_no_later_write() {
 #[test]
 fn retried_cas_delete_and_batch_are_answered_not_applied() {
     rt::run_local(|| async {
-        let disk = SimDisk::new();
-        let partition = open(&disk, config()).await.unwrap();
-        partition.create_collection("c").await.unwrap();
+        let (_disk, partition) = fresh().await;
         let set = partition
             .put("c", Bytes::from("k"), value("v1"))
             .await
@@ -112,7 +134,7 @@ fn retried_cas_delete_and_batch_are_answered_not_applied() {
         assert!(retry.duplicate);
         assert_eq!(retry.revision, deleted.revision);
         assert_eq!(
-            partition.get("c", b"k").await.unwrap().unwrap().value,
+            value_of(&partition, "k").await,
             value("v3"),
             "the retried delete removed a later write"
         );
@@ -142,10 +164,7 @@ fn retried_cas_delete_and_batch_are_answered_not_applied() {
             .unwrap();
         assert!(retry.duplicate);
         assert_eq!(retry.revision, batch.revision);
-        assert_eq!(
-            partition.get("c", b"k").await.unwrap().unwrap().value,
-            value("v4")
-        );
+        assert_eq!(value_of(&partition, "k").await, value("v4"));
         partition.close().await.unwrap();
     });
 }
@@ -153,27 +172,16 @@ fn retried_cas_delete_and_batch_are_answered_not_applied() {
 #[test]
 fn the_table_survives_clean_and_crashed_restarts() {
     rt::run_local(|| async {
-        let disk = SimDisk::new();
-        let partition = open(&disk, config()).await.unwrap();
-        partition.create_collection("c").await.unwrap();
-        let first = partition
-            .put_with("c", Bytes::from("k"), value("a"), Some(request(3, 7)))
-            .await
-            .unwrap();
+        let (disk, partition) = fresh().await;
+        let first = put(&partition, "k", "a", request(3, 7)).await;
         partition.close().await.unwrap();
         drop(partition);
 
         let partition = open(&disk, config()).await.unwrap();
-        let retry = partition
-            .put_with("c", Bytes::from("k"), value("a"), Some(request(3, 7)))
-            .await
-            .unwrap();
+        let retry = put(&partition, "k", "a", request(3, 7)).await;
         assert!(retry.duplicate, "a clean restart forgot the request");
         assert_eq!(retry.revision, first.revision);
-        let second = partition
-            .put_with("c", Bytes::from("k"), value("b"), Some(request(3, 8)))
-            .await
-            .unwrap();
+        let second = put(&partition, "k", "b", request(3, 8)).await;
         // Crash without a clean close: only what was synced survives, and that holds both.
         let crashed = disk.crash(CrashMode::LoseUnsynced);
         drop(partition);
@@ -194,10 +202,7 @@ fn the_table_survives_clean_and_crashed_restarts() {
             );
             assert_eq!(retry.revision, revision);
         }
-        assert_eq!(
-            partition.get("c", b"k").await.unwrap().unwrap().value,
-            value("b")
-        );
+        assert_eq!(value_of(&partition, "k").await, value("b"));
         partition.close().await.unwrap();
     });
 }
@@ -205,13 +210,8 @@ fn the_table_survives_clean_and_crashed_restarts() {
 #[test]
 fn the_table_survives_a_snapshot_that_pruned_the_first_attempt() {
     rt::run_local(|| async {
-        let disk = SimDisk::new();
-        let partition = open(&disk, config()).await.unwrap();
-        partition.create_collection("c").await.unwrap();
-        let first = partition
-            .put_with("c", Bytes::from("k"), value("a"), Some(request(4, 1)))
-            .await
-            .unwrap();
+        let (disk, partition) = fresh().await;
+        let first = put(&partition, "k", "a", request(4, 1)).await;
         let first_segment = segment_names(&disk)[0].clone();
         // Fill past the first segment, then snapshot: the segment holding the first attempt
         // is pruned, so only the snapshot can remember it.
@@ -234,10 +234,7 @@ fn the_table_survives_a_snapshot_that_pruned_the_first_attempt() {
         drop(partition);
 
         let partition = open(&disk, config()).await.unwrap();
-        let retry = partition
-            .put_with("c", Bytes::from("k"), value("z"), Some(request(4, 1)))
-            .await
-            .unwrap();
+        let retry = put(&partition, "k", "z", request(4, 1)).await;
         assert!(retry.duplicate, "the snapshot did not keep the request");
         assert_eq!((retry.revision, retry.hlc), (first.revision, first.hlc));
         partition.close().await.unwrap();
@@ -247,24 +244,13 @@ fn the_table_survives_a_snapshot_that_pruned_the_first_attempt() {
 #[test]
 fn a_truncated_write_is_applied_again_on_retry() {
     rt::run_local(|| async {
-        let disk = SimDisk::new();
-        let partition = open(&disk, config()).await.unwrap();
-        partition.create_collection("c").await.unwrap();
+        let (_disk, partition) = fresh().await;
         let before = partition.durable_lsn();
-        partition
-            .put_with("c", Bytes::from("k"), value("a"), Some(request(5, 1)))
-            .await
-            .unwrap();
+        put(&partition, "k", "a", request(5, 1)).await;
         partition.truncate_after(before).await.unwrap();
-        let retry = partition
-            .put_with("c", Bytes::from("k"), value("a"), Some(request(5, 1)))
-            .await
-            .unwrap();
+        let retry = put(&partition, "k", "a", request(5, 1)).await;
         assert!(!retry.duplicate, "a cut write must be applied by its retry");
-        assert_eq!(
-            partition.get("c", b"k").await.unwrap().unwrap().value,
-            value("a")
-        );
+        assert_eq!(value_of(&partition, "k").await, value("a"));
         partition.close().await.unwrap();
     });
 }
@@ -272,9 +258,7 @@ fn a_truncated_write_is_applied_again_on_retry() {
 #[test]
 fn a_retry_older_than_the_window_is_refused() {
     rt::run_local(|| async {
-        let disk = SimDisk::new();
-        let partition = open(&disk, config()).await.unwrap();
-        partition.create_collection("c").await.unwrap();
+        let (_disk, partition) = fresh().await;
         for sequence in 0..=REQUEST_WINDOW_PER_CLIENT as u64 {
             partition
                 .put_with(
@@ -302,10 +286,7 @@ fn a_retry_older_than_the_window_is_refused() {
             "{error}"
         );
         assert_eq!(partition.durable_lsn(), durable, "a too-old retry wrote");
-        assert_eq!(
-            partition.get("c", b"k0").await.unwrap().unwrap().value,
-            value("v")
-        );
+        assert_eq!(value_of(&partition, "k0").await, value("v"));
         partition.close().await.unwrap();
     });
 }
