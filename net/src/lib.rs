@@ -39,7 +39,7 @@
 //! [`transport`] is that transport's socket layer, the crate's only runtime (glommio) code.
 
 #![warn(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod client;
 pub mod constants;

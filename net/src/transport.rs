@@ -69,15 +69,22 @@ pub struct Listener {
 impl Listener {
     /// Binds `address` (port 0: any free port; [`Listener::local_addr`] tells which).
     ///
-    /// glommio binds with `SO_REUSEPORT`, which would let a second process bind the same port
-    /// and take half its connections. A fixed port is therefore first bound without it, so a
-    /// port already served by another process is refused with `AddrInUse` here.
+    /// The socket is made by `std` (`SO_REUSEADDR`, no `SO_REUSEPORT`) and handed to glommio.
+    /// glommio's own `bind` sets `SO_REUSEPORT` and not `SO_REUSEADDR`: a second process could
+    /// then bind the same port and take half its connections, and a restarted node could not
+    /// bind its port while connections of its previous run linger in `TIME_WAIT`.
     pub fn bind(address: SocketAddr) -> io::Result<Listener> {
-        if address.port() != 0 {
-            drop(std::net::TcpListener::bind(address)?);
-        }
-        let inner = TcpListener::bind(address).map_err(io::Error::from)?;
-        let local_addr = inner.local_addr().map_err(io::Error::from)?;
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let listener = std::net::TcpListener::bind(address)?;
+        let local_addr = listener.local_addr()?;
+        let fd = listener.into_raw_fd();
+        #[expect(
+            unsafe_code,
+            reason = "glommio takes a listening socket only as a raw fd; `into_raw_fd` gave up \
+                      ownership of this bound, listening one, so it is owned exactly once"
+        )]
+        // SAFETY: `fd` is a valid, bound, listening TCP socket that nothing else owns.
+        let inner = unsafe { TcpListener::from_raw_fd(fd) };
         Ok(Listener { inner, local_addr })
     }
 
