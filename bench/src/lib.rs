@@ -378,13 +378,72 @@ pub struct MemoryReport {
 }
 
 /// Per-shard outcome, sent back from the shard thread.
-struct ShardOutcome {
-    latency_writes: Histogram<u64>,
-    latency_reads: Histogram<u64>,
-    started: Instant,
-    finished: Instant,
-    failed: u64,
-    first_error: Option<String>,
+/// What one load-generating job (a shard's tasks, or a network client thread) measured.
+pub(crate) struct JobOutcome {
+    pub(crate) latency_writes: Histogram<u64>,
+    pub(crate) latency_reads: Histogram<u64>,
+    pub(crate) started: Instant,
+    pub(crate) finished: Instant,
+    pub(crate) failed: u64,
+    pub(crate) first_error: Option<String>,
+}
+
+/// Every job's measurements together.
+pub(crate) struct Merged {
+    pub(crate) latency_writes: Histogram<u64>,
+    pub(crate) latency_reads: Histogram<u64>,
+    pub(crate) latency_all: Histogram<u64>,
+    /// From the first job's start to the last job's end.
+    pub(crate) elapsed_secs: f64,
+}
+
+impl Merged {
+    pub(crate) fn writes(&self) -> u64 {
+        self.latency_writes.len()
+    }
+    pub(crate) fn reads(&self) -> u64 {
+        self.latency_reads.len()
+    }
+}
+
+/// Merges the jobs' histograms and time windows; an error if any operation failed.
+pub(crate) fn merge_outcomes(outcomes: Vec<JobOutcome>) -> Result<Merged> {
+    let mut latency_writes = new_histogram();
+    let mut latency_reads = new_histogram();
+    let mut failed = 0;
+    let mut first_error = None;
+    let mut window: Option<(Instant, Instant)> = None;
+    for outcome in outcomes {
+        latency_writes
+            .add(&outcome.latency_writes)
+            .expect("same bounds");
+        latency_reads
+            .add(&outcome.latency_reads)
+            .expect("same bounds");
+        failed += outcome.failed;
+        first_error = first_error.or(outcome.first_error);
+        window = Some(match window {
+            None => (outcome.started, outcome.finished),
+            Some((from, to)) => (from.min(outcome.started), to.max(outcome.finished)),
+        });
+    }
+    if failed > 0 {
+        return Err(BenchError::Operations {
+            failed,
+            first: first_error.unwrap_or_default(),
+        });
+    }
+    let elapsed_secs = window
+        .map_or(0.0, |(from, to)| to.duration_since(from).as_secs_f64())
+        .max(1e-9);
+    let mut latency_all = latency_writes.clone();
+    latency_all.add(&latency_reads).expect("same bounds");
+    Ok(Merged {
+        latency_writes,
+        latency_reads,
+        latency_all,
+        elapsed_secs,
+    })
 }
 
 pub(crate) fn new_histogram() -> Histogram<u64> {
@@ -464,7 +523,7 @@ async fn shard_job(
     shard_ops: Option<u64>,
     deadline_after: Duration,
     done: Arc<AtomicU64>,
-) -> ShardOutcome {
+) -> JobOutcome {
     let keys = Rc::new(owned_keys(&local, workload.key_space));
     let value = Bytes::from(vec![b'v'; workload.value_bytes]);
     let collection: Rc<str> = workload.collection.as_str().into();
@@ -475,7 +534,7 @@ async fn shard_job(
     let remaining = Rc::new(Cell::new(shard_ops.unwrap_or(0)));
     let started = Instant::now();
     if keys.is_empty() {
-        return ShardOutcome {
+        return JobOutcome {
             latency_writes: new_histogram(),
             latency_reads: new_histogram(),
             started,
@@ -561,7 +620,7 @@ async fn shard_job(
     let latency_writes = latency_writes.borrow().clone();
     let latency_reads = latency_reads.borrow().clone();
     let first_error = first_error.borrow_mut().take();
-    ShardOutcome {
+    JobOutcome {
         latency_writes,
         latency_reads,
         started,
@@ -665,41 +724,17 @@ pub fn run_on(
     let _joined = driver.join();
     let stats_after = futures::executor::block_on(engine.stats())?;
 
-    let mut latency_writes = new_histogram();
-    let mut latency_reads = new_histogram();
-    let mut failed = 0;
-    let mut first_error = None;
-    let mut window: Option<(Instant, Instant)> = None;
-    for outcome in outcomes {
-        let outcome = outcome?;
-        latency_writes
-            .add(&outcome.latency_writes)
-            .expect("same bounds");
-        latency_reads
-            .add(&outcome.latency_reads)
-            .expect("same bounds");
-        failed += outcome.failed;
-        if first_error.is_none() {
-            first_error = outcome.first_error;
-        }
-        window = Some(match window {
-            None => (outcome.started, outcome.finished),
-            Some((from, to)) => (from.min(outcome.started), to.max(outcome.finished)),
-        });
-    }
-    if failed > 0 {
-        return Err(BenchError::Operations {
-            failed,
-            first: first_error.unwrap_or_default(),
-        });
-    }
-    let elapsed_secs = window
-        .map_or(0.0, |(from, to)| to.duration_since(from).as_secs_f64())
-        .max(1e-9);
-    let mut latency_all = latency_writes.clone();
-    latency_all.add(&latency_reads).expect("same bounds");
-    let writes = latency_writes.len();
-    let reads = latency_reads.len();
+    let merged = merge_outcomes(
+        outcomes
+            .into_iter()
+            .collect::<std::result::Result<Vec<_>, _>>()?,
+    )?;
+    let (elapsed_secs, writes, reads) = (merged.elapsed_secs, merged.writes(), merged.reads());
+    let (latency_all, latency_writes, latency_reads) = (
+        &merged.latency_all,
+        &merged.latency_writes,
+        &merged.latency_reads,
+    );
     let ops = writes + reads;
     let (flushes_before, snapshots_before) = sum_stats(&stats_before);
     let (flushes_after, snapshots_after) = sum_stats(&stats_after);
@@ -726,9 +761,9 @@ pub fn run_on(
         mib_per_sec: mib(bytes_written),
         wal_bytes_written,
         wal_mib_per_sec: mib(wal_bytes_written),
-        latency_us: LatencyUs::from_histogram(&latency_all),
-        write_latency_us: LatencyUs::from_histogram(&latency_writes),
-        read_latency_us: LatencyUs::from_histogram(&latency_reads),
+        latency_us: LatencyUs::from_histogram(latency_all),
+        write_latency_us: LatencyUs::from_histogram(latency_writes),
+        read_latency_us: LatencyUs::from_histogram(latency_reads),
         group_commit: GroupCommit {
             flushes,
             flushes_per_sec: flushes as f64 / elapsed_secs,

@@ -16,12 +16,11 @@
 //! counters (`group_commit` is reported as zeros) and its data directory.
 
 use crate::{
-    key_for, new_histogram, BenchError, GroupCommit, LatencyUs, Progress, Result, RunReport,
-    Workload, FILL_BATCHES_IN_FLIGHT, LATENCY_US_MAX,
+    key_for, merge_outcomes, new_histogram, BenchError, GroupCommit, JobOutcome, LatencyUs,
+    Progress, Result, RunReport, Workload, FILL_BATCHES_IN_FLIGHT, LATENCY_US_MAX,
 };
 use coregrid_net::client::{rt, AsyncClient, ClientConfig, ClientError};
 use coregrid_net::ClusterId;
-use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -109,16 +108,6 @@ fn client_error(error: ClientError) -> BenchError {
         failed: 1,
         first: error.to_string(),
     }
-}
-
-/// What one thread sends back.
-struct ThreadOutcome {
-    latency_writes: Histogram<u64>,
-    latency_reads: Histogram<u64>,
-    started: Instant,
-    finished: Instant,
-    failed: u64,
-    first_error: Option<String>,
 }
 
 /// Runs `workload` against the cluster: creates its collection if missing, fills the key space
@@ -215,42 +204,17 @@ pub fn run_network(
             last = (ops, now);
         }
     }
-    let mut latency_writes = new_histogram();
-    let mut latency_reads = new_histogram();
-    let mut failed = 0;
-    let mut first_error = None;
-    let mut window: Option<(Instant, Instant)> = None;
+    let mut outcomes = Vec::with_capacity(handles.len());
     for handle in handles {
-        let outcome = handle
-            .join()
-            .map_err(|_| BenchError::Config("a client thread panicked".into()))?
-            .map_err(client_error)?;
-        latency_writes
-            .add(&outcome.latency_writes)
-            .expect("same bounds");
-        latency_reads
-            .add(&outcome.latency_reads)
-            .expect("same bounds");
-        failed += outcome.failed;
-        first_error = first_error.or(outcome.first_error);
-        window = Some(match window {
-            None => (outcome.started, outcome.finished),
-            Some((from, to)) => (from.min(outcome.started), to.max(outcome.finished)),
-        });
+        outcomes.push(
+            handle
+                .join()
+                .map_err(|_| BenchError::Config("a client thread panicked".into()))?
+                .map_err(client_error)?,
+        );
     }
-    if failed > 0 {
-        return Err(BenchError::Operations {
-            failed,
-            first: first_error.unwrap_or_default(),
-        });
-    }
-    let elapsed_secs = window
-        .map_or(0.0, |(from, to)| to.duration_since(from).as_secs_f64())
-        .max(1e-9);
-    let mut latency_all = latency_writes.clone();
-    latency_all.add(&latency_reads).expect("same bounds");
-    let writes = latency_writes.len();
-    let reads = latency_reads.len();
+    let merged = merge_outcomes(outcomes)?;
+    let (elapsed_secs, writes, reads) = (merged.elapsed_secs, merged.writes(), merged.reads());
     let ops = writes + reads;
     let bytes_written = writes * workload.value_bytes as u64;
     let wal_bytes_written = writes * workload.record_bytes_per_put() as u64;
@@ -271,9 +235,9 @@ pub fn run_network(
         mib_per_sec: mib(bytes_written),
         wal_bytes_written,
         wal_mib_per_sec: mib(wal_bytes_written),
-        latency_us: LatencyUs::from_histogram(&latency_all),
-        write_latency_us: LatencyUs::from_histogram(&latency_writes),
-        read_latency_us: LatencyUs::from_histogram(&latency_reads),
+        latency_us: LatencyUs::from_histogram(&merged.latency_all),
+        write_latency_us: LatencyUs::from_histogram(&merged.latency_writes),
+        read_latency_us: LatencyUs::from_histogram(&merged.latency_reads),
         group_commit: GroupCommit::default(),
         fill_secs,
     };
@@ -331,7 +295,7 @@ async fn client_thread(
     config: ClientConfig,
     done: Arc<AtomicU64>,
     start: &Barrier,
-) -> std::result::Result<ThreadOutcome, ClientError> {
+) -> std::result::Result<JobOutcome, ClientError> {
     let finished = Rc::new(AtomicBool::new(false));
     let ticker = {
         let finished = finished.clone();
@@ -448,7 +412,7 @@ async fn client_thread(
     let latency_writes = latency_writes.borrow().clone();
     let latency_reads = latency_reads.borrow().clone();
     let first_error = first_error.borrow_mut().take();
-    Ok(ThreadOutcome {
+    Ok(JobOutcome {
         latency_writes,
         latency_reads,
         started,
