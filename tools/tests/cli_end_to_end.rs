@@ -11,106 +11,21 @@
 use coregrid_net::client::{rt, AsyncClient, BlockingClient, ClientConfig, ClientError};
 use coregrid_net::ClusterId;
 use serde_json::Value as Json;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::process::{Command, Output};
 
-/// Bound on a node's start and stop (normally well under a second); only for a hang.
-const NODE_WAIT_MAX: Duration = Duration::from_secs(60);
+#[path = "common/node_process.rs"]
+mod node_process;
+
+use node_process::NodeProcess;
 
 /// Shards of the node under test.
 const SHARDS: u16 = 2;
 
-struct Node {
-    child: Child,
-}
-
-impl Node {
-    /// Starts a node on `data_dir` with shard i on `base_port + i`; waits for `ready`.
-    fn start(data_dir: &Path, base_port: u16) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coregrid"))
-            .arg("node")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--base-port", &base_port.to_string()])
-            .args(["--shards", &SHARDS.to_string(), "--partitions", "8"])
-            .args(["--pin-shards", "false"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start coregrid node");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (lines, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + NODE_WAIT_MAX;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match receiver.recv_timeout(remaining) {
-                Ok(line) if line.starts_with("ready ") => return Node { child },
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("the node did not print ready within {NODE_WAIT_MAX:?}")
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("the node exited before it was ready (its stderr says why)")
-                }
-            }
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn stop(mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
-        // SAFETY: kill on the pid of our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + NODE_WAIT_MAX;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the node") {
-                assert!(status.success(), "the node exited with {status}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the node did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _killed = self.child.kill();
-        let _reaped = self.child.wait();
-    }
-}
-
-/// A base port with `SHARDS` free ports from it (probed by binding; the node binds them again
-/// right after, so a collision with another process is possible but unlikely).
-fn free_base_port() -> u16 {
-    for _ in 0..100 {
-        let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe");
-        let base = probe.local_addr().expect("probe address").port();
-        if base.checked_add(SHARDS).is_none() {
-            continue;
-        }
-        let rest: Vec<_> = (1..SHARDS)
-            .map(|shard| TcpListener::bind(("127.0.0.1", base + shard)))
-            .collect();
-        if rest.iter().all(Result::is_ok) {
-            return base;
-        }
-    }
-    panic!("no run of {SHARDS} free ports found");
+/// SIGTERM, then a clean exit.
+fn stop(node: NodeProcess) {
+    let status = node.stop_with(libc::SIGTERM);
+    assert!(status.success(), "the node exited with {status}");
 }
 
 struct Cli {
@@ -158,12 +73,12 @@ fn config(seeds: &[SocketAddr]) -> ClientConfig {
 #[test]
 fn cli_and_clients_against_a_node_across_a_restart() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
-    let base_port = free_base_port();
-    let seed: SocketAddr = format!("127.0.0.1:{base_port}").parse().unwrap();
+    let node = NodeProcess::start(data_dir.path(), usize::from(SHARDS), &[]);
+    let seed: SocketAddr = node.addresses[0];
+    let base_port = seed.port().to_string();
     let cli = Cli {
         cluster: seed.to_string(),
     };
-    let node = Node::start(data_dir.path(), base_port);
 
     // The CLI: every command, its output and exit code.
     cli.expect(0, &["create-collection", "default"]);
@@ -277,8 +192,12 @@ fn cli_and_clients_against_a_node_across_a_restart() {
     assert_eq!(written, Some(b"glommio-63-3".to_vec()));
 
     // Restart on the same directory.
-    node.stop();
-    let node = Node::start(data_dir.path(), base_port);
+    stop(node);
+    let node = NodeProcess::start(
+        data_dir.path(),
+        usize::from(SHARDS),
+        &["--base-port", &base_port],
+    );
 
     // The blocking client's cached connections are dead: it retries on new ones.
     for index in 0..200 {
@@ -314,5 +233,5 @@ fn cli_and_clients_against_a_node_across_a_restart() {
         all_there.is_empty(),
         "lost after the restart: {all_there:?}"
     );
-    node.stop();
+    stop(node);
 }

@@ -27,14 +27,20 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `coregrid node` over `data_dir` with `shards` shards, free ports, and `extra`
-    /// flags; waits until it prints `ready`.
+    /// Starts `coregrid node` over `data_dir` with `shards` shards, free ports (unless `extra`
+    /// names a `--base-port`), and `extra` flags; waits until it prints `ready`.
     pub fn start(data_dir: &Path, shards: usize, extra: &[&str]) -> NodeProcess {
+        let free_ports: &[&str] = if extra.contains(&"--base-port") {
+            &[]
+        } else {
+            &["--base-port", "0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_coregrid"))
             .arg("node")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--base-port", "0", "--shards", &shards.to_string()])
+            .args(free_ports)
+            .args(["--shards", &shards.to_string()])
             .args(["--partitions", "8", "--pin-shards", "false"])
             .args(extra)
             .stdout(Stdio::piped())
