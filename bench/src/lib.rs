@@ -153,6 +153,14 @@ impl From<std::io::Error> for BenchError {
 pub type Result<T> = std::result::Result<T, BenchError>;
 
 impl Workload {
+    /// How long the timed run lasts, for progress lines: "N ops" or "S s".
+    pub fn length_text(&self) -> String {
+        match self.ops {
+            Some(ops) => format!("{ops} ops"),
+            None => format!("{} s", self.duration_secs),
+        }
+    }
+
     /// Checks the workload before anything is opened.
     pub fn validate(&self) -> Result<()> {
         let fail = |message: String| Err(BenchError::Config(message));

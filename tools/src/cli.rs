@@ -489,10 +489,7 @@ pub fn bench_network(args: &crate::BenchArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(30),
     };
     if !args.quiet {
-        let what = match workload.ops {
-            Some(ops) => format!("{ops} ops"),
-            None => format!("{} s", workload.duration_secs),
-        };
+        let what = workload.length_text();
         eprintln!(
             "bench: {what} over the network to {cluster}, {} client(s) on {} thread(s), {}-byte values, read ratio {}, {} keys",
             options.clients, options.threads, workload.value_bytes, workload.read_ratio, workload.key_space

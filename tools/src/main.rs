@@ -204,10 +204,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         output.memory = Some(report);
     } else {
         if !args.quiet {
-            let what = match workload.ops {
-                Some(ops) => format!("{ops} ops"),
-                None => format!("{} s", workload.duration_secs),
-            };
+            let what = workload.length_text();
             eprintln!(
                 "bench: {what}, {} shard(s) x {} in flight, {} partitions, {}-byte values, read ratio {}, {} keys, in {}",
                 workload.shards,
