@@ -286,16 +286,29 @@ struct Inner {
     shard_count: usize,
     senders: Vec<flume::Sender<ShardMessage>>,
     threads: Mutex<Vec<ShardThread<()>>>,
+    /// Each shard's thread, by shard (kept when `threads` is taken to join them).
+    thread_ids: Vec<std::thread::ThreadId>,
     _lock: std::fs::File,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Ask every shard to flush and stop, then wait for the threads themselves: a reply could
-        // never come from a shard that already died, but its thread always ends.
-        for sender in &self.senders {
+impl Inner {
+    /// Asks every shard to flush and stop, then waits for the threads themselves (a reply could
+    /// never come from a shard that already died, but its thread always ends). Idempotent. A
+    /// shard thread that runs this itself (the last handle dropped by a task on a shard) is not
+    /// waited for: it cannot wait for itself, and it stops once it runs the `Shutdown` queued to
+    /// it here.
+    fn stop_shards(&self) {
+        let current = std::thread::current().id();
+        for (sender, thread) in self.senders.iter().zip(&self.thread_ids) {
             let (reply, _answer) = oneshot::channel();
-            let _stopped_already = sender.send(ShardMessage::Shutdown(reply));
+            let shutdown = ShardMessage::Shutdown(reply);
+            // A shard's own thread cannot wait for room in its own queue; any other shard's
+            // thread drains its queue. Either fails at once if the shard has stopped already.
+            let _stopped_already = if *thread == current {
+                sender.try_send(shutdown).map_err(|_| ())
+            } else {
+                sender.send(shutdown).map_err(|_| ())
+            };
         }
         let threads = self
             .threads
@@ -303,10 +316,19 @@ impl Drop for Inner {
             .map(|mut threads| std::mem::take(&mut *threads))
             .unwrap_or_default();
         for thread in threads {
+            if thread.is_current() {
+                continue;
+            }
             if let Err(error) = thread.join() {
                 tracing::error!(%error, "a shard thread ended abnormally");
             }
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_shards();
     }
 }
 
@@ -375,6 +397,7 @@ impl Engine {
                 config,
                 shard_count,
                 senders,
+                thread_ids: threads.iter().map(ShardThread::id).collect(),
                 threads: Mutex::new(threads),
                 _lock: lock,
             }),
@@ -604,9 +627,11 @@ impl Engine {
         futures::future::try_join_all(shards).await
     }
 
-    /// Flushes what is staged and stops every shard. Dropping the last handle does the same.
+    /// Flushes what is staged and stops every shard, and returns once their threads have
+    /// ended. Other handles to the engine stay valid but get [`EngineError::ShuttingDown`].
+    /// Dropping the last handle does the same.
     pub fn shutdown(self) {
-        drop(self);
+        self.inner.stop_shards();
     }
 }
 

@@ -89,6 +89,16 @@ pub struct ShardThread<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> ShardThread<T> {
+    /// The shard's thread.
+    pub fn id(&self) -> std::thread::ThreadId {
+        self.handle.thread().id()
+    }
+
+    /// Whether the calling thread is this shard's thread.
+    pub fn is_current(&self) -> bool {
+        self.id() == std::thread::current().id()
+    }
+
     /// Waits for the shard's main future to end.
     pub fn join(self) -> Result<T> {
         self.handle.join().map_err(runtime_error)

@@ -73,9 +73,14 @@ fn config(seeds: &[SocketAddr]) -> ClientConfig {
 #[test]
 fn cli_and_clients_against_a_node_across_a_restart() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
-    let node = NodeProcess::start(data_dir.path(), usize::from(SHARDS), &[]);
+    // The restart below reuses the addresses, which the clients keep as seeds.
+    let base_port = node_process::reserved_base_port(usize::from(SHARDS)).to_string();
+    let node = NodeProcess::start(
+        data_dir.path(),
+        usize::from(SHARDS),
+        &["--base-port", &base_port],
+    );
     let seed: SocketAddr = node.addresses[0];
-    let base_port = seed.port().to_string();
     let cli = Cli {
         cluster: seed.to_string(),
     };

@@ -17,6 +17,33 @@ pub const START_WAIT_MAX: Duration = Duration::from_secs(60);
 /// How long a node may take to exit after SIGTERM (its drain timeout is shorter).
 pub const EXIT_WAIT_MAX: Duration = Duration::from_secs(30);
 
+/// Ports this low are never handed out by the kernel as a socket's local port, so a base port
+/// found free here stays free across a node's restart (unless another process takes it on
+/// purpose). Shards listen on `base .. base + shards`.
+const RESERVED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A base port below the kernel's ephemeral range whose `shards` ports are free now, for a test
+/// that restarts a node on the same addresses. A port from `--base-port 0` is an ephemeral one:
+/// between a stop and a restart, a client's outgoing connection may take it (or the next one).
+#[allow(dead_code)] // Used by the restart tests only.
+pub fn reserved_base_port(shards: usize) -> u16 {
+    let span = u16::try_from(shards).expect("a few shards");
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let end = RESERVED_PORTS.end.min(ephemeral_low).saturating_sub(span);
+    // Start at a spot that depends on the process, so tests running at once rarely collide.
+    let tries = end.saturating_sub(RESERVED_PORTS.start);
+    let offset = u16::try_from(std::process::id() % u32::from(tries.max(1))).unwrap_or(0);
+    (0..tries)
+        .map(|step| RESERVED_PORTS.start + (offset + step) % tries)
+        .find(|&base| {
+            (base..base + span).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        })
+        .expect("a run of free ports below the ephemeral range")
+}
+
 /// A running node.
 pub struct NodeProcess {
     child: Option<Child>,
