@@ -2,7 +2,11 @@
 //! acknowledged: writes through every shard (routed by the topology answer), a wrong-shard
 //! request redirected with the owner's port, SIGTERM exits 0 after its drain, a restart on the
 //! same directory keeps the node id and serves every acknowledged value; then writes
-//! acknowledged right before a SIGKILL are all there after another restart.
+//! acknowledged right before a SIGKILL are all there after another restart. And a node that
+//! cannot start says why and exits cleanly: a port it must listen on held by another socket
+//! ends the run with exit code 1 and "cannot listen on <address>", after the shards already
+//! started are stopped (this once panicked with "failed to join thread: Resource deadlock
+//! avoided" as the last engine handle was dropped on a shard).
 
 #[path = "common/node_process.rs"]
 mod node_process;
@@ -13,6 +17,7 @@ mod wire_client;
 use coregrid_net::message::{ErrorResponse, GetResponse};
 use coregrid_net::Lsn;
 use node_process::NodeProcess;
+use std::process::{Command, Stdio};
 use wire_client::{default_cluster, Answer, NodeClient, Received};
 
 const COLLECTION: &str = "e2e";
@@ -136,4 +141,38 @@ fn acknowledged_writes_survive_sigterm_and_sigkill_restarts() {
     check_all(&mut client, &expected);
     let status = node.stop_with(libc::SIGTERM);
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_taken_port_fails_the_start_with_a_clear_error_and_no_panic() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let base = node_process::reserved_base_port(2);
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", base + 1)).expect("hold shard 1's port");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_coregrid"))
+            .arg("node")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--base-port", &base.to_string(), "--shards", "2"])
+            .args(["--partitions", "8", "--pin-shards", "false"])
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run coregrid node")
+    };
+    // Twice: the first run left nothing (a lock, a half-written file) that stops the second.
+    for attempt in 0..2 {
+        let output = run();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "attempt {attempt}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on 127.0.0.1:{}", base + 1)),
+            "attempt {attempt}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "attempt {attempt}: {stderr}");
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("ready"),
+            "attempt {attempt}"
+        );
+    }
 }
