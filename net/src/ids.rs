@@ -58,6 +58,12 @@ id_newtype!(
     ArchivedEpoch
 );
 id_newtype!(
+    /// A control-plane election generation (design.md section 3). Only ever grows, and is
+    /// persisted before any vote or claim made in it.
+    Term(u64),
+    ArchivedTerm
+);
+id_newtype!(
     /// A per-partition log sequence number (dense, starting at 1). A key's revision is the LSN
     /// of the write that set it; 0 means "absent" where a revision is expected.
     Lsn(u64),

@@ -56,7 +56,7 @@ pub use decoder::FrameDecoder;
 pub use error::{DecodeError, EncodeError, FrameError};
 pub use frame::{encode_frame_raw, parse_frame, Frame, FrameHeader, FrameMeta};
 pub use ids::{
-    ClientId, ClientRequestId, ClusterId, Epoch, Lsn, NodeId, PartitionId, RequestId, ShardId,
+    ClientId, ClientRequestId, ClusterId, Epoch, Lsn, NodeId, PartitionId, RequestId, ShardId, Term,
 };
 pub use kind::{ChannelKind, MessageKind};
 pub use message::{access, decode, encode, Message, MessageRef};

@@ -6,6 +6,7 @@
 //! directory hashes the same before and after), and the node still accepts new connections.
 
 #[path = "common/node_process.rs"]
+#[expect(dead_code, reason = "this file restarts no node on fixed ports")]
 mod node_process;
 #[path = "common/wire_client.rs"]
 #[expect(dead_code, reason = "one shard: no routing client")]

@@ -25,7 +25,6 @@ const RESERVED_PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// A base port below the kernel's ephemeral range whose `shards` ports are free now, for a test
 /// that restarts a node on the same addresses. A port from `--base-port 0` is an ephemeral one:
 /// between a stop and a restart, a client's outgoing connection may take it (or the next one).
-#[allow(dead_code)] // Used by the restart tests only.
 pub fn reserved_base_port(shards: usize) -> u16 {
     let span = u16::try_from(shards).expect("a few shards");
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

@@ -1,0 +1,72 @@
+//! Leadership maps (design.md sections 1 and 4): for every partition, its replicas and the one
+//! that leads, stamped with an epoch. The elected controller computes a map with
+//! [`compute_leadership_map`], has a majority of voters store it, and only then publishes it;
+//! every node's control shard hands published maps to its data shards, which accept writes
+//! for a partition only if the map of the current epoch names them its leader.
+
+use crate::types::{Epoch, MapVersion, NodeId, NodeState, PartitionId, Term};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One partition's place in a map.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PartitionAssignment {
+    /// The node that leads the partition in this epoch; `None` when no replica may lead (all
+    /// dead or out of sync): the partition takes no writes until a later map names one.
+    pub leader: Option<NodeId>,
+    /// The nodes holding a replica, the leader among them; `replication_factor` of them when
+    /// the cluster has that many members.
+    pub replicas: Vec<NodeId>,
+}
+
+/// An epoch-stamped leadership map. Two maps with the same epoch are equal (design.md
+/// section 5, promise 1: at most one leader per partition per epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeadershipMap {
+    /// The map's generation; only ever grows.
+    pub epoch: Epoch,
+    /// The term of the controller that proposed it.
+    pub term: Term,
+    /// Indexed by partition id: `partitions[p]` is partition `p`'s assignment.
+    pub partitions: Vec<PartitionAssignment>,
+}
+
+impl LeadershipMap {
+    /// This map's version (term, then epoch).
+    pub fn version(&self) -> MapVersion {
+        MapVersion {
+            term: self.term,
+            epoch: self.epoch,
+        }
+    }
+
+    /// The assignment of `partition`, if the map has it.
+    pub fn assignment(&self, partition: PartitionId) -> Option<&PartitionAssignment> {
+        self.partitions.get(usize::try_from(partition.get()).ok()?)
+    }
+
+    /// The leader of `partition` in this map.
+    pub fn leader(&self, partition: PartitionId) -> Option<NodeId> {
+        self.assignment(partition)?.leader
+    }
+}
+
+/// What a controller knows when it computes a map.
+#[derive(Clone, Debug)]
+pub struct MapInput<'a> {
+    /// Every member the controller knows, in any state, with its current state. Members are
+    /// ordered by id for the scoring (`BTreeMap` order); dead members stay in the list (their
+    /// slots keep the ideal indices stable while they are away).
+    pub members: &'a BTreeMap<NodeId, NodeState>,
+    /// Partitions in the cluster (fixed when the cluster is created).
+    pub partitions: u32,
+    /// Replicas per partition, leader included.
+    pub replication_factor: usize,
+    /// The latest map, if any: its replica sets and leaders are kept where still valid
+    /// (stability).
+    pub previous: Option<&'a LeadershipMap>,
+    /// Replicas known not to be caught up to their partition's commit LSN: never chosen to
+    /// lead over one that is (design.md section 4). Empty until replication reports progress.
+    pub lagging: &'a BTreeSet<(PartitionId, NodeId)>,
+}
+
+pub use crate::scoring::compute_leadership_map;
