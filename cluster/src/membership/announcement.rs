@@ -9,11 +9,14 @@
 //! 16  version     u64  grows with every change of state within one life
 //! 24  state       u8   1 joining, 2 joined-syncing, 3 joined, 4 leaving
 //! ```
-//! An announcement is newer than another of the same node when its (generation, version) is
-//! larger. Each node keeps the newest announcement per node in a table shared with the foca
-//! broadcast handler, which passes on only what is new to it (so dissemination stops), and
-//! never believes what others say about its own node. `Dead` is never announced: only the
-//! failure detector declares it.
+//! Each node keeps, per node and generation, the announcement of the highest version in a
+//! table shared with the foca broadcast handler, which passes on only what is new to it (so
+//! dissemination stops), and never believes what others say about its own node. The view reads
+//! the announcement of the generation foca currently knows for the node; generations below it
+//! are pruned. Keeping generations apart (rather than only the newest overall) means that an
+//! announcement of a generation that never lived (a bug, a forged or mangled packet) cannot
+//! shadow the real ones; at most [`ANNOUNCED_GENERATIONS_MAX`] generations are kept per node.
+//! `Dead` is never announced: only the failure detector declares it.
 
 use super::identity::GossipIdentity;
 use crate::constants::MEMBERS_MAX;
@@ -22,6 +25,10 @@ use foca::{BroadcastHandler, Invalidates};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+
+/// Most generations of one node whose announcements are kept at once: the live one, a newer
+/// one that foca has not seen yet (a restart in progress), and slack.
+pub(crate) const ANNOUNCED_GENERATIONS_MAX: usize = 3;
 
 /// Length of an encoded announcement.
 pub(crate) const ANNOUNCEMENT_BYTES: usize = 25;
@@ -45,11 +52,6 @@ pub(crate) enum AnnouncementError {
 }
 
 impl Announcement {
-    /// Which announcement replaces which.
-    fn recency(&self) -> (u64, u64) {
-        (self.generation, self.version)
-    }
-
     pub(crate) fn encode(&self) -> [u8; ANNOUNCEMENT_BYTES] {
         let mut bytes = [0u8; ANNOUNCEMENT_BYTES];
         bytes[0..8].copy_from_slice(&self.node.to_le_bytes());
@@ -92,20 +94,34 @@ impl Announcement {
     }
 }
 
-/// The newest announcement of every node, shared between the membership and its foca broadcast
-/// handler (foca owns the handler and offers no way back to it). Single-threaded: the control
-/// shard owns both.
-pub(crate) type AnnouncementTable = Rc<RefCell<BTreeMap<u64, Announcement>>>;
+/// What the announcements say, shared between the membership and its foca broadcast handler
+/// (foca owns the handler and offers no way back to it).
+#[derive(Debug, Default)]
+pub(crate) struct AnnouncementBook {
+    /// The newest announcement of every node (by node, then generation).
+    pub(crate) by_node: BTreeMap<u64, BTreeMap<u64, Announcement>>,
+    /// The newest announcement about our own node that others sent us since the membership
+    /// last looked. The origin is the authority on its own state: when someone claims a
+    /// version of our generation that we did not send (a mangled or forged packet), every
+    /// node that took it would ignore our real announcements of lower versions, so the
+    /// membership re-announces above it.
+    pub(crate) claim_about_us: Option<Announcement>,
+}
 
-/// foca's broadcast key: a newer announcement of a node replaces the older one still waiting
-/// to be sent.
+/// The announcement book of one membership. Single-threaded: the control shard owns both
+/// users.
+pub(crate) type AnnouncementTable = Rc<RefCell<AnnouncementBook>>;
+
+/// foca's broadcast key: a newer announcement of a node's generation replaces the older one
+/// still waiting to be sent.
 pub(crate) struct AnnouncementKey {
     node: u64,
+    generation: u64,
 }
 
 impl Invalidates for AnnouncementKey {
     fn invalidates(&self, other: &Self) -> bool {
-        self.node == other.node
+        self.node == other.node && self.generation == other.generation
     }
 }
 
@@ -127,31 +143,56 @@ impl BroadcastHandler<GossipIdentity> for AnnouncementHandler {
         let announcement = Announcement::decode(data)?;
         let key = AnnouncementKey {
             node: announcement.node,
+            generation: announcement.generation,
         };
         let own = sender.is_none();
+        let mut book = self.table.borrow_mut();
         if !own && announcement.node == self.own_node {
-            // What others say of us is at best an echo of what we said: we know better.
+            // What others say of us is at best an echo of what we said: we know better, but
+            // the membership checks that the echo is not newer than what we said.
+            let newer = book.claim_about_us.is_none_or(|claim| {
+                (claim.generation, claim.version) < (announcement.generation, announcement.version)
+            });
+            if newer {
+                book.claim_about_us = Some(announcement);
+            }
             return Ok(None);
         }
-        let mut table = self.table.borrow_mut();
-        let known = table.get(&announcement.node).copied();
-        match known {
+        let table = &mut book.by_node;
+        if !table.contains_key(&announcement.node) && table.len() >= MEMBERS_MAX {
+            tracing::warn!(
+                node = announcement.node,
+                "state announcement dropped: {MEMBERS_MAX} nodes already announced"
+            );
+            return Ok(None);
+        }
+        let generations = table.entry(announcement.node).or_default();
+        match generations.get(&announcement.generation) {
             // Our own announcement is re-added on purpose (a refresh for newcomers).
-            Some(known) if own && known.recency() == announcement.recency() => Ok(Some(key)),
-            Some(known) if known.recency() >= announcement.recency() => Ok(None),
-            None if table.len() >= MEMBERS_MAX => {
-                tracing::warn!(
-                    node = announcement.node,
-                    "state announcement dropped: {MEMBERS_MAX} nodes already announced"
-                );
-                Ok(None)
-            }
+            Some(known) if own && known.version == announcement.version => Ok(Some(key)),
+            Some(known) if known.version >= announcement.version => Ok(None),
             _ => {
-                table.insert(announcement.node, announcement);
+                generations.insert(announcement.generation, announcement);
+                if generations.len() > ANNOUNCED_GENERATIONS_MAX {
+                    // The oldest life is the least useful: the view prunes it soon anyway.
+                    generations.pop_first();
+                }
                 Ok(Some(key))
             }
         }
     }
+}
+
+/// The state node `node` announced for `generation`, if any.
+pub(crate) fn announced_state(
+    book: &AnnouncementBook,
+    node: u64,
+    generation: u64,
+) -> Option<NodeState> {
+    book.by_node
+        .get(&node)?
+        .get(&generation)
+        .map(|announcement| announcement.state)
 }
 
 #[cfg(test)]
@@ -204,7 +245,26 @@ mod tests {
             .receive_item(&restarted, Some(&from))
             .unwrap()
             .is_some());
-        assert_eq!(handler.table.borrow()[&2].state, NodeState::Joining);
+        let table = handler.table.borrow();
+        assert_eq!(announced_state(&table, 2, 6), Some(NodeState::Joining));
+        assert_eq!(announced_state(&table, 2, 5), Some(NodeState::Joined));
+    }
+
+    #[test]
+    fn an_announcement_of_a_generation_that_never_lived_does_not_shadow_the_real_one() {
+        let mut handler = handler();
+        let from = sender();
+        let forged = announcement(2, 1_000, 9, NodeState::Leaving);
+        assert!(handler
+            .receive_item(&forged, Some(&from))
+            .unwrap()
+            .is_some());
+        let real = announcement(2, 5, 1, NodeState::Joined);
+        assert!(handler.receive_item(&real, Some(&from)).unwrap().is_some());
+        assert_eq!(
+            announced_state(&handler.table.borrow(), 2, 5),
+            Some(NodeState::Joined)
+        );
     }
 
     #[test]
@@ -215,7 +275,15 @@ mod tests {
             .receive_item(&about_us, Some(&sender()))
             .unwrap()
             .is_none());
-        assert!(handler.table.borrow().is_empty());
+        assert!(handler.table.borrow().by_node.is_empty());
+        assert_eq!(
+            handler
+                .table
+                .borrow()
+                .claim_about_us
+                .map(|claim| claim.version),
+            Some(99)
+        );
         let mut bad_state = announcement(2, 1, 1, NodeState::Joined);
         bad_state[24] = 5;
         assert!(handler.receive_item(&bad_state, Some(&sender())).is_err());

@@ -54,7 +54,7 @@ pub use wire::RefusalReason;
 use crate::constants::MEMBERS_MAX;
 use crate::types::{ClusterId, NodeId, NodeState, Time};
 use announcement::{Announcement, AnnouncementHandler, AnnouncementTable};
-use foca::{Foca, Notification, OwnedNotification, PostcardCodec, Runtime, State, Timer};
+use foca::{Foca, Member, Notification, OwnedNotification, PostcardCodec, Runtime, State, Timer};
 use identity::GossipIdentity;
 use rand_foca::rngs::SmallRng;
 use rand_foca::SeedableRng;
@@ -724,11 +724,64 @@ impl Membership {
             }
         }
         self.notifications = notifications;
+        reannounce |= self.outvote_claim_about_us(now);
         if reannounce && self.phase != Phase::Left {
             self.announce_local_state();
         }
         self.bound_member_table(now);
+        self.prune_announcements();
         self.update_view(now);
+    }
+
+    /// When others claim a version of our current generation that we did not announce (see
+    /// `AnnouncementBook::claim_about_us`), moves our version above it; returns whether our
+    /// state must be announced again.
+    fn outvote_claim_about_us(&mut self, now: Time) -> bool {
+        let Some(claim) = self.announcements.borrow_mut().claim_about_us.take() else {
+            return false;
+        };
+        let ours = (self.foca.identity().generation, self.local_version);
+        let echo = claim.generation == ours.0
+            && claim.version == ours.1
+            && claim.state == self.local_state;
+        if echo || (claim.generation, claim.version) < ours || claim.generation != ours.0 {
+            // An echo, an old one, or one of another life (which the view never reads).
+            return false;
+        }
+        let Some(version) = claim.version.checked_add(1) else {
+            tracing::error!(
+                local = self.node_id.get(),
+                "announcement versions exhausted"
+            );
+            return false;
+        };
+        tracing::warn!(
+            at_ms = now.as_millis() as u64,
+            local = self.node_id.get(),
+            claimed_version = claim.version,
+            claimed_state = %claim.state,
+            version,
+            "others hold a state announcement of ours we never sent: announcing above it"
+        );
+        self.local_version = version;
+        true
+    }
+
+    /// Drops announcements of lives older than the one foca knows for each node.
+    fn prune_announcements(&mut self) {
+        let mut announcements = self.announcements.borrow_mut();
+        let own = self.foca.identity();
+        let lives = self
+            .foca
+            .iter_membership_state()
+            .map(Member::id)
+            .filter(|identity| identity.node != own.node)
+            .chain(std::iter::once(own));
+        for identity in lives {
+            if let Some(generations) = announcements.by_node.get_mut(&identity.node) {
+                generations.retain(|&generation, _| generation >= identity.generation);
+            }
+        }
     }
 
     /// Evicts dead members while foca's table holds more than `MEMBERS_MAX` nodes.
@@ -752,7 +805,10 @@ impl Membership {
             {
                 tracing::debug!(local = self.node_id.get(), %error, "foca remove down");
             }
-            self.announcements.borrow_mut().remove(&identity.node);
+            self.announcements
+                .borrow_mut()
+                .by_node
+                .remove(&identity.node);
         }
         if self.foca.iter_membership_state().len() > MEMBERS_MAX {
             tracing::warn!(
@@ -782,10 +838,8 @@ impl Membership {
                 // Our own former life, which foca keeps as down.
                 continue;
             }
-            let announced = announcements
-                .get(&identity.node)
-                .filter(|announcement| announcement.generation == identity.generation)
-                .map(|announcement| announcement.state);
+            let announced =
+                announcement::announced_state(&announcements, identity.node, identity.generation);
             let state = match member.state() {
                 State::Alive | State::Suspect => announced.unwrap_or(NodeState::Joining),
                 State::Down if announced == Some(NodeState::Leaving) => NodeState::Leaving,
