@@ -31,12 +31,13 @@
 //! **Score.** A candidate's score is `(state_rank, forward_distance)`, lower is better, where
 //! `forward_distance` is how many steps forward around the ring of `n` members the candidate's
 //! index lies from the ideal index (`(index - ideal) mod n`). Forward distance rather than the
-//! shorter of both directions because fresh replicas are placed forward from the ideal index,
-//! so the score ranks them in placement order; and because distinct members always have
-//! distinct forward distances, two candidates never tie on the score. The node id, which
-//! breaks ties as design.md asks, therefore only ever orders equal-scored entries in theory;
-//! the result never depends on the order candidates were looked at, and never on history
-//! when every replica is `Joined` and in sync (see stickiness).
+//! shorter of both directions, for two reasons. Fresh replicas are placed forward from the
+//! ideal index, so the score ranks them in placement order: the ideal member first, then the
+//! next one, as a failover order. And distinct members always have distinct forward
+//! distances, so two candidates never tie: with "shorter direction" the members just before
+//! and just after the ideal index would tie, the sticky one would win, and who leads would
+//! depend on history. Ties are still broken by node id, as design.md asks, but that can only
+//! matter between equal scores, which distinct members never have.
 //!
 //! **Stickiness.** The previous map's leader of `p` keeps leadership while it is still a
 //! candidate, *unless* a `Joined` candidate has a strictly better score. That one exception is
@@ -47,12 +48,34 @@
 //! candidate never takes leadership from a current leader. When the previous leader is not a
 //! candidate, the best-scored candidate leads.
 //!
+//! **What follows** (each is a test in `cluster/tests/scoring_*.rs`):
+//! - With every member `Joined` and nothing lagging, each partition is led by its replica
+//!   nearest forward from the ideal index, whatever led before: leadership never stays piled
+//!   where a failure put it. In a fresh cluster that replica is the ideal member itself, so
+//!   member `i` leads the partitions `p` with `p % n == i`: `floor(P / n)` or `ceil(P / n)`
+//!   each.
+//! - A node that dies and returns `Joined` and in sync gets back exactly the map from before:
+//!   its replica sets were kept while it was away, and it scores best where it scored best.
+//! - A map fed back as its own previous map comes out unchanged: a controller recomputing
+//!   without news proposes nothing new.
+//! - A member that joins gets replicas only where partitions are placed afresh; kept replica
+//!   sets do not move to it (moving replicas is later work, and needs the joint majorities of
+//!   design.md section 6a). It does change `n`, so every ideal index, and leaders are re-scored
+//!   within the kept sets.
+//! - `Joining` members are placed as replicas (they are on their way in and will sync) but
+//!   cannot lead until `JoinedSyncing`.
+//!
+//! **What this does not do.** It trusts `lagging`: choosing, after fencing, the replica with
+//! the highest (epoch, LSN) among a majority (design.md section 6a) is the caller's job, which
+//! it expresses by marking every other replica of the partition as lagging.
+//!
 //! **Totality.** The function never panics: no members, a replication factor of 0 or larger
 //! than the cluster, 0 partitions, or a previous map with another partition count or unknown
 //! nodes all give a well-formed map (`partitions.len() == input.partitions`, leaders `None`
 //! where nothing can lead). Inputs beyond the limits of [`crate::constants`] are computed as
 //! given and only reported through `tracing`, since refusing them would leave the cluster with
-//! no map at all.
+//! no map at all. Cost: `O(n log n + P * rf * log n)`, with no walk over `Leaving` members per
+//! partition.
 
 use crate::constants::{MEMBERS_MAX, PARTITIONS_MAX, REPLICATION_FACTOR_MAX};
 use crate::map::{LeadershipMap, MapInput, PartitionAssignment};
@@ -131,7 +154,7 @@ struct Score {
     state_rank: u8,
     /// Steps forward around the ring from the partition's ideal index.
     distance_members: usize,
-    /// Breaks ties (never needed between distinct members, whose distances differ).
+    /// Breaks ties; never decides between distinct members, whose distances differ.
     node: NodeId,
 }
 
@@ -300,5 +323,69 @@ fn forward_distance_members(ideal: usize, index: usize, member_count: usize) -> 
         index - ideal
     } else {
         member_count - ideal + index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring_of(states: &[NodeState]) -> Ring {
+        let members: BTreeMap<NodeId, NodeState> = (10..)
+            .step_by(10)
+            .map(NodeId)
+            .zip(states.iter().copied())
+            .collect();
+        Ring::new(&members)
+    }
+
+    #[test]
+    fn forward_distance_counts_steps_forward_and_wraps() {
+        assert_eq!(forward_distance_members(2, 2, 5), 0);
+        assert_eq!(forward_distance_members(2, 4, 5), 2);
+        assert_eq!(forward_distance_members(2, 0, 5), 3);
+        assert_eq!(forward_distance_members(4, 3, 5), 4);
+        assert_eq!(forward_distance_members(0, 0, 1), 0);
+    }
+
+    #[test]
+    fn first_eligible_position_skips_leaving_members_and_wraps() {
+        use NodeState::{Dead, Joined, Leaving};
+        let ring = ring_of(&[Leaving, Joined, Leaving, Dead, Leaving]);
+        assert_eq!(ring.eligible_indices, [1, 3]);
+        assert_eq!(ring.first_eligible_position_by_index, [0, 0, 1, 1, 0]);
+        assert_eq!(
+            ring.fresh_replicas(PartitionId(4), 2),
+            [NodeId(20), NodeId(40)],
+            "ideal index 4 is leaving and last: wrap to index 1"
+        );
+        assert_eq!(
+            ring.fresh_replicas(PartitionId(7), 2),
+            [NodeId(40), NodeId(20)]
+        );
+    }
+
+    #[test]
+    fn no_eligible_member_gives_no_replicas() {
+        let ring = ring_of(&[NodeState::Leaving, NodeState::Leaving]);
+        assert!(ring.first_eligible_position_by_index.is_empty());
+        assert!(ring.fresh_replicas(PartitionId(1), 2).is_empty());
+        assert!(ring_of(&[]).fresh_replicas(PartitionId(0), 3).is_empty());
+    }
+
+    #[test]
+    fn strictly_better_ignores_the_id_tie_break() {
+        let score = |state_rank, distance_members, node| Score {
+            state_rank,
+            distance_members,
+            node: NodeId(node),
+        };
+        assert!(!score(0, 1, 1).strictly_better_than(score(0, 1, 2)));
+        assert!(score(0, 3, 9).strictly_better_than(score(1, 0, 1)));
+        assert!(score(0, 0, 9).strictly_better_than(score(0, 1, 1)));
+        assert!(
+            score(0, 1, 1) < score(0, 1, 2),
+            "the id still orders equal scores"
+        );
     }
 }

@@ -210,7 +210,7 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2_000))]
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
 
     /// One assignment per partition, the arguments' term and epoch, distinct member replicas,
     /// never more than the replication factor.
