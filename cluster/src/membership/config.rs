@@ -22,9 +22,13 @@ pub struct MembershipConfig {
     /// How often pending updates and state announcements are pushed to a few random members,
     /// besides what rides on probes.
     pub gossip_period: Duration,
-    /// How often a hello is sent again to each static peer that is not (or no longer) a live
+    /// How soon a hello is sent again to each static peer that is not (or no longer) a live
     /// member: starts the cluster whatever order nodes start in, and heals full partitions.
+    /// The period doubles while some peer stays away.
     pub join_retry_period: Duration,
+    /// The longest period between hellos to a peer that stays away (a node gone for good, an
+    /// address that is not the one the peer gossips from).
+    pub join_retry_period_max: Duration,
     /// How often a node re-announces its own state, so that members that missed it (a lossy
     /// network, a newcomer) learn it without waiting for its next change.
     pub state_refresh_period: Duration,
@@ -50,6 +54,7 @@ impl MembershipConfig {
             suspect_to_down_after: lan.suspect_to_down_after,
             gossip_period,
             join_retry_period: Duration::from_secs(1),
+            join_retry_period_max: Duration::from_secs(30),
             state_refresh_period: Duration::from_secs(10),
             leave_linger: Duration::from_secs(2),
             max_transmissions: lan.max_transmissions.get().max(MAX_TRANSMISSIONS_MIN),
@@ -68,6 +73,9 @@ impl MembershipConfig {
         ];
         if periods.iter().any(Duration::is_zero) {
             return Err("every period must be longer than zero (leave_linger may be zero)");
+        }
+        if self.join_retry_period_max < self.join_retry_period {
+            return Err("join_retry_period_max must be at least join_retry_period");
         }
         if self.probe_rtt >= self.probe_period {
             return Err("probe_rtt must be shorter than probe_period");

@@ -30,8 +30,11 @@
 //! announce to an identity. So [`Membership::join`] sends each peer a *hello* carrying our
 //! identity; the receiver announces to us, which makes us members of each other's view (foca's
 //! join sub-protocol), and the feed that answers the announce introduces the rest of the
-//! cluster. Hellos are repeated every [`MembershipConfig::join_retry_period`] to each static
-//! peer that is not a live member, so nodes may start in any order and a full partition heals.
+//! cluster. Hellos are repeated to each static peer that is not a live member, first after
+//! [`MembershipConfig::join_retry_period`], then at doubling periods up to
+//! [`MembershipConfig::join_retry_period_max`] (and again from the shortest when the node finds
+//! itself alone), so nodes may start in any order, a full partition heals, and a peer that is
+//! gone for good costs one hello per long period.
 //!
 //! **The wire.** Every datagram starts with a fixed 32-byte header (magic and version, the
 //! cluster id, crc32c of header and body: see [`DATAGRAM_HEADER_BYTES`] and the `wire` module).
@@ -209,8 +212,9 @@ enum Phase {
 enum TimerEvent {
     /// One of foca's timers.
     Foca(Timer<GossipIdentity>),
-    /// Send hellos to static peers that are not live members.
-    JoinRetry,
+    /// Send hellos to static peers that are not live members; ignored unless `token` is the
+    /// membership's current one (a restart of the retries makes older ones stale).
+    JoinRetry { token: u64 },
     /// Re-announce our own state.
     StateRefresh,
     /// The linger after `leave` is over: declare ourselves gone.
@@ -322,7 +326,12 @@ pub struct Membership {
     phase: Phase,
     /// The static peers (our own address removed), for hellos.
     peers: Vec<SocketAddr>,
-    join_retry_scheduled: bool,
+    /// Names the current chain of hello retries.
+    join_retry_token: u64,
+    /// The delay before the next hello retry: doubles while some peer stays away, up to
+    /// `MembershipConfig::join_retry_period_max`.
+    join_retry_delay: Duration,
+    state_refresh_scheduled: bool,
     timers: TimerQueue,
     outputs: VecDeque<MembershipOutput>,
     /// How many of `outputs` are sends (bounded by `SENDS_QUEUED_MAX`).
@@ -373,7 +382,9 @@ impl Membership {
             local_version: 1,
             phase: Phase::Running,
             peers: Vec::new(),
-            join_retry_scheduled: false,
+            join_retry_token: 0,
+            join_retry_delay: Duration::ZERO,
+            state_refresh_scheduled: false,
             timers: TimerQueue::default(),
             outputs: VecDeque::new(),
             sends_queued: 0,
@@ -384,7 +395,8 @@ impl Membership {
 
     /// Contacts the cluster through the static `peers` (our own address may be among them; it
     /// is skipped): sends each a hello, repeated every
-    /// [`MembershipConfig::join_retry_period`] while the peer is not a live member, and starts
+    /// [`MembershipConfig::join_retry_period`], then less and less often, while the peer is not
+    /// a live member, and starts
     /// announcing our state. An empty list starts a cluster of one that others join. Calling
     /// it again replaces the peer list.
     pub fn join(&mut self, now: Time, peers: &[SocketAddr]) -> Result<(), MembershipError> {
@@ -409,11 +421,9 @@ impl Membership {
             "membership joining"
         );
         self.announce_local_state();
-        self.send_hellos();
-        if !self.join_retry_scheduled {
-            self.join_retry_scheduled = true;
-            self.timers
-                .push(now + self.config.join_retry_period, TimerEvent::JoinRetry);
+        self.restart_join_retries(now);
+        if !self.state_refresh_scheduled {
+            self.state_refresh_scheduled = true;
             self.timers.push(
                 now + self.config.state_refresh_period,
                 TimerEvent::StateRefresh,
@@ -461,11 +471,16 @@ impl Membership {
                         tracing::debug!(local = self.node_id.get(), %error, "foca timer");
                     }
                 }
-                TimerEvent::JoinRetry => {
-                    self.send_hellos();
+                TimerEvent::JoinRetry { token } if token == self.join_retry_token => {
+                    self.join_retry_delay = if self.send_hellos() == 0 {
+                        self.config.join_retry_period
+                    } else {
+                        (self.join_retry_delay * 2).min(self.config.join_retry_period_max)
+                    };
                     self.timers
-                        .push(now + self.config.join_retry_period, TimerEvent::JoinRetry);
+                        .push(now + self.join_retry_delay, TimerEvent::JoinRetry { token });
                 }
+                TimerEvent::JoinRetry { .. } => {}
                 TimerEvent::StateRefresh => {
                     self.announce_local_state();
                     self.timers.push(
@@ -621,10 +636,24 @@ impl Membership {
         }
     }
 
-    /// Sends a hello to every static peer that is not the address of a live member.
-    fn send_hellos(&mut self) {
+    /// Sends hellos now and starts a new chain of retries at the shortest period.
+    fn restart_join_retries(&mut self, now: Time) {
+        self.send_hellos();
+        self.join_retry_token += 1;
+        self.join_retry_delay = self.config.join_retry_period;
+        self.timers.push(
+            now + self.join_retry_delay,
+            TimerEvent::JoinRetry {
+                token: self.join_retry_token,
+            },
+        );
+    }
+
+    /// Sends a hello to every static peer that is not the address of a live member; returns
+    /// how many it sent.
+    fn send_hellos(&mut self) -> usize {
         if self.phase != Phase::Running || self.peers.is_empty() {
-            return;
+            return 0;
         }
         let live: BTreeSet<SocketAddr> = self
             .foca
@@ -636,6 +665,7 @@ impl Membership {
             DatagramKind::Hello,
             &wire::encode_hello(self.foca.identity()),
         );
+        let mut sent = 0;
         for &peer in &self.peers {
             if !live.contains(&peer) {
                 push_send(
@@ -644,8 +674,10 @@ impl Membership {
                     peer,
                     hello.clone(),
                 );
+                sent += 1;
             }
         }
+        sent
     }
 
     fn handle_hello(&mut self, now: Time, identity: GossipIdentity) {
@@ -693,6 +725,7 @@ impl Membership {
     fn after_input(&mut self, now: Time) {
         let mut notifications = std::mem::take(&mut self.notifications);
         let mut reannounce = false;
+        let mut idle = false;
         for notification in notifications.drain(..) {
             match notification {
                 OwnedNotification::Rejoin(identity) => {
@@ -719,12 +752,17 @@ impl Membership {
                 }
                 OwnedNotification::Idle => {
                     tracing::info!(local = self.node_id.get(), "no live member left");
+                    idle = true;
                 }
                 _ => {}
             }
         }
         self.notifications = notifications;
         reannounce |= self.outvote_claim_about_us(now);
+        if idle && self.phase == Phase::Running && !self.peers.is_empty() {
+            // Alone again: look for the cluster at the shortest period.
+            self.restart_join_retries(now);
+        }
         if reannounce && self.phase != Phase::Left {
             self.announce_local_state();
         }

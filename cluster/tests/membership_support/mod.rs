@@ -52,6 +52,9 @@ pub struct SimNetwork {
     pub loss_percent: u32,
     /// Delivery delay, uniform in this range of milliseconds.
     pub delay_ms: (u64, u64),
+    /// While set, datagrams between nodes of different groups are lost (nodes in no group
+    /// talk to everyone).
+    pub partition: Option<Vec<Vec<u64>>>,
     /// Every non-send output of every node, in order.
     pub observations: Vec<(Duration, Observation)>,
     /// Every datagram sent, in order: (time, from, to, bytes).
@@ -73,6 +76,7 @@ impl SimNetwork {
             config: MembershipConfig::lan(5),
             loss_percent,
             delay_ms,
+            partition: None,
             observations: Vec::new(),
             sent: Vec::new(),
             in_flight: BTreeMap::new(),
@@ -265,6 +269,9 @@ impl SimNetwork {
             let Some(node) = (1..=u64::from(u8::MAX)).find(|&node| address_of(node) == to) else {
                 continue;
             };
+            if self.partitioned(from, node) {
+                continue;
+            }
             if let Some(membership) = self
                 .nodes
                 .get_mut(&node)
@@ -290,6 +297,18 @@ impl SimNetwork {
             self.membership(node).handle_deadline(now);
             self.drain(node);
         }
+    }
+
+    /// Whether the partition keeps a datagram from `from` away from node `to`.
+    fn partitioned(&self, from: SocketAddr, to: u64) -> bool {
+        let Some(groups) = &self.partition else {
+            return false;
+        };
+        let Some(from) = (1..=u64::from(u8::MAX)).find(|&node| address_of(node) == from) else {
+            return false;
+        };
+        let group_of = |node: u64| groups.iter().position(|group| group.contains(&node));
+        matches!((group_of(from), group_of(to)), (Some(a), Some(b)) if a != b)
     }
 
     /// Takes node `node`'s outputs: datagrams go on the wire, the rest is recorded.
