@@ -301,6 +301,22 @@ impl Controller {
         self.finish_input();
     }
 
+    /// Starts an election now, as if the election timer had fired (an operator's "elect
+    /// again", and how tests make candidates stand at the same instant). Does nothing on a
+    /// controller or a node that may not stand; the usual rules (pre-vote, leases, one
+    /// acceptance per term) still apply, so it cannot break safety.
+    pub fn stand(&mut self, now: Time) {
+        if self.phase != Phase::Controller && self.may_stand() {
+            self.become_follower(now);
+            self.election_deadline = None;
+            self.start_election(now);
+            if self.election_deadline.is_none() && self.phase != Phase::Controller {
+                self.reset_election_timer(now);
+            }
+        }
+        self.finish_input();
+    }
+
     // ---- Outputs and persistence ----
 
     fn finish_input(&mut self) {
@@ -528,7 +544,12 @@ impl Controller {
                     phase = ?self.phase,
                     "election round failed"
                 );
-                self.elections_failed = self.elections_failed.saturating_add(1);
+                // A failed pre-vote round disturbed no one (no term was raised): it does not
+                // back off. Failed claims and Bully/Ring rounds do, so that colliding
+                // candidates thin out.
+                if self.phase != Phase::PreCandidate {
+                    self.elections_failed = self.elections_failed.saturating_add(1);
+                }
                 self.become_follower(now);
                 self.start_election(now);
             }

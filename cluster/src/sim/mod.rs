@@ -311,6 +311,16 @@ impl Simulation {
         for index in 0..simulation.nodes.len() {
             simulation.start_node(index);
         }
+        // Every node was down while the ones before it started: give all the full view.
+        let view = simulation.members_view();
+        let now = simulation.now;
+        for index in 0..simulation.nodes.len() {
+            if let Some(machine) = simulation.nodes[index].machine.as_mut() {
+                machine.handle_members(now, &view);
+            }
+            // A fresh node has nothing to fail on.
+            let _ = simulation.after_input(index);
+        }
         simulation
     }
 
@@ -356,7 +366,8 @@ impl Simulation {
     }
 
     /// The controller every live node acknowledges, if there is one: a live node in role
-    /// controller whose term and published epoch every live node shares, naming it.
+    /// controller that has published a map of its own term, and whose term and published
+    /// epoch every live node shares, naming it.
     pub fn stable_controller(&self) -> Option<(NodeId, Term)> {
         let mut live = self.nodes.iter().filter_map(|node| node.machine.as_ref());
         let controller = self
@@ -365,6 +376,14 @@ impl Simulation {
             .filter_map(|node| node.machine.as_ref())
             .find(|machine| machine.status().role == Role::Controller)?;
         let status = controller.status();
+        let own_map = controller
+            .persisted()
+            .published_map
+            .as_ref()
+            .is_some_and(|map| map.term == status.term);
+        if !own_map {
+            return None;
+        }
         let all = live.all(|machine| {
             let other = machine.status();
             other.term == status.term
@@ -404,6 +423,19 @@ impl Simulation {
                 }
             }
         }
+    }
+
+    /// Makes `node` stand now (see [`Controller::stand`]).
+    pub fn stand(&mut self, node: NodeId) -> Result<(), Failure> {
+        let Some(index) = self.index(node) else {
+            return Ok(());
+        };
+        let now = self.now;
+        if let Some(machine) = self.nodes[index].machine.as_mut() {
+            machine.stand(now);
+            self.after_input(index)?;
+        }
+        Ok(())
     }
 
     /// Heals every partition.
