@@ -41,6 +41,56 @@
 //! A datagram of another cluster, a corrupt or an undecodable one is refused
 //! ([`MembershipOutput::Refused`]) and never reaches foca.
 //!
+//! **Driver contract.** The control shard's driver binds one UDP socket on the gossip address
+//! and, for every input (a received datagram, the clock passing [`Membership::next_deadline`],
+//! a state change of its own node), calls the matching method with the current time, then
+//! drains [`Membership::poll_output`]: it sends every [`MembershipOutput::Send`] as one
+//! datagram, feeds [`MembershipOutput::StateChanged`] and
+//! [`MembershipOutput::SuspicionChanged`] to the controller (or re-reads
+//! [`Membership::members`]), counts or logs [`MembershipOutput::Refused`], and stops gossiping
+//! after [`MembershipOutput::Left`]. Then it sleeps until the next deadline or datagram.
+//!
+//! ```
+//! use coregrid_cluster::membership::{Membership, MembershipConfig, MembershipOutput};
+//! use coregrid_cluster::types::{ClusterId, NodeId, NodeState};
+//! use std::time::Duration;
+//!
+//! let cluster = ClusterId::from_name("example").unwrap();
+//! let addresses = ["127.0.0.1:7001".parse().unwrap(), "127.0.0.1:7002".parse().unwrap()];
+//! let mut nodes: Vec<Membership> = (0..2)
+//!     .map(|index| {
+//!         let (id, seed) = (NodeId(index as u64 + 1), index as u64);
+//!         Membership::new(cluster, id, addresses[index], 1, MembershipConfig::lan(2), seed)
+//!             .unwrap()
+//!     })
+//!     .collect();
+//! let mut now = Duration::ZERO;
+//! for node in &mut nodes {
+//!     node.join(now, &addresses).unwrap();
+//! }
+//! // A perfect network: deliver every datagram at once, run every deadline when it is due.
+//! while now < Duration::from_secs(5) {
+//!     let mut in_flight = Vec::new();
+//!     for (index, node) in nodes.iter_mut().enumerate() {
+//!         while let Some(output) = node.poll_output() {
+//!             if let MembershipOutput::Send { to, bytes } = output {
+//!                 in_flight.push((addresses[index], to, bytes));
+//!             }
+//!         }
+//!     }
+//!     if in_flight.is_empty() {
+//!         now = nodes.iter().filter_map(Membership::next_deadline).min().unwrap();
+//!         nodes.iter_mut().for_each(|node| node.handle_deadline(now));
+//!     }
+//!     for (from, to, bytes) in in_flight {
+//!         let index = addresses.iter().position(|address| *address == to).unwrap();
+//!         nodes[index].handle_datagram(now, from, &bytes);
+//!     }
+//! }
+//! assert_eq!(nodes[0].members()[&NodeId(2)].state, NodeState::Joining);
+//! assert_eq!(nodes[1].members()[&NodeId(1)].state, NodeState::Joining);
+//! ```
+//!
 //! **Limits** (style.md rule 5): datagrams are at most [`DATAGRAM_BYTES_MAX`] bytes, the member
 //! table and the announcement table at most [`MEMBERS_MAX`] nodes (dead members are evicted
 //! first), the peer list [`PEERS_MAX`] addresses, the timer queue [`TIMERS_MAX`] entries and
@@ -394,11 +444,10 @@ impl Membership {
     }
 
     /// Contacts the cluster through the static `peers` (our own address may be among them; it
-    /// is skipped): sends each a hello, repeated every
-    /// [`MembershipConfig::join_retry_period`], then less and less often, while the peer is not
-    /// a live member, and starts
-    /// announcing our state. An empty list starts a cluster of one that others join. Calling
-    /// it again replaces the peer list.
+    /// is skipped): sends each a hello, repeated after [`MembershipConfig::join_retry_period`]
+    /// and then less and less often while the peer is not a live member, and starts announcing
+    /// our state. An empty list starts a cluster of one that others join. Calling it again
+    /// replaces the peer list.
     pub fn join(&mut self, now: Time, peers: &[SocketAddr]) -> Result<(), MembershipError> {
         if self.phase != Phase::Running {
             return Err(MembershipError::Leaving);
@@ -433,9 +482,10 @@ impl Membership {
         Ok(())
     }
 
-    /// Takes one received datagram. One that is not for this cluster or does not decode is
-    /// refused ([`MembershipOutput::Refused`]) and changes nothing; no input panics. Ignored
-    /// once the node has left.
+    /// Takes one received datagram. One that is not for this cluster or fails the header checks
+    /// is refused ([`MembershipOutput::Refused`]) before foca sees it and changes nothing; a
+    /// body that does not decode is refused too (see [`RefusalReason::Malformed`]). No input
+    /// panics. Ignored once the node has left.
     pub fn handle_datagram(&mut self, now: Time, from: SocketAddr, datagram: &[u8]) {
         if self.phase == Phase::Left {
             return;
@@ -944,5 +994,124 @@ impl Membership {
             }
         }
         self.view = view;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership() -> Membership {
+        Membership::new(
+            ClusterId(*b"unit-test-cluste"),
+            NodeId(1),
+            "10.0.0.1:7946".parse().unwrap(),
+            1,
+            MembershipConfig::lan(3),
+            7,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_life_cycle_is_enforced_and_refusals_change_nothing() {
+        let mut membership = membership();
+        let now = Duration::from_secs(1);
+        assert_eq!(
+            membership.set_local_state(now, NodeState::Dead),
+            Err(MembershipError::InvalidTransition {
+                from: NodeState::Joining,
+                to: NodeState::Dead
+            })
+        );
+        membership.set_local_state(now, NodeState::Joined).unwrap();
+        membership
+            .set_local_state(now, NodeState::JoinedSyncing)
+            .unwrap();
+        assert_eq!(
+            membership.set_local_state(now, NodeState::Joining),
+            Err(MembershipError::InvalidTransition {
+                from: NodeState::JoinedSyncing,
+                to: NodeState::Joining
+            })
+        );
+        assert_eq!(membership.local_state(), NodeState::JoinedSyncing);
+        let too_many: Vec<SocketAddr> = (0..=PEERS_MAX)
+            .map(|port| SocketAddr::from(([10, 0, 0, 2], port as u16)))
+            .collect();
+        assert_eq!(
+            membership.join(now, &too_many),
+            Err(MembershipError::TooManyPeers {
+                peers: PEERS_MAX + 1
+            })
+        );
+        membership.leave(now);
+        assert_eq!(membership.local_state(), NodeState::Leaving);
+        assert_eq!(
+            membership.set_local_state(now, NodeState::Joined),
+            Err(MembershipError::Leaving)
+        );
+        assert_eq!(membership.join(now, &[]), Err(MembershipError::Leaving));
+    }
+
+    #[test]
+    fn a_node_reports_its_own_transitions_and_leaves_after_the_linger() {
+        let mut membership = membership();
+        membership.join(Duration::ZERO, &[]).unwrap();
+        membership
+            .set_local_state(Duration::from_secs(1), NodeState::Joined)
+            .unwrap();
+        membership.leave(Duration::from_secs(2));
+        let linger_over = Duration::from_secs(2) + membership.config.leave_linger;
+        membership.handle_deadline(linger_over);
+        let outputs: Vec<MembershipOutput> =
+            std::iter::from_fn(|| membership.poll_output()).collect();
+        let expected_states = [
+            (None, NodeState::Joining, Duration::ZERO),
+            (
+                Some(NodeState::Joining),
+                NodeState::Joined,
+                Duration::from_secs(1),
+            ),
+            (
+                Some(NodeState::Joined),
+                NodeState::Leaving,
+                Duration::from_secs(2),
+            ),
+        ];
+        let states: Vec<_> = outputs
+            .iter()
+            .filter_map(|output| match *output {
+                MembershipOutput::StateChanged { node, from, to, at } => {
+                    assert_eq!(node, NodeId(1));
+                    Some((from, to, at))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(states, expected_states);
+        assert_eq!(
+            outputs.last(),
+            Some(&MembershipOutput::Left { at: linger_over })
+        );
+        assert!(membership.has_left());
+        assert_eq!(membership.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_invalid_configuration_builds_nothing() {
+        let config = MembershipConfig {
+            probe_rtt: Duration::from_secs(5),
+            ..MembershipConfig::lan(3)
+        };
+        let built = Membership::new(
+            ClusterId::default(),
+            NodeId(1),
+            "10.0.0.1:7946".parse().unwrap(),
+            1,
+            config,
+            0,
+        );
+        assert!(matches!(built, Err(MembershipError::InvalidConfig(_))));
     }
 }
