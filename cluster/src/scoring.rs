@@ -67,7 +67,10 @@
 //!
 //! **What this does not do.** It trusts `lagging`: choosing, after fencing, the replica with
 //! the highest (epoch, LSN) among a majority (design.md section 6a) is the caller's job, which
-//! it expresses by marking every other replica of the partition as lagging.
+//! it expresses by marking every other replica of the partition as lagging. Likewise a replica
+//! this function places afresh (a set replaced because a member is `Leaving` or the set had
+//! the wrong size) may hold none of the partition's data; it is scored like any other unless
+//! the caller marks it lagging until replication reports it caught up.
 //!
 //! **Totality.** The function never panics: no members, a replication factor of 0 or larger
 //! than the cluster, 0 partitions, or a previous map with another partition count or unknown
