@@ -109,7 +109,7 @@ use crate::types::{ClusterId, NodeId, NodeState, Time};
 use announcement::{Announcement, AnnouncementHandler, AnnouncementTable};
 use foca::{Foca, Member, Notification, OwnedNotification, PostcardCodec, Runtime, State, Timer};
 use identity::GossipIdentity;
-use rand_foca::rngs::SmallRng;
+use rand_foca::rngs::Xoshiro256PlusPlus;
 use rand_foca::SeedableRng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -367,7 +367,9 @@ pub struct Membership {
     cluster_id: ClusterId,
     node_id: NodeId,
     config: MembershipConfig,
-    foca: Foca<GossipIdentity, PostcardCodec, SmallRng, AnnouncementHandler>,
+    /// The PRNG is named rather than rand's `SmallRng`, whose algorithm differs between
+    /// platforms and releases: a seed replays the same run on every machine.
+    foca: Foca<GossipIdentity, PostcardCodec, Xoshiro256PlusPlus, AnnouncementHandler>,
     /// The newest announcement of every node, shared with foca's broadcast handler.
     announcements: AnnouncementTable,
     local_state: NodeState,
@@ -418,7 +420,7 @@ impl Membership {
         let foca = Foca::with_custom_broadcast(
             identity,
             config.to_foca(),
-            SmallRng::seed_from_u64(seed),
+            Xoshiro256PlusPlus::seed_from_u64(seed),
             PostcardCodec,
             handler,
         );
@@ -607,6 +609,7 @@ impl Membership {
     pub fn poll_output(&mut self) -> Option<MembershipOutput> {
         let output = self.outputs.pop_front()?;
         if matches!(output, MembershipOutput::Send { .. }) {
+            assert!(self.sends_queued > 0, "every queued send was counted");
             self.sends_queued -= 1;
         }
         Some(output)
@@ -730,6 +733,9 @@ impl Membership {
         sent
     }
 
+    /// Announces to the hello's sender. The identity's own gossip address is used, not the
+    /// datagram's source: foca replies to identities, and a node behind an address translation
+    /// or bound to a wildcard address knows best where it listens.
     fn handle_hello(&mut self, now: Time, identity: GossipIdentity) {
         if identity.node == self.node_id.get() {
             if identity != *self.foca.identity() {
