@@ -445,6 +445,11 @@ impl Simulation {
         }
     }
 
+    /// Turns step printing on or off (see [`SimConfig::trace`]).
+    pub fn set_trace(&mut self, trace: bool) {
+        self.config.trace = trace;
+    }
+
     /// Sets the probability that a message is lost.
     pub fn set_loss(&mut self, probability: f64) {
         self.loss_probability = probability;
