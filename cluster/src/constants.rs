@@ -13,5 +13,8 @@ pub const PARTITIONS_MAX: u32 = 65_536;
 /// Most replicas of one partition.
 pub const REPLICATION_FACTOR_MAX: usize = 7;
 
-const _: () = assert!(VOTERS_DEFAULT_MAX % 2 == 1, "an odd voter count wastes no vote");
+const _: () = assert!(
+    VOTERS_DEFAULT_MAX % 2 == 1,
+    "an odd voter count wastes no vote"
+);
 const _: () = assert!(REPLICATION_FACTOR_MAX <= MEMBERS_MAX);

@@ -5,22 +5,25 @@
 //! for a partition only if the map of the current epoch names them its leader.
 
 use crate::types::{Epoch, MapVersion, NodeId, NodeState, PartitionId, Term};
+use coregrid_net::rkyv::{self, Archive, Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One partition's place in a map.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[rkyv(crate = rkyv, derive(Debug))]
 pub struct PartitionAssignment {
     /// The node that leads the partition in this epoch; `None` when no replica may lead (all
     /// dead or out of sync): the partition takes no writes until a later map names one.
     pub leader: Option<NodeId>,
-    /// The nodes holding a replica, the leader among them; `replication_factor` of them when
-    /// the cluster has that many members.
+    /// The nodes holding a replica, the leader among them: `min(replication_factor, members
+    /// not Leaving)` of them.
     pub replicas: Vec<NodeId>,
 }
 
 /// An epoch-stamped leadership map. Two maps with the same epoch are equal (design.md
 /// section 5, promise 1: at most one leader per partition per epoch).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[rkyv(crate = rkyv, derive(Debug))]
 pub struct LeadershipMap {
     /// The map's generation; only ever grows.
     pub epoch: Epoch,

@@ -1,5 +1,6 @@
 //! The control plane's vocabulary (design.md section 3).
 
+use coregrid_net::rkyv::{self, Archive, Deserialize, Serialize};
 pub use coregrid_net::{ClusterId, Epoch, NodeId, PartitionId, Term};
 use std::fmt;
 use std::time::Duration;
@@ -11,7 +12,11 @@ pub type Time = Duration;
 /// Where a node is in its life (design.md section 3). Only `Joined` nodes lead partitions that
 /// take writes; a `JoinedSyncing` node may hold "paper" leadership (section 4) but refuses
 /// writes until it is `Joined`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[rkyv(crate = rkyv, derive(Debug, Clone, Copy, PartialEq, Eq))]
+#[repr(u8)]
 pub enum NodeState {
     /// Known (from the peer list or gossip) but not yet a full member.
     Joining,
@@ -53,7 +58,21 @@ impl fmt::Display for NodeState {
 /// How recent a leadership map is: the term of the controller that proposed it, then its
 /// epoch (design.md section 6a: a voter votes only for a candidate whose latest stored map is
 /// at least this recent). The derived order compares `term` first.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
+#[rkyv(crate = rkyv, derive(Debug))]
 pub struct MapVersion {
     /// The proposing controller's term.
     pub term: Term,
