@@ -8,7 +8,7 @@
 use coregrid_cluster::election::Strategy;
 use coregrid_cluster::sim::{run_random, Faults, SimConfig};
 
-/// Seeds per (strategy, cluster size): 6 combinations, so 12,000 seeds per run.
+/// Seeds per (strategy, cluster size): 7 combinations, so 14,000 seeds per run.
 const SEEDS_PER_CASE: u64 = 2000;
 
 fn run_seeds(strategy: Strategy, nodes: usize, first_seed: u64) {
@@ -64,6 +64,13 @@ fn bully_3_nodes() {
 #[test]
 fn bully_5_nodes() {
     run_seeds(Strategy::Bully, 5, 4_000_000);
+}
+
+/// Nine nodes: five voters, four non-voters that must follow but never stand (fewer seeds:
+/// each run is twice as long).
+#[test]
+fn vote_9_nodes_with_non_voters() {
+    run_seeds(Strategy::Vote, 9, 7_000_000);
 }
 
 #[test]

@@ -245,7 +245,9 @@ impl Controller {
     /// unknown nodes, non-voters where a voter is expected, or stale terms are ignored or
     /// refused.
     pub fn handle_message(&mut self, now: Time, from: NodeId, message: ControlMessage) {
-        if from == self.id {
+        // Ignore ourselves and strangers (neither voters nor in the membership view): a stray
+        // packet must not move this node's term.
+        if from == self.id || !self.is_known(from) {
             self.finish_input();
             return;
         }
@@ -281,7 +283,9 @@ impl Controller {
                 stored,
             } => self.on_heartbeat_reply(now, from, term, committed, stored),
             ControlMessage::Refuse { term } => {
-                self.adopt_term(now, term);
+                if self.is_known(from) {
+                    self.adopt_term(now, term);
+                }
             }
             ControlMessage::BullyElection { term } => self.on_bully_election(now, from, term),
             ControlMessage::BullyAlive { term } => self.on_bully_alive(now, from, term),
@@ -377,6 +381,12 @@ impl Controller {
     }
 
     // ---- Terms and roles ----
+
+    /// Whether `node` is a voter or in the membership view: only they may make this node
+    /// step down to a higher term (a stray packet from elsewhere must not).
+    fn is_known(&self, node: NodeId) -> bool {
+        self.config.is_voter(node) || self.members.contains_key(&node)
+    }
 
     fn is_voter(&self) -> bool {
         self.config.is_voter(self.id)
@@ -1106,6 +1116,9 @@ impl Controller {
         committed: MapVersion,
         stored: MapVersion,
     ) {
+        if !self.is_known(from) {
+            return;
+        }
         if term > self.persisted.term {
             self.adopt_term(now, term);
             return;

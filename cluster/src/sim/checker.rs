@@ -69,6 +69,11 @@ pub enum Violation {
         /// The bound that passed.
         deadline: Time,
     },
+    /// A node that is not a voter stood or became controller.
+    NonVoterStood {
+        /// The node.
+        node: NodeId,
+    },
     /// The run exceeded its step limit (a livelock, or a timer that never moves).
     StepLimit {
         /// Steps taken.
@@ -111,7 +116,7 @@ impl Checker {
     }
 
     /// Checks a node's status after a step: one controller per term over all time, terms
-    /// never decreasing.
+    /// never decreasing, only voters standing.
     pub fn observe_status(&mut self, node: NodeId, status: &Status) -> Result<(), Violation> {
         let before = self.term_by_node.entry(node).or_insert(status.term);
         if status.term < *before || status.persisted_term > status.term {
@@ -122,6 +127,9 @@ impl Checker {
             });
         }
         *before = status.term;
+        if status.role != Role::Follower && !self.voters.contains(&node) {
+            return Err(Violation::NonVoterStood { node });
+        }
         if status.role == Role::Controller {
             let first = *self.controllers_by_term.entry(status.term).or_insert(node);
             if first != node {

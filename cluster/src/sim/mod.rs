@@ -82,8 +82,8 @@ impl Faults {
             crashes: true,
             partitions: true,
             crash_between_outputs_probability: 0.002,
-            fault_interval_mean: Duration::from_millis(400),
-            fault_duration: Duration::from_secs(4),
+            fault_interval_mean: Duration::from_millis(300),
+            fault_duration: Duration::from_secs(6),
         }
     }
 }
@@ -741,7 +741,18 @@ impl Simulation {
             return;
         }
         let choice = self.rng.gen_range(0..10u32);
-        let node = self.rng.gen_range(0..self.nodes.len());
+        let mut node = self.rng.gen_range(0..self.nodes.len());
+        // Half the crashes aim at a controller: that is what makes elections happen.
+        if self.rng.gen_bool(0.5) {
+            if let Some(controller) = (0..self.nodes.len()).find(|index| {
+                self.nodes[*index]
+                    .machine
+                    .as_ref()
+                    .is_some_and(|machine| machine.status().role == Role::Controller)
+            }) {
+                node = controller;
+            }
+        }
         match choice {
             0..=2 if faults.crashes => {
                 if self.nodes[node].machine.is_some() {
