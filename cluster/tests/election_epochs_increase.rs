@@ -4,7 +4,7 @@
 
 use coregrid_cluster::election::Strategy;
 use coregrid_cluster::sim::{SimConfig, Simulation};
-use coregrid_cluster::types::{Epoch, Time};
+use coregrid_cluster::types::Epoch;
 use std::time::Duration;
 
 #[test]
@@ -42,7 +42,6 @@ fn epochs_strictly_increase_across_successive_elections() {
                     "{context}: node {node} published {published:?}"
                 );
             }
-            let _ = Time::ZERO;
         }
     }
 }

@@ -4,7 +4,6 @@
 use coregrid_cluster::election::{Role, Strategy};
 use coregrid_cluster::sim::{SimConfig, Simulation};
 use coregrid_cluster::types::{NodeId, Time};
-use std::time::Duration;
 
 #[test]
 fn three_simultaneous_candidates_make_one_controller() {
@@ -49,7 +48,6 @@ fn three_simultaneous_candidates_make_one_controller() {
                 assert_eq!(status.term, term, "{context}");
                 assert_eq!(status.published_epoch, epoch, "{context}");
             }
-            let _ = Duration::ZERO;
         }
     }
 }

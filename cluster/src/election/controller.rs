@@ -225,7 +225,6 @@ impl Controller {
     /// computation and the list of members a controller sends heartbeats and maps to. A
     /// controller proposes a new map when the view changes the computed assignment.
     pub fn handle_members(&mut self, now: Time, members: &BTreeMap<NodeId, NodeState>) {
-        let _ = now;
         self.members = members
             .iter()
             .take(MEMBERS_MAX)

@@ -863,7 +863,6 @@ pub fn run_random(config: SimConfig) -> Result<RunSummary, Failure> {
                     tail_to_stable: stable - tail_start,
                 });
             }
-            let _ = bound;
         }
         if !simulation.step()? {
             // Nothing left to happen: only possible with no node that may stand.
