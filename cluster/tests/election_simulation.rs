@@ -24,6 +24,7 @@ fn run_seeds(strategy: Strategy, nodes: usize, first_seed: u64) {
     );
     let mut steps = 0u64;
     let mut terms = 0usize;
+    let mut slowest_tail = std::time::Duration::ZERO;
     let mut failures = Vec::new();
     for seed in seeds {
         let mut config = SimConfig::new(seed, nodes, strategy);
@@ -32,6 +33,7 @@ fn run_seeds(strategy: Strategy, nodes: usize, first_seed: u64) {
             Ok(summary) => {
                 steps += summary.steps;
                 terms += summary.terms_with_controller;
+                slowest_tail = slowest_tail.max(summary.tail_to_stable);
             }
             Err(failure) => {
                 println!("FAILED {failure}");
@@ -39,7 +41,9 @@ fn run_seeds(strategy: Strategy, nodes: usize, first_seed: u64) {
             }
         }
     }
-    println!("strategy={strategy} nodes={nodes}: {steps} steps, {terms} terms with a controller");
+    println!(
+        "strategy={strategy} nodes={nodes}: {steps} steps, {terms} terms with a controller, slowest fault-free tail to a stable controller {slowest_tail:?}"
+    );
     assert!(
         failures.is_empty(),
         "failing seeds for strategy={strategy} nodes={nodes}: {failures:?}"
