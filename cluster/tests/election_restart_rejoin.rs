@@ -1,14 +1,14 @@
 //! Proves that a follower that restarts, or that was cut off from everyone for several
-//! election timeouts, rejoins without forcing a new election (Vote strategy, pre-vote): the
-//! term does not change and the controller stays in place.
+//! election timeouts, rejoins without forcing a new election (pre-vote, which every strategy
+//! runs before it claims): the term does not change and the controller stays in place.
 
 use coregrid_cluster::election::{Role, Strategy};
 use coregrid_cluster::sim::{SimConfig, Simulation};
 use coregrid_cluster::types::{NodeId, Time};
 use std::time::Duration;
 
-fn stable_cluster(seed: u64) -> (Simulation, NodeId, NodeId) {
-    let mut simulation = Simulation::new(SimConfig::new(seed, 5, Strategy::Vote));
+fn stable_cluster(seed: u64, strategy: Strategy) -> (Simulation, NodeId, NodeId) {
+    let mut simulation = Simulation::new(SimConfig::new(seed, 5, strategy));
     let (controller, _, _) = simulation
         .run_until_stable(Time::from_secs(10))
         .unwrap_or_else(|failure| panic!("{failure}"))
@@ -23,7 +23,7 @@ fn stable_cluster(seed: u64) -> (Simulation, NodeId, NodeId) {
     (simulation, controller, follower)
 }
 
-fn assert_undisturbed(simulation: &mut Simulation, controller: NodeId, seed: u64) {
+fn assert_undisturbed(simulation: &mut Simulation, controller: NodeId, seed: &str) {
     let term = simulation.status(controller).unwrap().term;
     let until = simulation.now() + Duration::from_secs(3);
     simulation
@@ -50,20 +50,28 @@ fn assert_undisturbed(simulation: &mut Simulation, controller: NodeId, seed: u64
 
 #[test]
 fn a_restarted_follower_rejoins_without_an_election() {
-    for seed in 0..200 {
-        let (mut simulation, controller, follower) = stable_cluster(seed);
+    for (strategy, seed) in Strategy::ALL
+        .into_iter()
+        .flat_map(|strategy| (0..100).map(move |seed| (strategy, seed)))
+    {
+        let (mut simulation, controller, follower) = stable_cluster(seed, strategy);
+        let seed = format!("{seed} strategy={strategy}");
         simulation.crash(follower);
         let until = simulation.now() + Duration::from_secs(2);
         simulation.run_until(until).unwrap();
         simulation.restart(follower);
-        assert_undisturbed(&mut simulation, controller, seed);
+        assert_undisturbed(&mut simulation, controller, &seed);
     }
 }
 
 #[test]
 fn a_follower_cut_off_for_several_timeouts_rejoins_without_an_election() {
-    for seed in 0..200 {
-        let (mut simulation, controller, follower) = stable_cluster(seed);
+    for (strategy, seed) in Strategy::ALL
+        .into_iter()
+        .flat_map(|strategy| (0..100).map(move |seed| (strategy, seed)))
+    {
+        let (mut simulation, controller, follower) = stable_cluster(seed, strategy);
+        let seed = format!("{seed} strategy={strategy}");
         let others: Vec<NodeId> = simulation
             .node_ids()
             .into_iter()
@@ -80,6 +88,6 @@ fn a_follower_cut_off_for_several_timeouts_rejoins_without_an_election() {
             "seed={seed}"
         );
         simulation.heal();
-        assert_undisturbed(&mut simulation, controller, seed);
+        assert_undisturbed(&mut simulation, controller, &seed);
     }
 }

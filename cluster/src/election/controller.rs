@@ -4,7 +4,7 @@
 use super::constants::{ELECTION_FAILURES_COUNTED_MAX, OUTPUTS_QUEUED_MAX, RING_PENDING_HOPS_MAX};
 use super::{Config, ConfigError, ControlMessage, Output, Persisted, Role, Status, Strategy};
 use crate::constants::MEMBERS_MAX;
-use crate::map::{LeadershipMap, MapInput};
+use crate::map::{keep_waited_for_leaders, lagging_without_replication, LeadershipMap, MapInput};
 use crate::types::{Epoch, MapVersion, NodeId, NodeState, Term, Time};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -76,6 +76,8 @@ pub struct Controller {
     highest_epoch_seen: Epoch,
     // Candidate state.
     pre_votes: BTreeSet<NodeId>,
+    /// The term the current pre-vote round asks about.
+    pre_vote_term: Term,
     acceptances: BTreeSet<NodeId>,
     adopted_map: Option<LeadershipMap>,
     // Controller state.
@@ -124,6 +126,7 @@ impl Controller {
             members: BTreeMap::new(),
             highest_epoch_seen,
             pre_votes: BTreeSet::new(),
+            pre_vote_term: Term(0),
             acceptances: BTreeSet::new(),
             adopted_map: None,
             heartbeat_deadline: None,
@@ -541,7 +544,7 @@ impl Controller {
         match self.phase {
             Phase::Controller => {}
             Phase::Follower => self.start_election(now),
-            Phase::BullyAwaitingAlive => self.claim(now, self.persisted.term),
+            Phase::BullyAwaitingAlive => self.start_pre_vote(now, self.persisted.term),
             Phase::PreCandidate
             | Phase::Candidate
             | Phase::BullyAwaitingCoordinator
@@ -575,33 +578,39 @@ impl Controller {
         }
         self.controller = None;
         match self.config.strategy {
-            Strategy::Vote => self.start_pre_vote(now),
+            Strategy::Vote => self.start_pre_vote(now, self.persisted.term),
             Strategy::Bully => self.start_bully(now),
             Strategy::Ring => self.start_ring(now),
         }
     }
 
-    // ---- Vote: pre-vote, then claim ----
+    // ---- Pre-vote (every strategy), then claim ----
 
-    fn start_pre_vote(&mut self, now: Time) {
+    /// Asks the voters whether they would accept this node for the term above `floor` (and
+    /// above its own term), without raising any term. Vote runs it when its timer fires;
+    /// Bully and Ring run it once they picked this node, before they claim: so a node cut off
+    /// from the majority never raises its term, and rejoins without disrupting anyone.
+    fn start_pre_vote(&mut self, now: Time, floor: Term) {
         self.phase = Phase::PreCandidate;
+        let term = Term(self.persisted.term.max(floor).0.saturating_add(1));
+        self.pre_vote_term = term;
         tracing::info!(
             node = %self.id,
             at_ms = now.as_millis() as u64,
             term = %self.persisted.term,
+            proposed_term = %term,
             "became candidate (pre-vote)"
         );
         self.pre_votes.clear();
         self.pre_votes.insert(self.id);
         self.reset_election_timer(now);
         if self.pre_votes.len() >= self.config.quorum() {
-            let term = self.persisted.term;
-            self.claim(now, term);
+            self.claim(now, floor);
             return;
         }
         let message = ControlMessage::PreVote {
             term: self.persisted.term,
-            proposed_term: Term(self.persisted.term.0.saturating_add(1)),
+            proposed_term: term,
             stored: self.persisted.stored_version(),
         };
         self.send_to_voters(&message);
@@ -620,9 +629,12 @@ impl Controller {
         }
         // A pre-vote never changes this node's term: only the answer says whether it would
         // vote. Raft's rule: a higher proposed term, a log (here: stored map) at least as
-        // recent, and no live controller heard within the election timeout.
+        // recent (Vote only, as for the claim itself), and no live controller heard within
+        // the election timeout.
+        let recent_enough =
+            self.config.strategy != Strategy::Vote || stored >= self.persisted.stored_version();
         let granted = proposed_term > self.persisted.term
-            && stored >= self.persisted.stored_version()
+            && recent_enough
             && !self.heard_live_controller(now);
         let _ = term;
         let reply = ControlMessage::PreVoteReply {
@@ -649,15 +661,17 @@ impl Controller {
             return;
         }
         if self.phase != Phase::PreCandidate
-            || proposed_term != Term(self.persisted.term.0.saturating_add(1))
+            || proposed_term != self.pre_vote_term
+            || proposed_term <= self.persisted.term
             || !self.config.is_voter(from)
         {
             return;
         }
         self.pre_votes.insert(from);
         if self.pre_votes.len() >= self.config.quorum() {
-            let term = self.persisted.term;
-            self.claim(now, term);
+            // Claim exactly the term the voters said they would accept.
+            let floor = Term(self.pre_vote_term.0.saturating_sub(1));
+            self.claim(now, floor);
         }
     }
 
@@ -845,7 +859,8 @@ impl Controller {
         .into_iter()
         .flatten()
         .max_by_key(|map| map.version());
-        let lagging = BTreeSet::new();
+        // Partitions are not replicated yet: only a partition's last leader holds its writes.
+        let lagging = lagging_without_replication(previous);
         let input = MapInput {
             members: &members,
             partitions: self.config.partitions,
@@ -854,7 +869,8 @@ impl Controller {
             lagging: &lagging,
         };
         let epoch = Epoch(self.epoch_seen().0.saturating_add(1));
-        let map = (self.config.map_function)(&input, self.persisted.term, epoch);
+        let mut map = (self.config.map_function)(&input, self.persisted.term, epoch);
+        keep_waited_for_leaders(&mut map, previous);
         assert_eq!(
             map.epoch, epoch,
             "the map function must stamp the epoch asked"
@@ -1175,7 +1191,7 @@ impl Controller {
         let higher = self.higher_voters();
         if higher.is_empty() {
             let term = self.persisted.term;
-            self.claim(now, term);
+            self.start_pre_vote(now, term);
             return;
         }
         tracing::info!(
@@ -1371,7 +1387,7 @@ impl Controller {
                     highest_term,
                 };
                 if winner == self.id {
-                    self.claim(now, highest_term);
+                    self.start_pre_vote(now, highest_term);
                 }
                 tracing::info!(
                     node = %self.id,
@@ -1466,11 +1482,12 @@ impl Controller {
             // Back at the initiator: the announcement went round.
             return;
         }
-        if winner == self.id
-            && self.phase != Phase::Controller
-            && !(self.phase == Phase::Candidate && self.persisted.term > highest_term)
-        {
-            self.claim(now, highest_term);
+        let standing = matches!(
+            self.phase,
+            Phase::Controller | Phase::Candidate | Phase::PreCandidate
+        );
+        if winner == self.id && !standing {
+            self.start_pre_vote(now, highest_term);
         } else if self.phase == Phase::Follower && self.may_stand() {
             self.reset_election_timer(now);
         }
