@@ -1201,7 +1201,7 @@ impl Controller {
             "became candidate (bully election)"
         );
         self.phase = Phase::BullyAwaitingAlive;
-        self.election_deadline = Some(now + self.bully_answer_timeout());
+        self.election_deadline = Some(now + self.answer_timeout());
         let message = ControlMessage::BullyElection {
             term: self.persisted.term,
         };
@@ -1210,9 +1210,9 @@ impl Controller {
         }
     }
 
-    /// How long a Bully or Ring node waits for an answer from a peer before it takes the
-    /// peer for dead: a quarter of the election timeout, many network round trips.
-    fn bully_answer_timeout(&self) -> Duration {
+    /// How long a Bully or Ring node waits for a peer's answer (an OK, a ring ack) before it
+    /// takes the peer for dead: a quarter of the election timeout, many network round trips.
+    fn answer_timeout(&self) -> Duration {
         self.config.election_timeout / 4
     }
 
@@ -1314,7 +1314,7 @@ impl Controller {
             message,
             current: first,
             remaining,
-            deadline: now + self.bully_answer_timeout(),
+            deadline: now + self.answer_timeout(),
         });
     }
 
@@ -1331,7 +1331,7 @@ impl Controller {
                     tracing::debug!(node = %self.id, skipped = %self.ring_hops[index].current, "ring successor skipped");
                     let message = self.ring_hops[index].message.clone();
                     self.ring_hops[index].current = next;
-                    self.ring_hops[index].deadline = now + self.bully_answer_timeout();
+                    self.ring_hops[index].deadline = now + self.answer_timeout();
                     self.send(next, message);
                     index += 1;
                 }
@@ -1416,6 +1416,13 @@ impl Controller {
         if !self.is_voter() || !self.config.is_voter(from) || !self.config.is_voter(initiator) {
             return;
         }
+        // A list longer than the ring, or naming a non-voter, is not from a peer that follows
+        // this protocol: drop it rather than let it name a winner.
+        if collected.len() > self.config.voters.len()
+            || collected.iter().any(|node| !self.config.is_voter(*node))
+        {
+            return;
+        }
         let ack = ControlMessage::RingAck {
             term: self.persisted.term,
             initiator,
@@ -1423,14 +1430,14 @@ impl Controller {
             coordinator: false,
         };
         self.send(from, ack);
-        let message = ControlMessage::RingElection {
-            term: self.persisted.term,
-            initiator,
-            round,
-            collected: collected.clone(),
-            highest_term,
-        };
         if initiator == self.id {
+            let message = ControlMessage::RingElection {
+                term: self.persisted.term,
+                initiator,
+                round,
+                collected,
+                highest_term,
+            };
             self.ring_returned(now, message);
             return;
         }
@@ -1468,7 +1475,11 @@ impl Controller {
         else {
             return;
         };
-        if !self.is_voter() || !self.config.is_voter(from) || !self.config.is_voter(initiator) {
+        if !self.is_voter()
+            || !self.config.is_voter(from)
+            || !self.config.is_voter(initiator)
+            || !self.config.is_voter(winner)
+        {
             return;
         }
         let ack = ControlMessage::RingAck {
