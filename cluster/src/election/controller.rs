@@ -1048,6 +1048,10 @@ impl Controller {
             return;
         }
         self.follow(now, from, term);
+        if self.phase == Phase::Controller {
+            // Another controller of this very term cannot exist; never publish its map.
+            return;
+        }
         self.publish(now, map);
     }
 
