@@ -73,3 +73,53 @@ pub struct MapInput<'a> {
 }
 
 pub use crate::scoring::compute_leadership_map;
+
+/// The replicas that lag while partitions are not replicated: all but the previous map's
+/// leader of each partition that had one. Until replication reports which replicas are caught
+/// up (design.md section 6), a partition's writes live only on the node that led it, so no
+/// other replica may take over: that would serve the partition without its acknowledged
+/// writes. A partition with no previous leader (a new cluster) has nothing to lose and lags
+/// nowhere.
+pub fn lagging_without_replication(
+    previous: Option<&LeadershipMap>,
+) -> BTreeSet<(PartitionId, NodeId)> {
+    let Some(previous) = previous else {
+        return BTreeSet::new();
+    };
+    previous
+        .partitions
+        .iter()
+        .enumerate()
+        .filter_map(|(index, assignment)| {
+            let leader = assignment.leader?;
+            let partition = PartitionId(u32::try_from(index).ok()?);
+            Some(
+                assignment
+                    .replicas
+                    .iter()
+                    .filter(move |&&replica| replica != leader)
+                    .map(move |&replica| (partition, replica)),
+            )
+        })
+        .flatten()
+        .collect()
+}
+
+/// Keeps, in `map`, the previous leader of every partition that nothing could lead: while it
+/// is away the partition is unavailable (its writes live only there), and the map says whom
+/// it waits for, so that leadership returns to that node, not to an empty replica, when it is
+/// back. Used with [`lagging_without_replication`].
+pub fn keep_waited_for_leaders(map: &mut LeadershipMap, previous: Option<&LeadershipMap>) {
+    let Some(previous) = previous else {
+        return;
+    };
+    for (assignment, before) in map.partitions.iter_mut().zip(&previous.partitions) {
+        if assignment.leader.is_none() {
+            if let Some(leader) = before.leader {
+                if assignment.replicas.contains(&leader) {
+                    assignment.leader = Some(leader);
+                }
+            }
+        }
+    }
+}
