@@ -79,14 +79,54 @@ pub const WAL_RECORD_BYTES_MAX: usize = 56 + 4 * 1024 * 1024;
 /// that a peer that has not proven it belongs to the cluster cannot make a node allocate much.
 pub const HANDSHAKE_FRAME_BODY_BYTES_MAX: usize = 4 * 1024;
 
-/// Largest frame body on a client connection, in bytes: the largest batch with its archive
-/// overhead, which also covers the largest put and the largest get answer.
-pub const CLIENT_FRAME_BODY_BYTES_MAX: usize = 5 * 1024 * 1024;
+/// Largest frame body on a client connection, in bytes: the largest cluster status answer
+/// (65,536 partitions of 7 replicas and 1,024 members: about 5.1 MiB, at most 5.6 MiB by the
+/// bound proven below), which also covers the
+/// largest batch with its archive overhead (about 4.2 MiB), the largest put and the largest get
+/// answer. It was 5 MiB until the cluster status answer came; the decoder of a connection
+/// buffers at most one frame of it.
+pub const CLIENT_FRAME_BODY_BYTES_MAX: usize = 6 * 1024 * 1024;
 
 /// Largest frame body on a replication connection, in bytes. A sync response carries up to 1000
 /// WAL records (the default batch); the leader must end a batch before it reaches this many
 /// bytes, so large records make shorter batches. At least four of the largest records fit.
 pub const REPLICATION_FRAME_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Largest UDP payload over IPv4, in bytes: 65,535 minus the 20-byte IP and 8-byte UDP headers.
+/// (IPv6 allows 65,527 without jumbograms; IPv4 is the tighter bound, so it is the one used.)
+/// A datagram larger than this cannot be sent at all.
+pub const UDP_PAYLOAD_BYTES_MAX: usize = 65_507;
+
+/// Largest frame body of a control datagram, in bytes ([`crate::ChannelKind::Control`]).
+///
+/// A control datagram is exactly one frame in one UDP datagram, so the whole frame (header,
+/// body, padding) must fit [`UDP_PAYLOAD_BYTES_MAX`]: this is the largest multiple of
+/// [`FRAME_ALIGNMENT_BYTES`] for which it does: 65,456 bytes, just under 64 KiB (a body of a full
+/// 64 KiB would not fit one datagram with its header). The body itself is defined by
+/// the cluster crate (gossip, votes, leadership maps); it should keep most datagrams far
+/// smaller (below the path MTU, about 1,400 bytes), because a datagram above the MTU is
+/// fragmented and lost whole when any fragment is.
+pub const CONTROL_FRAME_BODY_BYTES_MAX: usize =
+    (UDP_PAYLOAD_BYTES_MAX - FRAME_HEADER_BYTES) / FRAME_ALIGNMENT_BYTES * FRAME_ALIGNMENT_BYTES;
+
+/// Most members a cluster status answer lists (one per node the answering node knows of).
+pub const CLUSTER_MEMBERS_MAX: usize = 1024;
+
+/// Most replicas (leader included) of one partition in a cluster status answer.
+pub const REPLICAS_PER_PARTITION_MAX: usize = 7;
+
+/// Longest gossip address text (`ip:port`) of a member in a cluster status answer, in bytes.
+/// The longest IPv6 socket address with a scope id is well under it.
+pub const GOSSIP_ADDRESS_BYTES_MAX: usize = 64;
+
+/// Bound on the bytes rkyv adds to each member of a cluster status answer beyond its address
+/// text (node id, state, flags, string pointer, padding). Proven by a unit test in `message`.
+pub const MEMBER_STATUS_ARCHIVE_BYTES_MAX: usize = 32;
+
+/// Bound on the bytes rkyv adds to each partition of a cluster status answer beyond its
+/// replicas' 8-byte node ids (optional leader, vector pointer, padding). Proven by a unit test
+/// in `message`.
+pub const PARTITION_STATUS_ARCHIVE_BYTES_MAX: usize = 32;
 
 /// Bytes a [`crate::decoder::FrameDecoder`] allocates before it knows the size of the frame it
 /// is reading, and the most it asks a socket read for beyond the current frame.
@@ -101,10 +141,10 @@ pub const fn frame_bytes(body_bytes: usize) -> usize {
 const _: () = assert!(FRAME_MAGIC != 0);
 const _: () = assert!(PROTOCOL_VERSION_MIN <= PROTOCOL_VERSION);
 const _: () = assert!(FRAME_ALIGNMENT_BYTES.is_power_of_two());
-const _: () = assert!(FRAME_HEADER_BYTES % FRAME_ALIGNMENT_BYTES == 0);
-const _: () = assert!(HANDSHAKE_FRAME_BODY_BYTES_MAX % FRAME_ALIGNMENT_BYTES == 0);
-const _: () = assert!(CLIENT_FRAME_BODY_BYTES_MAX % FRAME_ALIGNMENT_BYTES == 0);
-const _: () = assert!(REPLICATION_FRAME_BODY_BYTES_MAX % FRAME_ALIGNMENT_BYTES == 0);
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGNMENT_BYTES));
+const _: () = assert!(HANDSHAKE_FRAME_BODY_BYTES_MAX.is_multiple_of(FRAME_ALIGNMENT_BYTES));
+const _: () = assert!(CLIENT_FRAME_BODY_BYTES_MAX.is_multiple_of(FRAME_ALIGNMENT_BYTES));
+const _: () = assert!(REPLICATION_FRAME_BODY_BYTES_MAX.is_multiple_of(FRAME_ALIGNMENT_BYTES));
 // Every body length fits the header's u32 field, and so does every whole frame.
 const _: () = assert!(frame_bytes(REPLICATION_FRAME_BODY_BYTES_MAX) <= u32::MAX as usize);
 const _: () = assert!(HANDSHAKE_FRAME_BODY_BYTES_MAX <= CLIENT_FRAME_BODY_BYTES_MAX);
@@ -138,7 +178,20 @@ const _: () = assert!(
 );
 const _: () =
     assert!(4 * WAL_RECORD_BYTES_MAX + MESSAGE_FIXED_BYTES_MAX <= REPLICATION_FRAME_BODY_BYTES_MAX);
-const _: () = assert!(READ_CHUNK_BYTES % FRAME_ALIGNMENT_BYTES == 0);
+// The largest cluster status answer (every member with the longest address, every partition
+// with the most replicas) fits a client frame.
+const _: () = assert!(
+    CLUSTER_MEMBERS_MAX * (MEMBER_STATUS_ARCHIVE_BYTES_MAX + GOSSIP_ADDRESS_BYTES_MAX)
+        + PARTITIONS_MAX as usize
+            * (PARTITION_STATUS_ARCHIVE_BYTES_MAX + REPLICAS_PER_PARTITION_MAX * 8)
+        + MESSAGE_FIXED_BYTES_MAX
+        <= CLIENT_FRAME_BODY_BYTES_MAX
+);
+// A whole control frame fits one UDP datagram, and its body limit keeps the frame alignment.
+const _: () = assert!(frame_bytes(CONTROL_FRAME_BODY_BYTES_MAX) <= UDP_PAYLOAD_BYTES_MAX);
+const _: () = assert!(CONTROL_FRAME_BODY_BYTES_MAX.is_multiple_of(FRAME_ALIGNMENT_BYTES));
+const _: () = assert!(CONTROL_FRAME_BODY_BYTES_MAX <= CLIENT_FRAME_BODY_BYTES_MAX);
+const _: () = assert!(READ_CHUNK_BYTES.is_multiple_of(FRAME_ALIGNMENT_BYTES));
 const _: () = assert!(READ_CHUNK_BYTES >= frame_bytes(HANDSHAKE_FRAME_BODY_BYTES_MAX));
 const _: () = assert!(READ_CHUNK_BYTES <= CLIENT_FRAME_BODY_BYTES_MAX);
 const _: () = assert!(KEY_BYTES_MAX <= u16::MAX as usize);

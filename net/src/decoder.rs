@@ -142,7 +142,7 @@ impl FrameDecoder {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
-        assert!(self.start % FRAME_ALIGNMENT_BYTES == 0);
+        assert!(self.start.is_multiple_of(FRAME_ALIGNMENT_BYTES));
         let received = &self.buffer.as_slice()[self.start..self.end];
         match parse_frame(received, self.channel) {
             Ok(Some((frame, frame_bytes))) => {

@@ -2,8 +2,8 @@
 //! carries ([`ChannelKind`], which decides the largest frame a peer may send).
 
 use crate::constants::{
-    frame_bytes, CLIENT_FRAME_BODY_BYTES_MAX, HANDSHAKE_FRAME_BODY_BYTES_MAX,
-    REPLICATION_FRAME_BODY_BYTES_MAX,
+    frame_bytes, CLIENT_FRAME_BODY_BYTES_MAX, CONTROL_FRAME_BODY_BYTES_MAX,
+    HANDSHAKE_FRAME_BODY_BYTES_MAX, REPLICATION_FRAME_BODY_BYTES_MAX,
 };
 use rkyv::{Archive, Deserialize, Serialize};
 use std::fmt;
@@ -22,6 +22,12 @@ pub enum ChannelKind {
     /// A follower shard pulling WAL records from a leader shard. Its message kinds belong to
     /// the replication protocol (kinds `0x02xx`, not defined yet).
     Replication = 2,
+    /// Control-plane traffic between the control shards of nodes (gossip, votes, leadership
+    /// maps): one frame per UDP datagram, no connection and so no handshake; a `Hello` asking
+    /// for it is refused. Its one kind is [`MessageKind::Control`], whose body the cluster
+    /// crate defines. Small, because a whole frame must fit in one datagram
+    /// ([`CONTROL_FRAME_BODY_BYTES_MAX`]).
+    Control = 3,
 }
 
 impl ChannelKind {
@@ -31,6 +37,7 @@ impl ChannelKind {
             ChannelKind::Handshake => HANDSHAKE_FRAME_BODY_BYTES_MAX,
             ChannelKind::Client => CLIENT_FRAME_BODY_BYTES_MAX,
             ChannelKind::Replication => REPLICATION_FRAME_BODY_BYTES_MAX,
+            ChannelKind::Control => CONTROL_FRAME_BODY_BYTES_MAX,
         }
     }
 
@@ -47,13 +54,15 @@ impl fmt::Display for ChannelKind {
             ChannelKind::Handshake => "handshake",
             ChannelKind::Client => "client",
             ChannelKind::Replication => "replication",
+            ChannelKind::Control => "control",
         })
     }
 }
 
 /// The header's `kind` field: which message the body holds. One kind per body type, so the kind
 /// alone says how to read the body. The high byte groups kinds: `0x00` handshake, `0x01` client
-/// requests (`0x01_0x`) and responses (`0x01_8x`), `0x02` reserved for replication.
+/// requests (`0x01_0x`) and responses (`0x01_8x`), `0x02` reserved for replication, `0x03`
+/// control datagrams between nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u16)]
 pub enum MessageKind {
@@ -77,6 +86,9 @@ pub enum MessageKind {
     Batch = 0x0107,
     /// [`crate::message::TopologyRequest`].
     Topology = 0x0108,
+    /// [`crate::message::ClusterStatusRequest`]: what the answering node knows of the control
+    /// plane (term, controller, members, leadership map). Changes nothing.
+    ClusterStatus = 0x0109,
     /// [`crate::message::WriteResponse`]: a put, compare-and-set, batch or collection change
     /// was applied.
     WriteResponse = 0x0181,
@@ -86,13 +98,22 @@ pub enum MessageKind {
     DeleteResponse = 0x0183,
     /// [`crate::message::TopologyResponse`].
     TopologyResponse = 0x0184,
+    /// [`crate::message::ClusterStatusResponse`].
+    ClusterStatusResponse = 0x0185,
     /// [`crate::message::ErrorResponse`]: any request failed.
     ErrorResponse = 0x01ff,
+    /// A control-plane datagram between the control shards of two nodes, on
+    /// [`ChannelKind::Control`]. Its body is defined by the `coregrid-cluster` crate (this
+    /// crate does not depend on it): net checks the frame (magic, crcs, length, padding) and
+    /// [`crate::message::decode`] hands the body out as bytes
+    /// ([`crate::message::MessageRef::Control`]); the cluster crate validates it with rkyv's
+    /// checked access like every other body from outside the process.
+    Control = 0x0301,
 }
 
 impl MessageKind {
     /// Every kind, in wire order.
-    pub const ALL: [MessageKind; 15] = [
+    pub const ALL: [MessageKind; 18] = [
         MessageKind::Hello,
         MessageKind::HelloReply,
         MessageKind::Put,
@@ -103,11 +124,14 @@ impl MessageKind {
         MessageKind::DropCollection,
         MessageKind::Batch,
         MessageKind::Topology,
+        MessageKind::ClusterStatus,
         MessageKind::WriteResponse,
         MessageKind::GetResponse,
         MessageKind::DeleteResponse,
         MessageKind::TopologyResponse,
+        MessageKind::ClusterStatusResponse,
         MessageKind::ErrorResponse,
+        MessageKind::Control,
     ];
 
     /// The kind for a header's field, if it is one.
@@ -123,11 +147,14 @@ impl MessageKind {
             0x0106 => MessageKind::DropCollection,
             0x0107 => MessageKind::Batch,
             0x0108 => MessageKind::Topology,
+            0x0109 => MessageKind::ClusterStatus,
             0x0181 => MessageKind::WriteResponse,
             0x0182 => MessageKind::GetResponse,
             0x0183 => MessageKind::DeleteResponse,
             0x0184 => MessageKind::TopologyResponse,
+            0x0185 => MessageKind::ClusterStatusResponse,
             0x01ff => MessageKind::ErrorResponse,
+            0x0301 => MessageKind::Control,
             _ => return None,
         })
     }
@@ -141,11 +168,13 @@ impl MessageKind {
     pub const fn channel(self) -> ChannelKind {
         match self {
             MessageKind::Hello | MessageKind::HelloReply => ChannelKind::Handshake,
+            MessageKind::Control => ChannelKind::Control,
             _ => ChannelKind::Client,
         }
     }
 
-    /// Whether a client sends this kind (a request) rather than a server (an answer).
+    /// Whether a client sends this kind (a request) rather than a server (an answer). A
+    /// control datagram is neither: nodes exchange them as peers, so it is not a request.
     pub const fn is_request(self) -> bool {
         matches!(
             self,
@@ -158,6 +187,7 @@ impl MessageKind {
                 | MessageKind::DropCollection
                 | MessageKind::Batch
                 | MessageKind::Topology
+                | MessageKind::ClusterStatus
         )
     }
 
@@ -196,11 +226,48 @@ mod tests {
             .count();
         assert_eq!(known, MessageKind::ALL.len(), "ALL misses a kind");
         assert_eq!(MessageKind::from_u16(0), None);
+        let numbers: Vec<u16> = MessageKind::ALL.iter().map(|kind| kind.to_u16()).collect();
+        assert!(
+            numbers.windows(2).all(|pair| pair[0] < pair[1]),
+            "ALL is in wire order"
+        );
+    }
+
+    #[test]
+    fn cluster_status_and_control_kinds_are_pinned() {
+        // Numbers are the wire: changing one breaks every peer of another build.
+        assert_eq!(MessageKind::ClusterStatus.to_u16(), 0x0109);
+        assert_eq!(MessageKind::ClusterStatusResponse.to_u16(), 0x0185);
+        assert_eq!(MessageKind::Control.to_u16(), 0x0301);
+        assert_eq!(ChannelKind::Control as u8, 3);
+        assert!(MessageKind::ClusterStatus.is_request());
+        assert!(!MessageKind::ClusterStatus.is_write());
+        assert!(!MessageKind::ClusterStatusResponse.is_request());
+        assert!(!MessageKind::Control.is_request());
+        assert!(!MessageKind::Control.is_write());
+        assert_eq!(MessageKind::ClusterStatus.channel(), ChannelKind::Client);
+        assert_eq!(
+            MessageKind::ClusterStatusResponse.channel(),
+            ChannelKind::Client
+        );
+        assert_eq!(MessageKind::Control.channel(), ChannelKind::Control);
+        // Only the control kind travels on the control channel.
+        let control: Vec<MessageKind> = MessageKind::ALL
+            .into_iter()
+            .filter(|kind| kind.channel() == ChannelKind::Control)
+            .collect();
+        assert_eq!(control, vec![MessageKind::Control]);
     }
 
     #[test]
     fn channel_limits_grow_with_the_channel() {
         assert!(ChannelKind::Handshake.frame_bytes_max() < ChannelKind::Client.frame_bytes_max());
         assert!(ChannelKind::Client.frame_bytes_max() < ChannelKind::Replication.frame_bytes_max());
+        assert!(ChannelKind::Handshake.frame_bytes_max() < ChannelKind::Control.frame_bytes_max());
+        assert!(ChannelKind::Control.frame_bytes_max() < ChannelKind::Client.frame_bytes_max());
+        assert!(
+            ChannelKind::Control.frame_bytes_max() <= crate::constants::UDP_PAYLOAD_BYTES_MAX,
+            "a control frame fits one datagram"
+        );
     }
 }

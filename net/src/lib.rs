@@ -18,8 +18,9 @@
 //!   answers with an [`message::ErrorResponse`] for that request id.
 //! - **Limits** ([`constants`]): keys 1..=4 KiB, values up to 1 MiB, collection names up to
 //!   128 bytes, batches of up to 4096 operations and 4 MiB (the engine's own limits); frame
-//!   bodies up to 4 KiB before the handshake, 5 MiB on a client connection, 32 MiB on a
-//!   replication connection. A decoder never holds more than its channel's largest frame.
+//!   bodies up to 4 KiB before the handshake, 6 MiB on a client connection, 32 MiB on a
+//!   replication connection, just under 64 KiB in a control datagram (one frame per UDP
+//!   datagram). A decoder never holds more than its channel's largest frame.
 //! - **Why zero-copy.** Values up to 1 MiB and replication batches up to 32 MiB pass through
 //!   every node; copying or deserializing them on the hot path would cost more than the
 //!   network. Frames are padded so that every body lies at a 16-aligned address in the

@@ -1,10 +1,13 @@
-//! TCP on glommio: the one module of this crate that calls the runtime (style.md rule 3).
+//! TCP and UDP on glommio: the one module of this crate that calls the runtime (style.md
+//! rule 3).
 //!
 //! What it offers: a [`Listener`] bound on a shard, the [`Connection`]s it accepts, split into
 //! a [`ConnectionReader`] (which reads straight into the connection's [`FrameDecoder`]) and a
 //! [`ConnectionWriter`] (which writes encoded frames), each read and write bounded by a
-//! timeout. Everything here is `!Send`: a listener, its connections and their halves live on
-//! the shard (thread) that created them.
+//! timeout; and a [`DatagramSocket`] for the control plane's datagrams between nodes (gossip,
+//! votes, maps), whose sends and receives are bounded the same way. Everything here is
+//! `!Send`: a listener, its connections and their halves, and a datagram socket live on the
+//! shard (thread) that created them.
 //!
 //! What it does not do: decide anything. Frames, messages, the handshake and every limit on
 //! what a peer may send are the sans-IO rest of the crate; a server or client drives them and
@@ -15,12 +18,18 @@
 //! and then reads with a non-blocking `recv`, so a dropped read loses no bytes. A dropped
 //! [`ConnectionWriter::write_all`] may have written part of its bytes: the connection's
 //! framing is then lost, so a writer whose write failed or was dropped must be closed.
+//! A [`DatagramSocket::recv_from`] dropped while its receive is in flight in io_uring may lose
+//! the one datagram that completed it; datagrams are lossy anyway, and the protocols over them
+//! (SWIM gossip, elections) are built to tolerate loss. Its own timeout does not drop it: the
+//! kernel cancels the receive (an io_uring linked timeout), so a timed-out receive loses
+//! nothing.
 
+use crate::constants::UDP_PAYLOAD_BYTES_MAX;
 use crate::decoder::FrameDecoder;
 use crate::error::FrameError;
 use crate::kind::ChannelKind;
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::{TcpListener, TcpStream, UdpSocket};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -216,5 +225,120 @@ impl ConnectionWriter {
     pub async fn close(&mut self, timeout: Duration) -> Result<(), TransportError> {
         let half = &mut self.half;
         with_timeout(timeout, half.close()).await
+    }
+}
+
+/// A UDP socket on the current shard, for the control plane's datagrams between nodes.
+///
+/// One datagram is one message: it arrives whole or not at all, possibly twice, possibly out of
+/// order. Nothing here decides anything about its content; the cluster crate (or a net
+/// [`crate::MessageKind::Control`] frame) validates every datagram before reading it.
+#[derive(Debug)]
+pub struct DatagramSocket {
+    inner: UdpSocket,
+    local_addr: SocketAddr,
+}
+
+impl DatagramSocket {
+    /// Binds `address` (port 0: any free port; [`DatagramSocket::local_addr`] tells which).
+    /// Must run on a glommio executor, which the socket then belongs to.
+    ///
+    /// As for [`Listener::bind`], the socket is made by `std` (no `SO_REUSEPORT`) and handed to
+    /// glommio: glommio's own `bind` sets `SO_REUSEPORT`, with which a second process (a second
+    /// node started on the same gossip port by mistake) could bind the same port and silently
+    /// take part of the node's datagrams, instead of failing with "address in use".
+    pub fn bind(address: SocketAddr) -> io::Result<DatagramSocket> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let socket = std::net::UdpSocket::bind(address)?;
+        let local_addr = socket.local_addr()?;
+        let fd = socket.into_raw_fd();
+        #[expect(
+            unsafe_code,
+            reason = "glommio takes a bound UDP socket only as a raw fd; `into_raw_fd` gave up \
+                      ownership of this bound one, so it is owned exactly once"
+        )]
+        // SAFETY: `fd` is a valid, bound UDP socket that nothing else owns.
+        let inner = unsafe { UdpSocket::from_raw_fd(fd) };
+        Ok(DatagramSocket { inner, local_addr })
+    }
+
+    /// The address it is bound to (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sends `datagram` to `to` as one UDP datagram, waiting at most `timeout` for room in the
+    /// socket's send buffer. The datagram goes whole or not at all; success means the kernel
+    /// took it, not that it arrived. One over [`UDP_PAYLOAD_BYTES_MAX`] is refused before any
+    /// syscall.
+    pub async fn send_to(
+        &self,
+        datagram: &[u8],
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        if datagram.len() > UDP_PAYLOAD_BYTES_MAX {
+            return Err(TransportError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a datagram of {} bytes is over the UDP limit of {UDP_PAYLOAD_BYTES_MAX}",
+                    datagram.len()
+                ),
+            )));
+        }
+        // glommio reads the timeout when it submits the send, which the first poll of the
+        // await below does: no other task can change it in between.
+        self.inner
+            .set_write_timeout(Some(io_timeout(timeout)))
+            .map_err(io::Error::from)?;
+        let sent = self
+            .inner
+            .send_to(datagram, to)
+            .await
+            .map_err(|error| timed_out_or_io(io::Error::from(error), timeout))?;
+        if sent != datagram.len() {
+            return Err(TransportError::Io(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("{sent} of {} datagram bytes sent", datagram.len()),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits at most `timeout` for the next datagram; copies it into `buffer` and returns its
+    /// length and sender. A datagram longer than `buffer` is cut to its length without notice
+    /// (the kernel drops the rest): give a buffer of [`UDP_PAYLOAD_BYTES_MAX`] bytes, or rely on
+    /// the datagram's own length and checksum (a net frame, the cluster crate's header) to
+    /// refuse a cut one. Give a 16-aligned buffer (`rkyv::util::AlignedVec<16>`) when the
+    /// datagram holds a frame whose body is read in place. A timeout is
+    /// [`TransportError::TimedOut`] and consumes nothing; other errors (an ICMP port
+    /// unreachable reported for an earlier send, say) leave the socket usable.
+    pub async fn recv_from(
+        &self,
+        buffer: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(usize, SocketAddr), TransportError> {
+        // As in `send_to`: read by glommio at submission, during the first poll below.
+        self.inner
+            .set_read_timeout(Some(io_timeout(timeout)))
+            .map_err(io::Error::from)?;
+        self.inner
+            .recv_from(buffer)
+            .await
+            .map_err(|error| timed_out_or_io(io::Error::from(error), timeout))
+    }
+}
+
+/// glommio refuses a zero timeout (`EINVAL`); the shortest it takes is a poll all the same.
+fn io_timeout(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_nanos(1))
+}
+
+/// glommio reports an expired io_uring timeout as an `ETIMEDOUT` I/O error.
+fn timed_out_or_io(error: io::Error, timeout: Duration) -> TransportError {
+    if error.kind() == io::ErrorKind::TimedOut {
+        TransportError::TimedOut(timeout)
+    } else {
+        TransportError::Io(error)
     }
 }

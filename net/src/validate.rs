@@ -5,9 +5,11 @@
 
 use crate::constants::{
     BATCH_BYTES_MAX, BATCH_DELETE_ENGINE_OVERHEAD_BYTES, BATCH_ENGINE_OVERHEAD_BYTES,
-    BATCH_OPERATIONS_MAX, BATCH_PUT_ENGINE_OVERHEAD_BYTES, COLLECTION_NAME_BYTES_MAX,
-    KEY_BYTES_MAX, PARTITIONS_MAX, REASON_BYTES_MAX, SHARDS_PER_NODE_MAX, VALUE_BYTES_MAX,
+    BATCH_OPERATIONS_MAX, BATCH_PUT_ENGINE_OVERHEAD_BYTES, CLUSTER_MEMBERS_MAX,
+    COLLECTION_NAME_BYTES_MAX, GOSSIP_ADDRESS_BYTES_MAX, KEY_BYTES_MAX, PARTITIONS_MAX,
+    REASON_BYTES_MAX, REPLICAS_PER_PARTITION_MAX, SHARDS_PER_NODE_MAX, VALUE_BYTES_MAX,
 };
+use crate::ids::NodeId;
 use rkyv::{Archive, Deserialize, Serialize};
 use std::fmt;
 
@@ -34,6 +36,12 @@ pub enum Limit {
     Partitions,
     /// A channel's frame body limit.
     FrameBodyBytes,
+    /// [`crate::constants::CLUSTER_MEMBERS_MAX`].
+    Members,
+    /// [`crate::constants::REPLICAS_PER_PARTITION_MAX`].
+    Replicas,
+    /// [`crate::constants::GOSSIP_ADDRESS_BYTES_MAX`].
+    AddressBytes,
 }
 
 impl Limit {
@@ -49,6 +57,9 @@ impl Limit {
             Limit::Shards => "shards",
             Limit::Partitions => "partitions",
             Limit::FrameBodyBytes => "frame body bytes",
+            Limit::Members => "cluster members",
+            Limit::Replicas => "replicas of a partition",
+            Limit::AddressBytes => "address bytes",
         }
     }
 }
@@ -245,6 +256,87 @@ pub fn check_partitions(
     Ok(())
 }
 
+/// The members of a cluster status: at most [`CLUSTER_MEMBERS_MAX`], strictly increasing by
+/// node id (sorted, no node twice). The count is checked before any member is looked at.
+pub fn check_members(count: usize, nodes: impl Iterator<Item = NodeId>) -> Result<(), Violation> {
+    if count > CLUSTER_MEMBERS_MAX {
+        return Err(too_large(Limit::Members, count, CLUSTER_MEMBERS_MAX));
+    }
+    let mut previous: Option<NodeId> = None;
+    for node in nodes {
+        if previous.is_some_and(|previous| previous >= node) {
+            return Err(Violation::Invalid(format!(
+                "members are not strictly increasing by node at node {node}"
+            )));
+        }
+        previous = Some(node);
+    }
+    Ok(())
+}
+
+/// A member's gossip address: at most [`GOSSIP_ADDRESS_BYTES_MAX`] bytes, and either empty (not
+/// known) or an `ip:port` that parses as a socket address, so that whoever shows or dials it
+/// can trust it.
+pub fn check_gossip_address(address: &str) -> Result<(), Violation> {
+    if address.len() > GOSSIP_ADDRESS_BYTES_MAX {
+        return Err(too_large(
+            Limit::AddressBytes,
+            address.len(),
+            GOSSIP_ADDRESS_BYTES_MAX,
+        ));
+    }
+    if !address.is_empty() && address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(Violation::Invalid(format!(
+            "the gossip address {address:?} is not ip:port"
+        )));
+    }
+    Ok(())
+}
+
+/// How many partitions a cluster status lists: at most [`PARTITIONS_MAX`] (0 before the first
+/// leadership map).
+pub fn check_partition_list_len(partitions: usize) -> Result<(), Violation> {
+    if partitions > PARTITIONS_MAX as usize {
+        return Err(too_large(
+            Limit::Partitions,
+            partitions,
+            PARTITIONS_MAX as usize,
+        ));
+    }
+    Ok(())
+}
+
+/// One partition of a cluster status: at most [`REPLICAS_PER_PARTITION_MAX`] replicas, no node
+/// twice, and the leader (if any) one of them (a leadership map's rule).
+pub fn check_replicas(
+    partition: usize,
+    leader: Option<NodeId>,
+    replicas: &[NodeId],
+) -> Result<(), Violation> {
+    if replicas.len() > REPLICAS_PER_PARTITION_MAX {
+        return Err(too_large(
+            Limit::Replicas,
+            replicas.len(),
+            REPLICAS_PER_PARTITION_MAX,
+        ));
+    }
+    for (index, replica) in replicas.iter().enumerate() {
+        if replicas[..index].contains(replica) {
+            return Err(Violation::Invalid(format!(
+                "partition {partition} lists replica {replica} twice"
+            )));
+        }
+    }
+    if let Some(leader) = leader {
+        if !replicas.contains(&leader) {
+            return Err(Violation::Invalid(format!(
+                "partition {partition}'s leader {leader} is not one of its replicas"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A message whose content can be checked against the protocol's rules. Implemented for every
 /// message type and for its archived form, with the same checks.
 pub trait Validate {
@@ -280,6 +372,57 @@ mod tests {
         assert!(check_partition_count(PARTITIONS_MAX).is_ok());
         assert!(check_partition_count(PARTITIONS_MAX + 1).is_err());
         assert!(check_shard_count(SHARDS_PER_NODE_MAX + 1).is_err());
+        assert!(check_members(CLUSTER_MEMBERS_MAX, std::iter::empty()).is_ok());
+        assert_eq!(
+            check_members(CLUSTER_MEMBERS_MAX + 1, std::iter::empty()).unwrap_err(),
+            too_large(Limit::Members, CLUSTER_MEMBERS_MAX + 1, CLUSTER_MEMBERS_MAX)
+        );
+        assert!(check_partition_list_len(0).is_ok());
+        assert!(check_partition_list_len(PARTITIONS_MAX as usize).is_ok());
+        assert!(check_partition_list_len(PARTITIONS_MAX as usize + 1).is_err());
+        let replicas: Vec<NodeId> = (1..=REPLICAS_PER_PARTITION_MAX as u64)
+            .map(NodeId)
+            .collect();
+        assert!(check_replicas(0, Some(NodeId(1)), &replicas).is_ok());
+        let mut over = replicas.clone();
+        over.push(NodeId(100));
+        assert_eq!(
+            check_replicas(0, None, &over).unwrap_err(),
+            too_large(
+                Limit::Replicas,
+                REPLICAS_PER_PARTITION_MAX + 1,
+                REPLICAS_PER_PARTITION_MAX
+            )
+        );
+        let longest = format!("[{}]:65535", "f".repeat(GOSSIP_ADDRESS_BYTES_MAX - 8));
+        assert_eq!(longest.len(), GOSSIP_ADDRESS_BYTES_MAX);
+        assert!(matches!(
+            check_gossip_address(&format!("{longest}0")),
+            Err(Violation::TooLarge {
+                what: Limit::AddressBytes,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn cluster_status_rules() {
+        let nodes = |ids: &[u64]| ids.iter().copied().map(NodeId).collect::<Vec<_>>();
+        assert!(check_members(3, nodes(&[1, 2, 9]).into_iter()).is_ok());
+        assert!(check_members(2, nodes(&[2, 1]).into_iter()).is_err());
+        assert!(check_members(2, nodes(&[2, 2]).into_iter()).is_err());
+        assert!(check_gossip_address("").is_ok());
+        assert!(check_gossip_address("127.0.0.1:7946").is_ok());
+        assert!(check_gossip_address("[::1]:7946").is_ok());
+        assert!(check_gossip_address("[fe80::1%2]:7946").is_ok());
+        for bad in ["localhost:7946", "127.0.0.1", "1.2.3.4:99999", "a\nb"] {
+            assert!(check_gossip_address(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_replicas(0, None, &[]).is_ok());
+        assert!(check_replicas(0, None, &nodes(&[3, 1])).is_ok());
+        assert!(check_replicas(0, Some(NodeId(2)), &nodes(&[3, 1])).is_err());
+        assert!(check_replicas(0, Some(NodeId(1)), &[]).is_err());
+        assert!(check_replicas(0, None, &nodes(&[3, 3])).is_err());
     }
 
     #[test]

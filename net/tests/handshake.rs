@@ -187,6 +187,19 @@ fn channels_not_served_are_refused() {
             ..
         }
     ));
+    // Control traffic is datagrams: no connection serves it, not even to a node.
+    let hello = Hello {
+        channel: ChannelKind::Control,
+        sender: Peer::Node(NodeId(2)),
+        ..good_hello()
+    };
+    assert!(matches!(
+        refusal(&hello, &local()),
+        Refusal::ChannelRefused {
+            channel: ChannelKind::Control,
+            ..
+        }
+    ));
 }
 
 #[test]

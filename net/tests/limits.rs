@@ -33,6 +33,7 @@ fn a_header_claiming_4_gib_is_refused_before_the_buffer_grows() {
         ChannelKind::Handshake,
         ChannelKind::Client,
         ChannelKind::Replication,
+        ChannelKind::Control,
     ] {
         let mut decoder = FrameDecoder::new(channel);
         let kind = MessageKind::Put.to_u16();
@@ -60,6 +61,7 @@ fn each_channel_takes_exactly_its_limit() {
     for (channel, kind) in [
         (ChannelKind::Handshake, MessageKind::Hello),
         (ChannelKind::Client, MessageKind::Batch),
+        (ChannelKind::Control, MessageKind::Control),
     ] {
         let limit = channel.frame_body_bytes_max() as u32;
         // One byte over: refused, nothing grown.
@@ -124,7 +126,9 @@ fn an_all_zero_header_is_refused() {
 
 #[test]
 fn unknown_kinds_are_refused() {
-    for kind in [0u16, 0x0003, 0x0100, 0x0109, 0x0200, 0xffff] {
+    for kind in [
+        0u16, 0x0003, 0x0100, 0x010a, 0x0186, 0x0200, 0x0300, 0x0302, 0xffff,
+    ] {
         let mut decoder = FrameDecoder::new(ChannelKind::Client);
         assert_eq!(
             refusal(&mut decoder, &header(kind, 0)),

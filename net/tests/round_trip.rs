@@ -112,6 +112,20 @@ proptest! {
     }
 
     #[test]
+    fn cluster_status_round_trips(id: u64, epoch: u64) {
+        round_trip(&coregrid_net::message::ClusterStatusRequest {}, meta(id, epoch));
+    }
+
+    #[test]
+    fn cluster_status_response_round_trips(
+        message in cluster_status_response(),
+        id: u64,
+        epoch: u64,
+    ) {
+        round_trip(&message, meta(id, epoch));
+    }
+
+    #[test]
     fn error_response_round_trips(message in error_response(), id: u64, epoch: u64) {
         round_trip(&message, meta(id, epoch));
     }

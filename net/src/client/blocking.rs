@@ -7,7 +7,9 @@ use super::connection::{ConnectionError, Event, Inbox, Outbox, Request, SendErro
 use super::router::{Call, Failure, Outcome, Step, Verdict};
 use super::{typed, ClientConfig, ClientError, Operation, Router, Topology, Value};
 use crate::ids::{Lsn, NodeId, ShardId};
-use crate::message::{DeleteResponse, Hello, HelloAccepted, TopologyResponse, WriteResponse};
+use crate::message::{
+    ClusterStatusResponse, DeleteResponse, Hello, HelloAccepted, TopologyResponse, WriteResponse,
+};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -87,6 +89,17 @@ impl BlockingClient {
             .topology()
             .cloned()
             .ok_or_else(|| ClientError::Config("no topology after a topology answer".into()))
+    }
+
+    /// Asks a seed for its node's view of the control plane: term, role, controller, members
+    /// and the leadership map its data shards hold. Not routed by partition; an unreachable
+    /// seed is skipped for the next. A node that cannot answer it (an older build, or one
+    /// whose control plane is not running) answers with an error: [`ClientError::Rejected`]
+    /// or [`ClientError::Unavailable`]; a build that does not know the request at all drops
+    /// the connection ([`ClientError::Protocol`] or [`ClientError::ConnectionLost`]).
+    pub fn cluster_status(&mut self) -> Result<ClusterStatusResponse, ClientError> {
+        let mut call = self.router.cluster_status_call();
+        typed::cluster_status(self.run(&mut call)?)
     }
 
     /// Sets `key` to `value`.

@@ -11,10 +11,10 @@ use crate::frame::FrameMeta;
 use crate::ids::RequestId;
 use crate::kind::{ChannelKind, MessageKind};
 use crate::message::{
-    self, CompareAndSetRequest, CreateCollectionRequest, DeleteRequest, DeleteResponse,
-    DropCollectionRequest, ErrorResponse, GetRequest, GetResponse, Hello, HelloAccepted,
-    HelloReply, Message, MessageRef, PutRequest, Refusal, TopologyRequest, TopologyResponse,
-    WriteResponse,
+    self, ClusterStatusRequest, ClusterStatusResponse, CompareAndSetRequest,
+    CreateCollectionRequest, DeleteRequest, DeleteResponse, DropCollectionRequest, ErrorResponse,
+    GetRequest, GetResponse, Hello, HelloAccepted, HelloReply, Message, MessageRef, PutRequest,
+    Refusal, TopologyRequest, TopologyResponse, WriteResponse,
 };
 use crate::validate::{Validate, Violation};
 use std::collections::HashMap;
@@ -37,6 +37,8 @@ pub enum Request {
     DropCollection(DropCollectionRequest),
     /// Ask for the node's topology.
     Topology,
+    /// Ask for the node's view of the control plane.
+    ClusterStatus,
 }
 
 impl Request {
@@ -50,6 +52,7 @@ impl Request {
             Request::CreateCollection(_) => MessageKind::CreateCollection,
             Request::DropCollection(_) => MessageKind::DropCollection,
             Request::Topology => MessageKind::Topology,
+            Request::ClusterStatus => MessageKind::ClusterStatus,
         }
     }
 
@@ -72,7 +75,7 @@ impl Request {
             Request::CompareAndSet(request) => Some(request.id),
             Request::CreateCollection(request) => Some(request.id),
             Request::DropCollection(request) => Some(request.id),
-            Request::Get(_) | Request::Topology => None,
+            Request::Get(_) | Request::Topology | Request::ClusterStatus => None,
         }
     }
 
@@ -90,7 +93,7 @@ impl Request {
             Request::CompareAndSet(request) => request.validate(),
             Request::CreateCollection(request) => request.validate(),
             Request::DropCollection(request) => request.validate(),
-            Request::Topology => Ok(()),
+            Request::Topology | Request::ClusterStatus => Ok(()),
         }
     }
 
@@ -103,6 +106,7 @@ impl Request {
             Request::CreateCollection(request) => message::encode(out, meta, request),
             Request::DropCollection(request) => message::encode(out, meta, request),
             Request::Topology => message::encode(out, meta, &TopologyRequest {}),
+            Request::ClusterStatus => message::encode(out, meta, &ClusterStatusRequest {}),
         }
     }
 }
@@ -119,6 +123,8 @@ pub enum Reply {
     Deleted(DeleteResponse),
     /// A topology answer.
     Topology(TopologyResponse),
+    /// A cluster status answer.
+    ClusterStatus(ClusterStatusResponse),
 }
 
 /// Why a request could not be queued on a connection. Nothing was sent.
@@ -234,6 +240,7 @@ fn kind_answers(request: MessageKind, answer: MessageKind) -> bool {
             answer == MessageKind::WriteResponse || answer == MessageKind::DeleteResponse
         }
         MessageKind::Topology => answer == MessageKind::TopologyResponse,
+        MessageKind::ClusterStatus => answer == MessageKind::ClusterStatusResponse,
         _ => false,
     }
 }
@@ -365,6 +372,9 @@ impl Inbox {
             MessageRef::TopologyResponse(view) => Ok(Reply::Topology(
                 TopologyResponse::to_native(view).map_err(copy_failed)?,
             )),
+            MessageRef::ClusterStatusResponse(view) => Ok(Reply::ClusterStatus(
+                ClusterStatusResponse::to_native(view).map_err(copy_failed)?,
+            )),
             MessageRef::ErrorResponse(view) => {
                 Err(ErrorResponse::to_native(view).map_err(copy_failed)?)
             }
@@ -485,6 +495,54 @@ mod tests {
         );
         assert_eq!(outbox.in_flight(), 0);
         inbox.finish().unwrap();
+    }
+
+    #[test]
+    fn a_cluster_status_is_answered_by_a_cluster_status_only() {
+        use crate::message::{ControlRole, MemberState, MemberStatus, PartitionStatus};
+        let status = ClusterStatusResponse {
+            node: NodeId(1),
+            term: crate::ids::Term(4),
+            role: ControlRole::Controller,
+            controller: Some(NodeId(1)),
+            epoch: Epoch(7),
+            members: vec![MemberStatus {
+                node: NodeId(1),
+                state: MemberState::Joined,
+                suspected: false,
+                voter: true,
+                gossip_address: "127.0.0.1:7946".into(),
+            }],
+            partitions: vec![PartitionStatus {
+                leader: Some(NodeId(1)),
+                replicas: vec![NodeId(1)],
+            }],
+        };
+        let (mut outbox, mut inbox) = open();
+        let id = outbox.send(&Request::ClusterStatus).unwrap();
+        inbox.feed(&accepted()).unwrap();
+        inbox.poll_event(&mut outbox).unwrap();
+        inbox.feed(&frame(id.get(), &status)).unwrap();
+        assert_eq!(
+            inbox.poll_event(&mut outbox).unwrap(),
+            Some(Event::Reply {
+                request_id: id,
+                result: Ok(Reply::ClusterStatus(status.clone()))
+            })
+        );
+        // A topology request answered with a cluster status is out of protocol.
+        let (mut outbox, mut inbox) = open();
+        let id = outbox.send(&Request::Topology).unwrap();
+        inbox.feed(&accepted()).unwrap();
+        inbox.poll_event(&mut outbox).unwrap();
+        inbox.feed(&frame(id.get(), &status)).unwrap();
+        assert!(matches!(
+            inbox.poll_event(&mut outbox),
+            Err(ConnectionError::Protocol(_))
+        ));
+        assert_eq!(Request::ClusterStatus.kind(), MessageKind::ClusterStatus);
+        assert!(!Request::ClusterStatus.is_write());
+        assert_eq!(Request::ClusterStatus.key(), None);
     }
 
     #[test]

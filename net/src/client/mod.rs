@@ -43,9 +43,9 @@ pub use rt::AsyncClient;
 
 use crate::ids::{ClientId, ClientRequestId, ClusterId, Lsn};
 use crate::message::{
-    CompareAndSetRequest, CreateCollectionRequest, DeleteRequest, DeleteResponse,
-    DropCollectionRequest, GetRequest, GetResponse, PutRequest, ReadConsistency, TopologyResponse,
-    WriteConsistency, WriteResponse,
+    ClusterStatusResponse, CompareAndSetRequest, CreateCollectionRequest, DeleteRequest,
+    DeleteResponse, DropCollectionRequest, GetRequest, GetResponse, PutRequest, ReadConsistency,
+    TopologyResponse, WriteConsistency, WriteResponse,
 };
 use constants::{
     BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, CONNECT_TIMEOUT_DEFAULT, REDIRECTS_DEFAULT,
@@ -353,6 +353,13 @@ pub(crate) mod typed {
     pub fn topology(reply: Reply) -> Result<TopologyResponse, ClientError> {
         match reply {
             Reply::Topology(topology) => Ok(topology),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn cluster_status(reply: Reply) -> Result<ClusterStatusResponse, ClientError> {
+        match reply {
+            Reply::ClusterStatus(status) => Ok(status),
             other => Err(unexpected(other)),
         }
     }

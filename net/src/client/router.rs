@@ -356,6 +356,20 @@ impl Router {
         }
     }
 
+    /// A call that asks a seed for its node's view of the control plane (rotating through the
+    /// seeds on failure). Not routed by partition: any node answers for itself. It leaves the
+    /// topology in use as it is.
+    pub fn cluster_status_call(&mut self) -> Call {
+        Call {
+            request: Request::ClusterStatus,
+            failures: 0,
+            redirects: 0,
+            redirect: None,
+            in_flight: None,
+            maybe_applied: false,
+        }
+    }
+
     /// Where `call`'s next attempt goes.
     pub fn next_step(&mut self, call: &mut Call) -> Step {
         let seed = self.seeds[self.seed_index % self.seeds.len()];
@@ -366,7 +380,8 @@ impl Router {
                 node: None,
                 kind: StepKind::Request,
             }
-        } else if matches!(call.request, Request::Topology) {
+        } else if matches!(call.request, Request::Topology | Request::ClusterStatus) {
+            // Any node answers these for itself: the current seed, not a partition's shard.
             Step {
                 address: seed,
                 shard: None,
@@ -701,6 +716,52 @@ mod tests {
 
     fn is_continue(verdict: &Verdict) -> bool {
         matches!(verdict, Verdict::Continue { .. })
+    }
+
+    #[test]
+    fn cluster_status_asks_a_seed_and_rotates_past_unreachable_ones() {
+        use crate::message::{ClusterStatusResponse, ControlRole};
+        let mut router = router(vec![SEED, SEED_2]);
+        let mut call = router.cluster_status_call();
+        let step = router.next_step(&mut call);
+        assert_eq!((step.address, step.kind), (SEED, StepKind::Request));
+        assert_eq!(step.request(&call), &Request::ClusterStatus);
+        let verdict = router.handle_outcome(
+            &mut call,
+            Outcome::Failed(Failure::Connect {
+                address: SEED,
+                reason: "refused".into(),
+            }),
+        );
+        assert!(is_continue(&verdict));
+        let step = router.next_step(&mut call);
+        assert_eq!((step.address, step.kind), (SEED_2, StepKind::Request));
+        let status = ClusterStatusResponse {
+            node: NodeId(2),
+            term: crate::ids::Term(1),
+            role: ControlRole::Follower,
+            controller: None,
+            epoch: Epoch(0),
+            members: vec![],
+            partitions: vec![],
+        };
+        assert_eq!(
+            router.handle_outcome(
+                &mut call,
+                Outcome::Reply(Reply::ClusterStatus(status.clone()))
+            ),
+            Verdict::Done(Ok(Reply::ClusterStatus(status)))
+        );
+        // It needs no topology, and learns none.
+        assert!(router.topology().is_none());
+        // A node that does not answer it (an older build) refuses it at once: no retry.
+        let mut call = router.cluster_status_call();
+        router.next_step(&mut call);
+        let refused = ErrorResponse::invalid_request("ClusterStatus is not a request here");
+        assert_eq!(
+            router.handle_outcome(&mut call, Outcome::Error(refused.clone())),
+            Verdict::Done(Err(ClientError::Rejected(refused)))
+        );
     }
 
     #[test]

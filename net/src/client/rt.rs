@@ -19,7 +19,7 @@ use super::connection::{ConnectionError, Event, Inbox, Outbox, Request, SendErro
 use super::router::{Call, Failure, Outcome, Step, Verdict};
 use super::{typed, ClientConfig, ClientError, Operation, Router, Topology, Value};
 use crate::ids::{Lsn, RequestId};
-use crate::message::{DeleteResponse, Hello, HelloAccepted, WriteResponse};
+use crate::message::{ClusterStatusResponse, DeleteResponse, Hello, HelloAccepted, WriteResponse};
 use futures::channel::oneshot;
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use glommio::net::TcpStream;
@@ -253,6 +253,15 @@ impl AsyncClient {
         typed::topology(self.run(&mut call).await?)?;
         self.topology()
             .ok_or_else(|| ClientError::Config("no topology after a topology answer".into()))
+    }
+
+    /// Asks a seed for its node's view of the control plane: term, role, controller, members
+    /// and the leadership map its data shards hold. Not routed by partition; an unreachable
+    /// seed is skipped for the next. See [`super::BlockingClient::cluster_status`] for the
+    /// errors of a node that cannot answer it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        let mut call = self.inner.router.borrow_mut().cluster_status_call();
+        typed::cluster_status(self.run(&mut call).await?)
     }
 
     /// Sets `key` to `value`.

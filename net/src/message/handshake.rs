@@ -198,6 +198,12 @@ pub fn answer_hello(hello: &ArchivedHello, local: &LocalIdentity) -> HelloReply 
         ArchivedChannelKind::Client if !local.serves_client => {
             return channel_refused(ChannelKind::Client, "this port does not serve clients")
         }
+        ArchivedChannelKind::Control => {
+            return channel_refused(
+                ChannelKind::Control,
+                "control traffic travels in UDP datagrams, never on a connection",
+            )
+        }
         ArchivedChannelKind::Replication if !local.serves_replication => {
             return channel_refused(
                 ChannelKind::Replication,

@@ -3,7 +3,9 @@
 //! The types live in three private files (`handshake`, `request`, `response`) and are all
 //! re-exported here; rkyv's resolver types stay private (nothing outside needs them).
 //!
-//! Each message type has its own [`MessageKind`]. [`encode`] checks the message against the
+//! Each message type has its own [`MessageKind`], except [`MessageKind::Control`]: a control
+//! datagram's body belongs to the cluster crate, so [`decode`] hands it out as bytes
+//! ([`MessageRef::Control`]) for that crate to validate. [`encode`] checks the message against the
 //! protocol's rules ([`Validate`]), archives it with rkyv straight into the caller's buffer
 //! behind a frame header, and seals the frame. [`decode`] (or [`access`] for one expected type)
 //! reads a validated [`Frame`]'s body in place: rkyv's validating access first (no pointer,
@@ -20,17 +22,21 @@ pub use handshake::{
     ArchivedRefusal, Hello, HelloAccepted, HelloReply, LocalIdentity, Peer, Refusal,
 };
 pub use request::{
-    ArchivedBatchOperation, ArchivedBatchRequest, ArchivedCompareAndSetRequest,
-    ArchivedCreateCollectionRequest, ArchivedDeleteRequest, ArchivedDropCollectionRequest,
-    ArchivedGetRequest, ArchivedPutRequest, ArchivedReadConsistency, ArchivedTopologyRequest,
-    ArchivedWriteConsistency, BatchOperation, BatchRequest, CompareAndSetRequest,
-    CreateCollectionRequest, DeleteRequest, DropCollectionRequest, GetRequest, PutRequest,
-    ReadConsistency, TopologyRequest, WriteConsistency,
+    ArchivedBatchOperation, ArchivedBatchRequest, ArchivedClusterStatusRequest,
+    ArchivedCompareAndSetRequest, ArchivedCreateCollectionRequest, ArchivedDeleteRequest,
+    ArchivedDropCollectionRequest, ArchivedGetRequest, ArchivedPutRequest, ArchivedReadConsistency,
+    ArchivedTopologyRequest, ArchivedWriteConsistency, BatchOperation, BatchRequest,
+    ClusterStatusRequest, CompareAndSetRequest, CreateCollectionRequest, DeleteRequest,
+    DropCollectionRequest, GetRequest, PutRequest, ReadConsistency, TopologyRequest,
+    WriteConsistency,
 };
 pub use response::{
-    truncate_reason, ArchivedDeleteResponse, ArchivedErrorResponse, ArchivedGetResponse,
-    ArchivedShardTopology, ArchivedTopologyResponse, ArchivedWriteResponse, DeleteResponse,
-    ErrorResponse, GetResponse, ShardTopology, TopologyResponse, WriteResponse,
+    truncate_reason, ArchivedClusterStatusResponse, ArchivedControlRole, ArchivedDeleteResponse,
+    ArchivedErrorResponse, ArchivedGetResponse, ArchivedMemberState, ArchivedMemberStatus,
+    ArchivedPartitionStatus, ArchivedShardTopology, ArchivedTopologyResponse,
+    ArchivedWriteResponse, ClusterStatusResponse, ControlRole, DeleteResponse, ErrorResponse,
+    GetResponse, MemberState, MemberStatus, PartitionStatus, ShardTopology, TopologyResponse,
+    WriteResponse,
 };
 
 use crate::constants::{FRAME_ALIGNMENT_BYTES, FRAME_HEADER_BYTES};
@@ -107,6 +113,10 @@ macro_rules! message {
                 #[doc = concat!("A [`", stringify!($native), "`].")]
                 $kind(&'a $archived),
             )*
+            /// A control datagram's body, as bytes: its frame is intact (crcs, length,
+            /// padding checked) but its content is the cluster crate's to validate, with rkyv's
+            /// checked access, before anything is read from it. 16-aligned, like every body.
+            Control(&'a [u8]),
         }
 
         impl MessageRef<'_> {
@@ -114,16 +124,26 @@ macro_rules! message {
             pub fn kind(&self) -> MessageKind {
                 match self {
                     $(MessageRef::$kind(_) => MessageKind::$kind,)*
+                    MessageRef::Control(_) => MessageKind::Control,
                 }
             }
         }
 
         /// Reads an intact frame's body as the message its kind names: rkyv's validated
         /// access, then the protocol's rules on the archived form. Nothing is copied or
-        /// allocated on success.
+        /// allocated on success. A control datagram's body is handed out as bytes
+        /// ([`MessageRef::Control`]), checked only for alignment: its rules are the cluster
+        /// crate's.
         pub fn decode<'a>(frame: &Frame<'a>) -> Result<MessageRef<'a>, DecodeError> {
             Ok(match frame.kind() {
                 $(MessageKind::$kind => MessageRef::$kind(access_body::<$native>(frame.body())?),)*
+                MessageKind::Control => {
+                    let body = frame.body();
+                    if body.as_ptr().align_offset(FRAME_ALIGNMENT_BYTES) != 0 {
+                        return Err(DecodeError::Misaligned { kind: MessageKind::Control });
+                    }
+                    MessageRef::Control(body)
+                }
             })
         }
     };
@@ -140,10 +160,12 @@ message! {
     DropCollectionRequest / ArchivedDropCollectionRequest => DropCollection,
     BatchRequest / ArchivedBatchRequest => Batch,
     TopologyRequest / ArchivedTopologyRequest => Topology,
+    ClusterStatusRequest / ArchivedClusterStatusRequest => ClusterStatus,
     WriteResponse / ArchivedWriteResponse => WriteResponse,
     GetResponse / ArchivedGetResponse => GetResponse,
     DeleteResponse / ArchivedDeleteResponse => DeleteResponse,
     TopologyResponse / ArchivedTopologyResponse => TopologyResponse,
+    ClusterStatusResponse / ArchivedClusterStatusResponse => ClusterStatusResponse,
     ErrorResponse / ArchivedErrorResponse => ErrorResponse,
 }
 
@@ -218,13 +240,15 @@ mod tests {
     use super::*;
     use crate::constants::{
         frame_bytes, BATCH_BYTES_MAX, BATCH_OPERATIONS_MAX,
-        BATCH_OPERATION_ARCHIVE_OVERHEAD_BYTES_MAX, COLLECTION_NAME_BYTES_MAX, KEY_BYTES_MAX,
-        MESSAGE_FIXED_BYTES_MAX, PARTITIONS_MAX, REASON_BYTES_MAX, SHARDS_PER_NODE_MAX,
-        VALUE_BYTES_MAX,
+        BATCH_OPERATION_ARCHIVE_OVERHEAD_BYTES_MAX, CLUSTER_MEMBERS_MAX, COLLECTION_NAME_BYTES_MAX,
+        CONTROL_FRAME_BODY_BYTES_MAX, GOSSIP_ADDRESS_BYTES_MAX, KEY_BYTES_MAX,
+        MEMBER_STATUS_ARCHIVE_BYTES_MAX, MESSAGE_FIXED_BYTES_MAX, PARTITIONS_MAX,
+        PARTITION_STATUS_ARCHIVE_BYTES_MAX, REASON_BYTES_MAX, REPLICAS_PER_PARTITION_MAX,
+        SHARDS_PER_NODE_MAX, VALUE_BYTES_MAX,
     };
     use crate::frame::{encode_frame_raw, parse_frame};
     use crate::ids::{
-        ClientId, ClientRequestId, Epoch, Lsn, NodeId, PartitionId, RequestId, ShardId,
+        ClientId, ClientRequestId, Epoch, Lsn, NodeId, PartitionId, RequestId, ShardId, Term,
     };
     use crate::kind::ChannelKind;
     use crate::validate::{Limit, Violation};
@@ -380,6 +404,240 @@ mod tests {
             reason: "r".repeat(REASON_BYTES_MAX),
         });
         assert!(body_len(&refusal) <= REASON_BYTES_MAX + MESSAGE_FIXED_BYTES_MAX);
+    }
+
+    /// The largest cluster status the rules allow: every member with the longest address,
+    /// every partition with the most replicas and a leader.
+    fn largest_cluster_status() -> ClusterStatusResponse {
+        let members = (0..CLUSTER_MEMBERS_MAX as u64)
+            .map(|node| {
+                // The longest socket address text there is: 64 bytes.
+                let address = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535";
+                assert_eq!(address.len(), GOSSIP_ADDRESS_BYTES_MAX);
+                let address = address.to_string();
+                MemberStatus {
+                    node: NodeId(node),
+                    state: MemberState::JoinedSyncing,
+                    suspected: true,
+                    voter: node < 5,
+                    gossip_address: address,
+                }
+            })
+            .collect();
+        let partitions = (0..PARTITIONS_MAX as u64)
+            .map(|partition| PartitionStatus {
+                leader: Some(NodeId(partition)),
+                replicas: (partition..partition + REPLICAS_PER_PARTITION_MAX as u64)
+                    .map(NodeId)
+                    .collect(),
+            })
+            .collect();
+        ClusterStatusResponse {
+            node: NodeId(u64::MAX),
+            term: Term(u64::MAX),
+            role: ControlRole::Controller,
+            controller: Some(NodeId(u64::MAX)),
+            epoch: Epoch(u64::MAX),
+            members,
+            partitions,
+        }
+    }
+
+    #[test]
+    fn largest_cluster_status_fits_a_client_frame_within_its_bounds() {
+        let mut status = largest_cluster_status();
+        assert!(status.members[0]
+            .gossip_address
+            .parse::<std::net::SocketAddr>()
+            .is_ok());
+        let address_bytes = GOSSIP_ADDRESS_BYTES_MAX;
+        let replica_bytes = REPLICAS_PER_PARTITION_MAX * 8;
+        let len = body_len(&status);
+        assert!(
+            len <= CLUSTER_MEMBERS_MAX * (MEMBER_STATUS_ARCHIVE_BYTES_MAX + address_bytes)
+                + PARTITIONS_MAX as usize * (PARTITION_STATUS_ARCHIVE_BYTES_MAX + replica_bytes)
+                + MESSAGE_FIXED_BYTES_MAX,
+            "{len} bytes"
+        );
+        assert!(len <= ChannelKind::Client.frame_body_bytes_max());
+        // Each per-entry bound on its own: members only, then partitions only.
+        let partitions = std::mem::take(&mut status.partitions);
+        let members_len = body_len(&status);
+        assert!(
+            members_len
+                <= CLUSTER_MEMBERS_MAX * (MEMBER_STATUS_ARCHIVE_BYTES_MAX + address_bytes)
+                    + MESSAGE_FIXED_BYTES_MAX,
+            "{members_len} bytes for the members"
+        );
+        status.members.clear();
+        status.partitions = partitions;
+        let partitions_len = body_len(&status);
+        assert!(
+            partitions_len
+                <= PARTITIONS_MAX as usize * (PARTITION_STATUS_ARCHIVE_BYTES_MAX + replica_bytes)
+                    + MESSAGE_FIXED_BYTES_MAX,
+            "{partitions_len} bytes for the partitions"
+        );
+        // Empty: before the first map, nothing but the fixed fields.
+        status.partitions.clear();
+        assert!(body_len(&status) <= MESSAGE_FIXED_BYTES_MAX);
+    }
+
+    #[test]
+    fn cluster_status_over_its_limits_is_refused_by_sender_and_receiver() {
+        let base = ClusterStatusResponse {
+            node: NodeId(1),
+            term: Term(3),
+            role: ControlRole::Follower,
+            controller: None,
+            epoch: Epoch(0),
+            members: vec![],
+            partitions: vec![],
+        };
+        let member = |node: u64| MemberStatus {
+            node: NodeId(node),
+            state: MemberState::Joined,
+            suspected: false,
+            voter: true,
+            gossip_address: "127.0.0.1:7946".into(),
+        };
+        let cases: Vec<(ClusterStatusResponse, Option<Limit>)> = vec![
+            (
+                ClusterStatusResponse {
+                    members: (0..=CLUSTER_MEMBERS_MAX as u64).map(member).collect(),
+                    ..base.clone()
+                },
+                Some(Limit::Members),
+            ),
+            (
+                ClusterStatusResponse {
+                    partitions: vec![
+                        PartitionStatus {
+                            leader: None,
+                            replicas: vec![],
+                        };
+                        PARTITIONS_MAX as usize + 1
+                    ],
+                    ..base.clone()
+                },
+                Some(Limit::Partitions),
+            ),
+            (
+                ClusterStatusResponse {
+                    partitions: vec![PartitionStatus {
+                        leader: None,
+                        replicas: (0..=REPLICAS_PER_PARTITION_MAX as u64)
+                            .map(NodeId)
+                            .collect(),
+                    }],
+                    ..base.clone()
+                },
+                Some(Limit::Replicas),
+            ),
+            (
+                ClusterStatusResponse {
+                    members: vec![MemberStatus {
+                        gossip_address: "1".repeat(GOSSIP_ADDRESS_BYTES_MAX + 1),
+                        ..member(1)
+                    }],
+                    ..base.clone()
+                },
+                Some(Limit::AddressBytes),
+            ),
+            (
+                ClusterStatusResponse {
+                    members: vec![member(2), member(1)],
+                    ..base.clone()
+                },
+                None,
+            ),
+            (
+                ClusterStatusResponse {
+                    partitions: vec![PartitionStatus {
+                        leader: Some(NodeId(9)),
+                        replicas: vec![NodeId(1)],
+                    }],
+                    ..base.clone()
+                },
+                None,
+            ),
+        ];
+        for (status, limit) in cases {
+            let matches_rule = |violation: &Violation| match (violation, limit) {
+                (Violation::TooLarge { what, .. }, Some(limit)) => *what == limit,
+                (Violation::Invalid(_), None) => true,
+                _ => false,
+            };
+            // The sender refuses it and leaves its buffer as it was.
+            let mut out = vec![7u8];
+            match encode(&mut out, FrameMeta::default(), &status) {
+                Err(EncodeError::Invalid { violation, .. }) => {
+                    assert!(matches_rule(&violation), "{violation:?} for {limit:?}")
+                }
+                other => panic!("the sender must refuse it: {other:?}"),
+            }
+            assert_eq!(out, vec![7u8]);
+            // A sender that skips the checks: the receiver refuses it from the archive.
+            let body = rkyv::to_bytes::<rancor::Error>(&status).unwrap();
+            let mut raw = Vec::new();
+            encode_frame_raw(
+                &mut raw,
+                MessageKind::ClusterStatusResponse,
+                FrameMeta::default(),
+                &body,
+            )
+            .unwrap();
+            let mut aligned = AlignedVec::<16>::new();
+            aligned.extend_from_slice(&raw);
+            let (frame, _) = parse_frame(&aligned, ChannelKind::Client).unwrap().unwrap();
+            match decode(&frame) {
+                Err(DecodeError::Invalid { kind, violation }) => {
+                    assert_eq!(kind, MessageKind::ClusterStatusResponse);
+                    assert!(matches_rule(&violation), "{violation:?} for {limit:?}");
+                }
+                other => panic!("the receiver must refuse it: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn control_frames_decode_to_their_body_bytes() {
+        let body: Vec<u8> = (0..100u8).collect();
+        let mut raw = Vec::new();
+        encode_frame_raw(&mut raw, MessageKind::Control, FrameMeta::default(), &body).unwrap();
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&raw);
+        let (frame, len) = parse_frame(&aligned, ChannelKind::Control)
+            .unwrap()
+            .unwrap();
+        assert_eq!(len, raw.len());
+        let MessageRef::Control(bytes) = decode(&frame).unwrap() else {
+            panic!("a control frame decodes as control bytes");
+        };
+        assert_eq!(bytes, &body[..]);
+        assert_eq!(decode(&frame).unwrap().kind(), MessageKind::Control);
+        // Not on a client connection, and never larger than one datagram.
+        assert!(matches!(
+            parse_frame(&aligned, ChannelKind::Client),
+            Err(crate::error::FrameError::KindNotAllowed { .. })
+        ));
+        let largest = vec![0u8; CONTROL_FRAME_BODY_BYTES_MAX];
+        let mut out = Vec::new();
+        let frame_len = encode_frame_raw(
+            &mut out,
+            MessageKind::Control,
+            FrameMeta::default(),
+            &largest,
+        )
+        .unwrap();
+        assert!(frame_len <= crate::constants::UDP_PAYLOAD_BYTES_MAX);
+        assert!(encode_frame_raw(
+            &mut Vec::new(),
+            MessageKind::Control,
+            FrameMeta::default(),
+            &vec![0u8; CONTROL_FRAME_BODY_BYTES_MAX + 1]
+        )
+        .is_err());
     }
 
     #[test]

@@ -196,6 +196,14 @@ pub struct BatchRequest {
 #[rkyv(derive(Debug))]
 pub struct TopologyRequest {}
 
+/// Asks the answering node what it knows of the control plane: its term and role, the
+/// controller, its members and the leadership map its data shards hold
+/// ([`crate::message::ClusterStatusResponse`]). Any shard port of any node answers; it is not
+/// routed by partition, and it changes nothing.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ClusterStatusRequest {}
+
 /// Implements [`Validate`] for a type and its archived form with one body: the archived
 /// accessors used (`as_str`, `as_slice`, `as_ref`, `iter`, `len`) exist on both forms.
 macro_rules! validate_both {
@@ -270,3 +278,9 @@ validate_both!(BatchRequest, ArchivedBatchRequest, |this| {
 });
 
 validate_both!(TopologyRequest, ArchivedTopologyRequest, |_this| { Ok(()) });
+
+validate_both!(
+    ClusterStatusRequest,
+    ArchivedClusterStatusRequest,
+    |_this| { Ok(()) }
+);

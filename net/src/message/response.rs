@@ -1,15 +1,17 @@
 //! Answers to client requests. Each carries its request's request id in the frame header; a
 //! failed request of any kind is answered with an [`ErrorResponse`].
 
-use crate::constants::REASON_BYTES_MAX;
+use crate::constants::{REASON_BYTES_MAX, REPLICAS_PER_PARTITION_MAX};
 use crate::error::DecodeError;
-use crate::ids::{Epoch, Lsn, NodeId, PartitionId, ShardId};
+use crate::ids::{Epoch, Lsn, NodeId, PartitionId, ShardId, Term};
 use crate::message::request::validate_both;
 use crate::validate::{
-    check_collection_name, check_partition_count, check_partitions, check_reason,
-    check_shard_count, check_value, Limit, Validate, Violation,
+    check_collection_name, check_gossip_address, check_members, check_partition_count,
+    check_partition_list_len, check_partitions, check_reason, check_replicas, check_shard_count,
+    check_value, Limit, Validate, Violation,
 };
 use rkyv::{Archive, Deserialize, Serialize};
+use std::fmt;
 
 /// A write was applied: a put, a compare-and-set whose expectation held, a batch, or a
 /// collection created or dropped. Sent once the write is as durable as its consistency asked.
@@ -81,6 +83,116 @@ pub struct TopologyResponse {
     pub partition_count: u32,
     /// The node's data shards.
     pub shards: Vec<ShardTopology>,
+}
+
+/// A node's part in the control plane's election (design.md section 6, "Control"), as a
+/// cluster status reports it. Mirrors the cluster crate's `Role`; net does not depend on that
+/// crate, so the node converts.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq, Hash), compare(PartialEq))]
+#[repr(u8)]
+pub enum ControlRole {
+    /// Follows the known controller, if any.
+    Follower,
+    /// Trying to become the controller (an election round is under way).
+    Candidate,
+    /// The controller of the current term: proposes and publishes leadership maps.
+    Controller,
+}
+
+impl fmt::Display for ControlRole {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            ControlRole::Follower => "follower",
+            ControlRole::Candidate => "candidate",
+            ControlRole::Controller => "controller",
+        })
+    }
+}
+
+/// A member's node state (design.md section 3), as a cluster status reports it. Mirrors the
+/// cluster crate's `NodeState`, in the same order, with the same lowercase names.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq, Hash), compare(PartialEq))]
+#[repr(u8)]
+pub enum MemberState {
+    /// Known but not yet a full member.
+    Joining,
+    /// A member, catching up on the partitions it replicates; may hold "paper" leadership
+    /// but takes no writes.
+    JoinedSyncing,
+    /// A full member, caught up.
+    Joined,
+    /// Leaving the cluster on purpose; takes no new leadership.
+    Leaving,
+    /// Declared dead by the failure detector.
+    Dead,
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            MemberState::Joining => "joining",
+            MemberState::JoinedSyncing => "joined-syncing",
+            MemberState::Joined => "joined",
+            MemberState::Leaving => "leaving",
+            MemberState::Dead => "dead",
+        })
+    }
+}
+
+/// One member of the cluster as the answering node sees it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MemberStatus {
+    /// The member.
+    pub node: NodeId,
+    /// Its node state.
+    pub state: MemberState,
+    /// Whether the failure detector suspects it now (it missed probes but is not yet
+    /// declared dead): a suspected member may be about to go `Dead`.
+    pub suspected: bool,
+    /// Whether it is one of the configured voters that elect the controller.
+    pub voter: bool,
+    /// Where it receives gossip datagrams, `ip:port` (at most `GOSSIP_ADDRESS_BYTES_MAX`
+    /// bytes); empty if not known.
+    pub gossip_address: String,
+}
+
+/// One partition of the leadership map the answering node holds.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PartitionStatus {
+    /// The partition's leader in the map's epoch; `None` when no replica may lead (the
+    /// partition takes no writes until a later map names one).
+    pub leader: Option<NodeId>,
+    /// The nodes holding a replica, the leader among them (at most
+    /// `REPLICAS_PER_PARTITION_MAX`).
+    pub replicas: Vec<NodeId>,
+}
+
+/// What the answering node knows of the control plane: its election state, the members it
+/// sees, and the leadership map its data shards hold. A snapshot of one node's view, not the
+/// cluster's agreed truth: two nodes may answer differently while gossip or a new map spreads.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ClusterStatusResponse {
+    /// The node that answered.
+    pub node: NodeId,
+    /// Its current control-plane term.
+    pub term: Term,
+    /// Its role in that term.
+    pub role: ControlRole,
+    /// The controller it knows of in that term, if any.
+    pub controller: Option<NodeId>,
+    /// Epoch of the leadership map its data shards hold (0: none yet).
+    pub epoch: Epoch,
+    /// Every member it knows, sorted by node id, itself included (at most
+    /// `CLUSTER_MEMBERS_MAX`).
+    pub members: Vec<MemberStatus>,
+    /// The map's partitions: index = partition id (at most `PARTITIONS_MAX`); empty before
+    /// the first map.
+    pub partitions: Vec<PartitionStatus>,
 }
 
 /// Why a request failed. Each variant says whether the request may have been applied: only
@@ -340,6 +452,84 @@ validate_both!(TopologyResponse, ArchivedTopologyResponse, |this| {
     }
     Ok(())
 });
+
+impl MemberStatus {
+    fn node_id(&self) -> NodeId {
+        self.node
+    }
+    fn address(&self) -> &str {
+        &self.gossip_address
+    }
+}
+
+impl ArchivedMemberStatus {
+    fn node_id(&self) -> NodeId {
+        self.node.get()
+    }
+    fn address(&self) -> &str {
+        self.gossip_address.as_str()
+    }
+}
+
+impl PartitionStatus {
+    fn leader_id(&self) -> Option<NodeId> {
+        self.leader
+    }
+    fn replica_ids(&self) -> impl ExactSizeIterator<Item = NodeId> + '_ {
+        self.replicas.iter().copied()
+    }
+}
+
+impl ArchivedPartitionStatus {
+    fn leader_id(&self) -> Option<NodeId> {
+        self.leader.as_ref().map(|leader| leader.get())
+    }
+    fn replica_ids(&self) -> impl ExactSizeIterator<Item = NodeId> + '_ {
+        self.replicas.iter().map(|replica| replica.get())
+    }
+}
+
+/// One partition's rules, on either form: the replica count before the replicas are looked
+/// at, then copied to the stack (at most a handful) to check them without allocating.
+fn check_partition_status(
+    partition: usize,
+    leader: Option<NodeId>,
+    replicas: impl ExactSizeIterator<Item = NodeId>,
+) -> Result<(), Violation> {
+    let count = replicas.len();
+    if count > REPLICAS_PER_PARTITION_MAX {
+        return Err(Violation::TooLarge {
+            what: Limit::Replicas,
+            size: count as u64,
+            limit: REPLICAS_PER_PARTITION_MAX as u64,
+        });
+    }
+    let mut buffer = [NodeId(0); REPLICAS_PER_PARTITION_MAX];
+    for (slot, replica) in buffer.iter_mut().zip(replicas) {
+        *slot = replica;
+    }
+    check_replicas(partition, leader, &buffer[..count])
+}
+
+validate_both!(
+    ClusterStatusResponse,
+    ArchivedClusterStatusResponse,
+    |this| {
+        // Counts first: a list of a million is refused before one entry is looked at.
+        check_partition_list_len(this.partitions.len())?;
+        check_members(
+            this.members.len(),
+            this.members.iter().map(|member| member.node_id()),
+        )?;
+        for member in this.members.iter() {
+            check_gossip_address(member.address())?;
+        }
+        for (index, partition) in this.partitions.iter().enumerate() {
+            check_partition_status(index, partition.leader_id(), partition.replica_ids())?;
+        }
+        Ok(())
+    }
+);
 
 validate_both!(ErrorResponse, ArchivedErrorResponse, |this| {
     if let Some(reason) = this.reason() {

@@ -3,14 +3,15 @@
 //! declare the module.
 
 use coregrid_net::message::{
-    BatchOperation, BatchRequest, CompareAndSetRequest, CreateCollectionRequest, DeleteRequest,
-    DeleteResponse, DropCollectionRequest, ErrorResponse, GetRequest, GetResponse, Hello,
-    HelloAccepted, HelloReply, Peer, PutRequest, ReadConsistency, Refusal, ShardTopology,
-    TopologyRequest, TopologyResponse, WriteConsistency, WriteResponse,
+    BatchOperation, BatchRequest, ClusterStatusRequest, ClusterStatusResponse,
+    CompareAndSetRequest, ControlRole, CreateCollectionRequest, DeleteRequest, DeleteResponse,
+    DropCollectionRequest, ErrorResponse, GetRequest, GetResponse, Hello, HelloAccepted,
+    HelloReply, MemberState, MemberStatus, PartitionStatus, Peer, PutRequest, ReadConsistency,
+    Refusal, ShardTopology, TopologyRequest, TopologyResponse, WriteConsistency, WriteResponse,
 };
 use coregrid_net::{
-    encode, ChannelKind, ClientId, ClientRequestId, ClusterId, EncodeError, Epoch, FrameMeta,
-    Limit, Lsn, MessageKind, NodeId, PartitionId, ShardId,
+    encode, encode_frame_raw, ChannelKind, ClientId, ClientRequestId, ClusterId, EncodeError,
+    Epoch, FrameMeta, Limit, Lsn, MessageKind, NodeId, PartitionId, ShardId, Term,
 };
 use proptest::prelude::*;
 
@@ -27,11 +28,15 @@ pub enum AnyMessage {
     DropCollection(DropCollectionRequest),
     Batch(BatchRequest),
     Topology(TopologyRequest),
+    ClusterStatus(ClusterStatusRequest),
     WriteResponse(WriteResponse),
     GetResponse(GetResponse),
     DeleteResponse(DeleteResponse),
     TopologyResponse(TopologyResponse),
+    ClusterStatusResponse(ClusterStatusResponse),
     ErrorResponse(ErrorResponse),
+    /// A control datagram's body: bytes net does not interpret (the cluster crate's).
+    Control(Vec<u8>),
 }
 
 /// Calls `$body` with `$message` bound to the inner message, whatever its type.
@@ -48,21 +53,30 @@ macro_rules! with_message {
             AnyMessage::DropCollection($message) => $body,
             AnyMessage::Batch($message) => $body,
             AnyMessage::Topology($message) => $body,
+            AnyMessage::ClusterStatus($message) => $body,
             AnyMessage::WriteResponse($message) => $body,
             AnyMessage::GetResponse($message) => $body,
             AnyMessage::DeleteResponse($message) => $body,
             AnyMessage::TopologyResponse($message) => $body,
+            AnyMessage::ClusterStatusResponse($message) => $body,
             AnyMessage::ErrorResponse($message) => $body,
+            AnyMessage::Control(_) => unreachable!("control bodies are not messages of net"),
         }
     };
 }
 
 impl AnyMessage {
     pub fn encode(&self, out: &mut Vec<u8>, meta: FrameMeta) -> Result<usize, EncodeError> {
+        if let AnyMessage::Control(body) = self {
+            return encode_frame_raw(out, MessageKind::Control, meta, body);
+        }
         with_message!(self, |message| encode(out, meta, message))
     }
 
     pub fn kind(&self) -> MessageKind {
+        if let AnyMessage::Control(_) = self {
+            return MessageKind::Control;
+        }
         use coregrid_net::Message;
         fn kind_of<M: Message>(_: &M) -> MessageKind {
             M::KIND
@@ -128,7 +142,11 @@ pub fn cluster() -> impl Strategy<Value = ClusterId> {
 }
 
 pub fn channel() -> impl Strategy<Value = ChannelKind> {
-    prop_oneof![Just(ChannelKind::Client), Just(ChannelKind::Replication)]
+    prop_oneof![
+        Just(ChannelKind::Client),
+        Just(ChannelKind::Replication),
+        Just(ChannelKind::Control)
+    ]
 }
 
 pub fn limit() -> impl Strategy<Value = Limit> {
@@ -142,6 +160,9 @@ pub fn limit() -> impl Strategy<Value = Limit> {
         Just(Limit::Shards),
         Just(Limit::Partitions),
         Just(Limit::FrameBodyBytes),
+        Just(Limit::Members),
+        Just(Limit::Replicas),
+        Just(Limit::AddressBytes),
     ]
 }
 
@@ -181,7 +202,8 @@ pub fn refusal() -> impl Strategy<Value = Refusal> {
             prop_oneof![
                 Just(ChannelKind::Handshake),
                 Just(ChannelKind::Client),
-                Just(ChannelKind::Replication)
+                Just(ChannelKind::Replication),
+                Just(ChannelKind::Control)
             ],
             reason()
         )
@@ -366,6 +388,95 @@ pub fn topology_response() -> impl Strategy<Value = TopologyResponse> {
     })
 }
 
+pub fn control_role() -> impl Strategy<Value = ControlRole> {
+    prop_oneof![
+        Just(ControlRole::Follower),
+        Just(ControlRole::Candidate),
+        Just(ControlRole::Controller)
+    ]
+}
+
+pub fn member_state() -> impl Strategy<Value = MemberState> {
+    prop_oneof![
+        Just(MemberState::Joining),
+        Just(MemberState::JoinedSyncing),
+        Just(MemberState::Joined),
+        Just(MemberState::Leaving),
+        Just(MemberState::Dead),
+    ]
+}
+
+/// Empty (unknown) or an `ip:port` of either family.
+pub fn gossip_address() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        (any::<[u8; 4]>(), any::<u16>())
+            .prop_map(|(ip, port)| std::net::SocketAddr::from((ip, port)).to_string()),
+        (any::<[u16; 8]>(), any::<u16>())
+            .prop_map(|(ip, port)| std::net::SocketAddr::from((ip, port)).to_string()),
+    ]
+}
+
+/// A cluster status within every rule: members sorted by distinct node ids, each partition's
+/// replicas distinct with the leader (if any) among them.
+pub fn cluster_status_response() -> impl Strategy<Value = ClusterStatusResponse> {
+    let members = proptest::collection::btree_map(
+        any::<u64>(),
+        (
+            member_state(),
+            any::<bool>(),
+            any::<bool>(),
+            gossip_address(),
+        ),
+        0..12,
+    )
+    .prop_map(|members| {
+        members
+            .into_iter()
+            .map(
+                |(node, (state, suspected, voter, gossip_address))| MemberStatus {
+                    node: NodeId(node),
+                    state,
+                    suspected,
+                    voter,
+                    gossip_address,
+                },
+            )
+            .collect::<Vec<_>>()
+    });
+    let partition = (
+        proptest::collection::btree_set(any::<u64>(), 0..=7),
+        any::<proptest::sample::Index>(),
+        any::<bool>(),
+    )
+        .prop_map(|(replicas, leader_index, has_leader)| {
+            let replicas: Vec<NodeId> = replicas.into_iter().map(NodeId).collect();
+            let leader = (has_leader && !replicas.is_empty())
+                .then(|| replicas[leader_index.index(replicas.len())]);
+            PartitionStatus { leader, replicas }
+        });
+    (
+        node(),
+        any::<u64>(),
+        control_role(),
+        proptest::option::of(node()),
+        epoch(),
+        members,
+        proptest::collection::vec(partition, 0..40),
+    )
+        .prop_map(
+            |(node, term, role, controller, epoch, members, partitions)| ClusterStatusResponse {
+                node,
+                term: Term(term),
+                role,
+                controller,
+                epoch,
+                members,
+                partitions,
+            },
+        )
+}
+
 pub fn error_response() -> impl Strategy<Value = ErrorResponse> {
     prop_oneof![
         (proptest::option::of(node()), epoch())
@@ -408,12 +519,46 @@ pub fn any_message() -> impl Strategy<Value = AnyMessage> {
         drop_collection().prop_map(AnyMessage::DropCollection),
         batch().prop_map(AnyMessage::Batch),
         Just(AnyMessage::Topology(TopologyRequest {})),
+        Just(AnyMessage::ClusterStatus(ClusterStatusRequest {})),
         write_response().prop_map(AnyMessage::WriteResponse),
         get_response().prop_map(AnyMessage::GetResponse),
         delete_response().prop_map(AnyMessage::DeleteResponse),
         topology_response().prop_map(AnyMessage::TopologyResponse),
+        cluster_status_response().prop_map(AnyMessage::ClusterStatusResponse),
         error_response().prop_map(AnyMessage::ErrorResponse),
+        proptest::collection::vec(any::<u8>(), 0..200).prop_map(AnyMessage::Control),
     ]
+}
+
+/// A three-node cluster's status, as node 1 (the controller) sees it.
+pub fn sample_cluster_status() -> ClusterStatusResponse {
+    let member = |node: u64, state, suspected| MemberStatus {
+        node: NodeId(node),
+        state,
+        suspected,
+        voter: true,
+        gossip_address: format!("10.0.0.{node}:7946"),
+    };
+    ClusterStatusResponse {
+        node: NodeId(1),
+        term: Term(3),
+        role: ControlRole::Controller,
+        controller: Some(NodeId(1)),
+        epoch: Epoch(5),
+        members: vec![
+            member(1, MemberState::Joined, false),
+            member(2, MemberState::JoinedSyncing, false),
+            member(3, MemberState::Joined, true),
+        ],
+        partitions: (0..4u64)
+            .map(|partition| PartitionStatus {
+                leader: Some(NodeId(partition % 3 + 1)),
+                replicas: (0..3)
+                    .map(|offset| NodeId((partition + offset) % 3 + 1))
+                    .collect(),
+            })
+            .collect(),
+    }
 }
 
 /// One fixed message of every kind, in [`MessageKind::ALL`] order.
@@ -487,6 +632,7 @@ pub fn samples() -> Vec<AnyMessage> {
             ],
         }),
         AnyMessage::Topology(TopologyRequest {}),
+        AnyMessage::ClusterStatus(ClusterStatusRequest {}),
         AnyMessage::WriteResponse(WriteResponse {
             revision: Lsn(13),
             hlc: 0x0102_0304,
@@ -518,10 +664,12 @@ pub fn samples() -> Vec<AnyMessage> {
                 },
             ],
         }),
+        AnyMessage::ClusterStatusResponse(sample_cluster_status()),
         AnyMessage::ErrorResponse(ErrorResponse::NotLeader {
             leader: Some(NodeId(2)),
             epoch: Epoch(5),
         }),
+        AnyMessage::Control(b"a control datagram's body".to_vec()),
     ];
     let kinds: Vec<MessageKind> = samples.iter().map(AnyMessage::kind).collect();
     assert_eq!(
