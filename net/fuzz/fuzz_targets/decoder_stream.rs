@@ -13,10 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&[mode, chunk], stream)) = data.split_first_chunk::<2>() else {
         return;
     };
-    let channel = match mode % 3 {
+    let channel = match mode % 4 {
         0 => ChannelKind::Handshake,
         1 => ChannelKind::Client,
-        _ => ChannelKind::Replication,
+        2 => ChannelKind::Replication,
+        _ => ChannelKind::Control,
     };
     let switch_after_first = mode & 0x80 != 0;
     let chunk = usize::from(chunk).max(1);

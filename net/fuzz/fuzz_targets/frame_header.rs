@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         ChannelKind::Handshake,
         ChannelKind::Client,
         ChannelKind::Replication,
+        ChannelKind::Control,
     ] {
         if let Some(head) = data.first_chunk::<FRAME_HEADER_BYTES>() {
             if let Ok((header, kind)) = FrameHeader::validate(head, channel) {

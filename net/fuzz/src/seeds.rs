@@ -2,15 +2,20 @@
 //! would stop a blind fuzzer at the door): `cargo run --bin seeds` from net/fuzz.
 
 use coregrid_net::message::{
-    BatchOperation, BatchRequest, CompareAndSetRequest, CreateCollectionRequest, DeleteRequest,
-    DeleteResponse, DropCollectionRequest, ErrorResponse, GetRequest, GetResponse, Hello,
-    HelloAccepted, HelloReply, PutRequest, ReadConsistency, Refusal, ShardTopology,
-    TopologyRequest, TopologyResponse, WriteConsistency, WriteResponse,
+    BatchOperation, BatchRequest, ClusterStatusRequest, ClusterStatusResponse,
+    CompareAndSetRequest, ControlRole, CreateCollectionRequest, DeleteRequest, DeleteResponse,
+    DropCollectionRequest, ErrorResponse, GetRequest, GetResponse, Hello, HelloAccepted,
+    HelloReply, MemberState, MemberStatus, PartitionStatus, PutRequest, ReadConsistency, Refusal,
+    ShardTopology, TopologyRequest, TopologyResponse, WriteConsistency, WriteResponse,
 };
 use coregrid_net::{
-    encode, ChannelKind, ClientId, ClientRequestId, ClusterId, EncodeError, Epoch, FrameMeta,
-    Limit, Lsn, Message, MessageKind, NodeId, PartitionId, RequestId, ShardId,
+    encode, encode_frame_raw, ChannelKind, ClientId, ClientRequestId, ClusterId, EncodeError,
+    Epoch, FrameMeta, Limit, Lsn, Message, MessageKind, NodeId, PartitionId, RequestId, ShardId,
+    Term,
 };
+
+#[path = "kinds.rs"]
+mod kinds;
 
 type Encoder = Box<dyn Fn(&mut Vec<u8>, FrameMeta) -> Result<usize, EncodeError>>;
 
@@ -155,6 +160,64 @@ fn samples() -> Vec<(MessageKind, Encoder)> {
         boxed(ErrorResponse::CollectionNotFound {
             name: "users".into(),
         }),
+        // Appended (the seeds above keep their file names and bytes): the cluster status and
+        // a control datagram.
+        boxed(ClusterStatusRequest {}),
+        boxed(ClusterStatusResponse {
+            node: NodeId(1),
+            term: Term(3),
+            role: ControlRole::Controller,
+            controller: Some(NodeId(1)),
+            epoch: Epoch(5),
+            members: vec![
+                MemberStatus {
+                    node: NodeId(1),
+                    state: MemberState::Joined,
+                    suspected: false,
+                    voter: true,
+                    gossip_address: "10.0.0.1:7946".into(),
+                },
+                MemberStatus {
+                    node: NodeId(2),
+                    state: MemberState::JoinedSyncing,
+                    suspected: true,
+                    voter: true,
+                    gossip_address: "[fe80::2%3]:7946".into(),
+                },
+                MemberStatus {
+                    node: NodeId(3),
+                    state: MemberState::Dead,
+                    suspected: false,
+                    voter: false,
+                    gossip_address: String::new(),
+                },
+            ],
+            partitions: vec![
+                PartitionStatus {
+                    leader: Some(NodeId(1)),
+                    replicas: vec![NodeId(1), NodeId(2)],
+                },
+                PartitionStatus {
+                    leader: None,
+                    replicas: vec![NodeId(2), NodeId(3)],
+                },
+            ],
+        }),
+        boxed(ClusterStatusResponse {
+            node: NodeId(4),
+            term: Term(0),
+            role: ControlRole::Candidate,
+            controller: None,
+            epoch: Epoch(0),
+            members: vec![],
+            partitions: vec![],
+        }),
+        (
+            MessageKind::Control,
+            Box::new(|out: &mut Vec<u8>, meta| {
+                encode_frame_raw(out, MessageKind::Control, meta, b"gossip: ping from node 2")
+            }),
+        ),
     ]
 }
 
@@ -167,9 +230,13 @@ fn main() -> std::io::Result<()> {
     covered.sort();
     covered.dedup();
     assert_eq!(covered, MessageKind::ALL, "a seed of every kind");
+    let mut fuzzed = kinds::FUZZ_KINDS.to_vec();
+    fuzzed.sort();
+    assert_eq!(fuzzed, MessageKind::ALL, "the message target reaches every kind");
 
     let mut handshake_stream = Vec::new();
     let mut client_stream = Vec::new();
+    let mut control_datagram = Vec::new();
     for (index, (kind, encoder)) in samples.iter().enumerate() {
         let meta = FrameMeta {
             request_id: RequestId(index as u64 + 1),
@@ -180,10 +247,10 @@ fn main() -> std::io::Result<()> {
         std::fs::write(format!("corpus/frame_header/seed-{index}"), &frame)?;
         // The message target: the kind's index in MessageKind::ALL, then the body.
         let body_len = u32::from_le_bytes(frame[12..16].try_into().expect("4 bytes")) as usize;
-        let selector = MessageKind::ALL
+        let selector = kinds::FUZZ_KINDS
             .iter()
-            .position(|all| all == kind)
-            .expect("every kind is in ALL") as u8;
+            .position(|fuzzed| fuzzed == kind)
+            .expect("every kind is in FUZZ_KINDS") as u8;
         let mut input = vec![selector];
         input.extend_from_slice(&frame[48..48 + body_len]);
         std::fs::write(format!("corpus/message/seed-{index}"), &input)?;
@@ -194,17 +261,29 @@ fn main() -> std::io::Result<()> {
                 handshake_stream.extend_from_slice(&frame)
             }
             ChannelKind::Client => client_stream.extend_from_slice(&frame),
+            ChannelKind::Control if control_datagram.is_empty() => {
+                control_datagram.extend_from_slice(&frame)
+            }
             _ => {}
         }
     }
-    // The decoder target: mode byte, chunk size byte, stream. A client connection from its
-    // hello (mode 0x80: handshake channel, then client) and a client stream alone (mode 1).
-    for (name, mode, chunk) in [("hello-then-client", 0x80u8, 61u8), ("client", 1, 255)] {
+    // The decoder target: mode byte (channel = mode % 4), chunk size byte, stream. A client
+    // connection from its hello (mode 0x80: handshake channel, then client), a client stream
+    // alone (mode 1) and a control datagram (mode 3).
+    for (name, mode, chunk) in [
+        ("hello-then-client", 0x80u8, 61u8),
+        ("client", 1, 255),
+        ("control", 3, 200),
+    ] {
         let mut input = vec![mode, chunk];
-        if mode == 0x80 {
-            input.extend_from_slice(&handshake_stream);
+        match mode {
+            0x80 => {
+                input.extend_from_slice(&handshake_stream);
+                input.extend_from_slice(&client_stream);
+            }
+            3 => input.extend_from_slice(&control_datagram),
+            _ => input.extend_from_slice(&client_stream),
         }
-        input.extend_from_slice(&client_stream);
         std::fs::write(format!("corpus/decoder_stream/seed-{name}"), &input)?;
     }
     Ok(())
