@@ -19,8 +19,8 @@
 
 use clap::{Args, Subcommand};
 use coregrid_net::client::{BlockingClient, ClientConfig, ClientError, Value};
-use coregrid_net::message::DeleteResponse;
-use coregrid_net::{ClusterId, Lsn};
+use coregrid_net::message::{ClusterStatusResponse, DeleteResponse, PartitionStatus};
+use coregrid_net::{ClusterId, Lsn, NodeId};
 use serde_json::{json, Value as Json};
 use std::io::Write;
 use std::time::Duration;
@@ -114,7 +114,12 @@ pub enum ClientCommand {
         args: KeyArgs,
     },
     /// Show the topology (node, epoch, partitions, each shard's port) and whether each shard
-    /// answers. Exit 3 if any does not.
+    /// answers, then the control plane as the node sees it: term, role, controller, the
+    /// epoch of the leadership map its shards hold, the members (state, suspected, voter,
+    /// gossip address) and each partition's leader and replicas. Exit 3 if any shard does not
+    /// answer; a node that cannot tell its cluster status (an older build) still shows its
+    /// shards, with the cluster part marked unavailable. With --json, `epoch` is the cluster
+    /// status's (asked last, so the freshest) when there is one.
     Status {
         #[command(flatten)]
         connect: ConnectArgs,
@@ -447,7 +452,7 @@ fn status(args: &ConnectArgs) -> Result<Finished, Failed> {
             "error": if reachable { Json::Null } else { Json::from(detail) },
         }));
     }
-    let json = json!({
+    let mut json = json!({
         "ok": unreachable == 0,
         "node": topology.response.node.get(),
         "epoch": topology.response.epoch.get(),
@@ -455,6 +460,11 @@ fn status(args: &ConnectArgs) -> Result<Finished, Failed> {
         "asked": topology.address.to_string(),
         "shards": shards,
     });
+    // The same seed that answered the topology, unless it stopped answering meanwhile.
+    let cluster = client.cluster_status();
+    text.push('\n');
+    text.push_str(&cluster_status_text(&cluster));
+    add_cluster_status_json(&mut json, &cluster);
     Ok(Finished {
         code: if unreachable == 0 {
             exit::OK
@@ -464,6 +474,170 @@ fn status(args: &ConnectArgs) -> Result<Finished, Failed> {
         json,
         text: Some(text.into_bytes()),
     })
+}
+
+/// Up to this many partitions, `status` prints one line per partition; above it, runs of
+/// consecutive partitions with the same leader and replicas share a line.
+pub const STATUS_PARTITION_LINES_MAX: usize = 64;
+
+fn yes_no(flag: bool) -> &'static str {
+    if flag {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn node_text(node: Option<NodeId>) -> String {
+    node.map_or_else(|| "none".to_string(), |node| node.to_string())
+}
+
+fn replicas_text(partition: &PartitionStatus) -> String {
+    if partition.replicas.is_empty() {
+        return "none".into();
+    }
+    partition
+        .replicas
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The cluster part of `status` for people: the answering node's control-plane view, or why
+/// there is none.
+fn cluster_status_text(cluster: &Result<ClusterStatusResponse, ClientError>) -> String {
+    let status = match cluster {
+        Ok(status) => status,
+        Err(error) => return format!("cluster status unavailable: {error}\n"),
+    };
+    let mut text = format!(
+        "cluster, as node {} sees it\nterm {}  role {}  controller {}  epoch {}\n",
+        status.node,
+        status.term,
+        status.role,
+        node_text(status.controller),
+        if status.epoch.get() == 0 {
+            "none (no leadership map yet)".to_string()
+        } else {
+            status.epoch.to_string()
+        },
+    );
+    text.push_str(&format!(
+        "\nmembers {}\n{:<20} {:<15} {:<9} {:<5} {}\n",
+        status.members.len(),
+        "node",
+        "state",
+        "suspected",
+        "voter",
+        "gossip address"
+    ));
+    for member in &status.members {
+        text.push_str(&format!(
+            "{:<20} {:<15} {:<9} {:<5} {}\n",
+            member.node.to_string(),
+            member.state.to_string(),
+            yes_no(member.suspected),
+            yes_no(member.voter),
+            if member.gossip_address.is_empty() {
+                "unknown"
+            } else {
+                &member.gossip_address
+            }
+        ));
+    }
+    text.push_str(&format!("\npartitions {}", status.partitions.len()));
+    if status.partitions.is_empty() {
+        text.push_str(" (no leadership map yet)\n");
+        return text;
+    }
+    // Leadership balance first: what an operator checks after a restart (section 4's
+    // preferred-leader rebalancing should spread it again).
+    let mut leaders = std::collections::BTreeMap::<Option<NodeId>, usize>::new();
+    for partition in &status.partitions {
+        *leaders.entry(partition.leader).or_default() += 1;
+    }
+    let balance = leaders
+        .iter()
+        .map(|(leader, count)| format!("{} {count}", node_text(*leader)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    text.push_str(&format!(
+        "  (led by node: {balance})\n{:<13} {:<20} {}\n",
+        "partition", "leader", "replicas"
+    ));
+    let compact = status.partitions.len() > STATUS_PARTITION_LINES_MAX;
+    let mut index = 0;
+    while index < status.partitions.len() {
+        let partition = &status.partitions[index];
+        let mut end = index + 1;
+        if compact {
+            while end < status.partitions.len() && status.partitions[end] == *partition {
+                end += 1;
+            }
+        }
+        let range = if end - index == 1 {
+            index.to_string()
+        } else {
+            format!("{index}-{}", end - 1)
+        };
+        text.push_str(&format!(
+            "{:<13} {:<20} {}\n",
+            range,
+            node_text(partition.leader),
+            replicas_text(partition)
+        ));
+        index = end;
+    }
+    text
+}
+
+/// The cluster part of `status --json`: `term`, `role`, `controller`, `epoch`, `members` and
+/// `partitions` at the top level (null when unavailable; `epoch` then stays the topology's),
+/// and `cluster_status: {available, node, error}`.
+fn add_cluster_status_json(json: &mut Json, cluster: &Result<ClusterStatusResponse, ClientError>) {
+    match cluster {
+        Ok(status) => {
+            json["cluster_status"] =
+                json!({ "available": true, "node": status.node.get(), "error": Json::Null });
+            json["term"] = json!(status.term.get());
+            json["role"] = json!(status.role.to_string());
+            json["controller"] = json!(status.controller.map(NodeId::get));
+            json["epoch"] = json!(status.epoch.get());
+            json["members"] = status
+                .members
+                .iter()
+                .map(|member| {
+                    json!({
+                        "node": member.node.get(),
+                        "state": member.state.to_string(),
+                        "suspected": member.suspected,
+                        "voter": member.voter,
+                        "gossip_address": member.gossip_address,
+                    })
+                })
+                .collect();
+            json["partitions"] = status
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(index, partition)| {
+                    json!({
+                        "partition": index,
+                        "leader": partition.leader.map(NodeId::get),
+                        "replicas": partition.replicas.iter().map(|node| node.get()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+        }
+        Err(error) => {
+            json["cluster_status"] =
+                json!({ "available": false, "node": Json::Null, "error": error.to_string() });
+            for field in ["term", "role", "controller", "members", "partitions"] {
+                json[field] = Json::Null;
+            }
+        }
+    }
 }
 
 /// Clients of a network bench by default.
@@ -548,4 +722,189 @@ pub fn bench_network(args: &crate::BenchArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coregrid_net::message::{ControlRole, ErrorResponse, MemberState, MemberStatus};
+    use coregrid_net::{Epoch, Term};
+
+    fn status(partitions: usize) -> ClusterStatusResponse {
+        let member = |node: u64, state, suspected, gossip_address: &str| MemberStatus {
+            node: NodeId(node),
+            state,
+            suspected,
+            voter: node != 4,
+            gossip_address: gossip_address.into(),
+        };
+        ClusterStatusResponse {
+            node: NodeId(2),
+            term: Term(7),
+            role: ControlRole::Follower,
+            controller: Some(NodeId(1)),
+            epoch: Epoch(12),
+            members: vec![
+                member(1, MemberState::Joined, false, "10.0.0.1:7946"),
+                member(2, MemberState::JoinedSyncing, false, "10.0.0.2:7946"),
+                member(3, MemberState::Dead, true, "[::1]:7946"),
+                member(4, MemberState::Joining, false, ""),
+            ],
+            // Three nodes, leaders p % 3 + 1 over the first half, the second half all led by
+            // node 1 (a restart piled leadership on it), the last one leaderless.
+            partitions: (0..partitions)
+                .map(|partition| {
+                    let leader = if partition + 1 == partitions {
+                        None
+                    } else if partition < partitions / 2 {
+                        Some(NodeId(partition as u64 % 3 + 1))
+                    } else {
+                        Some(NodeId(1))
+                    };
+                    PartitionStatus {
+                        leader,
+                        replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_cluster_part_shows_the_view_members_and_each_partition() {
+        let text = cluster_status_text(&Ok(status(6)));
+        assert!(text.starts_with("cluster, as node 2 sees it\n"), "{text}");
+        assert!(
+            text.contains("term 7  role follower  controller 1  epoch 12\n"),
+            "{text}"
+        );
+        assert!(text.contains("members 4\n"), "{text}");
+        let member_lines: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("7946") || line.contains("unknown"))
+            .collect();
+        assert_eq!(member_lines.len(), 4, "{text}");
+        assert!(member_lines[1].contains("joined-syncing"), "{text}");
+        assert!(
+            member_lines[2].contains("dead") && member_lines[2].contains("yes"),
+            "{text}"
+        );
+        assert!(
+            member_lines[3].contains("joining") && member_lines[3].ends_with("unknown"),
+            "{text}"
+        );
+        assert!(
+            text.contains("partitions 6  (led by node: none 1, 1 3, 2 1, 3 1)\n"),
+            "{text}"
+        );
+        // Few partitions: one line each, leaderless shown as such.
+        let partition_lines: Vec<&str> = text
+            .lines()
+            .filter(|line| line.ends_with("1,2,3"))
+            .collect();
+        assert_eq!(partition_lines.len(), 6, "{text}");
+        assert!(
+            partition_lines[5].starts_with("5 ") && partition_lines[5].contains("none"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn many_partitions_share_lines_by_run() {
+        let text = cluster_status_text(&Ok(status(1000)));
+        let partition_lines: Vec<&str> = text
+            .lines()
+            .filter(|line| line.ends_with("1,2,3"))
+            .collect();
+        // 500 alternating leaders, one run of 499 led by node 1, one leaderless.
+        assert_eq!(partition_lines.len(), 502, "{text}");
+        assert!(
+            partition_lines[500].starts_with("500-998 "),
+            "{}",
+            partition_lines[500]
+        );
+        assert!(
+            partition_lines[501].starts_with("999 "),
+            "{}",
+            partition_lines[501]
+        );
+        assert!(
+            text.contains("(led by node: none 1, 1 666, 2 167, 3 166)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn before_the_first_map_there_are_no_partitions() {
+        let mut empty = status(0);
+        empty.epoch = Epoch(0);
+        empty.role = ControlRole::Candidate;
+        empty.controller = None;
+        let text = cluster_status_text(&Ok(empty.clone()));
+        assert!(
+            text.contains("role candidate  controller none  epoch none"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("partitions 0 (no leadership map yet)\n"),
+            "{text}"
+        );
+        let mut json = json!({ "epoch": 3 });
+        add_cluster_status_json(&mut json, &Ok(empty));
+        assert_eq!(json["epoch"], 0);
+        assert_eq!(json["controller"], Json::Null);
+        assert_eq!(json["partitions"], json!([]));
+    }
+
+    #[test]
+    fn json_has_the_same_fields() {
+        let mut json = json!({ "ok": true, "epoch": 11, "node": 2 });
+        add_cluster_status_json(&mut json, &Ok(status(3)));
+        assert_eq!(json["cluster_status"]["available"], true);
+        assert_eq!(json["cluster_status"]["node"], 2);
+        assert_eq!(json["term"], 7);
+        assert_eq!(json["role"], "follower");
+        assert_eq!(json["controller"], 1);
+        assert_eq!(json["epoch"], 12, "the cluster status's epoch, asked last");
+        assert_eq!(json["members"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            json["members"][1],
+            json!({
+                "node": 2, "state": "joined-syncing", "suspected": false, "voter": true,
+                "gossip_address": "10.0.0.2:7946",
+            })
+        );
+        assert_eq!(
+            json["partitions"],
+            json!([
+                { "partition": 0, "leader": 1, "replicas": [1, 2, 3] },
+                { "partition": 1, "leader": 1, "replicas": [1, 2, 3] },
+                { "partition": 2, "leader": null, "replicas": [1, 2, 3] },
+            ])
+        );
+    }
+
+    #[test]
+    fn a_node_without_cluster_status_still_gets_a_status() {
+        let refused = Err(ClientError::Rejected(ErrorResponse::invalid_request(
+            "ClusterStatus (0x0109) is not a request a client may send on an open connection",
+        )));
+        let text = cluster_status_text(&refused);
+        assert!(
+            text.starts_with("cluster status unavailable: request refused by the server"),
+            "{text}"
+        );
+        let mut json = json!({ "ok": true, "epoch": 11 });
+        add_cluster_status_json(&mut json, &refused);
+        assert_eq!(json["ok"], true, "the shards decide ok and the exit code");
+        assert_eq!(json["epoch"], 11, "the topology's epoch stays");
+        assert_eq!(json["cluster_status"]["available"], false);
+        assert!(json["cluster_status"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("0x0109"));
+        for field in ["term", "role", "controller", "members", "partitions"] {
+            assert_eq!(json[field], Json::Null, "{field}");
+        }
+    }
 }
