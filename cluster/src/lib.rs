@@ -10,6 +10,7 @@
 //! - [`membership`]: gossip membership and failure detection (SWIM, by `foca`).
 //! - [`election`]: controller elections (majority vote with pre-vote, Bully, Ring) with the
 //!   same quorum rule and epoch fencing, and the controller's map proposals.
+//! - [`wire`]: the election's messages as control datagrams.
 //! - [`sim`]: the deterministic simulator: seeded PRNG, virtual clock, a network that loses,
 //!   delays, reorders and partitions, crashes that keep only what was persisted.
 
@@ -22,3 +23,4 @@ pub mod membership;
 mod scoring;
 pub mod sim;
 pub mod types;
+pub mod wire;

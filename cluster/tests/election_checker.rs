@@ -17,6 +17,7 @@ fn status(term: u64, role: Role) -> Status {
         term: Term(term),
         role,
         controller: None,
+        controller_committed_epoch: None,
         published_epoch: Epoch(0),
         persisted_term: Term(term),
         stored_version: MapVersion::default(),

@@ -107,18 +107,18 @@ pub const SHARD_QUEUE_DEPTH_DEFAULT: usize = 4096;
 /// work; the tick wakes it).
 pub const SHARD_TICK_MS: u64 = 50;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES % ALIGNMENT_BYTES_MAX == 0);
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % ALIGNMENT_BYTES_MAX as u64 == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(ALIGNMENT_BYTES_MAX));
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(ALIGNMENT_BYTES_MAX as u64));
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
-const _: () = assert!(SEGMENT_BYTES_MIN % ALIGNMENT_BYTES_MAX as u64 == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(ALIGNMENT_BYTES_MAX as u64));
 const _: () = assert!(SEGMENT_BYTES_MAX >= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(
     KEY_BYTES_MAX + VALUE_BYTES_MAX + COLLECTION_NAME_BYTES_MAX + 64 <= RECORD_BODY_BYTES_MAX
 );
 const _: () = assert!(GROUP_WRITE_BYTES_MAX >= RECORD_BYTES_MAX + ALIGNMENT_BYTES_MAX);
 const _: () = assert!(STAGED_BYTES_MAX >= RECORD_BYTES_MAX);
-const _: () = assert!(GROUP_WRITE_BYTES_MAX % ALIGNMENT_BYTES_MAX == 0);
-const _: () = assert!(ZERO_AHEAD_BYTES % ALIGNMENT_BYTES_MAX as u64 == 0);
+const _: () = assert!(GROUP_WRITE_BYTES_MAX.is_multiple_of(ALIGNMENT_BYTES_MAX));
+const _: () = assert!(ZERO_AHEAD_BYTES.is_multiple_of(ALIGNMENT_BYTES_MAX as u64));
 const _: () = assert!(ZERO_AHEAD_GROUP_BYTES_MAX as u64 <= ZERO_AHEAD_BYTES);
 const _: () = assert!(READ_CHUNK_BYTES >= RECORD_BYTES_MAX);
 const _: () = assert!(KEY_BYTES_MAX <= u16::MAX as usize);

@@ -113,12 +113,23 @@ where
     F: Future<Output = T> + 'static,
     T: Send + 'static,
 {
+    spawn_executor(&format!("coregrid-shard-{shard}"), cpu, main)
+}
+
+/// Starts a glommio executor named `name` on a thread of its own, pinned to `cpu` if given,
+/// and runs `main` on it: a data shard ([`spawn_shard`]) or the node's control shard.
+pub fn spawn_executor<G, F, T>(name: &str, cpu: Option<usize>, main: G) -> Result<ShardThread<T>>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
     let placement = match cpu {
         Some(cpu) => Placement::Fixed(cpu),
         None => Placement::Unbound,
     };
     let handle = LocalExecutorBuilder::new(placement)
-        .name(&format!("coregrid-shard-{shard}"))
+        .name(name)
         .io_memory(SHARD_IO_MEMORY_BYTES)
         .spawn(main)
         .map_err(runtime_error)?;

@@ -183,7 +183,7 @@ impl<S: Storage> Wal<S> {
                 .await
                 .map_err(|error| EngineError::io(format!("open {path:?}"), error))?;
             assert!(
-                BLOCK_BYTES % file.alignment() as u64 == 0,
+                BLOCK_BYTES.is_multiple_of(file.alignment() as u64),
                 "alignment over 4 KiB"
             );
             let image = read_whole(&file)
@@ -548,7 +548,7 @@ async fn flush_io<S: Storage>(
             let name = segment_name(group.segment_base_lsn);
             let file = Rc::new(storage.create(&name, segment_bytes).await?);
             assert!(
-                BLOCK_BYTES % file.alignment() as u64 == 0,
+                BLOCK_BYTES.is_multiple_of(file.alignment() as u64),
                 "alignment over 4 KiB"
             );
             let mut header_block = vec![0u8; SEGMENT_HEADER_BYTES];

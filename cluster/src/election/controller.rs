@@ -70,6 +70,9 @@ pub struct Controller {
     /// When this node last heard the controller of the current term: the lease that makes it
     /// refuse other candidates, and the reset point of its election timer.
     controller_contact: Option<Time>,
+    /// The committed epoch the followed controller last announced in a heartbeat, with that
+    /// controller: tells the driver whether this node's published map is the current one.
+    controller_committed: Option<(NodeId, Epoch)>,
     election_deadline: Option<Time>,
     elections_failed: u32,
     members: BTreeMap<NodeId, NodeState>,
@@ -121,6 +124,7 @@ impl Controller {
             phase: Phase::Follower,
             controller: None,
             controller_contact: None,
+            controller_committed: None,
             election_deadline: None,
             elections_failed: 0,
             members: BTreeMap::new(),
@@ -178,6 +182,13 @@ impl Controller {
                 | Phase::RingElecting => Role::Candidate,
             },
             controller: self.controller,
+            controller_committed_epoch: match self.phase {
+                Phase::Controller => Some(self.persisted.published_epoch()),
+                _ => self
+                    .controller_committed
+                    .filter(|(controller, _)| Some(*controller) == self.controller)
+                    .map(|(_, epoch)| epoch),
+            },
             published_epoch: self.persisted.published_epoch(),
             persisted_term: self.persisted_term,
             stored_version: self.persisted.stored_version(),
@@ -1109,8 +1120,8 @@ impl Controller {
             self.refuse(from);
             return;
         }
-        let _ = committed;
         self.follow(now, from, term);
+        self.controller_committed = Some((from, committed.epoch));
         if self.phase == Phase::Controller {
             return;
         }

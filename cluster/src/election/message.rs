@@ -4,9 +4,12 @@
 
 use crate::map::LeadershipMap;
 use crate::types::{MapVersion, NodeId, Term};
+use coregrid_net::rkyv::{self, Archive, Deserialize, Serialize};
 
-/// One control message between two nodes' election state machines.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One control message between two nodes' election state machines. Archived by rkyv for the
+/// wire ([`crate::wire`]).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(crate = rkyv, derive(Debug))]
 pub enum ControlMessage {
     /// "Would you vote for me in `proposed_term`?" (Vote strategy). Does not raise anyone's
     /// term, so a node that was cut off cannot disrupt a working controller.

@@ -21,7 +21,7 @@ mod controller;
 mod message;
 
 pub use controller::Controller;
-pub use message::ControlMessage;
+pub use message::{ArchivedControlMessage, ControlMessage};
 
 use crate::constants::{MEMBERS_MAX, PARTITIONS_MAX, REPLICATION_FACTOR_MAX, VOTERS_DEFAULT_MAX};
 use crate::map::{compute_leadership_map, LeadershipMap, MapInput};
@@ -269,6 +269,10 @@ pub struct Status {
     pub role: Role,
     /// The controller this node follows in `term`, if known (itself when controller).
     pub controller: Option<NodeId>,
+    /// The committed epoch the controller this node follows last announced (this node's own
+    /// published epoch when it is the controller); `None` before the first heartbeat. A node
+    /// whose `published_epoch` is below it lacks the current map.
+    pub controller_committed_epoch: Option<Epoch>,
     /// The highest epoch this node published.
     pub published_epoch: Epoch,
     /// The term in the last [`Output::Persist`] this node emitted.

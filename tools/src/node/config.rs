@@ -3,19 +3,21 @@
 //! is reported with the key that holds it ([`ConfigError`]; the command exits with code 2).
 
 use super::constants::{
-    BASE_PORT_DEFAULT, CONNECTIONS_PER_SHARD_DEFAULT, DRAIN_TIMEOUT_MS_DEFAULT,
-    HANDSHAKE_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT,
+    BASE_PORT_DEFAULT, CONNECTIONS_PER_SHARD_DEFAULT, CONTROL_PORT_DEFAULT,
+    DRAIN_TIMEOUT_MS_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT,
+    HEARTBEAT_INTERVAL_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT, REPLICATION_FACTOR_DEFAULT,
     REQUESTS_IN_FLIGHT_PER_CONNECTION_DEFAULT, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
     WRITE_TIMEOUT_MS_DEFAULT,
 };
 use clap::Args;
+use coregrid_cluster::election::Strategy;
 use coregrid_engine::constants::{
     PARTITIONS_DEFAULT, SEGMENT_BYTES_DEFAULT, SNAPSHOT_WAL_BYTES_DEFAULT,
 };
 use coregrid_engine::EngineConfig;
 use coregrid_net::ClusterId;
 use serde::Deserialize;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,6 +106,61 @@ pub struct NodeArgs {
     /// Milliseconds a shutdown waits for requests in flight [default: 10000].
     #[arg(long)]
     pub drain_timeout_ms: Option<u64>,
+    /// UDP port of the control shard (gossip and elections) [default: 7300, or 0 (any free
+    /// port, printed at start) when base_port is 0].
+    #[arg(long)]
+    pub control_port: Option<u16>,
+    /// Other nodes' control addresses, comma-separated (this node's own may be listed). Every
+    /// node of a new cluster must start with the same list: its first five members by id
+    /// become the voters [default: none, a cluster of one].
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Option<Vec<SocketAddr>>,
+    /// How a controller is elected: vote (majority vote with pre-vote), bully or ring
+    /// [default: vote].
+    #[arg(long, value_parser = parse_strategy)]
+    pub election: Option<ElectionStrategy>,
+    /// Election timeout in milliseconds: a controller silent this long is replaced
+    /// [default: 1000].
+    #[arg(long)]
+    pub election_timeout_ms: Option<u64>,
+    /// Controller heartbeat interval in milliseconds [default: 100].
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Replicas per partition, leader included [default: 3].
+    #[arg(long)]
+    pub replication_factor: Option<usize>,
+}
+
+/// An election strategy, as configuration names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ElectionStrategy {
+    /// Majority vote with pre-vote.
+    Vote,
+    /// Bully.
+    Bully,
+    /// Ring.
+    Ring,
+}
+
+impl ElectionStrategy {
+    /// The cluster crate's strategy.
+    pub fn strategy(self) -> Strategy {
+        match self {
+            ElectionStrategy::Vote => Strategy::Vote,
+            ElectionStrategy::Bully => Strategy::Bully,
+            ElectionStrategy::Ring => Strategy::Ring,
+        }
+    }
+}
+
+fn parse_strategy(text: &str) -> Result<ElectionStrategy, String> {
+    match text {
+        "vote" => Ok(ElectionStrategy::Vote),
+        "bully" => Ok(ElectionStrategy::Bully),
+        "ring" => Ok(ElectionStrategy::Ring),
+        other => Err(format!("{other:?}: expected vote, bully or ring")),
+    }
 }
 
 /// The node's configuration, resolved: file, then flags, then defaults.
@@ -140,6 +197,18 @@ pub struct NodeConfig {
     pub write_timeout_ms: u64,
     /// Shutdown drain timeout in milliseconds.
     pub drain_timeout_ms: u64,
+    /// Control (UDP) port; `None`: the default (see [`NodeConfig::control_port`]).
+    pub control_port: Option<u16>,
+    /// Other nodes' control addresses.
+    pub peers: Vec<SocketAddr>,
+    /// Election strategy.
+    pub election: ElectionStrategy,
+    /// Election timeout in milliseconds.
+    pub election_timeout_ms: u64,
+    /// Controller heartbeat interval in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Replicas per partition.
+    pub replication_factor: usize,
 }
 
 impl Default for NodeConfig {
@@ -160,6 +229,12 @@ impl Default for NodeConfig {
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
             write_timeout_ms: WRITE_TIMEOUT_MS_DEFAULT,
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+            control_port: None,
+            peers: Vec::new(),
+            election: ElectionStrategy::Vote,
+            election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
+            replication_factor: REPLICATION_FACTOR_DEFAULT,
         }
     }
 }
@@ -215,7 +290,35 @@ impl NodeConfig {
         set(&mut self.idle_timeout_ms, &args.idle_timeout_ms);
         set(&mut self.write_timeout_ms, &args.write_timeout_ms);
         set(&mut self.drain_timeout_ms, &args.drain_timeout_ms);
+        if let Some(port) = args.control_port {
+            self.control_port = Some(port);
+        }
+        set(&mut self.peers, &args.peers);
+        set(&mut self.election, &args.election);
+        set(&mut self.election_timeout_ms, &args.election_timeout_ms);
+        set(&mut self.heartbeat_interval_ms, &args.heartbeat_interval_ms);
+        set(&mut self.replication_factor, &args.replication_factor);
         self
+    }
+
+    /// The control shard's UDP port: the configured one, else 7300, or 0 (any free port) when
+    /// `base_port` is 0.
+    pub fn control_port(&self) -> u16 {
+        self.control_port.unwrap_or(if self.base_port == 0 {
+            0
+        } else {
+            CONTROL_PORT_DEFAULT
+        })
+    }
+
+    /// The election timeout.
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_ms)
+    }
+
+    /// The controller heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
     }
 
     /// Checks every value the node itself uses; the engine's own values (partitions, segment
@@ -269,7 +372,41 @@ impl NodeConfig {
                 ),
             );
         }
+        if self.peers.len() > coregrid_cluster::constants::MEMBERS_MAX {
+            return invalid(
+                "peers",
+                format!(
+                    "at most {} peers, got {}",
+                    coregrid_cluster::constants::MEMBERS_MAX,
+                    self.peers.len()
+                ),
+            );
+        }
+        if !(1..=coregrid_cluster::constants::REPLICATION_FACTOR_MAX)
+            .contains(&self.replication_factor)
+        {
+            return invalid(
+                "replication_factor",
+                format!(
+                    "must be 1..={}, got {}",
+                    coregrid_cluster::constants::REPLICATION_FACTOR_MAX,
+                    self.replication_factor
+                ),
+            );
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms.saturating_mul(2) > self.election_timeout_ms
+        {
+            return invalid(
+                "heartbeat_interval_ms",
+                format!(
+                    "must be at least 1 and at most half the election timeout ({} ms), got {}",
+                    self.election_timeout_ms, self.heartbeat_interval_ms
+                ),
+            );
+        }
         for (key, value) in [
+            ("election_timeout_ms", self.election_timeout_ms),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),

@@ -64,3 +64,16 @@ const _: () =
 const _: () = assert!(WRITE_BATCH_BYTES < VALUE_BYTES_MAX);
 const _: () =
     assert!(REQUESTS_IN_FLIGHT_PER_CONNECTION_DEFAULT <= REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX);
+
+/// Default control port (gossip and election datagrams, UDP) when `base_port` is set; with
+/// `base_port = 0` the control port defaults to 0 (any free port) too.
+pub const CONTROL_PORT_DEFAULT: u16 = 7300;
+
+/// Default election timeout: see `coregrid_cluster::election::Config::election_timeout`.
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+
+/// Default controller heartbeat interval.
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
+
+/// Default replicas per partition, leader included.
+pub const REPLICATION_FACTOR_DEFAULT: usize = 3;

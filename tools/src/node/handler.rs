@@ -18,8 +18,8 @@ use coregrid_engine::{
     BatchWrite, Engine, EngineError, LocalShard, RequestId as EngineRequestId, WriteOutcome,
 };
 use coregrid_net::message::{
-    ArchivedBatchOperation, DeleteResponse, ErrorResponse, GetResponse, HelloReply, MessageRef,
-    TopologyResponse, WriteResponse,
+    ArchivedBatchOperation, ClusterStatusResponse, DeleteResponse, ErrorResponse, GetResponse,
+    HelloReply, MessageRef, TopologyResponse, WriteResponse,
 };
 use coregrid_net::{encode, ClientRequestId, EncodeError, FrameMeta, Lsn, PartitionId, ShardId};
 use std::sync::Arc;
@@ -96,6 +96,8 @@ pub enum Request {
     },
     /// The node's topology.
     Topology,
+    /// The node's view of the cluster.
+    ClusterStatus,
 }
 
 /// A write to one partition.
@@ -155,6 +157,8 @@ pub enum Answer {
     Delete(DeleteResponse),
     /// The topology.
     Topology(Arc<TopologyResponse>),
+    /// The node's view of the cluster.
+    ClusterStatus(Arc<ClusterStatusResponse>),
     /// Any failure.
     Error(ErrorResponse),
 }
@@ -256,6 +260,7 @@ pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Reque
             create: false,
         },
         MessageRef::Topology(_) => Request::Topology,
+        MessageRef::ClusterStatus(_) => Request::ClusterStatus,
         other => {
             return Err(ErrorResponse::invalid_request(format!(
                 "{} is not a request a client may send on an open connection",
@@ -275,6 +280,10 @@ pub async fn execute(
 ) -> Answer {
     match request {
         Request::Topology => Answer::Topology(topology.clone()),
+        // Answered by the server from its cluster view, never run on partitions.
+        Request::ClusterStatus => Answer::Error(ErrorResponse::unavailable(
+            "cluster status is answered by the shard's server",
+        )),
         Request::Get {
             partition,
             collection,
@@ -430,6 +439,7 @@ pub fn encode_answer(
         Answer::NotFound => encode(out, meta, &GetResponse::NotFound),
         Answer::Delete(delete) => encode(out, meta, delete),
         Answer::Topology(topology) => encode(out, meta, topology.as_ref()),
+        Answer::ClusterStatus(status) => encode(out, meta, status.as_ref()),
         Answer::Error(error) => encode(out, meta, error),
     };
     match encoded {

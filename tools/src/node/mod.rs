@@ -20,16 +20,19 @@
 
 pub mod config;
 pub mod constants;
+pub mod control;
+pub mod control_state;
 pub mod handler;
 pub mod identity;
 pub mod server;
 
 use anyhow::{bail, Context};
 use config::{NodeArgs, NodeConfig};
+use control::{ClusterFeed, ControlEvent, ControlSettings};
 use coregrid_engine::Engine;
 use coregrid_net::message::{LocalIdentity, ShardTopology, TopologyResponse};
 use coregrid_net::{Epoch, PartitionId, ShardId};
-use server::{Control, DrainReport, ShardSettings};
+use server::{ClusterWatch, Control, DrainReport, ShardSettings};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::Write;
@@ -39,6 +42,9 @@ use std::time::{Duration, Instant};
 
 /// How much longer than the shards' own drain timeout the main thread waits for their reports.
 const DRAIN_REPORT_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the main thread looks for a signal while it waits on the control shard.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// Exit code of a configuration the node cannot start with.
 pub const EXIT_CONFIG: i32 = 2;
@@ -75,6 +81,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         Err(error) => {
             engine.shutdown();
             return Err(error).context("read the node identity");
+        }
+    };
+    // Read before anything starts: a damaged file stops the node here, with nothing changed.
+    let control_state = match control_state::load(&config.data_dir) {
+        Ok(state) => state,
+        Err(error) => {
+            engine.shutdown();
+            return Err(error).context("read the control state");
         }
     };
     let settings = ShardSettings {
@@ -123,16 +137,74 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     let topology = Arc::new(topology(&engine, &identity, &addresses));
-    for control in &controls {
+    let node = coregrid_net::NodeId(identity.node_id);
+    let (feed, changed) = ClusterFeed::new(node, shard_count);
+    for (control, changed) in controls.iter().zip(changed) {
         // A shard that is gone reports at the drain below.
-        let _sent = control.send(Control::Start(topology.clone()));
+        let watch = ClusterWatch {
+            feed: feed.clone(),
+            changed,
+        };
+        let _sent = control.send(Control::Start(topology.clone(), watch));
     }
+    let control_shard = control::start(
+        ControlSettings {
+            cluster_id,
+            node,
+            bind: SocketAddr::new(config.listen_address, config.control_port()),
+            peers: config.peers.clone(),
+            strategy: config.election.strategy(),
+            election_timeout: config.election_timeout(),
+            heartbeat_interval: config.heartbeat_interval(),
+            partitions: engine.partition_count(),
+            replication_factor: config.replication_factor,
+            data_dir: config.data_dir.clone(),
+        },
+        control_state,
+        feed,
+    )
+    .context("start the control shard")?;
     {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         for (shard, address) in addresses.iter().enumerate() {
             writeln!(out, "listening shard={shard} addr={address}")?;
         }
+        out.flush()?;
+    }
+    // Ready once this node is `Joined` and holds a map; a signal meanwhile stops it.
+    let mut stop_signal = None;
+    loop {
+        match control_shard.events.recv_timeout(SIGNAL_POLL) {
+            Ok(ControlEvent::Bound(address)) => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "control addr={address}")?;
+                out.flush()?;
+            }
+            Ok(ControlEvent::Joined(epoch)) => {
+                tracing::info!(%epoch, "joined");
+                break;
+            }
+            Ok(ControlEvent::Failed(reason)) => {
+                drop(controls);
+                control_shard.stop();
+                engine.shutdown();
+                bail!("the control shard failed: {reason}");
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                drop(controls);
+                engine.shutdown();
+                bail!("the control shard ended before the node joined");
+            }
+        }
+        if let Some(signal) = signals.pending().next() {
+            stop_signal = Some(signal);
+            break;
+        }
+    }
+    if stop_signal.is_none() {
+        let mut out = std::io::stdout().lock();
         writeln!(out, "ready node={}", identity.node_id)?;
         out.flush()?;
     }
@@ -144,7 +216,23 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         "ready"
     );
 
-    let signal = signals.forever().next();
+    // Serving; the control shard's later failures stop the node too.
+    let signal = match stop_signal {
+        Some(signal) => Some(signal),
+        None => loop {
+            if let Some(signal) = signals.pending().next() {
+                break Some(signal);
+            }
+            match control_shard.events.recv_timeout(SIGNAL_POLL) {
+                Ok(ControlEvent::Failed(reason)) => {
+                    tracing::error!(%reason, "the control shard failed: stopping");
+                    break None;
+                }
+                Ok(_) | Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => break None,
+            }
+        },
+    };
     tracing::info!(?signal, "stopping: draining requests in flight");
     let (reply, reports) = flume::bounded::<DrainReport>(shard_count);
     for control in &controls {
@@ -175,6 +263,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     drop(controls);
+    // Leave the cluster (others see this node leave, not die), then stop the engine.
+    control_shard.stop();
     // The shards have dropped their handles: this is the last, and its drop flushes, syncs
     // and stops every shard.
     engine.shutdown();

@@ -23,6 +23,7 @@ use super::constants::{
     ACCEPT_ERROR_PAUSE_MS, CLOSE_TIMEOUT_MS, DRAIN_POLL_MS, REFUSALS_IN_PROGRESS_MAX,
     REFUSAL_WRITE_TIMEOUT_MS, REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
 };
+use super::control::{ClusterFeed, ClusterView};
 use super::handler::{self, Answer, Routing};
 use coregrid_engine::rt::{self, Doorbell};
 use coregrid_engine::{Engine, LocalShard};
@@ -33,7 +34,7 @@ use coregrid_net::message::{
 use coregrid_net::transport::{
     Connection, ConnectionReader, ConnectionWriter, Listener, ReadOutcome, TransportError,
 };
-use coregrid_net::{access, decode, ChannelKind, Epoch, FrameError, FrameMeta, RequestId};
+use coregrid_net::{access, decode, ChannelKind, FrameError, FrameMeta, RequestId};
 use futures::future::{select, Either};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -66,10 +67,19 @@ pub struct ShardSettings {
     pub drain_timeout: Duration,
 }
 
+/// Where a shard's server follows the cluster: the shared latest view and this shard's
+/// coalescing "changed" ring.
+pub struct ClusterWatch {
+    /// The latest view.
+    pub feed: ClusterFeed,
+    /// Rung when a newer view is there.
+    pub changed: flume::Receiver<()>,
+}
+
 /// Messages from the main thread to a shard's server.
 pub enum Control {
-    /// Every shard is bound: start accepting, with the node's topology.
-    Start(Arc<TopologyResponse>),
+    /// Every shard is bound: start accepting, with the node's topology, following the cluster.
+    Start(Arc<TopologyResponse>, ClusterWatch),
     /// Stop accepting, drain, release the engine handle, then report.
     Stop(flume::Sender<DrainReport>),
 }
@@ -115,6 +125,8 @@ struct ShardServer {
     settings: ShardSettings,
     routing: Routing,
     topology: Arc<TopologyResponse>,
+    /// The cluster as the control shard last described it: who leads what in which epoch.
+    cluster: RefCell<Arc<ClusterView>>,
     /// The node's engine, for collection changes; taken out when the drain ends, so that the
     /// main thread holds the last handle and its drop shuts the engine down.
     engine: RefCell<Option<Engine>>,
@@ -135,8 +147,8 @@ async fn control_loop(
     control: flume::Receiver<Control>,
 ) {
     let shard = local.shard();
-    let topology = match control.recv_async().await {
-        Ok(Control::Start(topology)) => topology,
+    let (topology, watch) = match control.recv_async().await {
+        Ok(Control::Start(topology, watch)) => (topology, watch),
         Ok(Control::Stop(reply)) => {
             let _gone = reply.send(DrainReport {
                 shard,
@@ -162,6 +174,7 @@ async fn control_loop(
         local,
         settings,
         topology,
+        cluster: RefCell::new(watch.feed.latest()),
         engine: RefCell::new(Some(engine)),
         stopping: Cell::new(false),
         connections: RefCell::new(HashMap::new()),
@@ -169,6 +182,7 @@ async fn control_loop(
         refusals: Cell::new(0),
         requests_in_flight: Cell::new(0),
     });
+    rt::spawn_detached(follow_cluster(server.clone(), watch));
     let stop_accepting = Doorbell::default();
     let accepting = rt::spawn_local(accept_loop(
         server.clone(),
@@ -178,7 +192,7 @@ async fn control_loop(
     // Until told to stop (or the main thread is gone, which also means stop).
     let reply = match control.recv_async().await {
         Ok(Control::Stop(reply)) => Some(reply),
-        Ok(Control::Start(_)) | Err(_) => None,
+        Ok(Control::Start(..)) | Err(_) => None,
     };
     server.stopping.set(true);
     stop_accepting.ring();
@@ -206,6 +220,29 @@ async fn control_loop(
     );
     if let Some(reply) = reply {
         let _gone = reply.send(report);
+    }
+}
+
+/// Takes each new cluster view, and starts the new epoch on every partition of this shard that
+/// the view's map has this node lead (the partition's WAL then records where the epoch began,
+/// and its writes carry it). Writes to such a partition wait (`Unavailable`) until its epoch
+/// has begun. Ends when the control side is gone.
+async fn follow_cluster(server: Rc<ShardServer>, watch: ClusterWatch) {
+    loop {
+        let view = watch.feed.latest();
+        *server.cluster.borrow_mut() = view.clone();
+        let epoch = view.epoch().get();
+        for partition in server.local.partitions() {
+            let id = partition.id();
+            if view.leader(id) == Some(view.node) && partition.epoch() < epoch {
+                if let Err(error) = partition.begin_epoch(epoch).await {
+                    tracing::error!(partition = id, epoch, %error, "cannot begin the epoch");
+                }
+            }
+        }
+        if watch.changed.recv_async().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -557,26 +594,76 @@ fn admit(
     server
         .requests_in_flight
         .set(server.requests_in_flight.get() + 1);
-    let request = match parsed {
+    let request = match parsed.and_then(|request| fence(server, request)) {
         Ok(request) => request,
         Err(error) => {
             state.push(request_id, Answer::Error(error), true);
             return;
         }
     };
+    if let handler::Request::ClusterStatus = request {
+        let status = Arc::new(server.cluster.borrow().status());
+        state.push(request_id, Answer::ClusterStatus(status), true);
+        return;
+    }
     state
         .request_bytes_in_flight
         .set(state.request_bytes_in_flight.get() + cost);
     let (server, state) = (server.clone(), state.clone());
     rt::spawn_detached(async move {
         let engine = server.engine.borrow().clone();
-        let answer = handler::execute(request, &server.local, engine, &server.topology).await;
+        let topology = server.topology_now();
+        let answer = handler::execute(request, &server.local, engine, &topology).await;
         state
             .request_bytes_in_flight
             .set(state.request_bytes_in_flight.get() - cost);
         state.push(request_id, answer, true);
         state.reader_bell.ring();
     });
+}
+
+/// Lets a keyed request through only if this node leads its partition in the current epoch,
+/// is `Joined`, and the partition has begun that epoch (design.md section 5, promise 1).
+/// Collection changes and topology requests are node-local and pass.
+fn fence(
+    server: &ShardServer,
+    request: handler::Request,
+) -> Result<handler::Request, ErrorResponse> {
+    let partition = match &request {
+        handler::Request::Get { partition, .. } | handler::Request::Write { partition, .. } => {
+            *partition
+        }
+        handler::Request::Collection { .. }
+        | handler::Request::Topology
+        | handler::Request::ClusterStatus => return Ok(request),
+    };
+    let view = server.cluster.borrow();
+    view.fence(partition)?;
+    let begun = server
+        .local
+        .partition(partition)
+        .is_some_and(|stored| stored.epoch() >= view.epoch().get());
+    if !begun {
+        return Err(ErrorResponse::unavailable(format!(
+            "partition {partition} is starting epoch {}",
+            view.epoch()
+        )));
+    }
+    Ok(request)
+}
+
+impl ShardServer {
+    /// The topology stamped with the current epoch.
+    fn topology_now(&self) -> Arc<TopologyResponse> {
+        let epoch = self.cluster.borrow().epoch();
+        if self.topology.epoch == epoch {
+            return self.topology.clone();
+        }
+        Arc::new(TopologyResponse {
+            epoch,
+            ..(*self.topology).clone()
+        })
+    }
 }
 
 /// The connection's writer: encodes ready answers in batches and writes them; closes once the
@@ -605,7 +692,7 @@ async fn write_answers(
             counted += usize::from(outgoing.counted);
             let meta = FrameMeta {
                 request_id: outgoing.request_id,
-                epoch: Epoch(0),
+                epoch: server.cluster.borrow().epoch(),
             };
             if let Err(error) = handler::encode_answer(&mut out, meta, &outgoing.answer) {
                 tracing::error!(%error, "an answer could not be encoded; closing the connection");

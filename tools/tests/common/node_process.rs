@@ -50,22 +50,41 @@ pub struct NodeProcess {
     pub addresses: Vec<SocketAddr>,
     /// The node id it printed.
     pub node_id: u64,
+    /// Its control (gossip and election) address.
+    pub control_address: Option<SocketAddr>,
+    shards: usize,
+    lines: Option<mpsc::Receiver<String>>,
 }
 
 impl NodeProcess {
     /// Starts `coregrid node` over `data_dir` with `shards` shards, free ports (unless `extra`
     /// names a `--base-port`), and `extra` flags; waits until it prints `ready`.
     pub fn start(data_dir: &Path, shards: usize, extra: &[&str]) -> NodeProcess {
+        let mut node = NodeProcess::spawn(data_dir, shards, extra);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts `coregrid node` like [`NodeProcess::start`] but returns at once: for a cluster,
+    /// whose nodes become ready only once enough of them run. Call
+    /// [`NodeProcess::wait_ready`] next.
+    pub fn spawn(data_dir: &Path, shards: usize, extra: &[&str]) -> NodeProcess {
         let free_ports: &[&str] = if extra.contains(&"--base-port") {
             &[]
         } else {
             &["--base-port", "0"]
+        };
+        let free_control_port: &[&str] = if extra.contains(&"--control-port") {
+            &[]
+        } else {
+            &["--control-port", "0"]
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_coregrid"))
             .arg("node")
             .arg("--data-dir")
             .arg(data_dir)
             .args(free_ports)
+            .args(free_control_port)
             .args(["--shards", &shards.to_string()])
             .args(["--partitions", "8", "--pin-shards", "false"])
             .args(extra)
@@ -83,11 +102,20 @@ impl NodeProcess {
                 }
             }
         });
-        let mut node = NodeProcess {
+        NodeProcess {
             child: Some(child),
             addresses: Vec::new(),
             node_id: 0,
-        };
+            control_address: None,
+            shards,
+            lines: Some(receiver),
+        }
+    }
+
+    /// Waits until the node prints `ready` (it is `Joined` and holds a map), collecting its
+    /// addresses on the way.
+    pub fn wait_ready(&mut self) {
+        let receiver = self.lines.take().expect("not waited for yet");
         let deadline = Instant::now() + START_WAIT_MAX;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -99,15 +127,20 @@ impl NodeProcess {
                     .split_whitespace()
                     .find_map(|field| field.strip_prefix("addr="))
                     .expect("listening line names an address");
-                node.addresses
+                self.addresses
                     .push(address.parse().expect("a socket address"));
+            } else if let Some(address) = line.strip_prefix("control addr=") {
+                self.control_address = Some(address.trim().parse().expect("a socket address"));
             } else if let Some(id) = line.strip_prefix("ready node=") {
-                node.node_id = id.trim().parse().expect("a node id");
+                self.node_id = id.trim().parse().expect("a node id");
                 break;
             }
         }
-        assert_eq!(node.addresses.len(), shards, "one listening line per shard");
-        node
+        assert_eq!(
+            self.addresses.len(),
+            self.shards,
+            "one listening line per shard"
+        );
     }
 
     /// Sends `signal` (SIGTERM, SIGKILL) and waits for the exit.

@@ -1,0 +1,166 @@
+//! The election's messages on the wire: one [`ControlDatagram`] per UDP datagram, framed like
+//! every other coregrid message (net's 48-byte header with its magic and both crc32c, kind
+//! `Control` on the `Control` channel, whose body limit bounds a map's size) with an rkyv body
+//! read through rkyv's validating access. A control datagram and a gossip datagram share the
+//! control socket; [`is_control_datagram`] tells them apart by the first four bytes.
+
+use crate::election::ControlMessage;
+use crate::types::{ClusterId, NodeId};
+use coregrid_net::constants::FRAME_MAGIC;
+use coregrid_net::frame::{encode_frame_raw, parse_frame, FrameMeta};
+use coregrid_net::rkyv::{self, rancor, util::AlignedVec, Archive, Deserialize, Serialize};
+use coregrid_net::{ChannelKind, MessageKind};
+
+/// One election message with its sender, as it travels.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(crate = rkyv, derive(Debug))]
+pub struct ControlDatagram {
+    /// The sender's cluster: a datagram of another cluster is dropped unread.
+    pub cluster: ClusterId,
+    /// The sender.
+    pub from: NodeId,
+    /// The message.
+    pub message: ControlMessage,
+}
+
+/// Why a control datagram was not encoded or not accepted. Nothing changed either way.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The frame around the body is bad (magic, checksums, length, kind, channel limit).
+    #[error("control frame: {0}")]
+    Frame(String),
+    /// The body is not a valid archived [`ControlDatagram`].
+    #[error("control body: {0}")]
+    Body(String),
+    /// The datagram holds less or more than exactly one frame.
+    #[error("a control datagram holds exactly one frame: {0}")]
+    Length(String),
+}
+
+/// Whether `bytes` starts like a control datagram (a net frame) rather than gossip.
+pub fn is_control_datagram(bytes: &[u8]) -> bool {
+    bytes
+        .first_chunk::<4>()
+        .is_some_and(|magic| u32::from_le_bytes(*magic) == FRAME_MAGIC)
+}
+
+/// Appends `datagram` to `out` as one frame; returns its length. Refuses a body over the
+/// control channel's limit (nothing is appended then).
+pub fn encode(out: &mut Vec<u8>, datagram: &ControlDatagram) -> Result<usize, WireError> {
+    let body = rkyv::to_bytes::<rancor::Error>(datagram)
+        .map_err(|error| WireError::Body(error.to_string()))?;
+    encode_frame_raw(out, MessageKind::Control, FrameMeta::default(), &body)
+        .map_err(|error| WireError::Frame(error.to_string()))
+}
+
+/// Reads one control datagram: checks the frame, then the body through rkyv's validation,
+/// then copies it out (the election takes owned messages). Never panics on any input.
+pub fn decode(bytes: &[u8]) -> Result<ControlDatagram, WireError> {
+    // The body must lie at an aligned address for rkyv: copy once into an aligned buffer
+    // (datagrams are small and rare).
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    let (frame, length) = match parse_frame(&aligned, ChannelKind::Control) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Err(WireError::Length("truncated".into())),
+        Err(error) => return Err(WireError::Frame(error.to_string())),
+    };
+    if length != aligned.len() {
+        return Err(WireError::Length(format!(
+            "{} bytes after the frame",
+            aligned.len() - length
+        )));
+    }
+    if frame.kind() != MessageKind::Control {
+        return Err(WireError::Frame(format!("kind {}", frame.kind())));
+    }
+    let archived = rkyv::access::<ArchivedControlDatagram, rancor::Error>(frame.body())
+        .map_err(|error| WireError::Body(error.to_string()))?;
+    rkyv::deserialize::<ControlDatagram, rancor::Error>(archived)
+        .map_err(|error| WireError::Body(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::{LeadershipMap, PartitionAssignment};
+    use crate::types::{Epoch, MapVersion, Term};
+
+    fn samples() -> Vec<ControlDatagram> {
+        let map = LeadershipMap {
+            epoch: Epoch(4),
+            term: Term(2),
+            partitions: (0..64)
+                .map(|partition| PartitionAssignment {
+                    leader: Some(NodeId(partition % 3)),
+                    replicas: vec![NodeId(partition % 3), NodeId((partition + 1) % 3)],
+                })
+                .collect(),
+        };
+        let version = MapVersion {
+            term: Term(2),
+            epoch: Epoch(4),
+        };
+        [
+            ControlMessage::Claim {
+                term: Term(3),
+                stored: version,
+            },
+            ControlMessage::Propose {
+                term: Term(2),
+                map: map.clone(),
+            },
+            ControlMessage::ClaimReply {
+                term: Term(3),
+                granted: true,
+                stored: version,
+                map: Some(map),
+            },
+            ControlMessage::RingElection {
+                term: Term(1),
+                initiator: NodeId(1),
+                round: 9,
+                collected: vec![NodeId(1), NodeId(2)],
+                highest_term: Term(1),
+            },
+        ]
+        .into_iter()
+        .map(|message| ControlDatagram {
+            cluster: ClusterId::from_name("coregrid").unwrap(),
+            from: NodeId(17),
+            message,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn datagrams_round_trip_and_are_told_from_gossip() {
+        for datagram in samples() {
+            let mut out = Vec::new();
+            let length = encode(&mut out, &datagram).unwrap();
+            assert_eq!(length, out.len());
+            assert!(is_control_datagram(&out));
+            assert_eq!(decode(&out).unwrap(), datagram);
+        }
+        assert!(!is_control_datagram(b"CGG1 gossip"));
+        assert!(!is_control_datagram(b""));
+    }
+
+    #[test]
+    fn every_truncation_and_flipped_byte_is_refused_without_panic() {
+        let mut out = Vec::new();
+        encode(&mut out, &samples()[0]).unwrap();
+        for length in 0..out.len() {
+            assert!(decode(&out[..length]).is_err(), "truncated to {length}");
+        }
+        for index in 0..out.len() {
+            let mut flipped = out.clone();
+            flipped[index] ^= 0x5a;
+            assert!(decode(&flipped).is_err(), "byte {index} changed");
+        }
+        let mut longer = out.clone();
+        longer.extend_from_slice(&[0; 16]);
+        assert!(decode(&longer).is_err());
+    }
+}

@@ -1,0 +1,702 @@
+//! The node's control shard (design.md sections 1 and 6 "Control"): the thin glommio driver
+//! around the sans-IO state machines of `coregrid-cluster` (style.md rule 1).
+//!
+//! # Model
+//! - **One thread, one socket.** The control shard is a glommio executor of its own (not
+//!   pinned: it is idle almost always). It owns one UDP socket, the node's *control address*
+//!   (`listen_address:control_port`), which carries both gossip (the [`Membership`]'s
+//!   datagrams, magic `CGG1`) and the election's messages (one net frame of kind `Control`
+//!   each, see [`coregrid_cluster::wire`]); the first four bytes tell them apart.
+//! - **Time.** The driver reads the clock and hands the state machines the time since the
+//!   control shard started; it wakes at the earlier of their deadlines or a datagram.
+//! - **Order of effects.** The election's outputs are acted on in order, and a
+//!   [`Output::Persist`] is stored durably ([`control_state::store`]) before the next output is
+//!   looked at: no message of a term leaves before the term is on disk. A failed store stops
+//!   the control shard and the node (it cannot keep a promise it could not store).
+//! - **Voters.** Fixed at the cluster's first start: with no `--peers`, this node alone; else
+//!   the first five members by id once this node has heard from every static peer (every node
+//!   of a new cluster must be started with the same peer list). They are stored with the
+//!   election's state, so a restart never changes them.
+//! - **Data shards.** Each published map, with this node's own state and the status the CLI
+//!   shows, becomes a new [`ClusterView`]; the data shards take it whole at their next look
+//!   (style.md rule 4: they never wait on the control shard). Only the current epoch's leader
+//!   of a partition, in state `Joined`, takes writes for it ([`ClusterView::fence`]).
+//! - **Node state.** A node starts `Joining`; once it holds a map published in this life it is
+//!   `JoinedSyncing`, and at once `Joined`: until replication exists there is nothing to catch
+//!   up on (the issue that brings replication makes this step wait for the catch-up).
+
+use super::control_state::{self, ControlState};
+use coregrid_cluster::election::{self, Controller, Output, Role, Status, Strategy};
+use coregrid_cluster::map::LeadershipMap;
+use coregrid_cluster::membership::{Membership, MembershipConfig, MembershipOutput};
+use coregrid_cluster::types::{ClusterId, Epoch, NodeId, NodeState, PartitionId, Time};
+use coregrid_cluster::wire::{self as control_wire, ControlDatagram};
+use coregrid_engine::rt::{self, ShardThread};
+use coregrid_net::message::{
+    ClusterStatusResponse, ControlRole, ErrorResponse, MemberState, MemberStatus, PartitionStatus,
+};
+use coregrid_net::transport::{DatagramSocket, TransportError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest the driver sleeps without looking at the state machines' deadlines.
+const WAKE_INTERVAL_MAX: Duration = Duration::from_millis(100);
+/// Largest datagram the control socket receives (a control frame's body is at most 64 KiB).
+const DATAGRAM_BYTES_MAX: usize = 65_536 + 64;
+/// How long a datagram send may wait for room in the socket buffer.
+const SEND_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often a node waiting for its static peers says so in the log.
+const BOOTSTRAP_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a leaving node keeps gossiping so that others see it leave rather than die.
+const LEAVE_LINGER: Duration = Duration::from_millis(300);
+
+/// What the control shard needs to start.
+#[derive(Clone, Debug)]
+pub struct ControlSettings {
+    /// The cluster.
+    pub cluster_id: ClusterId,
+    /// This node.
+    pub node: NodeId,
+    /// Where the control socket binds (port 0: any free port).
+    pub bind: SocketAddr,
+    /// Other nodes' control addresses (this node's own may be among them).
+    pub peers: Vec<SocketAddr>,
+    /// How elections decide who stands.
+    pub strategy: Strategy,
+    /// The election timeout `T`.
+    pub election_timeout: Duration,
+    /// The controller's heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Partitions of the cluster.
+    pub partitions: u32,
+    /// Replicas per partition.
+    pub replication_factor: usize,
+    /// The data directory (holds `control.state`).
+    pub data_dir: PathBuf,
+}
+
+/// One member as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its state in this node's view.
+    pub state: NodeState,
+    /// Whether the failure detector suspects it.
+    pub suspected: bool,
+    /// Whether it votes.
+    pub voter: bool,
+    /// Its control (gossip) address.
+    pub gossip_address: SocketAddr,
+}
+
+/// What the control shard tells the data shards, whole: the latest published map, this node's
+/// own state, and what `coregrid status` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This node.
+    pub node: NodeId,
+    /// This node's own state.
+    pub state: NodeState,
+    /// The latest map this node published, if any.
+    pub map: Option<Arc<LeadershipMap>>,
+    /// The election's term.
+    pub term: coregrid_cluster::types::Term,
+    /// This node's role.
+    pub role: Role,
+    /// The controller this node follows, if known.
+    pub controller: Option<NodeId>,
+    /// Every member this node knows, by id.
+    pub members: BTreeMap<NodeId, MemberInfo>,
+    /// The controller announced a newer committed map than `map`: serving by `map` could let
+    /// this node take writes for a partition the newer map gave to another node.
+    pub behind: bool,
+}
+
+impl ClusterView {
+    /// A node that knows nothing yet.
+    pub fn starting(node: NodeId) -> ClusterView {
+        ClusterView {
+            node,
+            state: NodeState::Joining,
+            map: None,
+            term: coregrid_cluster::types::Term(0),
+            role: Role::Follower,
+            controller: None,
+            members: BTreeMap::new(),
+            behind: false,
+        }
+    }
+
+    /// The epoch of the map (0 before the first).
+    pub fn epoch(&self) -> Epoch {
+        self.map.as_ref().map_or(Epoch(0), |map| map.epoch)
+    }
+
+    /// The leader of `partition` in the current map.
+    pub fn leader(&self, partition: u32) -> Option<NodeId> {
+        self.map.as_ref()?.leader(PartitionId(partition))
+    }
+
+    /// What `coregrid status` shows of this view.
+    pub fn status(&self) -> ClusterStatusResponse {
+        ClusterStatusResponse {
+            node: self.node,
+            term: self.term,
+            role: match self.role {
+                Role::Follower => ControlRole::Follower,
+                Role::Candidate => ControlRole::Candidate,
+                Role::Controller => ControlRole::Controller,
+            },
+            controller: self.controller,
+            epoch: self.epoch(),
+            members: self
+                .members
+                .iter()
+                .map(|(node, member)| MemberStatus {
+                    node: *node,
+                    state: match member.state {
+                        NodeState::Joining => MemberState::Joining,
+                        NodeState::JoinedSyncing => MemberState::JoinedSyncing,
+                        NodeState::Joined => MemberState::Joined,
+                        NodeState::Leaving => MemberState::Leaving,
+                        NodeState::Dead => MemberState::Dead,
+                    },
+                    suspected: member.suspected,
+                    voter: member.voter,
+                    gossip_address: member.gossip_address.to_string(),
+                })
+                .collect(),
+            partitions: self
+                .map
+                .as_ref()
+                .map(|map| {
+                    map.partitions
+                        .iter()
+                        .map(|assignment| PartitionStatus {
+                            leader: assignment.leader,
+                            replicas: assignment.replicas.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether this node may serve `partition` now (design.md section 5, promise 1): the
+    /// current map names it the leader and it is `Joined`; else the `NotLeader` answer, with
+    /// the leader this node knows.
+    pub fn fence(&self, partition: u32) -> Result<(), ErrorResponse> {
+        let leader = self.leader(partition);
+        if self.behind {
+            return Err(ErrorResponse::unavailable(format!(
+                "this node is catching up to a newer leadership map than epoch {}",
+                self.epoch()
+            )));
+        }
+        if leader == Some(self.node) && self.state == NodeState::Joined {
+            Ok(())
+        } else {
+            Err(ErrorResponse::NotLeader {
+                leader: leader.filter(|&leader| leader != self.node),
+                epoch: self.epoch(),
+            })
+        }
+    }
+}
+
+/// The latest view, shared by the control shard (which replaces it) and the data shards
+/// (which each take a copy of the `Arc` when rung).
+#[derive(Clone)]
+pub struct ClusterFeed {
+    latest: Arc<Mutex<Arc<ClusterView>>>,
+    /// One per data shard: a coalescing "a new view is there".
+    changed: Vec<flume::Sender<()>>,
+}
+
+impl ClusterFeed {
+    /// A feed for `shards` data shards; returns it and each shard's receiver.
+    pub fn new(node: NodeId, shards: usize) -> (ClusterFeed, Vec<flume::Receiver<()>>) {
+        let (changed, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
+        let feed = ClusterFeed {
+            latest: Arc::new(Mutex::new(Arc::new(ClusterView::starting(node)))),
+            changed,
+        };
+        (feed, receivers)
+    }
+
+    /// The latest view.
+    pub fn latest(&self) -> Arc<ClusterView> {
+        match self.latest.lock() {
+            Ok(latest) => latest.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn publish(&self, view: ClusterView) {
+        let view = Arc::new(view);
+        match self.latest.lock() {
+            Ok(mut latest) => *latest = view,
+            Err(poisoned) => *poisoned.into_inner() = view,
+        }
+        for changed in &self.changed {
+            // Full: a ring is pending already, and the shard reads the latest when it wakes.
+            let _pending = changed.try_send(());
+        }
+    }
+}
+
+/// What the main thread hears from the control shard.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// The control socket is bound.
+    Bound(SocketAddr),
+    /// This node is `Joined` and holds a map that names a leader for every partition: it
+    /// serves what it leads, and the cluster serves the rest.
+    Joined(Epoch),
+    /// The control shard stopped on an error it cannot continue after.
+    Failed(String),
+}
+
+/// The running control shard.
+pub struct ControlShard {
+    thread: Option<ShardThread<()>>,
+    stop: flume::Sender<()>,
+    /// Events for the main thread.
+    pub events: flume::Receiver<ControlEvent>,
+}
+
+impl ControlShard {
+    /// Asks the control shard to leave the cluster and stop, and waits for its thread.
+    pub fn stop(mut self) {
+        let _gone = self.stop.try_send(());
+        if let Some(thread) = self.thread.take() {
+            if let Err(error) = thread.join() {
+                tracing::error!(%error, "the control shard ended abnormally");
+            }
+        }
+    }
+}
+
+impl Drop for ControlShard {
+    fn drop(&mut self) {
+        let _gone = self.stop.try_send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the control shard over the stored `state` (read by the caller, so a bad file stops
+/// the node before anything starts).
+pub fn start(
+    settings: ControlSettings,
+    state: Option<ControlState>,
+    feed: ClusterFeed,
+) -> anyhow::Result<ControlShard> {
+    let (stop, stopped) = flume::bounded(1);
+    let (events_sender, events) = flume::unbounded();
+    let thread = rt::spawn_executor("coregrid-control", None, move || async move {
+        if let Err(reason) = run(settings, state, feed, stopped, events_sender.clone()).await {
+            tracing::error!(%reason, "the control shard stopped");
+            let _gone = events_sender.send(ControlEvent::Failed(reason));
+        }
+    })?;
+    Ok(ControlShard {
+        thread: Some(thread),
+        stop,
+        events,
+    })
+}
+
+struct Driver {
+    settings: ControlSettings,
+    origin: Instant,
+    socket: DatagramSocket,
+    membership: Membership,
+    controller: Option<Controller>,
+    state: ControlState,
+    feed: ClusterFeed,
+    events: flume::Sender<ControlEvent>,
+    /// Expected static peers (this node's own address removed), for the first start.
+    peers: BTreeSet<SocketAddr>,
+    published: Option<Arc<LeadershipMap>>,
+    joined_reported: bool,
+    last_bootstrap_log: Option<Time>,
+    last_view: Option<ClusterView>,
+    out: Vec<u8>,
+}
+
+async fn run(
+    settings: ControlSettings,
+    state: Option<ControlState>,
+    feed: ClusterFeed,
+    stop: flume::Receiver<()>,
+    events: flume::Sender<ControlEvent>,
+) -> Result<(), String> {
+    let mut state = state.unwrap_or_default();
+    state.restarts += 1;
+    control_state::store(&settings.data_dir, &state).map_err(|error| error.to_string())?;
+    let socket = DatagramSocket::bind(settings.bind).map_err(|error| {
+        format!(
+            "cannot bind the control socket on {}: {error}",
+            settings.bind
+        )
+    })?;
+    let bound = socket.local_addr();
+    let _gone = events.send(ControlEvent::Bound(bound));
+    let mut config = MembershipConfig::lan(u32::try_from(settings.peers.len() + 1).unwrap_or(64));
+    config.leave_linger = LEAVE_LINGER;
+    // The generation grows with every start: a restarted node outranks its former life.
+    let generation = state.restarts << 32;
+    let mut membership = Membership::new(
+        settings.cluster_id,
+        settings.node,
+        bound,
+        generation,
+        config,
+        rand::random(),
+    )
+    .map_err(|error| format!("membership: {error}"))?;
+    let origin = Instant::now();
+    let peers: BTreeSet<SocketAddr> = settings
+        .peers
+        .iter()
+        .copied()
+        .filter(|&peer| peer != bound && peer != settings.bind)
+        .collect();
+    membership
+        .join(Time::ZERO, &peers.iter().copied().collect::<Vec<_>>())
+        .map_err(|error| format!("membership: {error}"))?;
+    let mut driver = Driver {
+        settings,
+        origin,
+        socket,
+        membership,
+        controller: None,
+        state,
+        feed,
+        events,
+        peers,
+        published: None,
+        joined_reported: false,
+        last_bootstrap_log: None,
+        last_view: None,
+        out: Vec::new(),
+    };
+    driver.published = driver.state.published_map.clone().map(Arc::new);
+    let mut buffer = coregrid_net::rkyv::util::AlignedVec::<16>::with_capacity(DATAGRAM_BYTES_MAX);
+    buffer.resize(DATAGRAM_BYTES_MAX, 0);
+    let mut leaving = false;
+    loop {
+        driver.maybe_start_election()?;
+        driver.drain().await?;
+        if leaving && driver.membership.has_left() {
+            return Ok(());
+        }
+        if !leaving && (stop.try_recv().is_ok() || stop.is_disconnected()) {
+            leaving = true;
+            let now = driver.now();
+            driver.membership.leave(now);
+            continue;
+        }
+        let now = driver.now();
+        let deadline = [
+            driver.membership.next_deadline(),
+            driver
+                .controller
+                .as_ref()
+                .and_then(Controller::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + WAKE_INTERVAL_MAX)
+        .min(now + WAKE_INTERVAL_MAX);
+        let wait = deadline.saturating_sub(now).max(Duration::from_micros(100));
+        match driver.socket.recv_from(&mut buffer, wait).await {
+            Ok((length, from)) => {
+                let now = driver.now();
+                driver.handle_datagram(now, from, &buffer[..length]);
+            }
+            Err(TransportError::TimedOut(_)) => {}
+            Err(error) => tracing::warn!(%error, "control socket receive failed"),
+        }
+        let now = driver.now();
+        if driver
+            .membership
+            .next_deadline()
+            .is_some_and(|deadline| deadline <= now)
+        {
+            driver.membership.handle_deadline(now);
+        }
+        if let Some(controller) = driver.controller.as_mut() {
+            if controller
+                .next_deadline()
+                .is_some_and(|deadline| deadline <= now)
+            {
+                controller.tick(now);
+            }
+        }
+    }
+}
+
+impl Driver {
+    fn now(&self) -> Time {
+        self.origin.elapsed()
+    }
+
+    fn handle_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]) {
+        if !control_wire::is_control_datagram(bytes) {
+            self.membership.handle_datagram(now, from, bytes);
+            return;
+        }
+        let datagram = match control_wire::decode(bytes) {
+            Ok(datagram) => datagram,
+            Err(error) => {
+                tracing::debug!(%from, %error, "control datagram refused");
+                return;
+            }
+        };
+        if datagram.cluster != self.settings.cluster_id {
+            tracing::debug!(%from, "control datagram of another cluster refused");
+            return;
+        }
+        if let Some(controller) = self.controller.as_mut() {
+            controller.handle_message(now, datagram.from, datagram.message);
+        }
+    }
+
+    /// Creates the election once the voters are known.
+    fn maybe_start_election(&mut self) -> Result<(), String> {
+        if self.controller.is_some() {
+            return Ok(());
+        }
+        let now = self.now();
+        if self.state.voters.is_empty() {
+            let alive: Vec<NodeId> = self
+                .membership
+                .members()
+                .iter()
+                .filter(|(_, member)| member.state != NodeState::Dead)
+                .map(|(node, _)| *node)
+                .collect();
+            // Every static peer and this node.
+            if alive.len() < self.peers.len() + 1 {
+                if self
+                    .last_bootstrap_log
+                    .is_none_or(|last| now >= last + BOOTSTRAP_LOG_INTERVAL)
+                {
+                    self.last_bootstrap_log = Some(now);
+                    tracing::info!(
+                        seen = alive.len(),
+                        expected = self.peers.len() + 1,
+                        "first start: waiting to hear from every static peer to fix the voters"
+                    );
+                }
+                return Ok(());
+            }
+            self.state.voters = election::Config::default_voters(alive);
+            control_state::store(&self.settings.data_dir, &self.state)
+                .map_err(|error| error.to_string())?;
+            tracing::info!(voters = ?self.state.voters, "voters fixed");
+        }
+        let mut config = election::Config::new(
+            self.state.voters.clone(),
+            self.settings.strategy,
+            self.settings.partitions,
+            self.settings.replication_factor,
+        );
+        config.election_timeout = self.settings.election_timeout;
+        config.heartbeat_interval = self.settings.heartbeat_interval;
+        config.election_backoff_cap = config
+            .election_backoff_cap
+            .max(self.settings.election_timeout * 2);
+        let alone = config.voters == [self.settings.node];
+        let mut controller = Controller::new(
+            config,
+            self.settings.node,
+            Some(self.state.election()),
+            now,
+            rand::random(),
+        )
+        .map_err(|error| format!("election configuration: {error}"))?;
+        controller.handle_members(now, &self.member_states());
+        if alone {
+            // Nobody to wait for or to disrupt: a single voter stands at once.
+            controller.stand(now);
+        }
+        self.controller = Some(controller);
+        Ok(())
+    }
+
+    fn member_states(&self) -> BTreeMap<NodeId, NodeState> {
+        self.membership
+            .members()
+            .iter()
+            .map(|(node, member)| (*node, member.state))
+            .collect()
+    }
+
+    /// Acts on every output of both state machines until neither has any.
+    async fn drain(&mut self) -> Result<(), String> {
+        loop {
+            let mut progressed = false;
+            let mut members_changed = false;
+            while let Some(output) = self.membership.poll_output() {
+                progressed = true;
+                match output {
+                    MembershipOutput::Send { to, bytes } => self.send(to, &bytes).await,
+                    MembershipOutput::StateChanged { .. }
+                    | MembershipOutput::SuspicionChanged { .. }
+                    | MembershipOutput::Forgotten { .. } => members_changed = true,
+                    MembershipOutput::Refused { from, reason } => {
+                        tracing::debug!(%from, ?reason, "gossip datagram refused");
+                    }
+                    MembershipOutput::Left { .. } => {}
+                }
+            }
+            if members_changed {
+                let now = self.now();
+                let states = self.member_states();
+                if let Some(controller) = self.controller.as_mut() {
+                    controller.handle_members(now, &states);
+                }
+            }
+            while let Some(output) = self.controller.as_mut().and_then(Controller::poll_output) {
+                progressed = true;
+                match output {
+                    Output::Persist(persisted) => {
+                        self.state.set_election(persisted);
+                        control_state::store(&self.settings.data_dir, &self.state)
+                            .map_err(|error| error.to_string())?;
+                    }
+                    Output::Send { to, message } => {
+                        let Some(address) = self
+                            .membership
+                            .members()
+                            .get(&to)
+                            .map(|member| member.gossip_addr)
+                        else {
+                            continue;
+                        };
+                        let datagram = ControlDatagram {
+                            cluster: self.settings.cluster_id,
+                            from: self.settings.node,
+                            message,
+                        };
+                        self.out.clear();
+                        match control_wire::encode(&mut self.out, &datagram) {
+                            Ok(_) => {
+                                let bytes = std::mem::take(&mut self.out);
+                                self.send(address, &bytes).await;
+                                self.out = bytes;
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "a control message could not be encoded")
+                            }
+                        }
+                    }
+                    Output::Publish(map) => {
+                        tracing::info!(epoch = %map.epoch, term = %map.term, "map published");
+                        self.published = Some(Arc::new(map));
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.holds_current_map() && self.membership.local_state() < NodeState::Joined {
+            self.advance_local_state();
+            // Its announcement goes out on the next round.
+        }
+        // Heartbeats change what the view shows (the controller, whether this node is
+        // behind) without an output: compare, and publish only a change.
+        self.publish_view();
+        Ok(())
+    }
+
+    /// Whether this node holds the map the controller it follows last announced as committed
+    /// (or is the controller, with a map).
+    fn holds_current_map(&self) -> bool {
+        let Some(status) = self.controller.as_ref().map(Controller::status) else {
+            return false;
+        };
+        let held = self.published.as_ref().map(|map| map.epoch);
+        match (status.controller_committed_epoch, held) {
+            (Some(committed), Some(held)) => held >= committed,
+            _ => false,
+        }
+    }
+
+    /// Once this node holds a map published in this life: `JoinedSyncing`, then `Joined`
+    /// (nothing to catch up on until replication exists).
+    fn advance_local_state(&mut self) {
+        let now = self.now();
+        for state in [NodeState::JoinedSyncing, NodeState::Joined] {
+            if self.membership.local_state() < state {
+                if let Err(error) = self.membership.set_local_state(now, state) {
+                    tracing::warn!(%error, "own state not changed");
+                }
+            }
+        }
+    }
+
+    fn publish_view(&mut self) {
+        let status: Option<Status> = self.controller.as_ref().map(Controller::status);
+        let voters: BTreeSet<NodeId> = self.state.voters.iter().copied().collect();
+        let members = self
+            .membership
+            .members()
+            .iter()
+            .map(|(node, member)| {
+                (
+                    *node,
+                    MemberInfo {
+                        state: member.state,
+                        suspected: member.suspected,
+                        voter: voters.contains(node),
+                        gossip_address: member.gossip_addr,
+                    },
+                )
+            })
+            .collect();
+        let view = ClusterView {
+            node: self.settings.node,
+            state: self.membership.local_state(),
+            map: self.published.clone(),
+            term: status.map_or(self.state.term, |status| status.term),
+            role: status.map_or(Role::Follower, |status| status.role),
+            controller: status.and_then(|status| status.controller),
+            members,
+            behind: status
+                .and_then(|status| status.controller_committed_epoch)
+                .is_some_and(|committed| {
+                    self.published
+                        .as_ref()
+                        .is_none_or(|map| map.epoch < committed)
+                }),
+        };
+        let every_partition_led = view.map.as_ref().is_some_and(|map| {
+            map.partitions
+                .iter()
+                .all(|assignment| assignment.leader.is_some())
+        });
+        if !self.joined_reported && view.state == NodeState::Joined && every_partition_led {
+            self.joined_reported = true;
+            let _gone = self.events.send(ControlEvent::Joined(view.epoch()));
+        }
+        if self.last_view.as_ref() != Some(&view) {
+            self.last_view = Some(view.clone());
+            self.feed.publish(view);
+        }
+    }
+
+    async fn send(&self, to: SocketAddr, bytes: &[u8]) {
+        if let Err(error) = self.socket.send_to(bytes, to, SEND_TIMEOUT).await {
+            tracing::debug!(%to, %error, "control datagram not sent");
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Proves, with real `coregrid node` processes on loopback, that a cluster agrees on one
+//! controller and one leadership map, and fences writes by it (design.md section 5, promise 1):
+//! - three nodes started together with the same `--peers` elect one controller; every node
+//!   holds the same epoch and the same map, and every partition has a leader;
+//! - a client seeded with every node writes and reads keys of every partition (following
+//!   `NotLeader` redirects), and a node that does not lead a key's partition answers
+//!   `NotLeader` naming the leader, changing nothing;
+//! - the controller killed with SIGKILL: the others elect a new controller in a higher term and
+//!   publish a higher epoch, in which the dead node's partitions still wait for it (until
+//!   replication exists, no other replica holds their writes: failing over would serve them
+//!   empty); restarted on its directory, it rejoins without a new election, its partitions
+//!   take writes again and every value written before the kill is there (the time from the
+//!   kill to every partition writable again is printed, not asserted).
+
+#[path = "common/node_process.rs"]
+#[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
+mod node_process;
+#[path = "common/wire_client.rs"]
+#[expect(dead_code, reason = "this file uses only the routed put")]
+mod wire_client;
+
+use coregrid_net::client::{BlockingClient, ClientConfig};
+use coregrid_net::message::{ClusterStatusResponse, ControlRole, ErrorResponse};
+use coregrid_net::{ClusterId, NodeId};
+use node_process::NodeProcess;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use wire_client::{default_cluster, Answer};
+
+const NODES: usize = 3;
+const SHARDS: usize = 2;
+const COLLECTION: &str = "cluster";
+const KEYS: u32 = 64;
+/// Longest a condition may take (failure detection takes seconds); only a bound for a hang.
+const CONDITION_WAIT_MAX: Duration = Duration::from_secs(60);
+
+fn client(seeds: &[SocketAddr]) -> BlockingClient {
+    BlockingClient::new(ClientConfig::new(
+        seeds.to_vec(),
+        ClusterId::from_name("coregrid").unwrap(),
+    ))
+    .expect("a client")
+}
+
+fn status(node: &NodeProcess) -> Option<ClusterStatusResponse> {
+    client(&node.addresses[..1]).cluster_status().ok()
+}
+
+/// Waits until `check` holds, polling; panics with `what` at the deadline.
+fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + CONDITION_WAIT_MAX;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {CONDITION_WAIT_MAX:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The statuses of `nodes` once they all name the same controller (one of `alive`) and hold the
+/// same map, of an epoch at least `min_epoch`, in which every partition has a leader.
+fn agreed(
+    nodes: &[&NodeProcess],
+    alive: &BTreeSet<NodeId>,
+    min_epoch: u64,
+) -> Option<Vec<ClusterStatusResponse>> {
+    let statuses: Vec<ClusterStatusResponse> = nodes
+        .iter()
+        .map(|node| status(node))
+        .collect::<Option<_>>()?;
+    let first = &statuses[0];
+    let controller = first.controller?;
+    let same = statuses.iter().all(|status| {
+        status.controller == Some(controller)
+            && status.epoch == first.epoch
+            && status.partitions == first.partitions
+    });
+    let led = !first.partitions.is_empty()
+        && first
+            .partitions
+            .iter()
+            .all(|partition| partition.leader.is_some());
+    (same && led && first.epoch.get() >= min_epoch && alive.contains(&controller))
+        .then_some(statuses)
+}
+
+fn key(index: u32) -> String {
+    format!("key-{index:03}")
+}
+
+fn write_every_key(seeds: &[SocketAddr], round: u32) {
+    let mut client = client(seeds);
+    for index in 0..KEYS {
+        let value = format!("value-{index}-{round}");
+        wait_until(&format!("a put of {} in round {round}", key(index)), || {
+            let put = client.put(COLLECTION, key(index).as_bytes(), value.as_bytes());
+            if let Err(error) = &put {
+                eprintln!("put {}: {error}", key(index));
+            }
+            put.ok()
+        });
+    }
+    for index in 0..KEYS {
+        let found = client.get(COLLECTION, key(index).as_bytes()).unwrap();
+        assert_eq!(
+            found.map(|found| found.value),
+            Some(format!("value-{index}-{round}").into_bytes()),
+            "{} after round {round}",
+            key(index)
+        );
+    }
+}
+
+#[test]
+fn three_nodes_elect_one_controller_fence_writes_and_replace_a_killed_controller() {
+    let control_base = node_process::reserved_base_port(NODES);
+    let peers = (0..NODES)
+        .map(|index| format!("127.0.0.1:{}", control_base + index as u16))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<NodeProcess> = (0..NODES)
+        .map(|index| {
+            let control_port = (control_base + index as u16).to_string();
+            NodeProcess::spawn(
+                dirs[index].path(),
+                SHARDS,
+                &[
+                    "--control-port",
+                    &control_port,
+                    "--peers",
+                    &peers,
+                    "--election-timeout-ms",
+                    "300",
+                    "--heartbeat-interval-ms",
+                    "50",
+                ],
+            )
+        })
+        .collect();
+    for node in &mut nodes {
+        node.wait_ready();
+    }
+    let ids: BTreeSet<NodeId> = nodes.iter().map(|node| NodeId(node.node_id)).collect();
+    assert_eq!(ids.len(), NODES, "distinct node ids");
+    let everyone: Vec<&NodeProcess> = nodes.iter().collect();
+    let statuses = wait_until("one controller and one map on every node", || {
+        agreed(&everyone, &ids, 1)
+    });
+    eprintln!("agreed: {:?}", statuses[0]);
+    let first = statuses[0].clone();
+    let controller = first.controller.unwrap();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|status| status.role == ControlRole::Controller)
+            .count(),
+        1,
+        "exactly one node says it is the controller: {statuses:?}"
+    );
+    for status in &statuses {
+        assert_eq!(status.members.len(), NODES, "{status:?}");
+        assert!(status.term == first.term);
+    }
+
+    // Collections are node-local until replication: create it on every node.
+    for node in &nodes {
+        let mut client = client(&node.addresses[..1]);
+        let _ = client.create_collection(COLLECTION);
+    }
+    eprintln!("collections created");
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
+    write_every_key(&seeds, 1);
+    eprintln!("round 1 written");
+
+    // A node that does not lead a partition refuses its writes, naming the leader.
+    let node0 = NodeId(nodes[0].node_id);
+    let mut wire = wire_client::NodeClient::connect(nodes[0].addresses[0], default_cluster());
+    let fenced = (0..)
+        .map(|index| format!("fenced-{index}"))
+        .find(|key| {
+            let partition = crc32c::crc32c(key.as_bytes()) % wire.partition_count;
+            first.partitions[partition as usize].leader != Some(node0)
+        })
+        .expect("a key of a partition node 0 does not lead");
+    let partition = crc32c::crc32c(fenced.as_bytes()) % wire.partition_count;
+    let refused = wire
+        .for_key(fenced.as_bytes())
+        .put(COLLECTION, fenced.as_bytes(), b"no");
+    assert_eq!(
+        refused,
+        Answer::Error(ErrorResponse::NotLeader {
+            leader: first.partitions[partition as usize].leader,
+            epoch: first.epoch,
+        })
+    );
+
+    // Kill the controller: the survivors elect another; its partitions wait for it.
+    let killed_at = Instant::now();
+    let index = nodes
+        .iter()
+        .position(|node| NodeId(node.node_id) == controller)
+        .expect("the controller is one of the nodes");
+    let dead = nodes.remove(index);
+    let dead_control_port = dead.control_address.expect("a control address").port();
+    let _ = dead.stop_with(libc::SIGKILL);
+    let survivors: BTreeSet<NodeId> = nodes.iter().map(|node| NodeId(node.node_id)).collect();
+    let remaining: Vec<&NodeProcess> = nodes.iter().collect();
+    let after = wait_until(
+        "a new controller among the survivors, and a new map",
+        || agreed(&remaining, &survivors, first.epoch.get() + 1),
+    );
+    assert!(after[0].term > first.term, "a new term: {after:?}");
+    for (partition, (before, now)) in first
+        .partitions
+        .iter()
+        .zip(&after[0].partitions)
+        .enumerate()
+    {
+        assert_eq!(
+            before.leader, now.leader,
+            "partition {partition} keeps its leader (only it holds the writes)"
+        );
+    }
+
+    // Restart it on its directory: it rejoins without a new election and serves again.
+    let mut restarted = NodeProcess::spawn(
+        dirs[index].path(),
+        SHARDS,
+        &[
+            "--control-port",
+            &dead_control_port.to_string(),
+            "--peers",
+            &peers,
+            "--election-timeout-ms",
+            "300",
+            "--heartbeat-interval-ms",
+            "50",
+        ],
+    );
+    restarted.wait_ready();
+    assert_eq!(restarted.node_id, controller.get(), "the same node id");
+    nodes.insert(index, restarted);
+    let everyone: Vec<&NodeProcess> = nodes.iter().collect();
+    let rejoined = wait_until("the restarted node in the same map and term", || {
+        agreed(&everyone, &ids, after[0].epoch.get())
+            .filter(|statuses| statuses.iter().all(|status| status.term == after[0].term))
+    });
+    assert_eq!(
+        rejoined[0].controller, after[0].controller,
+        "no new election"
+    );
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
+    let mut reader = client(&seeds);
+    for index in 0..KEYS {
+        let found = wait_until(&format!("{} readable after the rejoin", key(index)), || {
+            reader.get(COLLECTION, key(index).as_bytes()).ok()
+        });
+        assert_eq!(
+            found.map(|found| found.value),
+            Some(format!("value-{index}-1").into_bytes()),
+            "{} written before the kill",
+            key(index)
+        );
+    }
+    write_every_key(&seeds, 2);
+    println!(
+        "controller killed -> restarted, rejoined and every partition writable again: {:?}",
+        killed_at.elapsed()
+    );
+}
