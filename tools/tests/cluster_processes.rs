@@ -152,7 +152,6 @@ fn three_nodes_elect_one_controller_fence_writes_and_replace_a_killed_controller
     let statuses = wait_until("one controller and one map on every node", || {
         agreed(&everyone, &ids, 1)
     });
-    eprintln!("agreed: {:?}", statuses[0]);
     let first = statuses[0].clone();
     let controller = first.controller.unwrap();
     assert_eq!(
@@ -173,21 +172,25 @@ fn three_nodes_elect_one_controller_fence_writes_and_replace_a_killed_controller
         let mut client = client(&node.addresses[..1]);
         let _ = client.create_collection(COLLECTION);
     }
-    eprintln!("collections created");
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
     write_every_key(&seeds, 1);
-    eprintln!("round 1 written");
 
     // A node that does not lead a partition refuses its writes, naming the leader.
-    let node0 = NodeId(nodes[0].node_id);
-    let mut wire = wire_client::NodeClient::connect(nodes[0].addresses[0], default_cluster());
-    let fenced = (0..)
-        .map(|index| format!("fenced-{index}"))
-        .find(|key| {
-            let partition = crc32c::crc32c(key.as_bytes()) % wire.partition_count;
-            first.partitions[partition as usize].leader != Some(node0)
+    let (fencing, partition) = nodes
+        .iter()
+        .find_map(|node| {
+            let partition = first
+                .partitions
+                .iter()
+                .position(|partition| partition.leader != Some(NodeId(node.node_id)))?;
+            Some((node, partition as u32))
         })
-        .expect("a key of a partition node 0 does not lead");
+        .expect("three nodes never all lead every partition");
+    let mut wire = wire_client::NodeClient::connect(fencing.addresses[0], default_cluster());
+    let fenced = (0..10_000)
+        .map(|index| format!("fenced-{index}"))
+        .find(|key| crc32c::crc32c(key.as_bytes()) % wire.partition_count == partition)
+        .expect("a key of that partition");
     let partition = crc32c::crc32c(fenced.as_bytes()) % wire.partition_count;
     let refused = wire
         .for_key(fenced.as_bytes())

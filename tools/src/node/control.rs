@@ -21,9 +21,10 @@
 //!   shows, becomes a new [`ClusterView`]; the data shards take it whole at their next look
 //!   (style.md rule 4: they never wait on the control shard). Only the current epoch's leader
 //!   of a partition, in state `Joined`, takes writes for it ([`ClusterView::fence`]).
-//! - **Node state.** A node starts `Joining`; once it holds a map published in this life it is
-//!   `JoinedSyncing`, and at once `Joined`: until replication exists there is nothing to catch
-//!   up on (the issue that brings replication makes this step wait for the catch-up).
+//! - **Node state.** A node starts `Joining`; once the voters are known and its election runs
+//!   it is `JoinedSyncing`; once it holds the map its controller announced as committed it is
+//!   `Joined`: until replication exists there is nothing else to catch up on (the issue that
+//!   brings replication makes this step wait for the catch-up).
 
 use super::control_state::{self, ControlState};
 use coregrid_cluster::election::{self, Controller, Output, Role, Status, Strategy};
@@ -528,6 +529,17 @@ impl Driver {
             controller.stand(now);
         }
         self.controller = Some(controller);
+        // A member now, syncing: it may hold "paper" leadership (design.md section 4), so the
+        // first map with leaders spreads them over every node instead of piling them on the
+        // first to be `Joined` (without replication, leadership never moves afterwards).
+        if self.membership.local_state() < NodeState::JoinedSyncing {
+            if let Err(error) = self
+                .membership
+                .set_local_state(now, NodeState::JoinedSyncing)
+            {
+                tracing::warn!(%error, "own state not changed");
+            }
+        }
         Ok(())
     }
 
