@@ -613,7 +613,14 @@ fn admit(
     rt::spawn_detached(async move {
         let engine = server.engine.borrow().clone();
         let topology = server.topology_now();
-        let answer = handler::execute(request, &server.local, engine, &topology).await;
+        let begun = match keyed_partition(&request) {
+            Some(partition) => begin_epoch_if_needed(&server, partition).await,
+            None => Ok(()),
+        };
+        let answer = match begun {
+            Ok(()) => handler::execute(request, &server.local, engine, &topology).await,
+            Err(error) => Answer::Error(error),
+        };
         state
             .request_bytes_in_flight
             .set(state.request_bytes_in_flight.get() - cost);
@@ -622,34 +629,52 @@ fn admit(
     });
 }
 
-/// Lets a keyed request through only if this node leads its partition in the current epoch,
-/// is `Joined`, and the partition has begun that epoch (design.md section 5, promise 1).
+/// Lets a keyed request through only if this node leads its partition in the current epoch
+/// and is `Joined` (design.md section 5, promise 1); the partition begins that epoch before
+/// the request runs ([`begin_epoch_if_needed`]).
 /// Collection changes and topology requests are node-local and pass.
 fn fence(
     server: &ShardServer,
     request: handler::Request,
 ) -> Result<handler::Request, ErrorResponse> {
-    let partition = match &request {
+    let Some(partition) = keyed_partition(&request) else {
+        return Ok(request);
+    };
+    server.cluster.borrow().fence(partition)?;
+    Ok(request)
+}
+
+/// The partition a keyed request runs on.
+fn keyed_partition(request: &handler::Request) -> Option<u32> {
+    match request {
         handler::Request::Get { partition, .. } | handler::Request::Write { partition, .. } => {
-            *partition
+            Some(*partition)
         }
         handler::Request::Collection { .. }
         | handler::Request::Topology
-        | handler::Request::ClusterStatus => return Ok(request),
+        | handler::Request::ClusterStatus => None,
+    }
+}
+
+/// Makes sure `partition` has begun the current epoch before a request runs on it (its WAL
+/// records where the epoch began, and the request's records carry it): begins it here if the
+/// shard's follower task has not yet. `Unavailable` if it cannot.
+async fn begin_epoch_if_needed(server: &ShardServer, partition: u32) -> Result<(), ErrorResponse> {
+    let epoch = server.cluster.borrow().epoch().get();
+    let Some(stored) = server.local.partition(partition).cloned() else {
+        // Not on this shard: `execute` answers that.
+        return Ok(());
     };
-    let view = server.cluster.borrow();
-    view.fence(partition)?;
-    let begun = server
-        .local
-        .partition(partition)
-        .is_some_and(|stored| stored.epoch() >= view.epoch().get());
-    if !begun {
+    if stored.epoch() < epoch {
+        // A concurrent start of the same epoch fails harmlessly: the check below decides.
+        let _ = stored.begin_epoch(epoch).await;
+    }
+    if stored.epoch() < epoch {
         return Err(ErrorResponse::unavailable(format!(
-            "partition {partition} is starting epoch {}",
-            view.epoch()
+            "partition {partition} cannot start epoch {epoch}"
         )));
     }
-    Ok(request)
+    Ok(())
 }
 
 impl ShardServer {
