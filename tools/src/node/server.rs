@@ -231,13 +231,15 @@ async fn follow_cluster(server: Rc<ShardServer>, watch: ClusterWatch) {
     loop {
         let view = watch.feed.latest();
         *server.cluster.borrow_mut() = view.clone();
-        let epoch = view.epoch().get();
-        for partition in server.local.partitions() {
-            let id = partition.id();
-            if view.leader(id) == Some(view.node) && partition.epoch() < epoch {
-                if let Err(error) = partition.begin_epoch(epoch).await {
-                    tracing::error!(partition = id, epoch, %error, "cannot begin the epoch");
-                }
+        let led: Vec<u32> = server
+            .local
+            .partitions()
+            .map(|partition| partition.id())
+            .filter(|&id| view.leader(id) == Some(view.node))
+            .collect();
+        for id in led {
+            if let Err(error) = begin_epoch_if_needed(&server, id).await {
+                tracing::error!(partition = id, %error, "cannot begin the epoch");
             }
         }
         if watch.changed.recv_async().await.is_err() {
@@ -661,10 +663,15 @@ fn keyed_partition(request: &handler::Request) -> Option<u32> {
 /// shard's follower task has not yet. `Unavailable` if it cannot.
 async fn begin_epoch_if_needed(server: &ShardServer, partition: u32) -> Result<(), ErrorResponse> {
     let epoch = server.cluster.borrow().epoch().get();
-    let Some(stored) = server.local.partition(partition).cloned() else {
+    let Some(stored) = server.local.partition(partition) else {
         // Not on this shard: `execute` answers that.
         return Ok(());
     };
+    // The common case, with nothing to do: no clone, no await.
+    if stored.epoch() >= epoch {
+        return Ok(());
+    }
+    let stored = stored.clone();
     if stored.epoch() < epoch {
         // A concurrent start of the same epoch fails harmlessly: the check below decides.
         let _ = stored.begin_epoch(epoch).await;
