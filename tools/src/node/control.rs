@@ -712,3 +712,73 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coregrid_cluster::map::PartitionAssignment;
+    use coregrid_cluster::types::Term;
+
+    fn view(state: NodeState, behind: bool) -> ClusterView {
+        let (me, other) = (NodeId(1), NodeId(2));
+        ClusterView {
+            state,
+            behind,
+            map: Some(Arc::new(LeadershipMap {
+                epoch: Epoch(5),
+                term: Term(2),
+                partitions: vec![
+                    PartitionAssignment {
+                        leader: Some(me),
+                        replicas: vec![me, other],
+                    },
+                    PartitionAssignment {
+                        leader: Some(other),
+                        replicas: vec![other, me],
+                    },
+                    PartitionAssignment {
+                        leader: None,
+                        replicas: vec![me, other],
+                    },
+                ],
+            })),
+            ..ClusterView::starting(me)
+        }
+    }
+
+    fn not_leader(leader: Option<u64>, epoch: u64) -> Result<(), ErrorResponse> {
+        Err(ErrorResponse::NotLeader {
+            leader: leader.map(NodeId),
+            epoch: Epoch(epoch),
+        })
+    }
+
+    #[test]
+    fn only_the_joined_leader_of_the_current_map_passes_the_fence() {
+        let joined = view(NodeState::Joined, false);
+        assert_eq!(joined.fence(0), Ok(()));
+        assert_eq!(joined.fence(1), not_leader(Some(2), 5));
+        assert_eq!(joined.fence(2), not_leader(None, 5));
+        assert_eq!(
+            joined.fence(3),
+            not_leader(None, 5),
+            "a partition past the map"
+        );
+        for state in [
+            NodeState::Joining,
+            NodeState::JoinedSyncing,
+            NodeState::Leaving,
+            NodeState::Dead,
+        ] {
+            assert_eq!(view(state, false).fence(0), not_leader(None, 5), "{state}");
+        }
+        assert!(matches!(
+            view(NodeState::Joined, true).fence(0),
+            Err(ErrorResponse::Unavailable { .. })
+        ));
+        assert_eq!(
+            ClusterView::starting(NodeId(1)).fence(0),
+            not_leader(None, 0)
+        );
+    }
+}
