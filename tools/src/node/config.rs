@@ -129,6 +129,11 @@ pub struct NodeArgs {
     /// Replicas per partition, leader included [default: 3].
     #[arg(long)]
     pub replication_factor: Option<usize>,
+    /// TEST ONLY: a file listing control addresses (one per line) whose control datagrams
+    /// this node drops, both ways; re-read when it changes (docs/cluster.md, "Cutting nodes
+    /// off without root"). Never set it in production.
+    #[arg(long, hide = true)]
+    pub fault_file: Option<PathBuf>,
 }
 
 /// An election strategy, as configuration names it.
@@ -209,6 +214,8 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// Replicas per partition.
     pub replication_factor: usize,
+    /// Test only: the fault file ([`super::fault`]).
+    pub fault_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -235,6 +242,7 @@ impl Default for NodeConfig {
             election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
             replication_factor: REPLICATION_FACTOR_DEFAULT,
+            fault_file: None,
         }
     }
 }
@@ -298,6 +306,9 @@ impl NodeConfig {
         set(&mut self.election_timeout_ms, &args.election_timeout_ms);
         set(&mut self.heartbeat_interval_ms, &args.heartbeat_interval_ms);
         set(&mut self.replication_factor, &args.replication_factor);
+        if let Some(path) = &args.fault_file {
+            self.fault_file = Some(path.clone());
+        }
         self
     }
 
@@ -331,6 +342,13 @@ impl NodeConfig {
         })?;
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty".into());
+        }
+        if self
+            .fault_file
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            return invalid("fault_file", "must not be empty".into());
         }
         let shards = self.engine_config().shard_count();
         if self.base_port != 0 && usize::from(self.base_port) + shards > usize::from(u16::MAX) + 1 {

@@ -25,12 +25,23 @@
 //!   it is `JoinedSyncing`; once it holds the map its controller announced as committed it is
 //!   `Joined`: until replication exists there is nothing else to catch up on (the issue that
 //!   brings replication makes this step wait for the catch-up).
+//! - **Write lease** ([`Lease`], docs/cluster.md "The write lease"). A node takes writes only
+//!   while it is in contact with a majority of voters: as the controller, it heard a majority
+//!   of voters in its term within the election timeout (the check-quorum condition); as a
+//!   follower, it heard its controller's heartbeat within the election timeout. Otherwise the
+//!   view says `lease: false` and the data shards answer `Unavailable` for the partitions this
+//!   node leads. The driver wakes when the lease runs out, so the data shards keep a plain
+//!   flag to look at (no clock read, no lock per request).
+//! - **Faults for tests** ([`super::fault`]): with `--fault-file`, datagrams to and from the
+//!   addresses the file lists are dropped here, on send and on receive.
 
 use super::control_state::{self, ControlState};
+use super::fault::FaultFile;
+use coregrid_cluster::election::ControlMessage;
 use coregrid_cluster::election::{self, Controller, Output, Role, Status, Strategy};
 use coregrid_cluster::map::LeadershipMap;
 use coregrid_cluster::membership::{Membership, MembershipConfig, MembershipOutput};
-use coregrid_cluster::types::{ClusterId, Epoch, NodeId, NodeState, PartitionId, Time};
+use coregrid_cluster::types::{ClusterId, Epoch, NodeId, NodeState, PartitionId, Term, Time};
 use coregrid_cluster::wire::{self as control_wire, ControlDatagram};
 use coregrid_engine::rt::{self, ShardThread};
 use coregrid_net::message::{
@@ -77,6 +88,8 @@ pub struct ControlSettings {
     pub replication_factor: usize,
     /// The data directory (holds `control.state`).
     pub data_dir: PathBuf,
+    /// Test only: the fault file ([`super::fault`]).
+    pub fault_file: Option<PathBuf>,
 }
 
 /// One member as the status shows it.
@@ -113,6 +126,9 @@ pub struct ClusterView {
     /// The controller announced a newer committed map than `map`: serving by `map` could let
     /// this node take writes for a partition the newer map gave to another node.
     pub behind: bool,
+    /// This node holds the write lease ([`Lease`]): it is in contact with a majority of voters,
+    /// so it is not cut off on a minority side.
+    pub lease: bool,
 }
 
 impl ClusterView {
@@ -127,6 +143,7 @@ impl ClusterView {
             controller: None,
             members: BTreeMap::new(),
             behind: false,
+            lease: false,
         }
     }
 
@@ -186,8 +203,9 @@ impl ClusterView {
     }
 
     /// Whether this node may serve `partition` now (design.md section 5, promise 1): the
-    /// current map names it the leader and it is `Joined`; else the `NotLeader` answer, with
-    /// the leader this node knows.
+    /// current map names it the leader, it is `Joined` and it holds the write lease; else the
+    /// `NotLeader` answer, with the leader this node knows, or `Unavailable` while this node
+    /// leads the partition but is out of contact with a majority (it may be cut off).
     pub fn fence(&self, partition: u32) -> Result<(), ErrorResponse> {
         let leader = self.leader(partition);
         if self.behind {
@@ -197,7 +215,16 @@ impl ClusterView {
             )));
         }
         if leader == Some(self.node) && self.state == NodeState::Joined {
-            Ok(())
+            if self.lease {
+                Ok(())
+            } else {
+                Err(ErrorResponse::unavailable(format!(
+                    "this node leads partition {partition} in epoch {} but has not heard a \
+                     majority of voters within the election timeout (no write lease): it may \
+                     be cut off from the cluster",
+                    self.epoch()
+                )))
+            }
         } else {
             Err(ErrorResponse::NotLeader {
                 leader: leader.filter(|&leader| leader != self.node),
@@ -205,6 +232,124 @@ impl ClusterView {
             })
         }
     }
+}
+
+/// The write lease (docs/cluster.md "The write lease"): whether this node is in contact with a
+/// majority of voters, so that its data shards may take writes for the partitions it leads.
+/// A node cut off on a minority side loses it within at most two election timeouts, and
+/// gets it back with the first heartbeat of the controller it then follows.
+///
+/// Sans-IO (style.md rule 1): the driver reports every election message it handed the
+/// election, with the election's status after it, and asks until when the lease holds.
+/// - As the **controller** of term `t`, the lease holds while a majority of voters (itself
+///   included) sent it a message of term `t` within the election timeout: the condition of
+///   the election's own check-quorum, which steps the controller down no later.
+/// - As a **follower**, it holds while the controller it follows sent it a heartbeat,
+///   proposal or commit of the current term within the election timeout: that controller
+///   holds a majority, or steps down (check-quorum) and stops sending within an election
+///   timeout.
+/// - A candidate, or a follower that knows no controller, holds none.
+///
+/// Why contact with the controller rather than with every voter: followers exchange no
+/// election messages with each other (gossip reaches each peer only now and then), while the
+/// controller hears every voter every heartbeat; it is Raft's check-quorum, carried to the
+/// followers by the heartbeats. The price: while a new controller is being elected, no node
+/// takes writes (about one to two election timeouts after a controller dies).
+#[derive(Debug)]
+pub struct Lease {
+    node: NodeId,
+    timeout: Duration,
+    voters: Vec<NodeId>,
+    /// Each voter's last message to this node: its term and when.
+    voters_heard: BTreeMap<NodeId, (Term, Time)>,
+    /// The last heartbeat, proposal or commit of the controller this node followed: who, in
+    /// which term, when.
+    controller_heard: Option<(NodeId, Term, Time)>,
+}
+
+impl Lease {
+    /// No lease yet, for `node` among `voters`, with the election timeout `timeout`.
+    pub fn new(node: NodeId, voters: Vec<NodeId>, timeout: Duration) -> Lease {
+        Lease {
+            node,
+            timeout,
+            voters,
+            voters_heard: BTreeMap::new(),
+            controller_heard: None,
+        }
+    }
+
+    /// Notes a message of `term` from `from` that the election just handled; `status` is the
+    /// election's status after handling it.
+    pub fn heard(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        term: Term,
+        from_controller: bool,
+        status: &Status,
+    ) {
+        if term != status.term || from == self.node {
+            return;
+        }
+        if self.voters.contains(&from) {
+            self.voters_heard.insert(from, (term, now));
+        }
+        if from_controller && status.role == Role::Follower && status.controller == Some(from) {
+            self.controller_heard = Some((from, term, now));
+        }
+    }
+
+    /// Until when the lease holds (it may be past: compare with the time), or `None` when
+    /// this node holds none in its present role.
+    pub fn until(&self, status: &Status) -> Option<Time> {
+        match status.role {
+            Role::Controller => {
+                if !self.voters.contains(&self.node) {
+                    return None;
+                }
+                // A majority is `voters / 2 + 1`, this node included.
+                let others_needed = self.voters.len() / 2;
+                if others_needed == 0 {
+                    return Some(Time::MAX);
+                }
+                let mut heard: Vec<Time> = self
+                    .voters_heard
+                    .iter()
+                    .filter(|(voter, (term, _))| {
+                        **voter != self.node && *term == status.term && self.voters.contains(voter)
+                    })
+                    .map(|(_, (_, at))| *at)
+                    .collect();
+                heard.sort_unstable_by(|a, b| b.cmp(a));
+                heard
+                    .get(others_needed - 1)
+                    .map(|at| at.saturating_add(self.timeout))
+            }
+            Role::Follower => {
+                let (controller, term, at) = self.controller_heard?;
+                (status.controller == Some(controller) && status.term == term)
+                    .then(|| at.saturating_add(self.timeout))
+            }
+            Role::Candidate => None,
+        }
+    }
+
+    /// Whether the lease holds at `now`.
+    pub fn holds(&self, now: Time, status: &Status) -> bool {
+        self.until(status).is_some_and(|until| now < until)
+    }
+}
+
+/// Whether only the controller of the message's term sends it (so hearing it renews a
+/// follower's lease).
+fn is_controller_message(message: &ControlMessage) -> bool {
+    matches!(
+        message,
+        ControlMessage::Heartbeat { .. }
+            | ControlMessage::Propose { .. }
+            | ControlMessage::Commit { .. }
+    )
 }
 
 /// The latest view, shared by the control shard (which replaces it) and the data shards
@@ -317,6 +462,12 @@ struct Driver {
     socket: DatagramSocket,
     membership: Membership,
     controller: Option<Controller>,
+    /// Created with the election, once the voters are known.
+    lease: Option<Lease>,
+    /// Whether the last view published said the lease holds (to log changes).
+    lease_held: bool,
+    /// Test only: datagrams to drop.
+    faults: Option<FaultFile>,
     state: ControlState,
     feed: ClusterFeed,
     events: flume::Sender<ControlEvent>,
@@ -376,6 +527,9 @@ async fn run(
         socket,
         membership,
         controller: None,
+        lease: None,
+        lease_held: false,
+        faults: None,
         state,
         feed,
         events,
@@ -387,10 +541,20 @@ async fn run(
         out: Vec::new(),
     };
     driver.published = driver.state.published_map.clone().map(Arc::new);
+    if let Some(path) = driver.settings.fault_file.clone() {
+        tracing::warn!(path = %path.display(),
+            "TEST ONLY: control datagrams are dropped as this fault file says");
+        let mut faults = FaultFile::new(path);
+        faults.refresh(driver.now());
+        driver.faults = Some(faults);
+    }
     let mut buffer = coregrid_net::rkyv::util::AlignedVec::<16>::with_capacity(DATAGRAM_BYTES_MAX);
     buffer.resize(DATAGRAM_BYTES_MAX, 0);
     let mut leaving = false;
     loop {
+        if let Some(faults) = driver.faults.as_mut() {
+            faults.refresh(driver.origin.elapsed());
+        }
         driver.maybe_start_election()?;
         driver.drain().await?;
         if leaving && driver.membership.has_left() {
@@ -409,6 +573,9 @@ async fn run(
                 .controller
                 .as_ref()
                 .and_then(Controller::next_deadline),
+            // Wake when the lease runs out, so the data shards hear of it at once.
+            driver.lease_until().filter(|&until| until > now),
+            driver.faults.as_ref().map(FaultFile::next_check),
         ]
         .into_iter()
         .flatten()
@@ -449,6 +616,11 @@ impl Driver {
     }
 
     fn handle_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]) {
+        if let Some(faults) = self.faults.as_mut() {
+            if faults.drops_received(from) {
+                return;
+            }
+        }
         if !control_wire::is_control_datagram(bytes) {
             self.membership.handle_datagram(now, from, bytes);
             return;
@@ -465,8 +637,20 @@ impl Driver {
             return;
         }
         if let Some(controller) = self.controller.as_mut() {
+            let term = datagram.message.term();
+            let from_controller = is_controller_message(&datagram.message);
             controller.handle_message(now, datagram.from, datagram.message);
+            let status = controller.status();
+            if let Some(lease) = self.lease.as_mut() {
+                lease.heard(now, datagram.from, term, from_controller, &status);
+            }
         }
+    }
+
+    /// Until when the write lease holds, if it does in this node's present role.
+    fn lease_until(&self) -> Option<Time> {
+        let status = self.controller.as_ref()?.status();
+        self.lease.as_ref()?.until(&status)
     }
 
     /// Creates the election once the voters are known.
@@ -515,6 +699,11 @@ impl Driver {
             .election_backoff_cap
             .max(self.settings.election_timeout * 2);
         let alone = config.voters == [self.settings.node];
+        self.lease = Some(Lease::new(
+            self.settings.node,
+            config.voters.clone(),
+            self.settings.election_timeout,
+        ));
         let mut controller = Controller::new(
             config,
             self.settings.node,
@@ -675,7 +864,29 @@ impl Driver {
                 )
             })
             .collect();
+        let now = self.now();
+        let lease = match (self.lease.as_ref(), status.as_ref()) {
+            (Some(lease), Some(status)) => lease.holds(now, status),
+            _ => false,
+        };
+        if lease != self.lease_held {
+            self.lease_held = lease;
+            tracing::info!(
+                at_ms = now.as_millis() as u64,
+                node = %self.settings.node,
+                lease,
+                role = ?status.map(|status| status.role),
+                controller = ?status.and_then(|status| status.controller),
+                "write lease {}",
+                if lease {
+                    "held: in contact with a majority of voters"
+                } else {
+                    "lost: no majority of voters heard within the election timeout"
+                }
+            );
+        }
         let view = ClusterView {
+            lease,
             node: self.settings.node,
             state: self.membership.local_state(),
             map: self.published.clone(),
@@ -706,7 +917,12 @@ impl Driver {
         }
     }
 
-    async fn send(&self, to: SocketAddr, bytes: &[u8]) {
+    async fn send(&mut self, to: SocketAddr, bytes: &[u8]) {
+        if let Some(faults) = self.faults.as_mut() {
+            if faults.drops_sent(to) {
+                return;
+            }
+        }
         if let Err(error) = self.socket.send_to(bytes, to, SEND_TIMEOUT).await {
             tracing::debug!(%to, %error, "control datagram not sent");
         }
@@ -724,6 +940,7 @@ mod tests {
         ClusterView {
             state,
             behind,
+            lease: true,
             map: Some(Arc::new(LeadershipMap {
                 epoch: Epoch(5),
                 term: Term(2),
@@ -780,5 +997,104 @@ mod tests {
             ClusterView::starting(NodeId(1)).fence(0),
             not_leader(None, 0)
         );
+    }
+
+    #[test]
+    fn without_the_lease_a_leader_refuses_and_others_still_name_the_leader() {
+        let cut_off = ClusterView {
+            lease: false,
+            ..view(NodeState::Joined, false)
+        };
+        assert!(
+            matches!(cut_off.fence(0), Err(ErrorResponse::Unavailable { .. })),
+            "the partition it leads: {:?}",
+            cut_off.fence(0)
+        );
+        assert_eq!(
+            cut_off.fence(1),
+            not_leader(Some(2), 5),
+            "another's partition"
+        );
+        assert_eq!(cut_off.fence(2), not_leader(None, 5));
+    }
+
+    fn status(term: u64, role: Role, controller: Option<u64>) -> Status {
+        Status {
+            term: Term(term),
+            role,
+            controller: controller.map(NodeId),
+            controller_committed_epoch: None,
+            published_epoch: Epoch(0),
+            persisted_term: Term(term),
+            stored_version: Default::default(),
+        }
+    }
+
+    fn ms(milliseconds: u64) -> Time {
+        Duration::from_millis(milliseconds)
+    }
+
+    const TIMEOUT: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn a_follower_holds_the_lease_while_its_controller_heartbeats() {
+        let voters: Vec<NodeId> = (1..=5).map(NodeId).collect();
+        let mut lease = Lease::new(NodeId(1), voters, TIMEOUT);
+        let following = status(3, Role::Follower, Some(2));
+        assert!(!lease.holds(ms(0), &following), "nothing heard yet");
+        lease.heard(ms(10), NodeId(2), Term(3), true, &following);
+        assert!(lease.holds(ms(10), &following));
+        assert!(lease.holds(ms(309), &following));
+        assert!(
+            !lease.holds(ms(310), &following),
+            "silent for the election timeout"
+        );
+        assert_eq!(lease.until(&following), Some(ms(310)));
+        // Other nodes' messages, or the controller's election messages, renew nothing.
+        lease.heard(ms(320), NodeId(3), Term(3), false, &following);
+        lease.heard(ms(320), NodeId(2), Term(3), false, &following);
+        assert!(!lease.holds(ms(320), &following));
+        // A heartbeat of an older term renews nothing.
+        lease.heard(ms(330), NodeId(2), Term(2), true, &following);
+        assert!(!lease.holds(ms(330), &following));
+        lease.heard(ms(340), NodeId(2), Term(3), true, &following);
+        assert!(lease.holds(ms(340), &following), "contact is back");
+        // A new term or another controller: the old contact counts for nothing.
+        assert!(!lease.holds(ms(341), &status(4, Role::Follower, Some(2))));
+        assert!(!lease.holds(ms(341), &status(3, Role::Follower, Some(4))));
+        assert!(!lease.holds(ms(341), &status(3, Role::Follower, None)));
+        assert!(!lease.holds(ms(341), &status(3, Role::Candidate, Some(2))));
+    }
+
+    #[test]
+    fn a_controller_holds_the_lease_while_a_majority_of_voters_answer() {
+        let voters: Vec<NodeId> = (1..=5).map(NodeId).collect();
+        let mut lease = Lease::new(NodeId(1), voters, TIMEOUT);
+        let controlling = status(7, Role::Controller, Some(1));
+        assert!(
+            !lease.holds(ms(0), &controlling),
+            "itself alone is not a majority of 5"
+        );
+        lease.heard(ms(10), NodeId(2), Term(7), false, &controlling);
+        assert!(!lease.holds(ms(10), &controlling), "two of five");
+        lease.heard(ms(20), NodeId(3), Term(7), false, &controlling);
+        assert!(lease.holds(ms(20), &controlling), "three of five");
+        // The lease runs out with the second most recent of the others.
+        assert_eq!(lease.until(&controlling), Some(ms(310)));
+        lease.heard(ms(100), NodeId(4), Term(7), false, &controlling);
+        assert_eq!(lease.until(&controlling), Some(ms(320)));
+        // Messages of another term, or from a non-voter, do not count.
+        lease.heard(ms(200), NodeId(5), Term(6), false, &controlling);
+        lease.heard(ms(200), NodeId(9), Term(7), false, &controlling);
+        assert_eq!(lease.until(&controlling), Some(ms(320)));
+        assert!(!lease.holds(ms(320), &controlling));
+        // In a later term, the earlier term's answers count for nothing.
+        assert_eq!(lease.until(&status(8, Role::Controller, Some(1))), None);
+        // A single voter needs nobody.
+        let alone = Lease::new(NodeId(1), vec![NodeId(1)], TIMEOUT);
+        assert!(alone.holds(Duration::from_secs(1_000_000), &controlling));
+        // A controller that is not a voter (never happens) holds none.
+        let stranger = Lease::new(NodeId(9), vec![NodeId(1)], TIMEOUT);
+        assert!(!stranger.holds(ms(0), &controlling));
     }
 }

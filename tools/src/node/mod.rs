@@ -22,6 +22,7 @@ pub mod config;
 pub mod constants;
 pub mod control;
 pub mod control_state;
+pub mod fault;
 pub mod handler;
 pub mod identity;
 pub mod server;
@@ -159,6 +160,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             partitions: engine.partition_count(),
             replication_factor: config.replication_factor,
             data_dir: config.data_dir.clone(),
+            fault_file: config.fault_file.clone(),
         },
         control_state,
         feed,
