@@ -22,9 +22,10 @@ pub const EXIT_WAIT_MAX: Duration = Duration::from_secs(30);
 /// purpose). Shards listen on `base .. base + shards`.
 const RESERVED_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
-/// A base port below the kernel's ephemeral range whose `shards` ports are free now, for a test
-/// that restarts a node on the same addresses. A port from `--base-port 0` is an ephemeral one:
-/// between a stop and a restart, a client's outgoing connection may take it (or the next one).
+/// A base port below the kernel's ephemeral range whose `shards` ports are free now, for TCP
+/// (shard ports) and for UDP (control ports) alike, for a test that restarts a node on the same
+/// addresses. A port from `--base-port 0` is an ephemeral one: between a stop and a restart, a
+/// client's outgoing connection may take it (or the next one).
 pub fn reserved_base_port(shards: usize) -> u16 {
     let span = u16::try_from(shards).expect("a few shards");
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -38,7 +39,10 @@ pub fn reserved_base_port(shards: usize) -> u16 {
     (0..tries)
         .map(|step| RESERVED_PORTS.start + (offset + step) % tries)
         .find(|&base| {
-            (base..base + span).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+            (base..base + span).all(|port| {
+                std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                    && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            })
         })
         .expect("a run of free ports below the ephemeral range")
 }
@@ -69,6 +73,17 @@ impl NodeProcess {
     /// whose nodes become ready only once enough of them run. Call
     /// [`NodeProcess::wait_ready`] next.
     pub fn spawn(data_dir: &Path, shards: usize, extra: &[&str]) -> NodeProcess {
+        NodeProcess::spawn_wrapped(&[], data_dir, shards, extra)
+    }
+
+    /// [`NodeProcess::spawn`] through a `wrapper` command that execs the node in place (as
+    /// `ip netns exec <namespace>` does), so the child's pid is the node's.
+    pub fn spawn_wrapped(
+        wrapper: &[String],
+        data_dir: &Path,
+        shards: usize,
+        extra: &[&str],
+    ) -> NodeProcess {
         let free_ports: &[&str] = if extra.contains(&"--base-port") {
             &[]
         } else {
@@ -79,7 +94,15 @@ impl NodeProcess {
         } else {
             &["--control-port", "0"]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coregrid"))
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(env!("CARGO_BIN_EXE_coregrid"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_coregrid")),
+        };
+        let mut child = command
             .arg("node")
             .arg("--data-dir")
             .arg(data_dir)
