@@ -907,13 +907,18 @@ impl Driver {
                 .iter()
                 .all(|assignment| assignment.leader.is_some())
         });
-        if !self.joined_reported && view.state == NodeState::Joined && every_partition_led {
-            self.joined_reported = true;
-            let _gone = self.events.send(ControlEvent::Joined(view.epoch()));
-        }
+        let joined =
+            (!self.joined_reported && view.state == NodeState::Joined && every_partition_led)
+                .then(|| view.epoch());
         if self.last_view.as_ref() != Some(&view) {
             self.last_view = Some(view.clone());
             self.feed.publish(view);
+        }
+        // After the data shards were handed the view: the node prints `ready` on this event,
+        // and a client's first request must not find a shard still without the map.
+        if let Some(epoch) = joined {
+            self.joined_reported = true;
+            let _gone = self.events.send(ControlEvent::Joined(epoch));
         }
     }
 
