@@ -625,7 +625,13 @@ async fn write_stream<F: StorageFile>(
     let data = prefix.len() + bytes.len();
     let total = (pad_to - offset) as usize;
     assert!(total >= data, "padding ends before the data");
-    // One chunk at a time: issuing them together measured no faster here (within noise).
+    // Every chunk is handed to the kernel at once: segments are opened `O_DSYNC`, so each
+    // write waits for its own device cache flush, and one after another they would add those
+    // waits up (a 16 MiB group of 64 KiB puts was three flushes in a row). The chunks cover
+    // disjoint blocks; the group is acknowledged once all of them completed, and a crash
+    // between their completions leaves a gap that recovery cuts off as a torn tail (no record
+    // after it was acknowledged).
+    let mut writes = Vec::with_capacity(total.div_ceil(GROUP_WRITE_BYTES_MAX));
     let mut done = 0usize;
     while done < total {
         let chunk = (total - done).min(GROUP_WRITE_BYTES_MAX);
@@ -644,9 +650,10 @@ async fn write_stream<F: StorageFile>(
             filled += take;
         }
         buffer[filled..].fill(0);
-        file.write_at(buffer, offset + done as u64).await?;
+        writes.push(file.write_at(buffer, offset + done as u64));
         done += chunk;
     }
+    futures::future::try_join_all(writes).await?;
     Ok(())
 }
 
