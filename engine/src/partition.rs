@@ -29,6 +29,10 @@ use futures::channel::oneshot;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Weight of a new sample in the moving average of flush I/O time: 1/8.
+const FLUSH_TIME_WEIGHT: u32 = 8;
 
 /// Identifies a partition.
 pub type PartitionId = u32;
@@ -194,6 +198,11 @@ pub struct Partition<S: Storage> {
     waiters: RefCell<Vec<(u64, Waker)>>,
     /// Wakes the writer task.
     writer_bell: Doorbell,
+    /// Moving average of a flush's I/O time (real storage only).
+    flush_time: Cell<Option<Duration>>,
+    /// Durable LSN of a completed flush whose writers are woken once the next flush's I/O
+    /// has been submitted (see `writer_loop`).
+    acknowledge_later: Cell<Option<u64>>,
     /// Bytes that may be staged or being flushed; first come, first served. Taken before a
     /// record is staged, given back once the flush that wrote it is durable.
     staging_budget: Budget,
@@ -281,6 +290,8 @@ impl<S: Storage> Partition<S> {
             index: RefCell::new(index),
             waiters: RefCell::new(Vec::new()),
             writer_bell: Doorbell::default(),
+            flush_time: Cell::new(None),
+            acknowledge_later: Cell::new(None),
             staging_budget: Budget::new(STAGED_BYTES_MAX),
             last_removal_lsn: Cell::new(last_removal_lsn),
             epoch: Cell::new(epoch),
@@ -334,16 +345,40 @@ impl<S: Storage> Partition<S> {
     }
 
     /// The group-commit writer: every record staged while the previous flush ran goes out in
-    /// the next one. One task per partition, so flushes never overlap.
+    /// the next one (or the oldest commit batch of them, see [`Wal::set_batch_fill_limit`]).
+    /// One task per partition, so flushes never overlap.
+    ///
+    /// When a flush completes and the next is staged already, the next one's I/O is handed to
+    /// the kernel *before* the completed flush's writers are woken: the shard submits I/O only
+    /// between runs of its tasks, so waking them first would keep the disk idle while they
+    /// all run.
     async fn writer_loop(partition: Rc<Self>) {
         loop {
             partition.writer_bell.wait().await;
-            loop {
-                let Some(plan) = partition.wal.borrow_mut().take_flush() else {
-                    break;
-                };
+            let mut next = partition.wal.borrow_mut().take_flush();
+            while let Some(plan) = next.take() {
                 let flushed_bytes = plan.staged_bytes();
-                match wal::write_flush(&partition.wal, plan).await {
+                let began = S::TIMED.then(Instant::now);
+                let mut write = Box::pin(wal::write_flush(&partition.wal, plan));
+                let result = match futures::poll!(write.as_mut()) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => {
+                        // This flush's I/O is queued: let the shard submit it, then wake the
+                        // writers of the previous flush, whose work overlaps this one's I/O.
+                        if let Some(durable_lsn) = partition.acknowledge_later.take() {
+                            rt::submit_queued_io().await;
+                            partition.complete_waiters(durable_lsn);
+                        }
+                        write.await
+                    }
+                };
+                if let Some(began) = began {
+                    partition.note_flush_time(began.elapsed());
+                }
+                if let Some(durable_lsn) = partition.acknowledge_later.take() {
+                    partition.complete_waiters(durable_lsn);
+                }
+                match result {
                     Ok(durable_lsn) => {
                         // Their bytes may be staged again. Given back only now, not when the
                         // flush took them: otherwise, under a load larger than the budget, the
@@ -351,7 +386,12 @@ impl<S: Storage> Partition<S> {
                         // one ran, and flushes would alternate small and big.
                         partition.staging_budget.release(flushed_bytes);
                         partition.flushes.set(partition.flushes.get() + 1);
-                        partition.complete_waiters(durable_lsn);
+                        next = partition.wal.borrow_mut().take_flush();
+                        if next.is_some() {
+                            partition.acknowledge_later.set(Some(durable_lsn));
+                        } else {
+                            partition.complete_waiters(durable_lsn);
+                        }
                         partition.maybe_snapshot();
                     }
                     Err(error) => {
@@ -369,6 +409,18 @@ impl<S: Storage> Partition<S> {
                 return;
             }
         }
+    }
+
+    /// Keeps a moving average of how long a flush's I/O takes and lets the WAL close a commit
+    /// batch after that long (so staging overlaps the previous flush's I/O).
+    fn note_flush_time(&self, took: Duration) {
+        let average = match self.flush_time.get() {
+            None => took,
+            Some(average) if took >= average => average + (took - average) / FLUSH_TIME_WEIGHT,
+            Some(average) => average - (average - took) / FLUSH_TIME_WEIGHT,
+        };
+        self.flush_time.set(Some(average));
+        self.wal.borrow_mut().set_batch_fill_limit(Some(average));
     }
 
     fn complete_waiters(&self, durable_lsn: u64) {

@@ -219,6 +219,14 @@ pub async fn yield_if_needed() {
     glommio::yield_if_needed().await;
 }
 
+/// Lets the shard hand every I/O request queued so far to the kernel before the calling task
+/// goes on. glommio submits queued requests only between runs of its tasks, so a request
+/// queued while many tasks are runnable waits for all of them; a one-microsecond timer parks
+/// this task until the executor's next turn, which submits first.
+pub async fn submit_queued_io() {
+    glommio::timer::sleep(Duration::from_micros(1)).await;
+}
+
 /// Sleeps on the shard's timer.
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await;
@@ -301,6 +309,7 @@ impl Deref for DmaRead {
 }
 
 impl Storage for DmaStorage {
+    const TIMED: bool = true;
     type File = DmaStorageFile;
 
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<DmaStorageFile> {
