@@ -27,6 +27,10 @@ field() { python3 -c "import json,sys; d=json.load(sys.stdin)
 for k in sys.argv[1].split('.'): d=d[k]
 print(d)" "$1"; }
 
+# WAL bytes of a group holding all 256 in-flight puts.
+all_in_one_group_bytes() { python3 -c "import json,sys; g=json.load(sys.stdin)['group_commit']
+print(g['wal_bytes_per_flush'] / g['records_per_flush'] * 256)"; }
+
 results="[]"
 for run in $(seq 1 "$runs"); do
   echo "run $run/$runs: small durable writes" >&2
@@ -35,6 +39,10 @@ for run in $(seq 1 "$runs"); do
   rm -rf "$data/small"
   small_bs=$(round4k "$(echo "$small" | field group_commit.wal_bytes_per_flush)")
   fio_small=$(fio_json small --rw=write --bs="$small_bs" --ioengine=psync --fdatasync=1)
+  # Also the ceiling if all 256 in-flight puts formed one group (the pipelined group commit
+  # splits them into two cohorts, which halves the group and so the ceiling as defined).
+  small_all_bs=$(round4k "$(echo "$small" | all_in_one_group_bytes)")
+  fio_small_all=$(fio_json small_all --rw=write --bs="$small_all_bs" --ioengine=psync --fdatasync=1)
 
   echo "run $run/$runs: large durable writes + recovery" >&2
   large=$("$bin" bench -q --json --shards 1 --partitions 1 --concurrency 256 --value-bytes 65536 \
@@ -42,17 +50,24 @@ for run in $(seq 1 "$runs"); do
   rm -rf "$data/large"
   large_bs=$(round4k "$(echo "$large" | field group_commit.wal_bytes_per_flush)")
   fio_large=$(fio_json large --rw=write --bs="$large_bs" --ioengine=psync --fdatasync=1)
+  large_all_bs=$(round4k "$(echo "$large" | all_in_one_group_bytes)")
+  fio_large_all=$(fio_json large_all --rw=write --bs="$large_all_bs" --ioengine=psync --fdatasync=1)
   fio_read_qd32=$(fio_json read32 --rw=read --bs=1m --ioengine=io_uring --iodepth=32)
   fio_read_qd1=$(fio_json read1 --rw=read --bs=1m --ioengine=psync)
 
   results=$(python3 - "$results" "$small" "$fio_small" "$small_bs" "$large" "$fio_large" "$large_bs" \
-            "$fio_read_qd32" "$fio_read_qd1" <<'PY'
+            "$fio_read_qd32" "$fio_read_qd1" "$fio_small_all" "$small_all_bs" "$fio_large_all" \
+            "$large_all_bs" <<'PY'
 import json, sys
-results, small, fio_small, small_bs, large, fio_large, large_bs, read32, read1 = sys.argv[1:]
+(results, small, fio_small, small_bs, large, fio_large, large_bs, read32, read1,
+ fio_small_all, small_all_bs, fio_large_all, large_all_bs) = sys.argv[1:]
 results = json.loads(results)
 small, large = json.loads(small), json.loads(large)
 job = lambda s: json.loads(s)["jobs"][0]
 fs, fl = job(fio_small), job(fio_large)
+fsa, fla = job(fio_small_all), job(fio_large_all)
+small_ceiling_all = fsa["write"]["iops"] * 256
+large_ceiling_all_mib = fla["write"]["bw_bytes"] / 2**20
 sync_p99_us = lambda j: j.get("sync", {}).get("lat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1000
 small_ceiling = fs["write"]["iops"] * small["group_commit"]["records_per_flush"]
 large_ceiling_mib = fl["write"]["bw_bytes"] / 2**20
@@ -68,6 +83,10 @@ results.append({
     "fio_sync_p99_us": sync_p99_us(fs),
     "ceiling_ops_per_sec": small_ceiling,
     "ratio": small["ops_per_sec"] / small_ceiling if small_ceiling else None,
+    "fio_bs_all_in_one_group": int(small_all_bs),
+    "fio_syncs_per_sec_all_in_one_group": fsa["write"]["iops"],
+    "ceiling_all_in_one_group_ops_per_sec": small_ceiling_all,
+    "ratio_all_in_one_group": small["ops_per_sec"] / small_ceiling_all if small_ceiling_all else None,
   },
   "large": {
     "value_mib_per_sec": large["mib_per_sec"], "wal_mib_per_sec": large["wal_mib_per_sec"],
@@ -77,6 +96,9 @@ results.append({
     "fio_bs": int(large_bs), "fio_mib_per_sec": large_ceiling_mib,
     "fio_syncs_per_sec": fl["write"]["iops"],
     "ratio": large["wal_mib_per_sec"] / large_ceiling_mib if large_ceiling_mib else None,
+    "fio_bs_all_in_one_group": int(large_all_bs),
+    "fio_mib_per_sec_all_in_one_group": large_ceiling_all_mib,
+    "ratio_all_in_one_group": large["wal_mib_per_sec"] / large_ceiling_all_mib if large_ceiling_all_mib else None,
   },
   "recovery": {
     "open_secs": rec["open_secs"], "wal_file_bytes": rec["wal_file_bytes"],
