@@ -127,6 +127,9 @@ struct ShardServer {
     topology: Arc<TopologyResponse>,
     /// The cluster as the control shard last described it: who leads what in which epoch.
     cluster: RefCell<Arc<ClusterView>>,
+    /// Where the control shard publishes each new view (read again when a request is refused,
+    /// see [`fence`]).
+    feed: ClusterFeed,
     /// The node's engine, for collection changes; taken out when the drain ends, so that the
     /// main thread holds the last handle and its drop shuts the engine down.
     engine: RefCell<Option<Engine>>,
@@ -175,6 +178,7 @@ async fn control_loop(
         settings,
         topology,
         cluster: RefCell::new(watch.feed.latest()),
+        feed: watch.feed.clone(),
         engine: RefCell::new(Some(engine)),
         stopping: Cell::new(false),
         connections: RefCell::new(HashMap::new()),
@@ -642,7 +646,20 @@ fn fence(
     let Some(partition) = keyed_partition(&request) else {
         return Ok(request);
     };
-    server.cluster.borrow().fence(partition)?;
+    let refused = match server.cluster.borrow().fence(partition) {
+        Ok(()) => return Ok(request),
+        Err(refused) => refused,
+    };
+    // The shard's follower takes each new view asynchronously, so the control shard may have
+    // published a newer one (and the node reported it, e.g. printed `ready`) that this shard
+    // has not taken yet: look at the latest once more before refusing. Only refusals pay for
+    // this (one uncontended lock).
+    let latest = server.feed.latest();
+    if Arc::ptr_eq(&latest, &server.cluster.borrow()) {
+        return Err(refused);
+    }
+    *server.cluster.borrow_mut() = latest.clone();
+    latest.fence(partition)?;
     Ok(request)
 }
 
