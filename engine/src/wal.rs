@@ -155,7 +155,14 @@ pub struct Wal<S: Storage> {
     /// Close the open batch once filling it took this long (`None`: batches close only when
     /// a flush takes them).
     batch_fill_limit: Option<Duration>,
+    /// A flushed group's buffer, emptied, for the next group to stage into: a fresh one would
+    /// grow by reallocation and fault in new pages on every flush (see [`SPARE_BYTES_MAX`]).
+    spare: Option<Vec<u8>>,
 }
+
+/// Largest staging buffer kept for reuse, so that a partition that once staged a large group
+/// does not hold that much memory for good.
+const SPARE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 impl<S: Storage> Wal<S> {
     /// Opens (recovers) the WAL in `storage`: keeps the records after `snapshot_lsn`, calls
@@ -281,6 +288,7 @@ impl<S: Storage> Wal<S> {
             open_batch_records: 0,
             open_batch_started: None,
             batch_fill_limit: None,
+            spare: None,
         };
         for scanned in outcome.segments {
             if outcome.remove.contains(&scanned.index) {
@@ -435,7 +443,10 @@ impl<S: Storage> Wal<S> {
                 segment_base_lsn: self.append_segment_base_lsn,
                 new_segment: needs_segment,
                 start_offset: self.append_offset,
-                bytes: Vec::with_capacity(len.max(64 * 1024)),
+                bytes: match self.spare.take() {
+                    Some(spare) if spare.capacity() >= len => spare,
+                    _ => Vec::with_capacity(len.max(64 * 1024)),
+                },
                 last_lsn: 0,
                 samples: Vec::new(),
                 batch: self.open_batch,
@@ -528,6 +539,16 @@ impl<S: Storage> Wal<S> {
             self.durable_bytes_written += group.bytes.len() as u64;
             assert!(group.last_lsn > self.durable_lsn, "durable LSN only grows");
             self.durable_lsn = group.last_lsn;
+            let mut bytes = group.bytes;
+            if bytes.capacity() <= SPARE_BYTES_MAX
+                && self
+                    .spare
+                    .as_ref()
+                    .is_none_or(|spare| spare.capacity() < bytes.capacity())
+            {
+                bytes.clear();
+                self.spare = Some(bytes);
+            }
         }
         self.tail = done.tail;
         self.written_until = done.written_until;
