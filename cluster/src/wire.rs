@@ -5,7 +5,8 @@
 //! control socket; [`is_control_datagram`] tells them apart by the first four bytes.
 
 use crate::election::ControlMessage;
-use crate::types::{ClusterId, NodeId};
+use crate::map::{LeadershipMap, PartitionAssignment};
+use crate::types::{ClusterId, Epoch, MapVersion, NodeId, Term};
 use coregrid_net::constants::FRAME_MAGIC;
 use coregrid_net::frame::{encode_frame_raw, parse_frame, FrameMeta};
 use coregrid_net::rkyv::{self, rancor, util::AlignedVec, Archive, Deserialize, Serialize};
@@ -81,6 +82,53 @@ pub fn decode(bytes: &[u8]) -> Result<ControlDatagram, WireError> {
         .map_err(|error| WireError::Body(error.to_string()))
 }
 
+/// The most partitions a leadership map may have for every message carrying it to fit one
+/// control datagram, with `replicas` replicas per partition.
+///
+/// Maps travel whole, in one datagram (the largest: a [`ControlMessage::ClaimReply`] carrying
+/// one); a larger map could never be sent, so a cluster configured for one would never agree
+/// on a map. The node refuses such a configuration at start instead (sending maps in pieces is
+/// not built). Found by encoding maps of the largest ids, so it is exact for this encoding.
+pub fn partitions_max_per_datagram(replicas: usize) -> u32 {
+    let fits = |partitions: u32| {
+        let map = LeadershipMap {
+            epoch: Epoch(u64::MAX),
+            term: Term(u64::MAX),
+            partitions: (0..partitions)
+                .map(|_| PartitionAssignment {
+                    leader: Some(NodeId(u64::MAX)),
+                    replicas: vec![NodeId(u64::MAX); replicas],
+                })
+                .collect(),
+        };
+        let datagram = ControlDatagram {
+            cluster: ClusterId([u8::MAX; 16]),
+            from: NodeId(u64::MAX),
+            message: ControlMessage::ClaimReply {
+                term: Term(u64::MAX),
+                granted: true,
+                stored: MapVersion {
+                    term: Term(u64::MAX),
+                    epoch: Epoch(u64::MAX),
+                },
+                map: Some(map),
+            },
+        };
+        encode(&mut Vec::new(), &datagram).is_ok()
+    };
+    // `fits` is monotone in the partition count: binary search for the last that fits.
+    let (mut fitting, mut too_many) = (0u32, coregrid_net::constants::PARTITIONS_MAX + 1);
+    while too_many - fitting > 1 {
+        let middle = fitting + (too_many - fitting) / 2;
+        if fits(middle) {
+            fitting = middle;
+        } else {
+            too_many = middle;
+        }
+    }
+    fitting
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +193,39 @@ mod tests {
         }
         assert!(!is_control_datagram(b"CGG1 gossip"));
         assert!(!is_control_datagram(b""));
+    }
+
+    #[test]
+    fn the_largest_map_that_fits_is_found_exactly() {
+        for replicas in [1, 3, 5] {
+            let max = partitions_max_per_datagram(replicas);
+            assert!(max >= 512, "{replicas} replicas: only {max} partitions fit");
+            let map = |partitions: u32| LeadershipMap {
+                epoch: Epoch(u64::MAX),
+                term: Term(u64::MAX),
+                partitions: (0..partitions)
+                    .map(|_| PartitionAssignment {
+                        leader: Some(NodeId(u64::MAX)),
+                        replicas: vec![NodeId(u64::MAX); replicas],
+                    })
+                    .collect(),
+            };
+            let propose = |partitions| ControlDatagram {
+                cluster: ClusterId([7; 16]),
+                from: NodeId(1),
+                message: ControlMessage::Propose {
+                    term: Term(9),
+                    map: map(partitions),
+                },
+            };
+            // Every map-carrying message of a map at the limit is sent; one more partition
+            // and the largest one no longer is.
+            assert!(encode(&mut Vec::new(), &propose(max)).is_ok());
+            assert!(
+                partitions_max_per_datagram(replicas + 1) < max,
+                "more replicas, fewer partitions"
+            );
+        }
     }
 
     #[test]

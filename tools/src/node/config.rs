@@ -412,6 +412,22 @@ impl NodeConfig {
                 ),
             );
         }
+        if !self.peers.is_empty() {
+            // Leadership maps travel whole in one control datagram.
+            let replicas = self.replication_factor.min(self.peers.len() + 1);
+            let fitting = coregrid_cluster::wire::partitions_max_per_datagram(replicas);
+            if self.partitions > fitting {
+                return invalid(
+                    "partitions",
+                    format!(
+                        "a cluster's leadership map travels in one control datagram, which holds \
+                         at most {fitting} partitions with {replicas} replicas each, got {}; \
+                         use fewer partitions (or a lower replication factor)",
+                        self.partitions
+                    ),
+                );
+            }
+        }
         if self.heartbeat_interval_ms == 0
             || self.heartbeat_interval_ms.saturating_mul(2) > self.election_timeout_ms
         {
@@ -545,6 +561,11 @@ mod tests {
             ),
             ("idle_timeout_ms = 0", "idle_timeout_ms"),
             ("data_dir = \"\"", "data_dir"),
+            // A map of 4,096 partitions with 3 replicas does not fit one control datagram.
+            (
+                "partitions = 4096\npeers = [\"127.0.0.1:7300\", \"127.0.0.1:7301\"]",
+                "partitions",
+            ),
         ] {
             match parse(text) {
                 Err(ConfigError::Invalid { key: found, .. }) => assert_eq!(found, key, "{text}"),
@@ -557,6 +578,16 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(missing, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn a_cluster_takes_as_many_partitions_as_its_map_datagram_holds() {
+        let peers = "peers = [\"127.0.0.1:7300\", \"127.0.0.1:7301\"]";
+        let fitting = coregrid_cluster::wire::partitions_max_per_datagram(3);
+        assert!(parse(&format!("partitions = {fitting}\n{peers}")).is_ok());
+        assert!(parse(&format!("partitions = {}\n{peers}", fitting + 1)).is_err());
+        // A single node sends no map: it takes any partition count.
+        assert!(parse("partitions = 65536").is_ok());
     }
 
     #[test]
