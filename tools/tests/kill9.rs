@@ -5,8 +5,10 @@
 //! round-specific number of writes, SIGKILL it, then run `coregrid-torture verify` over every
 //! acknowledgement of every round so far. Rounds vary the load so that kills land in different
 //! places: many writers on small values (mid group commit), 64 KiB values over the smallest
-//! segment size (segment rolls), tiny snapshot thresholds (snapshots and WAL pruning), and a few
-//! writers (single writes in flight). Finally the verifier must reject a forged acknowledgement,
+//! segment size (segment rolls), tiny snapshot thresholds (snapshots and WAL pruning), several
+//! hundred writers on one shard (the pipelined group commit under high concurrency: a flush
+//! submitted before the previous one's writers wake, batches closing when filling them takes
+//! longer than a flush), and a few writers (single writes in flight). Finally the verifier must reject a forged acknowledgement,
 //! so a verifier that accepts anything cannot pass this test.
 //!
 //! The seed is printed; `COREGRID_SEED=<seed>` replays the same rounds (the kill points are
@@ -124,7 +126,7 @@ struct Load {
 
 fn load_for(round: u32, rng: &mut StdRng) -> Load {
     let shards = rng.gen_range(1..=2);
-    let mut load = match round % 4 {
+    let mut load = match round % 5 {
         0 => Load {
             name: "group-commit",
             shards,
@@ -148,6 +150,16 @@ fn load_for(round: u32, rng: &mut StdRng) -> Load {
             value_bytes: rng.gen_range(1024..=8192),
             snapshot_wal_bytes: 64 * 1024,
             acks_target: rng.gen_range(500..=6_000),
+        },
+        3 => Load {
+            // Many writers per partition (8 partitions, one shard): the pipelined group commit
+            // at high concurrency, where commit batches may close before a flush takes them.
+            name: "pipelined",
+            shards: 1,
+            writers: rng.gen_range(384..=640),
+            value_bytes: rng.gen_range(24..=128),
+            snapshot_wal_bytes: 4 * 1024 * 1024,
+            acks_target: rng.gen_range(2_000..=30_000),
         },
         _ => Load {
             name: "few-writers",
