@@ -69,6 +69,7 @@ fn partition_put(iters: u64, in_flight: usize) -> Duration {
         let config = PartitionConfig {
             segment_bytes: SEGMENT_BYTES,
             snapshot_wal_bytes: 0,
+            commit_batch_fill_limit: None,
         };
         let partition = Partition::open(0, SimDisk::new(), config, shard)
             .await

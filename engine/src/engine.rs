@@ -360,6 +360,7 @@ impl Engine {
         let partition_config = PartitionConfig {
             segment_bytes: config.segment_bytes,
             snapshot_wal_bytes: config.snapshot_wal_bytes,
+            commit_batch_fill_limit: None,
         };
         let mut senders = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);

@@ -88,6 +88,12 @@ pub struct PartitionConfig {
     /// WAL bytes since the last snapshot that trigger a new one, or the last snapshot's size if
     /// that is larger (0: never automatically).
     pub snapshot_wal_bytes: u64,
+    /// When a commit batch closes ([`Wal::set_batch_fill_limit`]). `None`, the default: once
+    /// filling it took as long as a flush's I/O, measured on real storage (never on the
+    /// simulated disk, whose runs must replay from a seed). `Some(limit)` fixes the limit:
+    /// tests drive the pipelined group commit on the simulated disk with `Duration::ZERO`,
+    /// which closes a batch every 32 records.
+    pub commit_batch_fill_limit: Option<Duration>,
 }
 
 /// A value with its revision and timestamp.
@@ -244,7 +250,7 @@ impl<S: Storage> Partition<S> {
         let (snapshot_lsn, epochs) = (loaded.snapshot_lsn, loaded.epochs);
         let mut max_hlc = 0u64;
         let mut last_removal_lsn = 0u64;
-        let wal = Wal::open(
+        let mut wal = Wal::open(
             storage.clone(),
             id,
             config.segment_bytes,
@@ -280,6 +286,7 @@ impl<S: Storage> Partition<S> {
             });
         }
         shard.hlc.observe(max_hlc);
+        wal.set_batch_fill_limit(config.commit_batch_fill_limit);
         let epoch = wal.last_epoch();
         let partition = Rc::new(Partition {
             id,
@@ -358,7 +365,8 @@ impl<S: Storage> Partition<S> {
             let mut next = partition.wal.borrow_mut().take_flush();
             while let Some(plan) = next.take() {
                 let flushed_bytes = plan.staged_bytes();
-                let began = S::TIMED.then(Instant::now);
+                let began = (S::TIMED && partition.config.commit_batch_fill_limit.is_none())
+                    .then(Instant::now);
                 let mut write = Box::pin(wal::write_flush(&partition.wal, plan));
                 let result = match futures::poll!(write.as_mut()) {
                     Poll::Ready(result) => result,

@@ -11,10 +11,13 @@
 use crate::io::{Storage, StorageFile};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 /// Sector size of the simulated device: the unit in which unsynced data survives or not.
 pub const SIM_SECTOR_BYTES: usize = 512;
@@ -347,6 +350,10 @@ impl StorageFile for SimHandle {
     }
 
     async fn write_at(&self, buffer: SimBuffer, offset: u64) -> io::Result<()> {
+        // A real write is in flight for a while, and other tasks run meanwhile: so here too,
+        // so that what the engine does while a write is in flight (the pipelined group
+        // commit wakes the previous flush's writers then) runs on the simulated disk.
+        YieldOnce(false).await;
         self.disk.check_power()?;
         let mut state = self.disk.state.borrow_mut();
         state.writes += 1;
@@ -416,5 +423,21 @@ impl StorageFile for SimHandle {
 
     async fn close(self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Completes on its second poll, after letting every other runnable task run once.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        context.waker().wake_by_ref();
+        Poll::Pending
     }
 }

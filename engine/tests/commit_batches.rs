@@ -6,13 +6,21 @@
 //! - records staged while a flush is in flight join the open batch, never the one on the disk;
 //! - without a limit one flush takes everything staged;
 //! - a crash at every sync point of a batched log loses no record a completed flush covered,
-//!   and the log reopens with dense LSNs.
+//!   and the log reopens with dense LSNs;
+//! - at the partition level, with 96 concurrent writers, batches closing every 32 records and
+//!   each flush submitted before the previous flush's writers wake, a power cut at every sync
+//!   point loses no acknowledged put (each comes back at its acknowledged LSN).
 
+mod common;
+
+use bytes::Bytes;
+use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::record::Operation;
 use coregrid_engine::rt;
 use coregrid_engine::sim::{CrashMode, SimDisk};
 use coregrid_engine::wal::{write_flush, Wal};
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -136,5 +144,98 @@ fn a_crash_at_every_sync_point_keeps_every_flushed_batch() {
     assert!(syncs >= 6, "the workload syncs ({syncs})");
     for at in 1..=syncs {
         run(Some(at));
+    }
+}
+
+const WRITERS: usize = 96;
+const PUTS_PER_WRITER: usize = 3;
+
+fn pipelined() -> PartitionConfig {
+    PartitionConfig {
+        commit_batch_fill_limit: Some(Duration::ZERO),
+        ..common::config(0)
+    }
+}
+
+/// Runs the writers on a fresh disk (power cut at sync `crash_at`, if given); returns the disk,
+/// the acknowledged puts (key, LSN), the syncs done and the flushes done.
+async fn pipelined_workload(crash_at: Option<u64>) -> (SimDisk, Vec<(String, u64)>, u64, u64) {
+    let disk = SimDisk::new();
+    if let Some(at) = crash_at {
+        disk.crash_at_sync(at);
+    }
+    let Ok(partition) = common::open(&disk, pipelined()).await else {
+        return (disk.clone(), Vec::new(), disk.syncs(), 0);
+    };
+    if partition.create_collection("c").await.is_err() {
+        return (disk.clone(), Vec::new(), disk.syncs(), 0);
+    }
+    let acknowledged: Rc<RefCell<Vec<(String, u64)>>> = Rc::default();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (partition, acknowledged) = (partition.clone(), acknowledged.clone());
+            rt::spawn_local(async move {
+                for put in 0..PUTS_PER_WRITER {
+                    let key = format!("w{writer}-{put}");
+                    match partition
+                        .put(
+                            "c",
+                            Bytes::from(key.clone()),
+                            Bytes::from(format!("v-{key}")),
+                        )
+                        .await
+                    {
+                        Ok(lsn) => acknowledged.borrow_mut().push((key, lsn)),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+    let flushes = partition.stats().flushes;
+    let acknowledged = acknowledged.take();
+    (disk.clone(), acknowledged, disk.syncs(), flushes)
+}
+
+#[test]
+fn a_pipelined_partition_loses_no_acknowledged_put_at_any_sync() {
+    let seed = common::seed("commit_batches");
+    let (_, acknowledged, syncs, flushes) = rt::run_local(|| pipelined_workload(None));
+    assert_eq!(acknowledged.len(), WRITERS * PUTS_PER_WRITER);
+    assert!(
+        flushes as usize >= WRITERS * PUTS_PER_WRITER / 32,
+        "batches of at most ~32 records: {flushes} flushes"
+    );
+    for at in 1..=syncs + 1 {
+        rt::run_local(move || async move {
+            let (disk, acknowledged, _, _) = pipelined_workload(Some(at)).await;
+            for mode in [
+                CrashMode::LoseUnsynced,
+                CrashMode::KeepUnsynced,
+                CrashMode::Torn(seed ^ at),
+            ] {
+                let what = format!("power cut at sync {at}, {mode:?}");
+                let partition = common::open(&disk.crash(mode), pipelined())
+                    .await
+                    .unwrap_or_else(|error| panic!("{what}: recovery failed: {error}"));
+                for (key, lsn) in &acknowledged {
+                    let found = partition
+                        .get("c", key.as_bytes())
+                        .await
+                        .unwrap_or_else(|error| panic!("{what}: get {key}: {error}"))
+                        .unwrap_or_else(|| panic!("{what}: acknowledged {key} (LSN {lsn}) lost"));
+                    assert_eq!(found.revision, *lsn, "{what}: {key}");
+                    assert_eq!(
+                        found.value,
+                        Bytes::from(format!("v-{key}")),
+                        "{what}: {key}"
+                    );
+                }
+                partition.close().await.expect("close");
+            }
+        });
     }
 }

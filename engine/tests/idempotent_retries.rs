@@ -24,6 +24,7 @@ fn config() -> PartitionConfig {
     PartitionConfig {
         segment_bytes: SEGMENT_BYTES_MIN,
         snapshot_wal_bytes: 0,
+        commit_batch_fill_limit: None,
     }
 }
 

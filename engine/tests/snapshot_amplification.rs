@@ -22,6 +22,7 @@ fn snapshots_write_at_most_about_one_byte_per_wal_byte() {
         let config = PartitionConfig {
             segment_bytes: 64 * 1024 * 1024,
             snapshot_wal_bytes: 1024 * 1024,
+            commit_batch_fill_limit: None,
         };
         let partition = common::open(&disk, config).await.unwrap();
         partition.create_collection("c").await.unwrap();

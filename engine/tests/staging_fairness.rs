@@ -27,6 +27,7 @@ fn writes_are_staged_in_the_order_they_were_issued() {
         let config = PartitionConfig {
             segment_bytes: 64 * 1024 * 1024,
             snapshot_wal_bytes: 0,
+            commit_batch_fill_limit: None,
         };
         let partition = open(&disk, config).await.unwrap();
         partition.create_collection("c").await.unwrap();

@@ -48,6 +48,7 @@ pub fn config(snapshot_wal_bytes: u64) -> PartitionConfig {
     PartitionConfig {
         segment_bytes: SEGMENT_BYTES_MIN,
         snapshot_wal_bytes,
+        commit_batch_fill_limit: None,
     }
 }
 
