@@ -65,10 +65,23 @@ def wait_for(what, check, deadline_secs=DEADLINE_SECS, interval=0.01):
     raise SystemExit(f"gave up waiting for {what} after {deadline_secs} s")
 
 
+class Processes:
+    """A cluster's member processes, by index."""
+
+    def kill(self, index):
+        self.processes[index].send_signal(signal.SIGKILL)
+        self.processes[index].wait()
+
+    def stop_all(self):
+        for index, process in enumerate(self.processes):
+            if process and process.poll() is None:
+                self.kill(index)
+
+
 # ---------------------------------------------------------------- coregrid
 
 
-class Coregrid:
+class Coregrid(Processes):
     def __init__(self, round_index):
         base = 17000 + 100 * (round_index % 20)
         self.ports = [base + 10 * i for i in range(NODES)]
@@ -117,15 +130,6 @@ class Coregrid:
             return None
         return statuses[0]
 
-    def kill(self, index):
-        self.processes[index].send_signal(signal.SIGKILL)
-        self.processes[index].wait()
-
-    def stop_all(self):
-        for process in self.processes:
-            if process and process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
 
 
 def coregrid_round(round_index):
@@ -195,7 +199,7 @@ def coregrid_round(round_index):
 # ---------------------------------------------------------------- etcd
 
 
-class Etcd:
+class Etcd(Processes):
     def __init__(self, round_index):
         base = 22000 + 100 * (round_index % 20)
         self.client_ports = [base + 2 * i for i in range(NODES)]
@@ -249,11 +253,6 @@ class Etcd:
                 return (index, header.get("raft_term"))
         return None
 
-    def stop_all(self):
-        for process in self.processes:
-            if process and process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
 
 
 def etcd_round(round_index):
@@ -266,8 +265,7 @@ def etcd_round(round_index):
         wait_for("an etcd put", lambda: cluster.ctl(all_endpoints, "put", "k", "v")[0] == 0)
         survivors = [cluster.endpoint(i) for i in range(NODES) if i != leader]
         begun = time.monotonic()
-        cluster.processes[leader].send_signal(signal.SIGKILL)
-        cluster.processes[leader].wait()
+        cluster.kill(leader)
         writable_at = wait_for(
             "an etcd put after the leader's death",
             lambda: time.monotonic() if cluster.ctl(survivors, "put", "k", "after")[0] == 0 else None,

@@ -91,30 +91,7 @@ pub fn decode(bytes: &[u8]) -> Result<ControlDatagram, WireError> {
 /// not built). Found by encoding maps of the largest ids, so it is exact for this encoding.
 pub fn partitions_max_per_datagram(replicas: usize) -> u32 {
     let fits = |partitions: u32| {
-        let map = LeadershipMap {
-            epoch: Epoch(u64::MAX),
-            term: Term(u64::MAX),
-            partitions: (0..partitions)
-                .map(|_| PartitionAssignment {
-                    leader: Some(NodeId(u64::MAX)),
-                    replicas: vec![NodeId(u64::MAX); replicas],
-                })
-                .collect(),
-        };
-        let datagram = ControlDatagram {
-            cluster: ClusterId([u8::MAX; 16]),
-            from: NodeId(u64::MAX),
-            message: ControlMessage::ClaimReply {
-                term: Term(u64::MAX),
-                granted: true,
-                stored: MapVersion {
-                    term: Term(u64::MAX),
-                    epoch: Epoch(u64::MAX),
-                },
-                map: Some(map),
-            },
-        };
-        encode(&mut Vec::new(), &datagram).is_ok()
+        encode(&mut Vec::new(), &largest_claim_reply(partitions, replicas)).is_ok()
     };
     // `fits` is monotone in the partition count: binary search for the last that fits.
     let (mut fitting, mut too_many) = (0u32, coregrid_net::constants::PARTITIONS_MAX + 1);
@@ -127,6 +104,38 @@ pub fn partitions_max_per_datagram(replicas: usize) -> u32 {
         }
     }
     fitting
+}
+
+/// The largest message that carries a map: a granted `ClaimReply` with a map of `partitions`
+/// partitions of `replicas` replicas each, every id at its largest.
+fn largest_claim_reply(partitions: u32, replicas: usize) -> ControlDatagram {
+    ControlDatagram {
+        cluster: ClusterId([u8::MAX; 16]),
+        from: NodeId(u64::MAX),
+        message: ControlMessage::ClaimReply {
+            term: Term(u64::MAX),
+            granted: true,
+            stored: MapVersion {
+                term: Term(u64::MAX),
+                epoch: Epoch(u64::MAX),
+            },
+            map: Some(largest_map(partitions, replicas)),
+        },
+    }
+}
+
+/// A map of `partitions` partitions of `replicas` replicas each, every id at its largest.
+fn largest_map(partitions: u32, replicas: usize) -> LeadershipMap {
+    LeadershipMap {
+        epoch: Epoch(u64::MAX),
+        term: Term(u64::MAX),
+        partitions: (0..partitions)
+            .map(|_| PartitionAssignment {
+                leader: Some(NodeId(u64::MAX)),
+                replicas: vec![NodeId(u64::MAX); replicas],
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -200,27 +209,23 @@ mod tests {
         for replicas in [1, 3, 5] {
             let max = partitions_max_per_datagram(replicas);
             assert!(max >= 512, "{replicas} replicas: only {max} partitions fit");
-            let map = |partitions: u32| LeadershipMap {
-                epoch: Epoch(u64::MAX),
-                term: Term(u64::MAX),
-                partitions: (0..partitions)
-                    .map(|_| PartitionAssignment {
-                        leader: Some(NodeId(u64::MAX)),
-                        replicas: vec![NodeId(u64::MAX); replicas],
-                    })
-                    .collect(),
-            };
             let propose = |partitions| ControlDatagram {
                 cluster: ClusterId([7; 16]),
                 from: NodeId(1),
                 message: ControlMessage::Propose {
                     term: Term(9),
-                    map: map(partitions),
+                    map: largest_map(partitions, replicas),
                 },
             };
             // Every map-carrying message of a map at the limit is sent; one more partition
             // and the largest one no longer is.
             assert!(encode(&mut Vec::new(), &propose(max)).is_ok());
+            assert!(encode(&mut Vec::new(), &largest_claim_reply(max, replicas)).is_ok());
+            assert!(
+                encode(&mut Vec::new(), &largest_claim_reply(max + 1, replicas)).is_err(),
+                "{replicas} replicas: {} partitions still fit",
+                max + 1
+            );
             assert!(
                 partitions_max_per_datagram(replicas + 1) < max,
                 "more replicas, fewer partitions"

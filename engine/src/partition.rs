@@ -34,6 +34,15 @@ use std::time::{Duration, Instant};
 /// Weight of a new sample in the moving average of flush I/O time: 1/8.
 const FLUSH_TIME_WEIGHT: u32 = 8;
 
+/// The moving average of flush I/O times after a flush that took `took`.
+fn moving_average(average: Option<Duration>, took: Duration) -> Duration {
+    match average {
+        None => took,
+        Some(average) if took >= average => average + (took - average) / FLUSH_TIME_WEIGHT,
+        Some(average) => average - (average - took) / FLUSH_TIME_WEIGHT,
+    }
+}
+
 /// Identifies a partition.
 pub type PartitionId = u32;
 
@@ -204,11 +213,6 @@ pub struct Partition<S: Storage> {
     waiters: RefCell<Vec<(u64, Waker)>>,
     /// Wakes the writer task.
     writer_bell: Doorbell,
-    /// Moving average of a flush's I/O time (real storage only).
-    flush_time: Cell<Option<Duration>>,
-    /// Durable LSN of a completed flush whose writers are woken once the next flush's I/O
-    /// has been submitted (see `writer_loop`).
-    acknowledge_later: Cell<Option<u64>>,
     /// Bytes that may be staged or being flushed; first come, first served. Taken before a
     /// record is staged, given back once the flush that wrote it is durable.
     staging_budget: Budget,
@@ -297,8 +301,6 @@ impl<S: Storage> Partition<S> {
             index: RefCell::new(index),
             waiters: RefCell::new(Vec::new()),
             writer_bell: Doorbell::default(),
-            flush_time: Cell::new(None),
-            acknowledge_later: Cell::new(None),
             staging_budget: Budget::new(STAGED_BYTES_MAX),
             last_removal_lsn: Cell::new(last_removal_lsn),
             epoch: Cell::new(epoch),
@@ -360,6 +362,11 @@ impl<S: Storage> Partition<S> {
     /// between runs of its tasks, so waking them first would keep the disk idle while they
     /// all run.
     async fn writer_loop(partition: Rc<Self>) {
+        // Moving average of a flush's I/O time (real storage, measured limit only).
+        let mut flush_time: Option<Duration> = None;
+        // Durable LSN of a completed flush whose writers are woken once the next flush's I/O
+        // has been submitted.
+        let mut acknowledge_later: Option<u64> = None;
         loop {
             partition.writer_bell.wait().await;
             let mut next = partition.wal.borrow_mut().take_flush();
@@ -373,7 +380,7 @@ impl<S: Storage> Partition<S> {
                     Poll::Pending => {
                         // This flush's I/O is queued: let the shard submit it, then wake the
                         // writers of the previous flush, whose work overlaps this one's I/O.
-                        if let Some(durable_lsn) = partition.acknowledge_later.take() {
+                        if let Some(durable_lsn) = acknowledge_later.take() {
                             rt::submit_queued_io().await;
                             partition.complete_waiters(durable_lsn);
                         }
@@ -381,9 +388,16 @@ impl<S: Storage> Partition<S> {
                     }
                 };
                 if let Some(began) = began {
-                    partition.note_flush_time(began.elapsed());
+                    let average = moving_average(flush_time, began.elapsed());
+                    flush_time = Some(average);
+                    // Commit batches close after a flush's worth of staging, so that staging
+                    // overlaps the previous flush's I/O.
+                    partition
+                        .wal
+                        .borrow_mut()
+                        .set_batch_fill_limit(Some(average));
                 }
-                if let Some(durable_lsn) = partition.acknowledge_later.take() {
+                if let Some(durable_lsn) = acknowledge_later.take() {
                     partition.complete_waiters(durable_lsn);
                 }
                 match result {
@@ -396,7 +410,7 @@ impl<S: Storage> Partition<S> {
                         partition.flushes.set(partition.flushes.get() + 1);
                         next = partition.wal.borrow_mut().take_flush();
                         if next.is_some() {
-                            partition.acknowledge_later.set(Some(durable_lsn));
+                            acknowledge_later = Some(durable_lsn);
                         } else {
                             partition.complete_waiters(durable_lsn);
                         }
@@ -417,18 +431,6 @@ impl<S: Storage> Partition<S> {
                 return;
             }
         }
-    }
-
-    /// Keeps a moving average of how long a flush's I/O takes and lets the WAL close a commit
-    /// batch after that long (so staging overlaps the previous flush's I/O).
-    fn note_flush_time(&self, took: Duration) {
-        let average = match self.flush_time.get() {
-            None => took,
-            Some(average) if took >= average => average + (took - average) / FLUSH_TIME_WEIGHT,
-            Some(average) => average - (average - took) / FLUSH_TIME_WEIGHT,
-        };
-        self.flush_time.set(Some(average));
-        self.wal.borrow_mut().set_batch_fill_limit(Some(average));
     }
 
     fn complete_waiters(&self, durable_lsn: u64) {

@@ -353,7 +353,7 @@ impl StorageFile for SimHandle {
         // A real write is in flight for a while, and other tasks run meanwhile: so here too,
         // so that what the engine does while a write is in flight (the pipelined group
         // commit wakes the previous flush's writers then) runs on the simulated disk.
-        YieldOnce(false).await;
+        yield_now().await;
         self.disk.check_power()?;
         let mut state = self.disk.state.borrow_mut();
         state.writes += 1;
@@ -426,10 +426,16 @@ impl StorageFile for SimHandle {
     }
 }
 
-/// Completes on its second poll, after letting every other runnable task run once.
-struct YieldOnce(bool);
+/// Returns `Pending` once after waking itself: lets every other runnable task of the shard run
+/// before the caller goes on (the simulated disk's writes; tests that interleave tasks).
+pub fn yield_now() -> YieldNow {
+    YieldNow(false)
+}
 
-impl Future for YieldOnce {
+/// See [`yield_now`].
+pub struct YieldNow(bool);
+
+impl Future for YieldNow {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {

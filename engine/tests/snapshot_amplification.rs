@@ -37,7 +37,7 @@ fn snapshots_write_at_most_about_one_byte_per_wal_byte() {
         }
         // Let a snapshot that was started finish.
         while partition.stats().snapshots == 0 {
-            common::yield_now().await;
+            coregrid_engine::sim::yield_now().await;
         }
         let stats = partition.stats();
         let live = (KEYS * VALUE_BYTES) as u64;

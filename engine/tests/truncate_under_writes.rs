@@ -145,7 +145,7 @@ fn a_snapshot_racing_a_truncation_never_revives_the_cut_tail() {
             let snapshotting = partition.clone();
             let snapshot = rt::spawn_local(async move { snapshotting.snapshot().await });
             for _ in 0..head_start {
-                common::yield_now().await;
+                coregrid_engine::sim::yield_now().await;
             }
             let truncated = partition.truncate_after(cut).await;
             snapshot.await.unwrap();

@@ -124,25 +124,25 @@ fn three_nodes_elect_one_controller_fence_writes_and_replace_a_killed_controller
         .collect::<Vec<_>>()
         .join(",");
     let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes: Vec<NodeProcess> = (0..NODES)
-        .map(|index| {
-            let control_port = (control_base + index as u16).to_string();
-            NodeProcess::spawn(
-                dirs[index].path(),
-                SHARDS,
-                &[
-                    "--control-port",
-                    &control_port,
-                    "--peers",
-                    &peers,
-                    "--election-timeout-ms",
-                    "300",
-                    "--heartbeat-interval-ms",
-                    "50",
-                ],
-            )
-        })
-        .collect();
+    // Node `index` on its directory and control port (also its restart).
+    let spawn = |index: usize| {
+        let control_port = (control_base + index as u16).to_string();
+        NodeProcess::spawn(
+            dirs[index].path(),
+            SHARDS,
+            &[
+                "--control-port",
+                &control_port,
+                "--peers",
+                &peers,
+                "--election-timeout-ms",
+                "300",
+                "--heartbeat-interval-ms",
+                "50",
+            ],
+        )
+    };
+    let mut nodes: Vec<NodeProcess> = (0..NODES).map(spawn).collect();
     for node in &mut nodes {
         node.wait_ready();
     }
@@ -210,7 +210,11 @@ fn three_nodes_elect_one_controller_fence_writes_and_replace_a_killed_controller
         .position(|node| NodeId(node.node_id) == controller)
         .expect("the controller is one of the nodes");
     let dead = nodes.remove(index);
-    let dead_control_port = dead.control_address.expect("a control address").port();
+    assert_eq!(
+        dead.control_address.expect("a control address").port(),
+        control_base + index as u16,
+        "the restart below reuses the control port it was started on"
+    );
     let _ = dead.stop_with(libc::SIGKILL);
     let survivors: BTreeSet<NodeId> = nodes.iter().map(|node| NodeId(node.node_id)).collect();
     let remaining: Vec<&NodeProcess> = nodes.iter().collect();
@@ -232,20 +236,7 @@ fn three_nodes_elect_one_controller_fence_writes_and_replace_a_killed_controller
     }
 
     // Restart it on its directory: it rejoins without a new election and serves again.
-    let mut restarted = NodeProcess::spawn(
-        dirs[index].path(),
-        SHARDS,
-        &[
-            "--control-port",
-            &dead_control_port.to_string(),
-            "--peers",
-            &peers,
-            "--election-timeout-ms",
-            "300",
-            "--heartbeat-interval-ms",
-            "50",
-        ],
-    );
+    let mut restarted = spawn(index);
     restarted.wait_ready();
     assert_eq!(restarted.node_id, controller.get(), "the same node id");
     nodes.insert(index, restarted);

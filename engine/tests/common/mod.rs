@@ -15,11 +15,8 @@ use coregrid_engine::record::RecordRef;
 use coregrid_engine::segment::parse_segment_name;
 use coregrid_engine::sim::SimDisk;
 use coregrid_engine::{Partition, Result};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 /// The partition id every single-partition test uses.
 pub const PARTITION: u32 = 7;
@@ -84,25 +81,4 @@ pub fn record_spans(image: &[u8]) -> Vec<(usize, u64, usize)> {
 /// A value that says which write made it.
 pub fn value(tag: &str) -> Bytes {
     Bytes::from(tag.to_string())
-}
-
-/// Returns `Pending` once after waking itself: lets every other runnable task of the shard run
-/// (the writer task included) before the caller goes on.
-pub struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        context.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// See [`YieldNow`].
-pub fn yield_now() -> YieldNow {
-    YieldNow(false)
 }
