@@ -16,7 +16,8 @@ pub struct PartitionAssignment {
     /// dead or out of sync): the partition takes no writes until a later map names one.
     pub leader: Option<NodeId>,
     /// The nodes holding a replica, the leader among them: `min(replication_factor, members
-    /// not Leaving)` of them.
+    /// not Leaving)` of them, except for a partition that waits for its leader to come back
+    /// (see [`keep_waited_for_leaders`]), which keeps the set it had.
     pub replicas: Vec<NodeId>,
 }
 
@@ -74,52 +75,56 @@ pub struct MapInput<'a> {
 
 pub use crate::scoring::compute_leadership_map;
 
-/// The replicas that lag while partitions are not replicated: all but the previous map's
-/// leader of each partition that had one. Until replication reports which replicas are caught
+/// The nodes that lag while partitions are not replicated: for every partition that had a
+/// leader, every member but that leader. Until replication reports which replicas are caught
 /// up (design.md section 6), a partition's writes live only on the node that led it, so no
-/// other replica may take over: that would serve the partition without its acknowledged
-/// writes. A partition with no previous leader (a new cluster) has nothing to lose and lags
-/// nowhere.
+/// other node may take over, whether it was a replica in the previous map or is placed in a
+/// fresh replica set now (a set is redrawn when one of its members is `Leaving`): that would
+/// serve the partition without its acknowledged writes. A partition with no previous leader
+/// (a new cluster) has nothing to lose and lags nowhere.
 pub fn lagging_without_replication(
     previous: Option<&LeadershipMap>,
+    members: &BTreeMap<NodeId, NodeState>,
 ) -> BTreeSet<(PartitionId, NodeId)> {
     let Some(previous) = previous else {
         return BTreeSet::new();
     };
-    previous
-        .partitions
-        .iter()
-        .enumerate()
-        .filter_map(|(index, assignment)| {
-            let leader = assignment.leader?;
-            let partition = PartitionId(u32::try_from(index).ok()?);
-            Some(
-                assignment
-                    .replicas
-                    .iter()
-                    .filter(move |&&replica| replica != leader)
-                    .map(move |&replica| (partition, replica)),
-            )
-        })
-        .flatten()
-        .collect()
+    let mut lagging = BTreeSet::new();
+    for (index, assignment) in previous.partitions.iter().enumerate() {
+        let (Some(leader), Ok(partition)) = (assignment.leader, u32::try_from(index)) else {
+            continue;
+        };
+        let others = members
+            .keys()
+            .chain(&assignment.replicas)
+            .filter(|&&node| node != leader);
+        lagging.extend(others.map(|&node| (PartitionId(partition), node)));
+    }
+    lagging
 }
 
-/// Keeps, in `map`, the previous leader of every partition that nothing could lead: while it
-/// is away the partition is unavailable (its writes live only there), and the map says whom
-/// it waits for, so that leadership returns to that node, not to an empty replica, when it is
-/// back. Used with [`lagging_without_replication`].
+/// Keeps, in `map`, the previous leader of every partition that nothing could lead, with the
+/// previous replica set if the new one left it out: while that node is away (dead, or gone
+/// with a graceful `Leaving`) the partition is unavailable, since its writes live only there,
+/// and the map says whom it waits for, so that leadership returns to that node, not to an
+/// empty replica, when it is back. Used with [`lagging_without_replication`].
+///
+/// Why the replica set too: scoring redraws a set that holds a `Leaving` member, so a leader
+/// stopped with SIGTERM would otherwise drop out of its partition's set, the next map would
+/// have no leader to wait for, and any node could then take the partition without its data.
 pub fn keep_waited_for_leaders(map: &mut LeadershipMap, previous: Option<&LeadershipMap>) {
     let Some(previous) = previous else {
         return;
     };
     for (assignment, before) in map.partitions.iter_mut().zip(&previous.partitions) {
-        if assignment.leader.is_none() {
-            if let Some(leader) = before.leader {
-                if assignment.replicas.contains(&leader) {
-                    assignment.leader = Some(leader);
-                }
+        if assignment.leader.is_some() {
+            continue;
+        }
+        if let Some(leader) = before.leader {
+            if !assignment.replicas.contains(&leader) {
+                assignment.replicas.clone_from(&before.replicas);
             }
+            assignment.leader = Some(leader);
         }
     }
 }

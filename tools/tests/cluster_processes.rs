@@ -10,7 +10,11 @@
 //!   replication exists, no other replica holds their writes: failing over would serve them
 //!   empty); restarted on its directory, it rejoins without a new election, its partitions
 //!   take writes again and every value written before the kill is there (the time from the
-//!   kill to every partition writable again is printed, not asserted).
+//!   kill to every partition writable again is printed, not asserted);
+//! - a partition leader that is not the controller stopped with SIGTERM (a graceful stop: it
+//!   announces `Leaving`, which makes the scoring redraw the replica sets holding it): the
+//!   survivors see it leave and its partitions keep waiting for it; restarted, it leads them
+//!   again, with every value written before the stop.
 
 #[path = "common/node_process.rs"]
 #[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
@@ -20,7 +24,7 @@ mod node_process;
 mod wire_client;
 
 use coregrid_net::client::{BlockingClient, ClientConfig};
-use coregrid_net::message::{ClusterStatusResponse, ControlRole, ErrorResponse};
+use coregrid_net::message::{ClusterStatusResponse, ControlRole, ErrorResponse, MemberState};
 use coregrid_net::{ClusterId, NodeId};
 use node_process::NodeProcess;
 use std::collections::BTreeSet;
@@ -89,6 +93,24 @@ fn agreed(
         .then_some(statuses)
 }
 
+/// Reads every key back through a client seeded with every node of `nodes`; each must hold
+/// its value of `round`.
+fn read_every_key(nodes: &[NodeProcess], round: u32, after: &str) {
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
+    let mut reader = client(&seeds);
+    for index in 0..KEYS {
+        let found = wait_until(&format!("{} readable after {after}", key(index)), || {
+            reader.get(COLLECTION, key(index).as_bytes()).ok()
+        });
+        assert_eq!(
+            found.map(|found| found.value),
+            Some(format!("value-{index}-{round}").into_bytes()),
+            "{} written in round {round}, before {after}",
+            key(index)
+        );
+    }
+}
+
 fn key(index: u32) -> String {
     format!("key-{index:03}")
 }
@@ -117,7 +139,8 @@ fn write_every_key(seeds: &[SocketAddr], round: u32) {
 }
 
 #[test]
-fn three_nodes_elect_one_controller_fence_writes_and_replace_a_killed_controller() {
+fn three_nodes_elect_one_controller_fence_writes_replace_a_killed_controller_and_wait_for_a_stopped_leader(
+) {
     let control_base = node_process::reserved_base_port(NODES);
     let peers = (0..NODES)
         .map(|index| format!("127.0.0.1:{}", control_base + index as u16))
@@ -249,22 +272,69 @@ fn three_nodes_elect_one_controller_fence_writes_and_replace_a_killed_controller
         rejoined[0].controller, after[0].controller,
         "no new election"
     );
+    read_every_key(&nodes, 1, "the kill");
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
-    let mut reader = client(&seeds);
-    for index in 0..KEYS {
-        let found = wait_until(&format!("{} readable after the rejoin", key(index)), || {
-            reader.get(COLLECTION, key(index).as_bytes()).ok()
-        });
-        assert_eq!(
-            found.map(|found| found.value),
-            Some(format!("value-{index}-1").into_bytes()),
-            "{} written before the kill",
-            key(index)
-        );
-    }
     write_every_key(&seeds, 2);
     println!(
         "controller killed -> restarted, rejoined and every partition writable again: {:?}",
         killed_at.elapsed()
     );
+
+    // Stop a partition leader that is not the controller with SIGTERM: it leaves gracefully.
+    let map = rejoined[0].clone();
+    let controller = map.controller.expect("a controller");
+    let index = nodes
+        .iter()
+        .position(|node| {
+            let id = NodeId(node.node_id);
+            id != controller
+                && map
+                    .partitions
+                    .iter()
+                    .any(|partition| partition.leader == Some(id))
+        })
+        .expect("with three nodes a node other than the controller leads a partition");
+    let leaving = nodes.remove(index);
+    let leaving_id = NodeId(leaving.node_id);
+    let status = leaving.stop_with(libc::SIGTERM);
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
+    let survivors: BTreeSet<NodeId> = nodes.iter().map(|node| NodeId(node.node_id)).collect();
+    let remaining: Vec<&NodeProcess> = nodes.iter().collect();
+    let away = wait_until("the survivors agree that the stopped node left", || {
+        agreed(&remaining, &survivors, map.epoch.get()).filter(|statuses| {
+            statuses[0].members.iter().any(|member| {
+                member.node == leaving_id
+                    && matches!(member.state, MemberState::Leaving | MemberState::Dead)
+            })
+        })
+    });
+    for (partition, (before, now)) in map.partitions.iter().zip(&away[0].partitions).enumerate() {
+        assert_eq!(
+            before.leader, now.leader,
+            "partition {partition}: only its leader holds its writes, so it waits for it"
+        );
+    }
+
+    // Restarted, it leads its partitions again, with every value written before the stop.
+    let mut restarted = spawn(index);
+    restarted.wait_ready();
+    nodes.insert(index, restarted);
+    let everyone: Vec<&NodeProcess> = nodes.iter().collect();
+    let back = wait_until("the gracefully stopped node back and Joined", || {
+        agreed(&everyone, &ids, away[0].epoch.get()).filter(|statuses| {
+            statuses[0]
+                .members
+                .iter()
+                .any(|member| member.node == leaving_id && member.state == MemberState::Joined)
+        })
+    });
+    for (partition, (before, now)) in map.partitions.iter().zip(&back[0].partitions).enumerate() {
+        assert_eq!(
+            before.leader, now.leader,
+            "partition {partition} is led by the node that holds its writes"
+        );
+    }
+    read_every_key(&nodes, 2, "the graceful stop");
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
+    write_every_key(&seeds, 3);
 }

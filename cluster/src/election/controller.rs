@@ -871,7 +871,7 @@ impl Controller {
         .flatten()
         .max_by_key(|map| map.version());
         // Partitions are not replicated yet: only a partition's last leader holds its writes.
-        let lagging = lagging_without_replication(previous);
+        let lagging = lagging_without_replication(previous, &members);
         let input = MapInput {
             members: &members,
             partitions: self.config.partitions,
