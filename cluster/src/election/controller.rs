@@ -1556,6 +1556,49 @@ mod tests {
         config
     }
 
+    /// The election timer: `T` plus a jitter whose span doubles with each failed election up
+    /// to the backoff cap, spread over the whole span, and back to `T` once the node follows
+    /// a controller (no election storms, and no lingering backoff after one).
+    #[test]
+    fn failed_elections_back_off_exponentially_with_jitter_up_to_the_cap() {
+        let mut config = config(3);
+        let timeout = Duration::from_millis(100);
+        config.election_timeout = timeout;
+        config.election_backoff_cap = Duration::from_millis(1_000);
+        config.heartbeat_interval = Duration::from_millis(20);
+        let mut node = Controller::new(config, NodeId(1), None, Time::ZERO, 11).unwrap();
+        const DRAWS: usize = 2_000;
+        for (failures, span_ms) in [
+            (0, 100),
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1_000),
+            (40, 1_000),
+        ] {
+            node.elections_failed = failures;
+            let span = Duration::from_millis(span_ms);
+            let draws: Vec<Duration> = (0..DRAWS).map(|_| node.election_timeout_draw()).collect();
+            let (least, most) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
+            assert!(*least >= timeout, "{failures} failures: {least:?} below T");
+            assert!(
+                *most < timeout + span,
+                "{failures} failures: {most:?} past T + {span:?}"
+            );
+            // Jitter over the whole span: both ends are reached within 5% of it.
+            assert!(
+                *least < timeout + span / 20 && *most > timeout + span * 19 / 20,
+                "{failures} failures: draws {least:?}..{most:?} do not cover T + [0, {span:?})"
+            );
+        }
+        node.follow(Time::ZERO, NodeId(2), Term(1));
+        assert_eq!(
+            node.elections_failed, 0,
+            "following a controller resets the backoff"
+        );
+        assert!((0..DRAWS).all(|_| node.election_timeout_draw() < timeout * 2));
+    }
+
     #[test]
     fn single_voter_elects_itself_persisting_before_publishing() {
         let mut node = Controller::new(config(1), NodeId(1), None, Time::ZERO, 7).unwrap();
