@@ -40,6 +40,15 @@ pub trait Storage: Clone + 'static {
     async fn sync_dir(&self) -> io::Result<()>;
     /// Path of a file, for messages.
     fn path(&self, name: &str) -> PathBuf;
+    /// An aligned buffer of `len` bytes (`len` a multiple of the alignment), contents
+    /// unspecified, for any file of this storage: the WAL encodes records straight into it.
+    fn alloc_buffer(&self, len: usize) -> <Self::File as StorageFile>::Buffer;
+}
+
+/// An aligned buffer that [`StorageFile::write_at`] writes whole.
+pub trait WriteBuffer: DerefMut<Target = [u8]> {
+    /// Keeps only the first `len` bytes (a multiple of the alignment): what is written.
+    fn truncate(&mut self, len: usize);
 }
 
 /// An open file.
@@ -49,7 +58,7 @@ pub trait Storage: Clone + 'static {
 )]
 pub trait StorageFile: 'static {
     /// An aligned buffer for writes.
-    type Buffer: DerefMut<Target = [u8]>;
+    type Buffer: WriteBuffer;
     /// The bytes a read returned.
     type Read: Deref<Target = [u8]>;
 

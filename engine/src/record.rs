@@ -461,13 +461,43 @@ pub fn validate_key_value(key: &[u8], value: Option<&[u8]>) -> Result<(), String
     Ok(())
 }
 
-fn put_name(out: &mut Vec<u8>, name: &str) {
+/// Where records are encoded: a `Vec`, or the WAL's staging buffer in write-ready memory (so
+/// that a record's bytes are copied once, from the caller's value into the write).
+pub trait RecordSink {
+    /// Bytes written so far.
+    fn written_len(&self) -> usize;
+    /// Appends `bytes`.
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+    /// Appends one byte.
+    fn push(&mut self, byte: u8) {
+        self.extend_from_slice(&[byte]);
+    }
+    /// The bytes written, from `start` on.
+    fn written_from(&mut self, start: usize) -> &mut [u8];
+}
+
+impl RecordSink for Vec<u8> {
+    fn written_len(&self) -> usize {
+        self.len()
+    }
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Vec::extend_from_slice(self, bytes);
+    }
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte);
+    }
+    fn written_from(&mut self, start: usize) -> &mut [u8] {
+        &mut self[start..]
+    }
+}
+
+fn put_name(out: &mut impl RecordSink, name: &str) {
     assert!(name.len() <= COLLECTION_NAME_BYTES_MAX);
     out.push(name.len() as u8);
     out.extend_from_slice(name.as_bytes());
 }
 
-fn put_key(out: &mut Vec<u8>, key: &[u8]) {
+fn put_key(out: &mut impl RecordSink, key: &[u8]) {
     assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX);
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
     out.extend_from_slice(key);
@@ -490,7 +520,7 @@ impl<'a> Operation<'a> {
     }
 
     /// Appends the body encoding to `out`.
-    pub fn encode_body(&self, out: &mut Vec<u8>) {
+    pub fn encode_body(&self, out: &mut impl RecordSink) {
         match self {
             Self::Put {
                 collection,
@@ -691,19 +721,23 @@ impl<'a> Operation<'a> {
 ///
 /// The body is encoded in place after a reserved header, then the header is filled in and
 /// checksummed, so a record costs one pass over its bytes plus the two crcs.
-pub fn encode_record(out: &mut Vec<u8>, meta: RecordMeta, operation: &Operation<'_>) -> usize {
+pub fn encode_record(
+    out: &mut impl RecordSink,
+    meta: RecordMeta,
+    operation: &Operation<'_>,
+) -> usize {
     encode_record_with_request(out, meta, None, operation)
 }
 
 /// [`encode_record`] for a write that carries a client request id (puts, deletes, batches).
 pub fn encode_record_with_request(
-    out: &mut Vec<u8>,
+    out: &mut impl RecordSink,
     meta: RecordMeta,
     request: Option<RequestId>,
     operation: &Operation<'_>,
 ) -> usize {
-    let start = out.len();
-    out.resize(start + RECORD_HEADER_BYTES, 0);
+    let start = out.written_len();
+    out.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
     if let Some(request) = request {
         assert!(
             matches!(
@@ -716,9 +750,9 @@ pub fn encode_record_with_request(
         out.extend_from_slice(&request.sequence.to_le_bytes());
     }
     operation.encode_body(out);
-    let body_len = out.len() - start - RECORD_HEADER_BYTES;
+    let body_len = out.written_len() - start - RECORD_HEADER_BYTES;
     assert!(body_len <= RECORD_BODY_BYTES_MAX, "body over the limit");
-    let (head, body) = out[start..].split_at_mut(RECORD_HEADER_BYTES);
+    let (head, body) = out.written_from(start).split_at_mut(RECORD_HEADER_BYTES);
     let header = RecordHeader {
         magic: RECORD_MAGIC.into(),
         header_crc: 0.into(),
@@ -741,8 +775,8 @@ pub fn encode_record_with_request(
     let header_crc = crc32c::crc32c(&head[HEADER_CRC_COVERS_FROM..]);
     head[4..8].copy_from_slice(&header_crc.to_le_bytes());
     // Paired check (style.md rule 6): what we produce must validate as what we meant.
-    debug_assert!(RecordRef::validate(&out[start..]).is_ok());
-    out.len() - start
+    debug_assert!(RecordRef::validate(out.written_from(start)).is_ok());
+    out.written_len() - start
 }
 
 /// Bytes an operation's record will take, without encoding it.

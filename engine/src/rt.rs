@@ -6,8 +6,9 @@
 //! [`DmaStorage`], the production [`Storage`]: files opened with O_DIRECT and written through
 //! io_uring with `DmaFile`.
 
+use crate::constants::ALIGNMENT_BYTES_MAX;
 use crate::error::{EngineError, Result};
-use crate::io::{Storage, StorageFile};
+use crate::io::{Storage, StorageFile, WriteBuffer};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::future::Future;
@@ -298,6 +299,13 @@ impl DerefMut for DmaBuf {
     }
 }
 
+impl WriteBuffer for DmaBuf {
+    fn truncate(&mut self, len: usize) {
+        assert!(len <= self.0.len(), "a buffer only shrinks");
+        self.0.trim_to_size(len);
+    }
+}
+
 /// Bytes read from an O_DIRECT file.
 pub struct DmaRead(ReadResult);
 
@@ -371,6 +379,13 @@ impl Storage for DmaStorage {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    fn alloc_buffer(&self, len: usize) -> DmaBuf {
+        assert_eq!(len % ALIGNMENT_BYTES_MAX, 0, "unaligned buffer");
+        // From the shard's registered I/O memory while it lasts (no page faults, no pinning
+        // per write), else from the heap. Not zeroed: the WAL sets every byte it writes.
+        DmaBuf(glommio::allocate_dma_buffer(len))
     }
 }
 

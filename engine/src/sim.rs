@@ -8,7 +8,7 @@
 //! [`SimDisk::crash_at_sync`] freezes the disk at the n-th sync: that sync and every later
 //! operation fail, as if power went out at that moment.
 
-use crate::io::{Storage, StorageFile};
+use crate::io::{Storage, StorageFile, WriteBuffer};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -242,6 +242,13 @@ impl DerefMut for SimBuffer {
     }
 }
 
+impl WriteBuffer for SimBuffer {
+    fn truncate(&mut self, len: usize) {
+        assert!(len <= self.0.len(), "a buffer only shrinks");
+        self.0.truncate(len);
+    }
+}
+
 impl Storage for SimDisk {
     type File = SimHandle;
 
@@ -332,6 +339,12 @@ impl Storage for SimDisk {
 
     fn path(&self, name: &str) -> PathBuf {
         PathBuf::from(format!("sim:/{}", self.full(name)))
+    }
+
+    fn alloc_buffer(&self, len: usize) -> SimBuffer {
+        assert_eq!(len % SIM_SECTOR_BYTES, 0, "unaligned buffer");
+        // Not zeros, so that a byte the WAL forgets to set is visible garbage in tests.
+        SimBuffer(vec![0xA5; len])
     }
 }
 
