@@ -82,7 +82,9 @@ enum Stop {
 /// Scans `segments` (sorted by base LSN, the first one starting at or before `first_lsn`),
 /// calling `visit` for each valid record with LSN `>= first_lsn`, in order.
 ///
-/// `sample_stride_bytes` sets how often `(lsn, offset)` samples are taken.
+/// `sample_stride_bytes` sets how often `(lsn, offset)` samples are taken. The same decisions
+/// as a [`Scanner`] fed every segment (this is how tests and fuzzers drive it, with every image
+/// in memory; recovery feeds the scanner one segment at a time).
 pub fn scan(
     segments: &[SegmentImage<'_>],
     partition: u32,
@@ -90,43 +92,146 @@ pub fn scan(
     sample_stride_bytes: u64,
     mut visit: impl FnMut(RecordRef<'_>),
 ) -> Result<ScanOutcome, ScanCorruption> {
-    let mut outcome = ScanOutcome {
-        segments: Vec::new(),
-        remove: Vec::new(),
-        zero: None,
-        next_lsn: first_lsn,
-    };
-    let Some(first) = segments.first() else {
-        return Ok(outcome);
-    };
-    if first.base_lsn > first_lsn {
-        return Err(ScanCorruption {
-            index: 0,
-            offset: 0,
-            lsn: first_lsn,
-            reason: format!(
-                "the WAL starts at LSN {} but LSN {first_lsn} is the first one needed",
-                first.base_lsn
-            ),
-        });
-    }
-    let mut expected = first.base_lsn;
-    let mut last_epoch = 0u64;
+    let bases = segments.iter().map(|segment| segment.base_lsn).collect();
+    let mut scanner = Scanner::new(bases, partition, first_lsn, sample_stride_bytes)?;
     for (index, segment) in segments.iter().enumerate() {
-        let bytes = segment.bytes;
-        let header_ok = SegmentHeader::read(bytes).filter(|header| {
-            header.base_lsn() == segment.base_lsn
-                && header.partition() == partition
-                && header.base_lsn() == expected
-        });
-        let (stop_offset, stop, reason, scanned) = if header_ok.is_none() {
+        let next_header = segments.get(index + 1).map(|next| next.bytes);
+        if let Fed::Stopped(stop) = scanner.feed(segment.bytes, next_header, &mut visit) {
+            let mut evidence = None;
+            for (at, later) in segments.iter().enumerate().skip(index) {
+                evidence = stop.evidence_in(at, later.bytes);
+                if evidence.is_some() {
+                    break;
+                }
+            }
+            return scanner.finish(stop, evidence, segment.bytes);
+        }
+    }
+    Ok(scanner.finish_empty())
+}
+
+/// Recovery's scan, fed one segment at a time, in order, so that recovery holds one segment
+/// in memory rather than the whole log (a log larger than memory must still open).
+///
+/// [`Scanner::feed`] goes on while each segment ran out and the next one starts at the LSN
+/// expected (a roll). The first segment that does not stops the scan: then every later valid
+/// record is looked at ([`ScanStop::evidence_in`], one segment at a time, from the stop on) for
+/// one written after the missing LSN was durable, and [`Scanner::finish`] decides between the
+/// end of the log and corruption.
+pub struct Scanner {
+    bases: Vec<u64>,
+    partition: u32,
+    first_lsn: u64,
+    sample_stride_bytes: u64,
+    /// The next segment to feed.
+    index: usize,
+    expected: u64,
+    last_epoch: u64,
+    outcome: ScanOutcome,
+}
+
+/// The result of feeding a segment.
+pub enum Fed {
+    /// The segment rolled on to the next one: feed it.
+    Next,
+    /// The scan stopped in this segment.
+    Stopped(ScanStop),
+}
+
+/// Where and why a scan stopped.
+pub struct ScanStop {
+    index: usize,
+    offset: u64,
+    expected: u64,
+    reason: String,
+    header_ok: bool,
+    scanned: Option<ScannedSegment>,
+}
+
+impl ScanStop {
+    /// In segment `index` (the stopped one, or a later one), a valid record written after the
+    /// LSN missing at the stop had been made durable: `(index, offset, durable_lsn)`.
+    pub fn evidence_in(&self, index: usize, bytes: &[u8]) -> Option<(usize, u64, u64)> {
+        let from = if index == self.index {
+            self.offset as usize + 1
+        } else {
+            0
+        };
+        find_evidence(index, bytes, from, self.expected)
+    }
+
+    /// The segment the scan stopped in.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl Scanner {
+    /// A scan of the segments with these base LSNs (sorted); refuses a log that starts after
+    /// `first_lsn`.
+    pub fn new(
+        bases: Vec<u64>,
+        partition: u32,
+        first_lsn: u64,
+        sample_stride_bytes: u64,
+    ) -> Result<Self, ScanCorruption> {
+        if let Some(&first) = bases.first() {
+            if first > first_lsn {
+                return Err(ScanCorruption {
+                    index: 0,
+                    offset: 0,
+                    lsn: first_lsn,
+                    reason: format!(
+                        "the WAL starts at LSN {first} but LSN {first_lsn} is the first one needed"
+                    ),
+                });
+            }
+        }
+        Ok(Scanner {
+            expected: bases.first().copied().unwrap_or(first_lsn),
+            bases,
+            partition,
+            first_lsn,
+            sample_stride_bytes,
+            index: 0,
+            last_epoch: 0,
+            outcome: ScanOutcome {
+                segments: Vec::new(),
+                remove: Vec::new(),
+                zero: None,
+                next_lsn: first_lsn,
+            },
+        })
+    }
+
+    /// Scans the next segment's `bytes` (the whole file), with the first bytes of the segment
+    /// after it (at least its header), if there is one.
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        next_header: Option<&[u8]>,
+        mut visit: impl FnMut(RecordRef<'_>),
+    ) -> Fed {
+        let index = self.index;
+        assert!(index < self.bases.len(), "fed past the last segment");
+        self.index += 1;
+        let base_lsn = self.bases[index];
+        let expected_base = self.expected;
+        let header_ok = SegmentHeader::read(bytes)
+            .filter(|header| {
+                header.base_lsn() == base_lsn
+                    && header.partition() == self.partition
+                    && header.base_lsn() == expected_base
+            })
+            .is_some();
+        let (stop_offset, stop, reason, scanned) = if !header_ok {
             (0u64, Stop::Bad, "bad segment header".to_string(), None)
         } else {
             let mut scanned = ScannedSegment {
                 index,
-                base_lsn: segment.base_lsn,
+                base_lsn,
                 end_offset: SEGMENT_HEADER_BYTES as u64,
-                last_lsn: segment.base_lsn - 1,
+                last_lsn: base_lsn - 1,
                 samples: Vec::new(),
             };
             let mut offset = SEGMENT_HEADER_BYTES;
@@ -142,27 +247,30 @@ pub fn scan(
                 match validated {
                     Ok(record) => {
                         let meta = record.header.meta();
-                        if meta.lsn != expected {
+                        if meta.lsn != self.expected {
                             break (
                                 Stop::Bad,
-                                format!("record has LSN {} where {expected} belongs", meta.lsn),
+                                format!(
+                                    "record has LSN {} where {} belongs",
+                                    meta.lsn, self.expected
+                                ),
                             );
                         }
-                        if meta.epoch < last_epoch {
+                        if meta.epoch < self.last_epoch {
                             break (
                                 Stop::Bad,
-                                format!("epoch {} after epoch {last_epoch}", meta.epoch),
+                                format!("epoch {} after epoch {}", meta.epoch, self.last_epoch),
                             );
                         }
                         if offset as u64 >= next_sample {
                             scanned.samples.push((meta.lsn, offset as u64));
-                            next_sample = offset as u64 + sample_stride_bytes;
+                            next_sample = offset as u64 + self.sample_stride_bytes;
                         }
-                        last_epoch = meta.epoch;
-                        if meta.lsn >= first_lsn {
+                        self.last_epoch = meta.epoch;
+                        if meta.lsn >= self.first_lsn {
                             visit(record);
                         }
-                        expected += 1;
+                        self.expected += 1;
                         offset += record.len();
                         scanned.end_offset = offset as u64;
                         scanned.last_lsn = meta.lsn;
@@ -178,69 +286,80 @@ pub fn scan(
         // roll: nothing is missing. Only then may later records carry `durable_lsn`s at or past
         // `expected` without that being evidence of a lost record (they are its successors).
         let rolls_on = stop == Stop::RanOut
-            && segments
-                .get(index + 1)
-                .and_then(|next| SegmentHeader::read(next.bytes))
-                .is_some_and(|next| next.base_lsn() == expected);
+            && next_header
+                .and_then(SegmentHeader::read)
+                .is_some_and(|next| next.base_lsn() == self.expected);
         if rolls_on {
-            outcome
+            self.outcome
                 .segments
                 .push(scanned.expect("a segment that ran out had a valid header"));
-            continue;
+            return Fed::Next;
         }
-        if let Some((at_index, at_offset, durable_lsn)) =
-            find_evidence(segments, index, stop_offset as usize + 1, expected)
-        {
+        Fed::Stopped(ScanStop {
+            index,
+            offset: stop_offset,
+            expected: self.expected,
+            reason,
+            header_ok,
+            scanned,
+        })
+    }
+
+    /// Decides, once the scan stopped: corruption if `evidence` (from
+    /// [`ScanStop::evidence_in`] over the stopped segment and every later one) was found, else
+    /// the end of the log there. `bytes` is the stopped segment's.
+    pub fn finish(
+        mut self,
+        stop: ScanStop,
+        evidence: Option<(usize, u64, u64)>,
+        bytes: &[u8],
+    ) -> Result<ScanOutcome, ScanCorruption> {
+        let index = stop.index;
+        if let Some((at_index, at_offset, durable_lsn)) = evidence {
             return Err(ScanCorruption {
                 index,
-                offset: stop_offset,
-                lsn: expected,
+                offset: stop.offset,
+                lsn: stop.expected,
                 reason: format!(
-                    "{reason}, yet the valid record at offset {at_offset} of segment {} \
+                    "{}, yet the valid record at offset {at_offset} of segment {} \
                      was written after LSN {durable_lsn} was durable",
-                    segments[at_index].base_lsn
+                    stop.reason, self.bases[at_index]
                 ),
             });
         }
-        if let Some(scanned) = scanned {
-            outcome.segments.push(scanned);
+        if let Some(scanned) = stop.scanned {
+            self.outcome.segments.push(scanned);
         }
         // The end of the log.
-        if header_ok.is_none() {
-            outcome.remove.push(index);
+        if !stop.header_ok {
+            self.outcome.remove.push(index);
         } else if let Some(last_nonzero) = last_nonzero(bytes) {
-            if last_nonzero as u64 >= stop_offset {
-                outcome.zero = Some((index, stop_offset, last_nonzero as u64 + 1));
+            if last_nonzero as u64 >= stop.offset {
+                self.outcome.zero = Some((index, stop.offset, last_nonzero as u64 + 1));
             }
         }
-        outcome.remove.extend(index + 1..segments.len());
-        break;
+        self.outcome.remove.extend(index + 1..self.bases.len());
+        Ok(self.finish_empty())
     }
-    outcome.next_lsn = expected.max(first_lsn);
-    Ok(outcome)
+
+    /// The outcome of a scan that had no segment to feed, or that [`Scanner::finish`] ended.
+    pub fn finish_empty(mut self) -> ScanOutcome {
+        self.outcome.next_lsn = self.expected.max(self.first_lsn);
+        self.outcome
+    }
 }
 
-/// Looks past `from` in segment `index`, and in every later segment, for a valid record whose
-/// `durable_lsn` is at least `lsn`. Returns `(segment index, offset, durable_lsn)`.
-fn find_evidence(
-    segments: &[SegmentImage<'_>],
-    index: usize,
-    from: usize,
-    lsn: u64,
-) -> Option<(usize, u64, u64)> {
+/// Looks past `from` in segment `index`'s `bytes` for a valid record whose `durable_lsn` is at
+/// least `lsn`. Returns `(index, offset, durable_lsn)`.
+fn find_evidence(index: usize, bytes: &[u8], from: usize, lsn: u64) -> Option<(usize, u64, u64)> {
     let magic = RECORD_MAGIC.to_le_bytes();
-    for (at_index, segment) in segments.iter().enumerate().skip(index) {
-        let start = if at_index == index { from } else { 0 };
-        let Some(haystack) = segment.bytes.get(start..) else {
-            continue;
-        };
-        for hit in memchr::memmem::find_iter(haystack, &magic) {
-            let offset = start + hit;
-            if let Ok(record) = RecordRef::validate(&segment.bytes[offset..]) {
-                let durable_lsn = record.header.meta().durable_lsn;
-                if durable_lsn >= lsn {
-                    return Some((at_index, offset as u64, durable_lsn));
-                }
+    let haystack = bytes.get(from..)?;
+    for hit in memchr::memmem::find_iter(haystack, &magic) {
+        let offset = from + hit;
+        if let Ok(record) = RecordRef::validate(&bytes[offset..]) {
+            let durable_lsn = record.header.meta().durable_lsn;
+            if durable_lsn >= lsn {
+                return Some((index, offset as u64, durable_lsn));
             }
         }
     }

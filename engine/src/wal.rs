@@ -24,7 +24,7 @@ use crate::record::{
     RecordRef, RecordSink,
 };
 use crate::requests::RequestId;
-use crate::scan::{scan, SegmentImage};
+use crate::scan::{Fed, ScanCorruption, Scanner};
 use crate::segment::{parse_segment_name, segment_name, SegmentHeader};
 use std::cell::RefCell;
 use std::io;
@@ -252,8 +252,9 @@ impl<S: Storage> Wal<S> {
                 EngineError::io(format!("remove {:?}", storage.path(&name)), error)
             })?;
         }
+        // One segment in memory at a time (plus the previous one, whose tail block the log
+        // may end in): a log larger than memory still opens.
         let mut files = Vec::with_capacity(names.len());
-        let mut images = Vec::with_capacity(names.len());
         for (_, name) in &names {
             let path = storage.path(name);
             let file = storage
@@ -264,40 +265,76 @@ impl<S: Storage> Wal<S> {
                 BLOCK_BYTES.is_multiple_of(file.alignment() as u64),
                 "alignment over 4 KiB"
             );
-            let image = read_whole(&file)
-                .await
-                .map_err(|error| EngineError::io(format!("read {path:?}"), error))?;
             files.push(Rc::new(file));
-            images.push(image);
         }
-        let segment_images: Vec<SegmentImage<'_>> = names
-            .iter()
-            .zip(&images)
-            .map(|((base_lsn, _), bytes)| SegmentImage {
-                base_lsn: *base_lsn,
-                bytes,
-            })
-            .collect();
-        let mut epochs = epochs;
-        let outcome = scan(
-            &segment_images,
-            partition,
-            first_needed,
-            LSN_INDEX_STRIDE_BYTES,
-            |record| {
-                let meta = record.header.meta();
-                if epochs.last().is_none_or(|(epoch, _)| meta.epoch > *epoch) {
-                    epochs.push((meta.epoch, meta.lsn));
-                }
-                visit(record);
-            },
-        )
-        .map_err(|corruption| EngineError::Corruption {
+        let read_error = |index: usize| {
+            let path = storage.path(&names[index].1);
+            move |error| EngineError::io(format!("read {path:?}"), error)
+        };
+        let corruption = |corruption: ScanCorruption| EngineError::Corruption {
             file: storage.path(&names[corruption.index].1),
             offset: corruption.offset,
             lsn: corruption.lsn,
             reason: corruption.reason,
-        })?;
+        };
+        let mut epochs = epochs;
+        let mut visit = |record: RecordRef<'_>| {
+            let meta = record.header.meta();
+            if epochs.last().is_none_or(|(epoch, _)| meta.epoch > *epoch) {
+                epochs.push((meta.epoch, meta.lsn));
+            }
+            visit(record);
+        };
+        let bases = names.iter().map(|(base, _)| *base).collect();
+        let mut scanner = Scanner::new(bases, partition, first_needed, LSN_INDEX_STRIDE_BYTES)
+            .map_err(corruption)?;
+        // The images of the last two segments fed: (index, bytes).
+        let mut previous: Option<(usize, Vec<u8>)> = None;
+        let mut current: Option<(usize, Vec<u8>)> = None;
+        let mut stopped = None;
+        for index in 0..names.len() {
+            let image = read_whole(&*files[index])
+                .await
+                .map_err(read_error(index))?;
+            let next_header = match files.get(index + 1) {
+                Some(next) => Some(
+                    next.read_at(0, SEGMENT_HEADER_BYTES)
+                        .await
+                        .map_err(read_error(index + 1))?,
+                ),
+                None => None,
+            };
+            let fed = scanner.feed(&image, next_header.as_deref(), &mut visit);
+            previous = current.replace((index, image));
+            if let Fed::Stopped(stop) = fed {
+                let (_, image) = current.as_ref().expect("just fed");
+                let mut evidence = stop.evidence_in(index, image);
+                for (later, file) in files.iter().enumerate().skip(index + 1) {
+                    if evidence.is_some() {
+                        break;
+                    }
+                    let image = read_whole(&**file).await.map_err(read_error(later))?;
+                    evidence = stop.evidence_in(later, &image);
+                }
+                stopped = Some((stop, evidence));
+                break;
+            }
+        }
+        let image_of = |index: usize| -> &[u8] {
+            [&previous, &current]
+                .into_iter()
+                .flatten()
+                .find(|(at, _)| *at == index)
+                .map(|(_, bytes)| bytes.as_slice())
+                .expect("the log ends in one of the last two segments scanned")
+        };
+        let outcome = match stopped {
+            Some((stop, evidence)) => {
+                let image = image_of(stop.index());
+                scanner.finish(stop, evidence, image).map_err(corruption)?
+            }
+            None => scanner.finish_empty(),
+        };
 
         // Cut the torn tail off: later segments first (a crash in between leaves a prefix of the
         // old log, which recovery handles again), then the rest of the last segment.
@@ -315,7 +352,7 @@ impl<S: Storage> Wal<S> {
         }
         if let Some((index, from, to)) = outcome.zero {
             let name = &names[index].1;
-            zero_range(&*files[index], &images[index], from, to)
+            zero_range(&*files[index], image_of(index), from, to)
                 .await
                 .map_err(|error| {
                     EngineError::io(format!("cut torn tail of {:?}", storage.path(name)), error)
@@ -365,7 +402,7 @@ impl<S: Storage> Wal<S> {
                 .position(|(base, _)| *base == last.base_lsn)
                 .expect("kept segment is listed");
             let end = last.end_offset as usize;
-            wal.tail = images[index][align_down(last.end_offset) as usize..end].to_vec();
+            wal.tail = image_of(index)[align_down(last.end_offset) as usize..end].to_vec();
             // Whether the blocks past the end were ever written is unknown: zero ahead again.
             wal.written_until = align_up(last.end_offset);
             wal.append_segment_base_lsn = last.base_lsn;
