@@ -24,6 +24,7 @@ use crate::record::{
     RecordRef, RecordSink,
 };
 use crate::requests::RequestId;
+use crate::rt;
 use crate::scan::{Fed, ScanCorruption, Scanner};
 use crate::segment::{parse_segment_name, segment_name, SegmentHeader};
 use std::cell::RefCell;
@@ -291,11 +292,23 @@ impl<S: Storage> Wal<S> {
         // The images of the last two segments fed: (index, bytes).
         let mut previous: Option<(usize, Vec<u8>)> = None;
         let mut current: Option<(usize, Vec<u8>)> = None;
+        // The next segment is read while this one is scanned (a task of its own, so that its
+        // reads are in flight while the scan keeps the CPU).
+        let prefetch = |index: usize| {
+            files.get(index).map(|file| {
+                let file = file.clone();
+                rt::spawn_local(async move { read_whole(&*file).await })
+            })
+        };
+        let mut next_image = prefetch(0);
         let mut stopped = None;
         for index in 0..names.len() {
-            let image = read_whole(&*files[index])
+            let image = next_image
+                .take()
+                .expect("the segment being fed was prefetched")
                 .await
                 .map_err(read_error(index))?;
+            next_image = prefetch(index + 1);
             let next_header = match files.get(index + 1) {
                 Some(next) => Some(
                     next.read_at(0, SEGMENT_HEADER_BYTES)
@@ -309,17 +322,24 @@ impl<S: Storage> Wal<S> {
             if let Fed::Stopped(stop) = fed {
                 let (_, image) = current.as_ref().expect("just fed");
                 let mut evidence = stop.evidence_in(index, image);
-                for (later, file) in files.iter().enumerate().skip(index + 1) {
+                for later in index + 1..names.len() {
                     if evidence.is_some() {
                         break;
                     }
-                    let image = read_whole(&**file).await.map_err(read_error(later))?;
+                    let image = next_image
+                        .take()
+                        .expect("the segment after a stop was prefetched")
+                        .await
+                        .map_err(read_error(later))?;
+                    next_image = prefetch(later + 1);
                     evidence = stop.evidence_in(later, &image);
                 }
                 stopped = Some((stop, evidence));
                 break;
             }
         }
+        // A prefetch left running is dropped (cancelled) here, before anything is written.
+        drop(next_image);
         let image_of = |index: usize| -> &[u8] {
             [&previous, &current]
                 .into_iter()
@@ -889,8 +909,10 @@ async fn read_whole<F: StorageFile>(file: &F) -> io::Result<Vec<u8>> {
     Ok(image)
 }
 
-/// Reads of a segment queued at once during recovery.
-const READS_IN_FLIGHT: usize = 4;
+/// Reads of a segment queued at once during recovery: a whole default segment (8 x 8 MiB), so
+/// that the next segment streams in while this one is scanned (measured: recovery of 64 KiB
+/// records 776-792 MiB/s with 4, 819-868 with 8).
+const READS_IN_FLIGHT: usize = 8;
 
 /// Zeroes `[from, to)` of a file whose current bytes are `image`, keeping `[align_down(from),
 /// from)`, and syncs.
