@@ -242,6 +242,15 @@ impl DerefMut for SimBuffer {
     }
 }
 
+impl SimBuffer {
+    /// `len` bytes (a multiple of the sector) that are not zeros, so that a byte a caller
+    /// forgets to set is visible garbage in tests.
+    fn garbage(len: usize) -> SimBuffer {
+        assert_eq!(len % SIM_SECTOR_BYTES, 0, "unaligned buffer");
+        SimBuffer(vec![0xA5; len])
+    }
+}
+
 impl WriteBuffer for SimBuffer {
     fn truncate(&mut self, len: usize) {
         assert!(len <= self.0.len(), "a buffer only shrinks");
@@ -342,9 +351,7 @@ impl Storage for SimDisk {
     }
 
     fn alloc_buffer(&self, len: usize) -> SimBuffer {
-        assert_eq!(len % SIM_SECTOR_BYTES, 0, "unaligned buffer");
-        // Not zeros, so that a byte the WAL forgets to set is visible garbage in tests.
-        SimBuffer(vec![0xA5; len])
+        SimBuffer::garbage(len)
     }
 }
 
@@ -357,9 +364,7 @@ impl StorageFile for SimHandle {
     }
 
     fn alloc_buffer(&self, len: usize) -> SimBuffer {
-        assert_eq!(len % SIM_SECTOR_BYTES, 0, "unaligned buffer");
-        // Not zeros, so a caller that forgets to set a byte writes visible garbage in tests.
-        SimBuffer(vec![0xA5; len])
+        SimBuffer::garbage(len)
     }
 
     async fn write_at(&self, buffer: SimBuffer, offset: u64) -> io::Result<()> {
