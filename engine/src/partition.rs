@@ -196,6 +196,8 @@ pub struct PartitionStats {
     pub flushes: u64,
     /// Snapshots taken since open.
     pub snapshots: u64,
+    /// New WAL segments that reused a pruned segment's file since open.
+    pub segments_reused: u64,
 }
 
 /// A partition on its shard.
@@ -350,6 +352,7 @@ impl<S: Storage> Partition<S> {
             segments: wal.segment_base_lsns().len() as u64,
             flushes: self.flushes.get(),
             snapshots: self.snapshots.get(),
+            segments_reused: wal.segments_reused(),
         }
     }
 

@@ -4,12 +4,13 @@
 //!
 //! The rule. Scanning stops at the first position that is not the next valid record (zero
 //! header, failed crc, wrong LSN, epoch going backwards, no room left in the segment). Then:
-//! - if any valid record *after* that position has `durable_lsn` at or past the LSN expected
-//!   there, the missing record had been made durable before that later record was staged:
-//!   this is **corruption**, reported with file, offset and LSN, and the partition refuses to
-//!   open;
-//! - otherwise, if the segment simply ran out (zeros or no room) and the next segment starts at
-//!   the expected LSN, the log continues there (a segment roll);
+//! - if the next segment starts at the expected LSN, the log continues there (a segment roll:
+//!   what follows this segment's data is zeros, never-written space, or in a recycled file
+//!   the previous life's records);
+//! - otherwise, if any valid record *after* that position has `durable_lsn` at or past the LSN
+//!   expected there, the missing record had been made durable before that later record was
+//!   staged: this is **corruption**, reported with file, offset and LSN, and the partition
+//!   refuses to open;
 //! - otherwise this is the **end of the log**: everything after it was never acknowledged (no
 //!   sync covered it), so it is cut off: later segments are removed and the rest of this
 //!   segment is zeroed.
@@ -69,14 +70,6 @@ pub struct ScanCorruption {
     pub lsn: u64,
     /// What was wrong, and the evidence that it had been durable.
     pub reason: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    /// Zeros or no room for a header: the segment may simply have been rolled.
-    RanOut,
-    /// Anything else.
-    Bad,
 }
 
 /// Scans `segments` (sorted by base LSN, the first one starting at or before `first_lsn`),
@@ -224,8 +217,8 @@ impl Scanner {
                     && header.base_lsn() == expected_base
             })
             .is_some();
-        let (stop_offset, stop, reason, scanned) = if !header_ok {
-            (0u64, Stop::Bad, "bad segment header".to_string(), None)
+        let (stop_offset, reason, scanned) = if !header_ok {
+            (0u64, "bad segment header".to_string(), None)
         } else {
             let mut scanned = ScannedSegment {
                 index,
@@ -236,9 +229,9 @@ impl Scanner {
             };
             let mut offset = SEGMENT_HEADER_BYTES;
             let mut next_sample = 0u64;
-            let (stop, reason) = loop {
+            let reason = loop {
                 if offset + RECORD_HEADER_BYTES > bytes.len() {
-                    break (Stop::RanOut, "end of segment".to_string());
+                    break "end of segment".to_string();
                 }
                 // A record whose crcs hold but whose body does not decode was never written by
                 // this engine: it is as bad as a failed crc, and replay must not meet it.
@@ -248,19 +241,13 @@ impl Scanner {
                     Ok(record) => {
                         let meta = record.header.meta();
                         if meta.lsn != self.expected {
-                            break (
-                                Stop::Bad,
-                                format!(
-                                    "record has LSN {} where {} belongs",
-                                    meta.lsn, self.expected
-                                ),
+                            break format!(
+                                "record has LSN {} where {} belongs",
+                                meta.lsn, self.expected
                             );
                         }
                         if meta.epoch < self.last_epoch {
-                            break (
-                                Stop::Bad,
-                                format!("epoch {} after epoch {}", meta.epoch, self.last_epoch),
-                            );
+                            break format!("epoch {} after epoch {}", meta.epoch, self.last_epoch);
                         }
                         if offset as u64 >= next_sample {
                             scanned.samples.push((meta.lsn, offset as u64));
@@ -275,17 +262,21 @@ impl Scanner {
                         scanned.end_offset = offset as u64;
                         scanned.last_lsn = meta.lsn;
                     }
-                    Err(RecordError::ZeroHeader) => break (Stop::RanOut, "zero header".into()),
-                    Err(error) => break (Stop::Bad, error.to_string()),
+                    Err(RecordError::ZeroHeader) => break "zero header".into(),
+                    Err(error) => break error.to_string(),
                 }
             };
-            (offset as u64, stop, reason, Some(scanned))
+            (offset as u64, reason, Some(scanned))
         };
 
-        // A segment that simply ran out, followed by one that starts at the expected LSN, is a
-        // roll: nothing is missing. Only then may later records carry `durable_lsn`s at or past
-        // `expected` without that being evidence of a lost record (they are its successors).
-        let rolls_on = stop == Stop::RanOut
+        // A segment followed by one that starts at the expected LSN is a roll, whatever stopped
+        // the scan: nothing is missing. The writer puts a record in the next segment only once
+        // it did not fit in this one, and creates the next segment only after this one's last
+        // write completed, so no record of that LSN was ever in this segment; what follows its
+        // data is zeros, never-written space, or, in a recycled file, the previous life's
+        // records. Only then may later records carry `durable_lsn`s at or past `expected`
+        // without that being evidence of a lost record (they are its successors).
+        let rolls_on = header_ok
             && next_header
                 .and_then(SegmentHeader::read)
                 .is_some_and(|next| next.base_lsn() == self.expected);

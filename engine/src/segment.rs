@@ -81,6 +81,22 @@ pub fn segment_name(base_lsn: u64) -> String {
     format!("{base_lsn:020}{SEGMENT_SUFFIX}")
 }
 
+/// Suffix of a pruned segment file kept for reuse (see `docs/storage.md`, recycled segments).
+pub const RECYCLED_SUFFIX: &str = ".recycle";
+
+/// The name a pruned segment (of base LSN `base_lsn`) is kept under until a new segment reuses
+/// it: not a segment name, so recovery never reads it as part of the log.
+pub fn recycled_name(base_lsn: u64) -> String {
+    format!("{base_lsn:020}{RECYCLED_SUFFIX}")
+}
+
+/// Whether `name` is a pruned segment kept for reuse.
+pub fn is_recycled_name(name: &str) -> bool {
+    name.strip_suffix(RECYCLED_SUFFIX).is_some_and(|digits| {
+        digits.len() == 20 && digits.bytes().all(|byte| byte.is_ascii_digit())
+    })
+}
+
 /// Base LSN of a segment file name, if it is one.
 pub fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SEGMENT_SUFFIX)?;

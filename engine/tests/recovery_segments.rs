@@ -8,17 +8,24 @@
 //! - a last segment created but never written (its header claims another partition, its
 //!   records are zeros: a roll that crashed while creating it) is removed, and the log ends in
 //!   the segment before it: its tail block, taken from the previous segment's image, is what
-//!   the next write continues, and a second reopen finds everything.
+//!   the next write continues, and a second reopen finds everything;
+//! - recycled segments (pruned files reused for new segments, their previous life's records
+//!   still after the new ones): a clean reopen finds every latest value; a torn last record at
+//!   many offsets ends the log at the record before, the previous life's records are never
+//!   replayed, and the cut zeroes them along with the torn bytes;
+//! - a sealed segment whose data is followed by a previous life's bytes (valid old records, or
+//!   pieces of them, right after the data or after part of a block of zero padding), then a
+//!   segment that starts at the next LSN: a roll, not corruption; the log opens whole.
 
 mod common;
 
 use bytes::Bytes;
 use common::{open, record_spans, segment_names, PARTITION};
-use coregrid_engine::constants::SEGMENT_BYTES_MIN;
+use coregrid_engine::constants::{SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES};
 use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::record::RecordRef;
 use coregrid_engine::rt;
-use coregrid_engine::segment::SegmentHeader;
+use coregrid_engine::segment::{parse_segment_name, SegmentHeader};
 use coregrid_engine::sim::{CrashMode, SimDisk};
 use coregrid_engine::EngineError;
 
@@ -159,5 +166,180 @@ fn an_unwritten_last_segment_is_removed_and_the_log_ends_in_the_one_before() {
         let found = partition.get("c", &key(intact)).await.unwrap().unwrap();
         assert_eq!(found.value, Bytes::from_static(b"fresh"));
         partition.close().await.unwrap();
+    });
+}
+
+/// Keys the recycling workload overwrites (few, so that snapshots stay small and prune).
+const RECYCLING_KEYS: u64 = 4;
+
+/// Puts of big values over [`RECYCLING_KEYS`] keys with a snapshot every ten: old segments are
+/// pruned into the pool and new ones reuse them. Returns the disk, the LSN and value of each
+/// key's last put, and how many new segments reused a file.
+fn write_recycling() -> (SimDisk, Vec<(u64, Bytes)>, u64) {
+    let disk = SimDisk::new();
+    let (latest, reused) = rt::run_local(|| {
+        let disk = disk.clone();
+        async move {
+            let partition = open(&disk, config()).await.unwrap();
+            partition.create_collection("c").await.unwrap();
+            let mut latest = vec![(0, Bytes::new()); RECYCLING_KEYS as usize];
+            // Three segments of ~40 records: the third reuses the first and ends with 15, below
+            // where zero-ahead begins in a reused file, so that the previous life's records
+            // follow its own; the last five puts come after the last snapshot, so that only
+            // the WAL holds them.
+            for index in 0..95u64 {
+                let value = big_value(index);
+                let slot = index % RECYCLING_KEYS;
+                let lsn = partition.put("c", key(slot), value.clone()).await.unwrap();
+                latest[slot as usize] = (lsn, value);
+                if index % 10 == 9 {
+                    partition.snapshot().await.unwrap();
+                }
+            }
+            let reused = partition.stats().segments_reused;
+            partition.close().await.unwrap();
+            (latest, reused)
+        }
+    });
+    (disk, latest, reused)
+}
+
+/// `(offset, lsn, len)` of this life's records in a segment image: from the header on, while
+/// records validate with the next LSN (a recycled file's previous life follows them).
+fn this_life(image: &[u8]) -> Vec<(usize, u64, usize)> {
+    let base = SegmentHeader::read(image)
+        .expect("a valid header")
+        .base_lsn();
+    record_spans(image)
+        .into_iter()
+        .enumerate()
+        .take_while(|(at, (_, lsn, _))| *lsn == base + *at as u64)
+        .map(|(_, span)| span)
+        .collect()
+}
+
+#[test]
+fn recycled_segments_recover_without_their_previous_life() {
+    let (disk, latest, reused) = write_recycling();
+    assert!(reused > 0, "the workload must reuse pruned segment files");
+    let names = segment_names(&disk);
+    let last = names.last().unwrap().clone();
+    let base = parse_segment_name(&last).unwrap();
+    let image = disk.file_bytes(&last).unwrap();
+    let spans = this_life(&image);
+    let (offset, lsn, len) = *spans.last().expect("records in the last segment");
+    let end = offset + len;
+    // Past the zero padding of this life's last block, the previous life's records.
+    let leftover = (end..image.len())
+        .find_map(|at| RecordRef::validate(&image[at..]).ok())
+        .map(|record| record.header.meta().lsn)
+        .expect("the last segment is a reused file: its previous life follows the data");
+    assert!(
+        leftover < base,
+        "a leftover's LSN {leftover} is below the base {base}"
+    );
+
+    // A clean reopen: every key's last value, nothing of the previous lives.
+    let reopened = disk.crash(CrashMode::LoseUnsynced);
+    let check_latest = latest.clone();
+    rt::run_local(|| async move {
+        let partition = open(&reopened, config()).await.expect("recovery succeeds");
+        assert_eq!(partition.durable_lsn(), lsn);
+        for (slot, (revision, value)) in check_latest.iter().enumerate() {
+            let found = partition
+                .get("c", &key(slot as u64))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (found.revision, &found.value),
+                (*revision, value),
+                "key {slot}"
+            );
+        }
+        partition.close().await.unwrap();
+    });
+
+    // The last record torn at many offsets: the log ends at the record before it.
+    let cuts: Vec<usize> = (0..64).chain((64..len).step_by(4093)).collect();
+    rt::run_local(|| async move {
+        for cut in cuts {
+            let mut bytes = image.clone();
+            bytes[offset + cut..end].fill(0);
+            let copy = disk.crash(CrashMode::LoseUnsynced);
+            copy.set_file_bytes(&last, bytes);
+            let partition = open(&copy, config())
+                .await
+                .unwrap_or_else(|error| panic!("cut at {cut}: {error}"));
+            assert_eq!(partition.durable_lsn(), lsn - 1, "cut at {cut}");
+            let after = copy.file_bytes(&last).unwrap();
+            assert!(
+                after[offset..].iter().all(|&byte| byte == 0),
+                "cut at {cut}: the torn record and the previous life after it are zeroed"
+            );
+            let fresh = partition
+                .put("c", key(0), Bytes::from_static(b"fresh"))
+                .await
+                .unwrap();
+            assert_eq!(fresh, lsn, "cut at {cut}: writing goes on at the torn LSN");
+            partition.close().await.unwrap();
+            drop(partition);
+            let partition = open(&copy, config()).await.expect("second recovery");
+            assert_eq!(partition.durable_lsn(), lsn);
+            let found = partition.get("c", &key(0)).await.unwrap().unwrap();
+            assert_eq!(found.value, Bytes::from_static(b"fresh"));
+            partition.close().await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_sealed_segment_followed_by_a_previous_life_rolls_on() {
+    let (disk, written) = write_segments();
+    let names = segment_names(&disk);
+    let first = names[0].clone();
+    let image = disk.file_bytes(&first).unwrap();
+    let spans = this_life(&image);
+    let (offset, _, len) = *spans.last().unwrap();
+    let end = offset + len;
+    // What a previous life leaves: its own records (valid, lower LSNs), at some shift.
+    let old_records = &image[SEGMENT_HEADER_BYTES..end];
+    let block = SEGMENT_HEADER_BYTES;
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (what, from) in [
+        ("right after the data", end),
+        ("after 20 bytes of padding", end + 20),
+        ("at the next block", end.next_multiple_of(block)),
+        ("mid-record, at the next block", end.next_multiple_of(block)),
+    ] {
+        let mut bytes = image.clone();
+        let skip = if what.starts_with("mid-record") {
+            1000
+        } else {
+            0
+        };
+        let room = bytes.len() - from;
+        let take = room.min(old_records.len() - skip);
+        bytes[from..from + take].copy_from_slice(&old_records[skip..skip + take]);
+        cases.push((what, bytes));
+    }
+    rt::run_local(|| async move {
+        for (what, bytes) in cases {
+            let copy = disk.crash(CrashMode::LoseUnsynced);
+            copy.set_file_bytes(&first, bytes);
+            let partition = open(&copy, config())
+                .await
+                .unwrap_or_else(|error| panic!("{what}: {error}"));
+            assert_eq!(partition.durable_lsn(), written + 1, "{what}");
+            for index in 0..written {
+                let found = partition.get("c", &key(index)).await.unwrap();
+                assert_eq!(
+                    found.map(|found| found.value),
+                    Some(big_value(index)),
+                    "{what}: key {index}"
+                );
+            }
+            partition.close().await.unwrap();
+        }
     });
 }

@@ -2,7 +2,8 @@
 //! one (design.md section 5, promise 2 for one node; section 7).
 //!
 //! A workload of concurrent writer tasks (puts, compare-and-set puts and deletes, batches,
-//! values large enough to roll WAL segments, explicit and automatic snapshots) runs on a
+//! values large enough to roll WAL segments, explicit and automatic snapshots whose pruning
+//! lets a later segment reuse a pruned segment's file) runs on a
 //! `SimDisk`. For every sync point `k` the clean run performs, it runs again on a fresh disk
 //! that loses power at sync `k`, recording which writes returned `Ok` (acknowledged) and at
 //! which LSN. Then, for each crash mode (unsynced sectors lost, kept, or torn by a seed), the
@@ -52,6 +53,8 @@ struct Attempt {
 struct History {
     attempts: Vec<Attempt>,
     collection_acked: bool,
+    /// New segments that reused a pruned segment's file (recycling is exercised).
+    segments_reused: u64,
 }
 
 type Shared = Rc<RefCell<History>>;
@@ -177,6 +180,7 @@ async fn workload(disk: &SimDisk) -> History {
     for task in tasks {
         let _outcome_is_in_the_history = task.await;
     }
+    history.borrow_mut().segments_reused = partition.stats().segments_reused;
     let _ = partition.close().await;
     Rc::try_unwrap(history)
         .ok()
@@ -348,6 +352,10 @@ fn no_acknowledged_write_is_lost_at_any_sync() {
                 .iter()
                 .any(|name| name.ends_with(".snap")),
             "the workload must leave a snapshot"
+        );
+        assert!(
+            history.segments_reused > 0,
+            "the workload must reuse a pruned segment's file"
         );
         recover_and_check(&clean.crash(CrashMode::LoseUnsynced), &history, "clean run").await;
         let modes = [
