@@ -12,7 +12,7 @@ use coregrid_engine::hlc::{Hlc, SystemTime};
 use coregrid_engine::partition::{PartitionConfig, ShardState};
 use coregrid_engine::record::Operation;
 use coregrid_engine::sim::SimDisk;
-use coregrid_engine::wal::{self, StageError, Wal};
+use coregrid_engine::wal::{self, RecycleBudget, StageError, Wal};
 use coregrid_engine::{rt, Partition};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::cell::RefCell;
@@ -34,9 +34,17 @@ fn key(n: u64) -> [u8; 16] {
 fn stage(iters: u64) -> Duration {
     rt::run_local(|| async move {
         let disk = SimDisk::new();
-        let wal = Wal::open(disk, 0, SEGMENT_BYTES, 0, Vec::new(), |_| {})
-            .await
-            .expect("open WAL");
+        let wal = Wal::open(
+            disk,
+            0,
+            SEGMENT_BYTES,
+            RecycleBudget::default(),
+            0,
+            Vec::new(),
+            |_| {},
+        )
+        .await
+        .expect("open WAL");
         let wal = RefCell::new(wal);
         let value = [0x5a_u8; VALUE_BYTES];
         let mut timed = Duration::ZERO;

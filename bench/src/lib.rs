@@ -300,6 +300,8 @@ pub struct GroupCommit {
     pub device_bytes_per_flush_estimate: u64,
     /// Snapshots taken during the run.
     pub snapshots: u64,
+    /// New WAL segments that reused a pruned segment's file during the run.
+    pub segments_reused: u64,
 }
 
 /// The outcome of [`run`].
@@ -650,10 +652,17 @@ async fn shard_job(
     }
 }
 
-fn sum_stats(stats: &[PartitionStats]) -> (u64, u64) {
-    stats.iter().fold((0, 0), |(flushes, snapshots), stat| {
-        (flushes + stat.flushes, snapshots + stat.snapshots)
-    })
+/// Flushes, snapshots and reused segments, summed over partitions.
+fn sum_stats(stats: &[PartitionStats]) -> (u64, u64, u64) {
+    stats
+        .iter()
+        .fold((0, 0, 0), |(flushes, snapshots, reused), stat| {
+            (
+                flushes + stat.flushes,
+                snapshots + stat.snapshots,
+                reused + stat.segments_reused,
+            )
+        })
 }
 
 /// Runs the workload's timed phase on an open engine (the collection must exist), calling
@@ -756,8 +765,8 @@ pub fn run_on(
         &merged.latency_reads,
     );
     let ops = writes + reads;
-    let (flushes_before, snapshots_before) = sum_stats(&stats_before);
-    let (flushes_after, snapshots_after) = sum_stats(&stats_after);
+    let (flushes_before, snapshots_before, reused_before) = sum_stats(&stats_before);
+    let (flushes_after, snapshots_after, reused_after) = sum_stats(&stats_after);
     let flushes = flushes_after - flushes_before;
     let record_bytes = workload.record_bytes_per_put() as u64;
     let wal_bytes_written = writes * record_bytes;
@@ -799,6 +808,7 @@ pub fn run_on(
                 (wal_bytes_per_flush.ceil() as u64).div_ceil(block) * block + block
             },
             snapshots: snapshots_after - snapshots_before,
+            segments_reused: reused_after - reused_before,
         },
         fill_secs,
     })

@@ -16,6 +16,7 @@
 use crate::constants::{
     PARTITIONS_DEFAULT, PARTITIONS_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
     SEGMENT_BYTES_MIN, SHARD_QUEUE_DEPTH_DEFAULT, SHARD_TICK_MS, SNAPSHOT_WAL_BYTES_DEFAULT,
+    WAL_RECYCLE_BYTES_DEFAULT,
 };
 use crate::error::{EngineError, Result};
 use crate::hlc::{Hlc, SystemTime, TimeSource};
@@ -77,6 +78,9 @@ pub struct EngineConfig {
     /// WAL bytes written since the last snapshot that trigger the next, or the last snapshot's
     /// size if that is larger (so snapshots never cost more than the WAL; 0: never).
     pub snapshot_wal_bytes: u64,
+    /// Bytes of pruned WAL segment files each shard keeps for its partitions' new segments to
+    /// reuse (0: none; see [`crate::wal::RecycleBudget`]).
+    pub wal_recycle_bytes: u64,
     /// Pin shard `i` to CPU `i` (only when there are at least as many CPUs as shards).
     pub pin_shards: bool,
     /// Requests queued and in flight per shard from other threads.
@@ -98,6 +102,7 @@ impl Default for EngineConfig {
             partitions: PARTITIONS_DEFAULT,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
+            wal_recycle_bytes: WAL_RECYCLE_BYTES_DEFAULT,
             pin_shards: true,
             shard_queue_depth: SHARD_QUEUE_DEPTH_DEFAULT,
             lock_wait: Duration::from_secs(10),
@@ -375,9 +380,11 @@ impl Engine {
             let clock = config.clock.clone();
             let depth = config.shard_queue_depth;
             let partition_count = config.partitions;
+            let recycle_bytes = config.wal_recycle_bytes;
             let thread = rt::spawn_shard(shard, pin.then_some(shard), move || {
                 shard_main(ShardSetup {
                     shard,
+                    recycle_bytes,
                     shard_count,
                     partition_count,
                     owned,
@@ -638,6 +645,7 @@ impl Engine {
 
 struct ShardSetup {
     shard: usize,
+    recycle_bytes: u64,
     shard_count: usize,
     partition_count: u32,
     owned: Vec<PartitionId>,
@@ -664,9 +672,10 @@ impl Drop for DrainOnExit {
 
 async fn shard_main(setup: ShardSetup) {
     let receiver = DrainOnExit(setup.receiver.clone());
-    let state = Rc::new(ShardState::new(
+    let state = Rc::new(ShardState::with_recycle_bytes(
         setup.shard,
         Hlc::new(setup.clock.0.clone()),
+        setup.recycle_bytes,
     ));
     let mut partitions = BTreeMap::new();
     for id in setup.owned {

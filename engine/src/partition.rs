@@ -11,6 +11,7 @@
 use crate::budget::Budget;
 use crate::constants::{
     BATCH_OPERATIONS_MAX, RECORD_BYTES_MAX, SNAPSHOT_WAL_TO_SNAPSHOT_RATIO, STAGED_BYTES_MAX,
+    WAL_RECYCLE_BYTES_DEFAULT,
 };
 use crate::error::{EngineError, Result};
 use crate::hlc::Hlc;
@@ -23,7 +24,7 @@ use crate::record::{
 use crate::requests::{Lookup, RequestId};
 use crate::rt::{self, Doorbell};
 use crate::snapshot::{self, SnapshotInfo};
-use crate::wal::{self, RawChunk, Wal, WalPosition};
+use crate::wal::{self, RawChunk, RecycleBudget, Wal, WalPosition};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use std::cell::{Cell, RefCell};
@@ -52,15 +53,24 @@ pub struct ShardState {
     pub shard: usize,
     /// The shard's hybrid logical clock.
     pub hlc: Hlc,
+    /// Pruned WAL segment files the shard's partitions may keep for reuse.
+    pub recycle_budget: RecycleBudget,
     poisoned: RefCell<Option<String>>,
 }
 
 impl ShardState {
-    /// A healthy shard.
+    /// A healthy shard, keeping up to [`WAL_RECYCLE_BYTES_DEFAULT`] of pruned segment files
+    /// for reuse.
     pub fn new(shard: usize, hlc: Hlc) -> Self {
+        Self::with_recycle_bytes(shard, hlc, WAL_RECYCLE_BYTES_DEFAULT)
+    }
+
+    /// A healthy shard keeping up to `recycle_bytes` of pruned segment files for reuse.
+    pub fn with_recycle_bytes(shard: usize, hlc: Hlc, recycle_bytes: u64) -> Self {
         Self {
             shard,
             hlc,
+            recycle_budget: RecycleBudget::new(recycle_bytes),
             poisoned: RefCell::new(None),
         }
     }
@@ -260,6 +270,7 @@ impl<S: Storage> Partition<S> {
             storage.clone(),
             id,
             config.segment_bytes,
+            shard.recycle_budget.clone(),
             snapshot_lsn,
             epochs,
             |record| {

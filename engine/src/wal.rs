@@ -29,7 +29,7 @@ use crate::scan::{Fed, ScanCorruption, Scanner};
 use crate::segment::{
     is_recycled_name, parse_segment_name, recycled_name, segment_name, SegmentHeader,
 };
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -222,17 +222,42 @@ pub struct Wal<S: Storage> {
     /// that it rarely grows (growing copies what it holds).
     last_group_bytes: usize,
     /// Pruned segment files kept for new segments to reuse (their extents are written, so
-    /// writing into them converts nothing): at most [`RECYCLED_SEGMENTS_MAX`].
+    /// writing into them converts nothing), within the shard's [`RecycleBudget`].
     recycled: Vec<String>,
+    recycle_budget: RecycleBudget,
     /// New segments that reused a recycled file, since open.
     segments_reused: u64,
 }
 
-/// Pruned segment files a partition keeps for reuse. Why reuse: writes into a freshly
-/// fallocated segment convert unwritten extents, which each sync then commits to the file
-/// system's journal (fio, 8.4 MB writes + fdatasync: 1,697-1,764 MiB/s into a fresh file,
-/// 2,135-2,285 into a written one); docs/storage.md, recycled segments.
-pub const RECYCLED_SEGMENTS_MAX: usize = 2;
+/// Bytes of pruned segment files a shard's partitions may keep for reuse, shared by them (the
+/// engine's `wal_recycle_bytes`). Why reuse: writes into a freshly fallocated segment convert
+/// unwritten extents, which each sync then commits to the file system's journal (fio, 8.4 MB
+/// writes + fdatasync: 1,697-1,764 MiB/s into a fresh file, 2,135-2,285 into a written one);
+/// docs/storage.md, recycled segments.
+#[derive(Clone, Debug, Default)]
+pub struct RecycleBudget(Rc<Cell<u64>>);
+
+impl RecycleBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Self {
+        Self(Rc::new(Cell::new(bytes)))
+    }
+
+    /// Takes `bytes` for a file kept for reuse; false if that would exceed the budget.
+    fn take(&self, bytes: u64) -> bool {
+        let left = self.0.get();
+        if left < bytes {
+            return false;
+        }
+        self.0.set(left - bytes);
+        true
+    }
+
+    /// Gives back `bytes` of a kept file that was reused.
+    fn give(&self, bytes: u64) {
+        self.0.set(self.0.get().saturating_add(bytes));
+    }
+}
 
 /// Smallest buffer a group starts with.
 const GROUP_BUFFER_BYTES_MIN: usize = 8 * 1024;
@@ -241,11 +266,13 @@ impl<S: Storage> Wal<S> {
     /// Opens (recovers) the WAL in `storage`: keeps the records after `snapshot_lsn`, calls
     /// `visit` for each in order, cuts a torn tail off, and refuses corruption.
     ///
-    /// `epochs` is the epoch history the snapshot carried; records extend it.
+    /// `epochs` is the epoch history the snapshot carried; records extend it. Pruned segment
+    /// files found kept for reuse stay kept while `recycle_budget` has room.
     pub async fn open(
         storage: S,
         partition: u32,
         segment_bytes: u64,
+        recycle_budget: RecycleBudget,
         snapshot_lsn: u64,
         epochs: Vec<(u64, u64)>,
         mut visit: impl FnMut(RecordRef<'_>),
@@ -275,8 +302,8 @@ impl<S: Storage> Wal<S> {
             file.close()
                 .await
                 .map_err(|error| EngineError::io(format!("close {path:?}"), error))?;
-            // Another segment size (a configuration change), or more than the pool holds.
-            if size.ok() == Some(segment_bytes) && recycled.len() < RECYCLED_SEGMENTS_MAX {
+            // Another segment size (a configuration change), or more than the budget holds.
+            if size.ok() == Some(segment_bytes) && recycle_budget.take(segment_bytes) {
                 recycled.push(name);
             } else {
                 storage
@@ -446,6 +473,7 @@ impl<S: Storage> Wal<S> {
             batch_fill_limit: None,
             last_group_bytes: 0,
             recycled,
+            recycle_budget,
             segments_reused: 0,
         };
         for scanned in outcome.segments {
@@ -673,7 +701,10 @@ impl<S: Storage> Wal<S> {
         let mut groups: Vec<_> = self.staged.drain(..count).collect();
         for group in groups.iter_mut().filter(|group| group.new_segment) {
             group.recycled = self.recycled.pop();
-            self.segments_reused += u64::from(group.recycled.is_some());
+            if group.recycled.is_some() {
+                self.segments_reused += 1;
+                self.recycle_budget.give(self.segment_bytes);
+            }
         }
         let staged_bytes: usize = groups.iter().map(|group| group.bytes.len).sum();
         self.staged_bytes -= staged_bytes;
@@ -1236,14 +1267,19 @@ pub async fn prune_through<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::R
         return Ok(0);
     }
     // Oldest first: a crash in between leaves a suffix of segments that still covers the
-    // snapshot's successor. The newest pruned ones are kept for reuse, if the pool has room.
-    let room = RECYCLED_SEGMENTS_MAX.saturating_sub(wal.borrow().recycled.len());
-    let keep_from = doomed.len().saturating_sub(room);
+    // snapshot's successor. Kept for reuse while the shard's budget has room, else removed.
+    let (budget, segment_bytes) = {
+        let wal = wal.borrow();
+        (wal.recycle_budget.clone(), wal.segment_bytes)
+    };
     let mut kept = Vec::new();
-    for (index, base) in doomed.iter().enumerate() {
-        if index >= keep_from {
+    for base in &doomed {
+        if budget.take(segment_bytes) {
             let name = recycled_name(*base);
-            storage.rename(&segment_name(*base), &name).await?;
+            if let Err(error) = storage.rename(&segment_name(*base), &name).await {
+                budget.give(segment_bytes);
+                return Err(error);
+            }
             kept.push(name);
         } else {
             storage.remove(&segment_name(*base)).await?;

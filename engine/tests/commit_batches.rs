@@ -18,7 +18,7 @@ use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::record::Operation;
 use coregrid_engine::rt;
 use coregrid_engine::sim::{CrashMode, SimDisk};
-use coregrid_engine::wal::{write_flush, Wal};
+use coregrid_engine::wal::{write_flush, RecycleBudget, Wal};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -27,9 +27,15 @@ const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 async fn open(disk: &SimDisk) -> (Wal<SimDisk>, Vec<u64>) {
     let mut lsns = Vec::new();
-    let wal = Wal::open(disk.clone(), 0, SEGMENT_BYTES, 0, Vec::new(), |record| {
-        lsns.push(record.header.meta().lsn)
-    })
+    let wal = Wal::open(
+        disk.clone(),
+        0,
+        SEGMENT_BYTES,
+        RecycleBudget::default(),
+        0,
+        Vec::new(),
+        |record| lsns.push(record.header.meta().lsn),
+    )
     .await
     .expect("open");
     (wal, lsns)

@@ -13,6 +13,7 @@ use clap::Args;
 use coregrid_cluster::election::Strategy;
 use coregrid_engine::constants::{
     PARTITIONS_DEFAULT, SEGMENT_BYTES_DEFAULT, SNAPSHOT_WAL_BYTES_DEFAULT,
+    WAL_RECYCLE_BYTES_DEFAULT,
 };
 use coregrid_engine::EngineConfig;
 use coregrid_net::ClusterId;
@@ -83,6 +84,9 @@ pub struct NodeArgs {
     /// WAL bytes between automatic snapshots (0: never) [default: 256 MiB].
     #[arg(long)]
     pub snapshot_wal_bytes: Option<u64>,
+    /// Bytes of pruned WAL segment files each shard keeps for reuse (0: none) [default: 4 GiB].
+    #[arg(long)]
+    pub wal_recycle_bytes: Option<u64>,
     /// Pin shard i to CPU i when there are enough CPUs [default: true].
     #[arg(long)]
     pub pin_shards: Option<bool>,
@@ -188,6 +192,8 @@ pub struct NodeConfig {
     pub segment_bytes: u64,
     /// WAL bytes between snapshots.
     pub snapshot_wal_bytes: u64,
+    /// Pruned WAL segment bytes each shard keeps for reuse.
+    pub wal_recycle_bytes: u64,
     /// Pin shards to CPUs.
     pub pin_shards: bool,
     /// Connection cap per shard.
@@ -229,6 +235,7 @@ impl Default for NodeConfig {
             partitions: PARTITIONS_DEFAULT,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
+            wal_recycle_bytes: WAL_RECYCLE_BYTES_DEFAULT,
             pin_shards: true,
             connections_per_shard: CONNECTIONS_PER_SHARD_DEFAULT,
             requests_in_flight_per_connection: REQUESTS_IN_FLIGHT_PER_CONNECTION_DEFAULT,
@@ -288,6 +295,7 @@ impl NodeConfig {
         set(&mut self.partitions, &args.partitions);
         set(&mut self.segment_bytes, &args.segment_bytes);
         set(&mut self.snapshot_wal_bytes, &args.snapshot_wal_bytes);
+        set(&mut self.wal_recycle_bytes, &args.wal_recycle_bytes);
         set(&mut self.pin_shards, &args.pin_shards);
         set(&mut self.connections_per_shard, &args.connections_per_shard);
         set(
@@ -461,6 +469,7 @@ impl NodeConfig {
             partitions: self.partitions,
             segment_bytes: self.segment_bytes,
             snapshot_wal_bytes: self.snapshot_wal_bytes,
+            wal_recycle_bytes: self.wal_recycle_bytes,
             pin_shards: self.pin_shards,
             ..EngineConfig::default()
         }
