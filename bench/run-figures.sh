@@ -60,15 +60,26 @@ for run in $(seq 1 "$runs"); do
   fio_large_fresh=$(fio --name=large_fresh --filename="$data/fresh.dat" --size=4g --fallocate=native \
     --direct=1 --rw=write --bs="$large_bs" --ioengine=psync --fdatasync=1 --output-format=json 2>/dev/null)
   rm -f "$data/fresh.dat"
+  # Sustained: four times as long, so that snapshots prune and new segments reuse pruned
+  # files (written extents), as a long-running node's do; fio at the same write size.
+  echo "run $run/$runs: sustained large durable writes ($((secs * 4)) s)" >&2
+  sustained=$("$bin" bench -q --json --shards 1 --partitions 1 --concurrency 256 --value-bytes 65536 \
+          --key-space 10000 --duration "$((secs * 4))" --dir "$data/sustained")
+  rm -rf "$data/sustained"
+  sustained_bs=$(round4k "$(echo "$sustained" | field group_commit.wal_bytes_per_flush)")
+  fio_sustained=$(fio_json sustained --rw=write --bs="$sustained_bs" --ioengine=psync --fdatasync=1)
   fio_read_qd32=$(fio_json read32 --rw=read --bs=1m --ioengine=io_uring --iodepth=32)
   fio_read_qd1=$(fio_json read1 --rw=read --bs=1m --ioengine=psync)
 
   results=$(python3 - "$results" "$small" "$fio_small" "$small_bs" "$large" "$fio_large" "$large_bs" \
             "$fio_read_qd32" "$fio_read_qd1" "$fio_small_all" "$small_all_bs" "$fio_large_all" \
-            "$large_all_bs" "$fio_large_fresh" <<'PY'
+            "$large_all_bs" "$fio_large_fresh" "$sustained" "$fio_sustained" "$sustained_bs" <<'PY'
 import json, sys
 (results, small, fio_small, small_bs, large, fio_large, large_bs, read32, read1,
- fio_small_all, small_all_bs, fio_large_all, large_all_bs, fio_large_fresh) = sys.argv[1:]
+ fio_small_all, small_all_bs, fio_large_all, large_all_bs, fio_large_fresh,
+ sustained, fio_sustained, sustained_bs) = sys.argv[1:]
+sustained, fsu = json.loads(sustained), json.loads(fio_sustained)["jobs"][0]
+sustained_fio_mib = fsu["write"]["bw_bytes"] / 2**20
 results = json.loads(results)
 small, large = json.loads(small), json.loads(large)
 job = lambda s: json.loads(s)["jobs"][0]
@@ -111,6 +122,15 @@ results.append({
     "fio_mib_per_sec_fresh_fallocated": large_fresh_mib,
     "ratio_fresh_fallocated": large["wal_mib_per_sec"] / large_fresh_mib if large_fresh_mib else None,
   },
+  "sustained": {
+    "secs": sustained["elapsed_secs"], "wal_mib_per_sec": sustained["wal_mib_per_sec"],
+    "p99_us": sustained["latency_us"]["p99"],
+    "snapshots": sustained["group_commit"]["snapshots"],
+    "segments_reused": sustained["group_commit"]["segments_reused"],
+    "wal_bytes_per_flush": sustained["group_commit"]["wal_bytes_per_flush"],
+    "fio_bs": int(sustained_bs), "fio_mib_per_sec": sustained_fio_mib,
+    "ratio": sustained["wal_mib_per_sec"] / sustained_fio_mib if sustained_fio_mib else None,
+  },
   "recovery": {
     "open_secs": rec["open_secs"], "wal_file_bytes": rec["wal_file_bytes"],
     "wal_segments": rec["wal_segments"], "mib_per_sec": rec["wal_file_mib_per_sec"],
@@ -138,7 +158,7 @@ python3 - "$results" "$memory" "$runs" "$secs" <<'PY'
 import json, statistics, sys
 results, memory, runs, secs = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 median = {}
-for part in ("small", "large", "recovery"):
+for part in ("small", "large", "sustained", "recovery"):
     median[part] = {k: statistics.median(r[part][k] for r in results)
                     for k in results[0][part] if results[0][part][k] is not None}
 print(json.dumps({"runs": int(runs), "secs_per_run": float(secs), "median": median,
