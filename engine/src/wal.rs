@@ -323,8 +323,9 @@ impl<S: Storage> Wal<S> {
                 EngineError::io(format!("remove {:?}", storage.path(&name)), error)
             })?;
         }
-        // One segment in memory at a time (plus the previous one, whose tail block the log
-        // may end in): a log larger than memory still opens.
+        // A few segments in memory at a time, not the log: the one scanned, the one before it
+        // (whose tail block the log may end in) and the next one, read ahead. A log larger
+        // than memory still opens.
         let mut files = Vec::with_capacity(names.len());
         for (_, name) in &names {
             let path = storage.path(name);
