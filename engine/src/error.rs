@@ -12,6 +12,12 @@ pub enum EngineError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// Records copied from a partition's leader failed verification (a bad record, a record
+    /// that no log holds, a gap in LSNs, an epoch going back). None of them was written: the
+    /// stream they came on should be dropped.
+    #[error("invalid replicated records: {0}")]
+    InvalidReplication(String),
+
     /// The collection does not exist. Nothing was written.
     #[error("no such collection: {0:?}")]
     NoSuchCollection(String),

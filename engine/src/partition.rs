@@ -19,7 +19,7 @@ use crate::index::{Index, ReplaySource};
 use crate::io::Storage;
 use crate::record::{
     encoded_len_with_request, validate_collection_name, validate_key_value, BatchOperation,
-    Operation,
+    Operation, OperationKind, RecordRef,
 };
 use crate::requests::{Lookup, RequestId};
 use crate::rt::{self, Doorbell};
@@ -278,9 +278,7 @@ impl<S: Storage> Partition<S> {
                 max_hlc = max_hlc.max(meta.hlc);
                 if matches!(
                     record.header.kind(),
-                    crate::record::OperationKind::Delete
-                        | crate::record::OperationKind::DropCollection
-                        | crate::record::OperationKind::Batch
+                    OperationKind::Delete | OperationKind::DropCollection | OperationKind::Batch
                 ) {
                     last_removal_lsn = meta.lsn;
                 }
@@ -498,13 +496,61 @@ impl<S: Storage> Partition<S> {
         apply: impl FnOnce(&mut Index, u64, u64),
     ) -> Result<Staged> {
         let len = encoded_len_with_request(operation, request.is_some());
+        let mut room = self.admit(len).await?;
+        // A retry is answered before any check: a compare-and-set that applied has changed
+        // the revision its retry would check.
+        if let Some(request) = request {
+            match self.index.borrow().requests().lookup(request) {
+                Lookup::New => {}
+                Lookup::Duplicate { lsn, hlc } => {
+                    return Ok(Staged {
+                        lsn,
+                        hlc,
+                        duplicate: true,
+                    })
+                }
+                Lookup::TooOld => {
+                    return Err(EngineError::RequestTooOld {
+                        client: request.client,
+                        sequence: request.sequence,
+                    })
+                }
+            }
+        }
+        check(&self.index.borrow())?;
+        let hlc = self.shard.hlc.now();
+        let lsn = self
+            .wal
+            .borrow_mut()
+            .stage(self.epoch.get(), hlc, request, operation)
+            .expect("the staging budget bounds what is staged");
+        // The bytes are the WAL's now; the writer gives them back once they are durable.
+        room.bytes = 0;
+        {
+            let mut index = self.index.borrow_mut();
+            apply(&mut index, lsn, hlc);
+            if let Some(request) = request {
+                index.requests_mut().note_applied(request, lsn, hlc);
+            }
+        }
+        self.writer_bell.ring();
+        Ok(Staged {
+            lsn,
+            hlc,
+            duplicate: false,
+        })
+    }
+
+    /// Waits for staging room for a record of `len` bytes (in arrival order) and for any
+    /// truncation to end; returns once the partition may stage it now, synchronously, against
+    /// the state as it is after the wait.
+    async fn admit(&self, len: usize) -> Result<BudgetTaken<'_>> {
         assert!(len <= RECORD_BYTES_MAX);
-        // Room first, in arrival order; then the checks, against the state as it is now.
         if self.staging_budget.acquire(len).await.is_err() {
             self.shard.check()?;
             return Err(EngineError::ShuttingDown);
         }
-        let mut room = BudgetTaken {
+        let room = BudgetTaken {
             budget: &self.staging_budget,
             bytes: len,
         };
@@ -520,49 +566,60 @@ impl<S: Storage> Partition<S> {
                 continue;
             }
             self.shard.check()?;
-            // A retry is answered before any check: a compare-and-set that applied has changed
-            // the revision its retry would check.
-            if let Some(request) = request {
-                match self.index.borrow().requests().lookup(request) {
-                    Lookup::New => {}
-                    Lookup::Duplicate { lsn, hlc } => {
-                        return Ok(Staged {
-                            lsn,
-                            hlc,
-                            duplicate: true,
-                        })
-                    }
-                    Lookup::TooOld => {
-                        return Err(EngineError::RequestTooOld {
-                            client: request.client,
-                            sequence: request.sequence,
-                        })
-                    }
-                }
-            }
-            check(&self.index.borrow())?;
-            let hlc = self.shard.hlc.now();
-            let lsn = self
-                .wal
+            return Ok(room);
+        }
+    }
+
+    /// Appends records copied from the partition's leader (whole records as
+    /// [`Partition::read_raw`] hands them out there), applies them, and returns the last one's
+    /// LSN once it is durable here: the follower's side of pull replication (design.md
+    /// section 6). Every record keeps its LSN, epoch and HLC timestamp; the log's epoch history
+    /// and the partition's epoch follow the records' epochs.
+    ///
+    /// The records are verified before any is staged: each must pass its header and body
+    /// checks, decode, be a log record (not a snapshot's), continue the LSNs densely from this
+    /// log's next LSN, and never go back in epoch. If any fails, nothing is written and the
+    /// error is [`EngineError::InvalidReplication`] (the caller drops the stream, as for any
+    /// bad input from the network). Writes of this partition's own (a leader's) must not run
+    /// at the same time; one that did would be caught at its LSN, leaving the records before it
+    /// applied.
+    pub async fn append_replicated(&self, records: &[u8]) -> Result<u64> {
+        let invalid = |reason: String| {
+            EngineError::InvalidReplication(format!("partition {}: {reason}", self.id))
+        };
+        let verified = {
+            let wal = self.wal.borrow();
+            verify_replicated(records, wal.next_lsn(), wal.last_epoch()).map_err(invalid)?
+        };
+        let Some(last) = verified.last() else {
+            return Ok(self.wal.borrow().next_lsn() - 1);
+        };
+        let last_lsn = last.header.lsn();
+        for record in &verified {
+            let mut room = self.admit(record.len()).await?;
+            let meta = record.header.meta();
+            self.wal
                 .borrow_mut()
-                .stage(self.epoch.get(), hlc, request, operation)
-                .expect("the staging budget bounds what is staged");
-            // The bytes are the WAL's now; the writer gives them back once they are durable.
+                .stage_copy(record)
+                .map_err(|error| invalid(format!("at LSN {}: {error:?}", meta.lsn)))?;
             room.bytes = 0;
-            {
-                let mut index = self.index.borrow_mut();
-                apply(&mut index, lsn, hlc);
-                if let Some(request) = request {
-                    index.requests_mut().note_applied(request, lsn, hlc);
-                }
+            self.index
+                .borrow_mut()
+                .apply_record(*record, ReplaySource::Wal);
+            self.shard.hlc.observe(meta.hlc);
+            if meta.epoch > self.epoch.get() {
+                self.epoch.set(meta.epoch);
+            }
+            if matches!(
+                record.header.kind(),
+                OperationKind::Delete | OperationKind::DropCollection | OperationKind::Batch
+            ) {
+                self.last_removal_lsn.set(meta.lsn);
             }
             self.writer_bell.ring();
-            return Ok(Staged {
-                lsn,
-                hlc,
-                duplicate: false,
-            });
         }
+        self.wait_durable(last_lsn).await?;
+        Ok(last_lsn)
     }
 
     /// Waits until the staged record is durable and says what the write did.
@@ -1150,6 +1207,62 @@ impl<S: Storage> Partition<S> {
             .map_err(|error| EngineError::io(format!("partition {}: close", self.id), error));
         flushed.and(closed)
     }
+}
+
+/// Verifies records copied from a leader ([`Partition::append_replicated`]): whole, valid,
+/// decodable log records whose LSNs continue densely from `next_lsn` in epochs never below
+/// `last_epoch` or each other. Returns them, or what is wrong with the first bad one.
+fn verify_replicated(
+    mut bytes: &[u8],
+    next_lsn: u64,
+    last_epoch: u64,
+) -> std::result::Result<Vec<RecordRef<'_>>, String> {
+    let mut records = Vec::new();
+    let (mut expected, mut epoch, mut offset) = (next_lsn, last_epoch, 0usize);
+    while !bytes.is_empty() {
+        let record = RecordRef::validate(bytes)
+            .map_err(|error| format!("bad record at byte {offset} (LSN {expected}): {error}"))?;
+        let meta = record.header.meta();
+        let kind = record.header.kind();
+        if !matches!(
+            kind,
+            OperationKind::Put
+                | OperationKind::Delete
+                | OperationKind::CreateCollection
+                | OperationKind::DropCollection
+                | OperationKind::Batch
+                | OperationKind::EpochStart
+        ) {
+            return Err(format!(
+                "record at byte {offset} (LSN {}) is a {kind:?} record, which no log holds",
+                meta.lsn
+            ));
+        }
+        if let Err(error) = record.operation() {
+            return Err(format!(
+                "record at byte {offset} (LSN {}) has a body that does not decode: {error}",
+                meta.lsn
+            ));
+        }
+        if meta.lsn != expected {
+            return Err(format!(
+                "record at byte {offset} has LSN {}, expected {expected}",
+                meta.lsn
+            ));
+        }
+        if meta.epoch < epoch {
+            return Err(format!(
+                "record at byte {offset} (LSN {}) has epoch {}, below epoch {epoch}",
+                meta.lsn, meta.epoch
+            ));
+        }
+        epoch = meta.epoch;
+        expected += 1;
+        offset += record.len();
+        bytes = &bytes[record.len()..];
+        records.push(record);
+    }
+    Ok(records)
 }
 
 /// Gives staging room back unless a record was staged in it (a check failed, the partition

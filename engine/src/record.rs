@@ -717,6 +717,32 @@ impl<'a> Operation<'a> {
     }
 }
 
+/// Appends a record validated elsewhere (a leader's, on the replication path) to `out` and
+/// returns its length: byte for byte, except the header's `durable_lsn`, which is set to
+/// `durable_lsn` (and the header crc with it).
+///
+/// Why: `durable_lsn` is the writer's evidence for recovery (a valid record claiming LSN `d`
+/// durable makes a bad record at or below `d` corruption, not a torn tail; see `scan`). It
+/// must be true of the log the record is written into; the leader's value is true of the
+/// leader's log, and a follower that wrote it could report corruption after a torn write of
+/// records it had not yet made durable. The body and its crc are the leader's.
+pub fn copy_record_restamped(
+    out: &mut impl RecordSink,
+    record: &RecordRef<'_>,
+    durable_lsn: u64,
+) -> usize {
+    let mut header = *record.header;
+    header.durable_lsn = durable_lsn.into();
+    header.header_crc = 0.into();
+    let crc = crc32c::crc32c(&header.as_bytes()[HEADER_CRC_COVERS_FROM..]);
+    header.header_crc = crc.into();
+    let start = out.written_len();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(record.body);
+    debug_assert!(RecordRef::validate(out.written_from(start)).is_ok());
+    record.len()
+}
+
 /// Appends one whole record (header and body) to `out` and returns its length.
 ///
 /// The body is encoded in place after a reserved header, then the header is filled in and

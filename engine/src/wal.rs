@@ -20,8 +20,8 @@ use crate::constants::{
 use crate::error::{EngineError, Result};
 use crate::io::{Storage, StorageFile, WriteBuffer};
 use crate::record::{
-    encode_record_with_request, encoded_len_with_request, Operation, RecordHeader, RecordMeta,
-    RecordRef, RecordSink,
+    copy_record_restamped, encode_record_with_request, encoded_len_with_request, Operation,
+    RecordHeader, RecordMeta, RecordRef, RecordSink,
 };
 use crate::requests::RequestId;
 use crate::rt;
@@ -183,6 +183,27 @@ struct FlushDone<F> {
 pub enum StageError {
     /// Too many bytes are staged already; wait for a flush.
     Full,
+}
+
+/// Why a copied record ([`Wal::stage_copy`]) could not be staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyError {
+    /// Too many bytes are staged already; wait for a flush.
+    Full,
+    /// The record is not the log's next LSN.
+    NotNext {
+        /// The log's next LSN.
+        expected: u64,
+        /// The record's.
+        found: u64,
+    },
+    /// A copied record's epoch is below the log's last epoch.
+    EpochBehind {
+        /// The log's last epoch.
+        last: u64,
+        /// The record's.
+        found: u64,
+    },
 }
 
 /// A partition's WAL.
@@ -606,16 +627,59 @@ impl<S: Storage> Wal<S> {
     ) -> std::result::Result<u64, StageError> {
         let len = encoded_len_with_request(operation, request.is_some());
         assert!(
+            epoch >= self.last_epoch(),
+            "epochs never go backwards in a log"
+        );
+        self.append(len, epoch, |bytes, lsn, durable_lsn| {
+            let meta = RecordMeta {
+                lsn,
+                epoch,
+                hlc,
+                durable_lsn,
+            };
+            encode_record_with_request(bytes, meta, request, operation)
+        })
+    }
+
+    /// Stages a copy of a record written by another log (a leader's, on the replication
+    /// path), keeping its LSN, epoch and HLC timestamp: it must be the next LSN, in an epoch
+    /// not below the last. Its bytes are kept except the header's `durable_lsn`, which is this
+    /// log's ([`copy_record_restamped`] says why). Durable once a flush that took it returns.
+    pub fn stage_copy(&mut self, record: &RecordRef<'_>) -> std::result::Result<u64, CopyError> {
+        let meta = record.header.meta();
+        if meta.lsn != self.next_lsn {
+            return Err(CopyError::NotNext {
+                expected: self.next_lsn,
+                found: meta.lsn,
+            });
+        }
+        if meta.epoch < self.last_epoch() {
+            return Err(CopyError::EpochBehind {
+                last: self.last_epoch(),
+                found: meta.epoch,
+            });
+        }
+        self.append(record.len(), meta.epoch, |bytes, _, durable_lsn| {
+            copy_record_restamped(bytes, record, durable_lsn)
+        })
+        .map_err(|StageError::Full| CopyError::Full)
+    }
+
+    /// Appends a record of `len` bytes in `epoch` as the next LSN: `write` puts its bytes
+    /// into the group's buffer, given the LSN and the log's durable LSN.
+    fn append(
+        &mut self,
+        len: usize,
+        epoch: u64,
+        write: impl FnOnce(&mut StagedBytes<<S::File as StorageFile>::Buffer>, u64, u64) -> usize,
+    ) -> std::result::Result<u64, StageError> {
+        assert!(
             len <= RECORD_BYTES_MAX,
             "record over the limit: validate first"
         );
         if !self.staged.is_empty() && self.staged_bytes + len > STAGED_BYTES_MAX {
             return Err(StageError::Full);
         }
-        assert!(
-            epoch >= self.last_epoch(),
-            "epochs never go backwards in a log"
-        );
         self.close_batch_if_full();
         let lsn = self.next_lsn;
         let needs_segment = self.append_segment_base_lsn == 0
@@ -668,13 +732,7 @@ impl<S: Storage> Wal<S> {
             group.samples.push((lsn, offset));
             self.append_last_sample_offset = Some(offset);
         }
-        let meta = RecordMeta {
-            lsn,
-            epoch,
-            hlc,
-            durable_lsn: self.durable_lsn,
-        };
-        let written = encode_record_with_request(&mut group.bytes, meta, request, operation);
+        let written = write(&mut group.bytes, lsn, self.durable_lsn);
         assert_eq!(written, len);
         group.last_lsn = lsn;
         self.append_offset += len as u64;
