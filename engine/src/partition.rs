@@ -485,6 +485,33 @@ impl<S: Storage> Partition<S> {
         .await
     }
 
+    /// Like [`Partition::wait_durable`], for a task that waits for the same LSN again and
+    /// again and gives up at a deadline each time (a leader's long poll for a follower's next
+    /// records, which may wait on an idle partition for hours): it registers its waker once
+    /// per LSN, so abandoned waits do not pile up in the waiter list. Costs a scan of the
+    /// waiter list per registration, so it is kept off the write path.
+    pub async fn wait_durable_polling(&self, lsn: u64) -> Result<()> {
+        let mut registered = false;
+        std::future::poll_fn(|context| {
+            if self.durable_lsn() >= lsn {
+                return Poll::Ready(Ok(()));
+            }
+            self.shard.check()?;
+            if !registered {
+                let mut waiters = self.waiters.borrow_mut();
+                if !waiters
+                    .iter()
+                    .any(|(at, waker)| *at == lsn && waker.will_wake(context.waker()))
+                {
+                    waiters.push((lsn, context.waker().clone()));
+                }
+                registered = true;
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Stages `operation` once `check` passes against the current state, then lets `apply`
     /// change the index, all in one synchronous step. Waits (without holding anything) while
     /// the staging area is full. Returns the record's LSN and HLC timestamp.

@@ -36,7 +36,7 @@ fn key(index: usize) -> Bytes {
 }
 
 fn value(step: usize, rng: &mut StdRng) -> Bytes {
-    let len = if step % 6 == 0 {
+    let len = if step.is_multiple_of(6) {
         BIG_VALUE_BYTES
     } else {
         rng.gen_range(1..200)
