@@ -92,6 +92,20 @@ pub const CLIENT_FRAME_BODY_BYTES_MAX: usize = 6 * 1024 * 1024;
 /// bytes, so large records make shorter batches. At least four of the largest records fit.
 pub const REPLICATION_FRAME_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Most bytes of records one sync answer carries (a follower asks for at most this many).
+/// At least the engine's largest record, so that any record can be sent; with the answer's
+/// fixed fields, within a replication frame.
+pub const SYNC_RECORD_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Longest a leader may hold a sync request that has nothing new (a long poll), in
+/// milliseconds. Bounds how long a request can tie up its slot on the connection.
+pub const SYNC_WAIT_MS_MAX: u32 = 10_000;
+
+/// Most epochs an epoch history on the wire may list (16 bytes each: 1.6 MiB at most). A
+/// partition starts an epoch only when its leader changes; a million leader changes of one
+/// partition would be a bug elsewhere.
+pub const EPOCH_HISTORY_ENTRIES_MAX: usize = 100_000;
+
 /// Largest UDP payload over IPv4, in bytes: 65,535 minus the 20-byte IP and 8-byte UDP headers.
 /// (IPv6 allows 65,527 without jumbograms; IPv4 is the tighter bound, so it is the one used.)
 /// A datagram larger than this cannot be sent at all.
@@ -188,6 +202,14 @@ const _: () = assert!(
         <= CLIENT_FRAME_BODY_BYTES_MAX
 );
 // A whole control frame fits one UDP datagram, and its body limit keeps the frame alignment.
+// Any WAL record fits one sync answer, and the largest answer (records or an epoch history of
+// 16-byte entries, with the fixed fields) fits a replication frame.
+const _: () = assert!(WAL_RECORD_BYTES_MAX <= SYNC_RECORD_BYTES_MAX);
+const _: () =
+    assert!(SYNC_RECORD_BYTES_MAX + MESSAGE_FIXED_BYTES_MAX <= REPLICATION_FRAME_BODY_BYTES_MAX);
+const _: () = assert!(
+    EPOCH_HISTORY_ENTRIES_MAX * 16 + MESSAGE_FIXED_BYTES_MAX <= REPLICATION_FRAME_BODY_BYTES_MAX
+);
 const _: () = assert!(frame_bytes(CONTROL_FRAME_BODY_BYTES_MAX) <= UDP_PAYLOAD_BYTES_MAX);
 const _: () = assert!(CONTROL_FRAME_BODY_BYTES_MAX.is_multiple_of(FRAME_ALIGNMENT_BYTES));
 const _: () = assert!(CONTROL_FRAME_BODY_BYTES_MAX <= CLIENT_FRAME_BODY_BYTES_MAX);

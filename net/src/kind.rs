@@ -19,8 +19,8 @@ pub enum ChannelKind {
     Handshake = 0,
     /// A client (or a node acting as one) sending requests to one data shard.
     Client = 1,
-    /// A follower shard pulling WAL records from a leader shard. Its message kinds belong to
-    /// the replication protocol (kinds `0x02xx`, not defined yet).
+    /// A follower shard pulling WAL records from a leader shard: [`MessageKind::SyncRequest`]
+    /// and [`MessageKind::SyncResponse`] (kinds `0x02xx`).
     Replication = 2,
     /// Control-plane traffic between the control shards of nodes (gossip, votes, leadership
     /// maps): one frame per UDP datagram, no connection and so no handshake; a `Hello` asking
@@ -61,8 +61,8 @@ impl fmt::Display for ChannelKind {
 
 /// The header's `kind` field: which message the body holds. One kind per body type, so the kind
 /// alone says how to read the body. The high byte groups kinds: `0x00` handshake, `0x01` client
-/// requests (`0x01_0x`) and responses (`0x01_8x`), `0x02` reserved for replication, `0x03`
-/// control datagrams between nodes.
+/// requests (`0x01_0x`) and responses (`0x01_8x`), `0x02` replication (requests `0x02_0x`,
+/// responses `0x02_8x`), `0x03` control datagrams between nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u16)]
 pub enum MessageKind {
@@ -102,6 +102,10 @@ pub enum MessageKind {
     ClusterStatusResponse = 0x0185,
     /// [`crate::message::ErrorResponse`]: any request failed.
     ErrorResponse = 0x01ff,
+    /// [`crate::message::SyncRequest`]: a follower asks for a partition's records.
+    SyncRequest = 0x0201,
+    /// [`crate::message::SyncResponse`]: the leader's records (or why not).
+    SyncResponse = 0x0281,
     /// A control-plane datagram between the control shards of two nodes, on
     /// [`ChannelKind::Control`]. Its body is defined by the `coregrid-cluster` crate (this
     /// crate does not depend on it): net checks the frame (magic, crcs, length, padding) and
@@ -113,7 +117,7 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, in wire order.
-    pub const ALL: [MessageKind; 18] = [
+    pub const ALL: [MessageKind; 20] = [
         MessageKind::Hello,
         MessageKind::HelloReply,
         MessageKind::Put,
@@ -131,6 +135,8 @@ impl MessageKind {
         MessageKind::TopologyResponse,
         MessageKind::ClusterStatusResponse,
         MessageKind::ErrorResponse,
+        MessageKind::SyncRequest,
+        MessageKind::SyncResponse,
         MessageKind::Control,
     ];
 
@@ -154,6 +160,8 @@ impl MessageKind {
             0x0184 => MessageKind::TopologyResponse,
             0x0185 => MessageKind::ClusterStatusResponse,
             0x01ff => MessageKind::ErrorResponse,
+            0x0201 => MessageKind::SyncRequest,
+            0x0281 => MessageKind::SyncResponse,
             0x0301 => MessageKind::Control,
             _ => return None,
         })
@@ -169,6 +177,7 @@ impl MessageKind {
         match self {
             MessageKind::Hello | MessageKind::HelloReply => ChannelKind::Handshake,
             MessageKind::Control => ChannelKind::Control,
+            MessageKind::SyncRequest | MessageKind::SyncResponse => ChannelKind::Replication,
             _ => ChannelKind::Client,
         }
     }
@@ -188,6 +197,7 @@ impl MessageKind {
                 | MessageKind::Batch
                 | MessageKind::Topology
                 | MessageKind::ClusterStatus
+                | MessageKind::SyncRequest
         )
     }
 
@@ -257,6 +267,24 @@ mod tests {
             .filter(|kind| kind.channel() == ChannelKind::Control)
             .collect();
         assert_eq!(control, vec![MessageKind::Control]);
+    }
+
+    #[test]
+    fn replication_kinds_are_pinned_and_travel_on_their_channel() {
+        assert_eq!(MessageKind::SyncRequest.to_u16(), 0x0201);
+        assert_eq!(MessageKind::SyncResponse.to_u16(), 0x0281);
+        assert_eq!(ChannelKind::Replication as u8, 2);
+        assert!(MessageKind::SyncRequest.is_request());
+        assert!(!MessageKind::SyncRequest.is_write());
+        assert!(!MessageKind::SyncResponse.is_request());
+        let replication: Vec<MessageKind> = MessageKind::ALL
+            .into_iter()
+            .filter(|kind| kind.channel() == ChannelKind::Replication)
+            .collect();
+        assert_eq!(
+            replication,
+            vec![MessageKind::SyncRequest, MessageKind::SyncResponse]
+        );
     }
 
     #[test]

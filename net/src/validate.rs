@@ -42,6 +42,12 @@ pub enum Limit {
     Replicas,
     /// [`crate::constants::GOSSIP_ADDRESS_BYTES_MAX`].
     AddressBytes,
+    /// [`crate::constants::SYNC_RECORD_BYTES_MAX`].
+    SyncBytes,
+    /// [`crate::constants::SYNC_WAIT_MS_MAX`].
+    SyncWaitMs,
+    /// [`crate::constants::EPOCH_HISTORY_ENTRIES_MAX`].
+    EpochHistoryEntries,
 }
 
 impl Limit {
@@ -60,6 +66,9 @@ impl Limit {
             Limit::Members => "cluster members",
             Limit::Replicas => "replicas of a partition",
             Limit::AddressBytes => "address bytes",
+            Limit::SyncBytes => "bytes of records in one sync",
+            Limit::SyncWaitMs => "milliseconds of a sync's long poll",
+            Limit::EpochHistoryEntries => "epochs in an epoch history",
         }
     }
 }

@@ -45,6 +45,15 @@ fn garbage_bodies_are_malformed_and_the_stream_goes_on() {
                 continue;
             }
             let error = decode(&frame).unwrap_err();
+            if kind == MessageKind::SyncRequest {
+                // Fixed fields only: every bit pattern is well-formed, and the protocol's
+                // rules refuse this one (partition 2^32 - 1).
+                assert!(
+                    matches!(error, DecodeError::Invalid { kind: k, .. } if k == kind),
+                    "{kind}: {error:?}"
+                );
+                continue;
+            }
             assert!(
                 matches!(error, DecodeError::Malformed { kind: k, .. } if k == kind),
                 "{kind}: {error:?}"

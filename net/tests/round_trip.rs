@@ -130,6 +130,16 @@ proptest! {
         round_trip(&message, meta(id, epoch));
     }
 
+    #[test]
+    fn sync_request_round_trips(message in sync_request(), id: u64, epoch: u64) {
+        round_trip(&message, meta(id, epoch));
+    }
+
+    #[test]
+    fn sync_response_round_trips(message in sync_response(), id: u64, epoch: u64) {
+        round_trip(&message, meta(id, epoch));
+    }
+
     /// Many messages of every kind pipelined on one stream, fed in arbitrary chunks, come out
     /// in order, each with its own request id.
     #[test]

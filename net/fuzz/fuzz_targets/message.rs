@@ -8,8 +8,8 @@
 use coregrid_net::message::{
     BatchRequest, ClusterStatusRequest, ClusterStatusResponse, CompareAndSetRequest,
     CreateCollectionRequest, DeleteRequest, DeleteResponse, DropCollectionRequest, ErrorResponse,
-    GetRequest, GetResponse, Hello, HelloReply, PutRequest, TopologyRequest, TopologyResponse,
-    WriteResponse,
+    GetRequest, GetResponse, Hello, HelloReply, PutRequest, SyncRequest, SyncResponse,
+    TopologyRequest, TopologyResponse, WriteResponse,
 };
 use coregrid_net::rkyv::util::AlignedVec;
 use coregrid_net::{
@@ -93,5 +93,7 @@ fuzz_target!(|data: &[u8]| {
         MessageKind::ClusterStatus => check::<ClusterStatusRequest>(body),
         MessageKind::ClusterStatusResponse => check::<ClusterStatusResponse>(body),
         MessageKind::Control => check_control(body),
+        MessageKind::SyncRequest => check::<SyncRequest>(body),
+        MessageKind::SyncResponse => check::<SyncResponse>(body),
     }
 });

@@ -5,7 +5,7 @@
 use coregrid_net::MessageKind;
 
 /// Selector byte (modulo the length) -> kind. Append new kinds; never reorder.
-pub const FUZZ_KINDS: [MessageKind; 18] = [
+pub const FUZZ_KINDS: [MessageKind; 20] = [
     // The first fifteen: `MessageKind::ALL` as it was when the corpus was first written.
     MessageKind::Hello,
     MessageKind::HelloReply,
@@ -26,5 +26,8 @@ pub const FUZZ_KINDS: [MessageKind; 18] = [
     MessageKind::ClusterStatus,
     MessageKind::ClusterStatusResponse,
     MessageKind::Control,
+    // Added with replication.
+    MessageKind::SyncRequest,
+    MessageKind::SyncResponse,
 ];
 

@@ -1,6 +1,7 @@
 //! Writes seed corpora of valid frames of every message kind (the crcs and rkyv's validation
 //! would stop a blind fuzzer at the door): `cargo run --bin seeds` from net/fuzz.
 
+use coregrid_net::message::{EpochStart, SyncOutcome, SyncRequest, SyncResponse};
 use coregrid_net::message::{
     BatchOperation, BatchRequest, ClusterStatusRequest, ClusterStatusResponse,
     CompareAndSetRequest, ControlRole, CreateCollectionRequest, DeleteRequest, DeleteResponse,
@@ -212,6 +213,49 @@ fn samples() -> Vec<(MessageKind, Encoder)> {
             members: vec![],
             partitions: vec![],
         }),
+        boxed(SyncRequest {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            last_epoch: Epoch(4),
+            last_lsn: Lsn(120),
+            max_bytes: 1024 * 1024,
+            wait_ms: 500,
+        }),
+        boxed(SyncResponse {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            outcome: SyncOutcome::Records {
+                last_lsn: Lsn(122),
+                leader_end_epoch: Epoch(4),
+                leader_end_lsn: Lsn(130),
+                records: vec![0x43, 0x47, 0x52, 0x31, 7, 7, 7, 7],
+            },
+        }),
+        boxed(SyncResponse {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            outcome: SyncOutcome::Diverged {
+                history: vec![
+                    EpochStart {
+                        epoch: Epoch(0),
+                        first_lsn: Lsn(1),
+                    },
+                    EpochStart {
+                        epoch: Epoch(5),
+                        first_lsn: Lsn(100),
+                    },
+                ],
+                end_lsn: Lsn(130),
+            },
+        }),
+        boxed(SyncResponse {
+            partition: PartitionId(0),
+            map_epoch: Epoch(6),
+            outcome: SyncOutcome::Refused(ErrorResponse::NotLeader {
+                leader: Some(NodeId(2)),
+                epoch: Epoch(6),
+            }),
+        }),
         (
             MessageKind::Control,
             Box::new(|out: &mut Vec<u8>, meta| {
@@ -236,6 +280,7 @@ fn main() -> std::io::Result<()> {
 
     let mut handshake_stream = Vec::new();
     let mut client_stream = Vec::new();
+    let mut replication_stream = Vec::new();
     let mut control_datagram = Vec::new();
     for (index, (kind, encoder)) in samples.iter().enumerate() {
         let meta = FrameMeta {
@@ -261,6 +306,7 @@ fn main() -> std::io::Result<()> {
                 handshake_stream.extend_from_slice(&frame)
             }
             ChannelKind::Client => client_stream.extend_from_slice(&frame),
+            ChannelKind::Replication => replication_stream.extend_from_slice(&frame),
             ChannelKind::Control if control_datagram.is_empty() => {
                 control_datagram.extend_from_slice(&frame)
             }
@@ -269,10 +315,11 @@ fn main() -> std::io::Result<()> {
     }
     // The decoder target: mode byte (channel = mode % 4), chunk size byte, stream. A client
     // connection from its hello (mode 0x80: handshake channel, then client), a client stream
-    // alone (mode 1) and a control datagram (mode 3).
+    // alone (mode 1), a replication stream (mode 2) and a control datagram (mode 3).
     for (name, mode, chunk) in [
         ("hello-then-client", 0x80u8, 61u8),
         ("client", 1, 255),
+        ("replication", 2, 97),
         ("control", 3, 200),
     ] {
         let mut input = vec![mode, chunk];
@@ -281,6 +328,7 @@ fn main() -> std::io::Result<()> {
                 input.extend_from_slice(&handshake_stream);
                 input.extend_from_slice(&client_stream);
             }
+            2 => input.extend_from_slice(&replication_stream),
             3 => input.extend_from_slice(&control_datagram),
             _ => input.extend_from_slice(&client_stream),
         }

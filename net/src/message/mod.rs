@@ -1,6 +1,6 @@
 //! Every wire message, and the codec between messages and frames.
 //!
-//! The types live in three private files (`handshake`, `request`, `response`) and are all
+//! The types live in four private files (`handshake`, `request`, `response`, `replication`) and are all
 //! re-exported here; rkyv's resolver types stay private (nothing outside needs them).
 //!
 //! Each message type has its own [`MessageKind`], except [`MessageKind::Control`]: a control
@@ -14,12 +14,17 @@
 //! applied. What comes back borrows the frame's body: keys and values are `&[u8]` into it.
 
 mod handshake;
+mod replication;
 mod request;
 mod response;
 
 pub use handshake::{
     answer_hello, ArchivedHello, ArchivedHelloAccepted, ArchivedHelloReply, ArchivedPeer,
     ArchivedRefusal, Hello, HelloAccepted, HelloReply, LocalIdentity, Peer, Refusal,
+};
+pub use replication::{
+    ArchivedEpochStart, ArchivedSyncOutcome, ArchivedSyncRequest, ArchivedSyncResponse, EpochStart,
+    SyncOutcome, SyncRequest, SyncResponse,
 };
 pub use request::{
     ArchivedBatchOperation, ArchivedBatchRequest, ArchivedClusterStatusRequest,
@@ -167,6 +172,8 @@ message! {
     TopologyResponse / ArchivedTopologyResponse => TopologyResponse,
     ClusterStatusResponse / ArchivedClusterStatusResponse => ClusterStatusResponse,
     ErrorResponse / ArchivedErrorResponse => ErrorResponse,
+    SyncRequest / ArchivedSyncRequest => SyncRequest,
+    SyncResponse / ArchivedSyncResponse => SyncResponse,
 }
 
 /// Appends `message` as one frame to `out` (header, body, padding); returns the bytes

@@ -9,6 +9,7 @@ use coregrid_net::message::{
     HelloReply, MemberState, MemberStatus, PartitionStatus, Peer, PutRequest, ReadConsistency,
     Refusal, ShardTopology, TopologyRequest, TopologyResponse, WriteConsistency, WriteResponse,
 };
+use coregrid_net::message::{EpochStart, SyncOutcome, SyncRequest, SyncResponse};
 use coregrid_net::{
     encode, encode_frame_raw, ChannelKind, ClientId, ClientRequestId, ClusterId, EncodeError,
     Epoch, FrameMeta, Limit, Lsn, MessageKind, NodeId, PartitionId, ShardId, Term,
@@ -35,6 +36,8 @@ pub enum AnyMessage {
     TopologyResponse(TopologyResponse),
     ClusterStatusResponse(ClusterStatusResponse),
     ErrorResponse(ErrorResponse),
+    SyncRequest(SyncRequest),
+    SyncResponse(SyncResponse),
     /// A control datagram's body: bytes net does not interpret (the cluster crate's).
     Control(Vec<u8>),
 }
@@ -60,6 +63,8 @@ macro_rules! with_message {
             AnyMessage::TopologyResponse($message) => $body,
             AnyMessage::ClusterStatusResponse($message) => $body,
             AnyMessage::ErrorResponse($message) => $body,
+            AnyMessage::SyncRequest($message) => $body,
+            AnyMessage::SyncResponse($message) => $body,
             AnyMessage::Control(_) => unreachable!("control bodies are not messages of net"),
         }
     };
@@ -526,8 +531,81 @@ pub fn any_message() -> impl Strategy<Value = AnyMessage> {
         topology_response().prop_map(AnyMessage::TopologyResponse),
         cluster_status_response().prop_map(AnyMessage::ClusterStatusResponse),
         error_response().prop_map(AnyMessage::ErrorResponse),
+        sync_request().prop_map(AnyMessage::SyncRequest),
+        sync_response().prop_map(AnyMessage::SyncResponse),
         proptest::collection::vec(any::<u8>(), 0..200).prop_map(AnyMessage::Control),
     ]
+}
+
+/// A follower's sync request: an empty log, or a last record in some epoch.
+pub fn sync_request() -> impl Strategy<Value = SyncRequest> {
+    (
+        0u32..coregrid_net::constants::PARTITIONS_MAX,
+        any::<u64>(),
+        prop_oneof![Just((0u64, 0u64)), (1u64.., 1u64..)],
+        0..=coregrid_net::constants::SYNC_RECORD_BYTES_MAX as u32,
+        0..=coregrid_net::constants::SYNC_WAIT_MS_MAX,
+    )
+        .prop_map(
+            |(partition, map_epoch, (last_epoch, last_lsn), max_bytes, wait_ms)| SyncRequest {
+                partition: PartitionId(partition),
+                map_epoch: Epoch(map_epoch),
+                last_epoch: Epoch(last_epoch),
+                last_lsn: Lsn(last_lsn),
+                max_bytes,
+                wait_ms,
+            },
+        )
+}
+
+/// An epoch history that follows the rules: epochs ascending, first LSNs from 1, never
+/// descending, within the log's end (returned with it).
+pub fn epoch_history() -> impl Strategy<Value = (Vec<EpochStart>, Lsn)> {
+    proptest::collection::vec((1u64..5, 0u64..5), 0..20).prop_map(|steps| {
+        let (mut epoch, mut lsn) = (0u64, 1u64);
+        let history: Vec<EpochStart> = steps
+            .into_iter()
+            .map(|(epoch_step, lsn_step)| {
+                epoch += epoch_step;
+                lsn += lsn_step;
+                EpochStart {
+                    epoch: Epoch(epoch),
+                    first_lsn: Lsn(lsn),
+                }
+            })
+            .collect();
+        (history, Lsn(lsn + 3))
+    })
+}
+
+/// A leader's sync answer of every outcome.
+pub fn sync_response() -> impl Strategy<Value = SyncResponse> {
+    let outcome = prop_oneof![
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..300)
+        )
+            .prop_map(|(last_lsn, extra, records)| SyncOutcome::Records {
+                last_lsn: Lsn(last_lsn),
+                leader_end_epoch: Epoch(extra % 7),
+                leader_end_lsn: Lsn(last_lsn.saturating_add(extra % 1000)),
+                records,
+            }),
+        epoch_history().prop_map(|(history, end_lsn)| SyncOutcome::Diverged { history, end_lsn }),
+        lsn().prop_map(|end_lsn| SyncOutcome::SnapshotNeeded { end_lsn }),
+        error_response().prop_map(SyncOutcome::Refused),
+    ];
+    (
+        0u32..coregrid_net::constants::PARTITIONS_MAX,
+        epoch(),
+        outcome,
+    )
+        .prop_map(|(partition, map_epoch, outcome)| SyncResponse {
+            partition: PartitionId(partition),
+            map_epoch,
+            outcome,
+        })
 }
 
 /// A three-node cluster's status, as node 1 (the controller) sees it.
@@ -668,6 +746,31 @@ pub fn samples() -> Vec<AnyMessage> {
         AnyMessage::ErrorResponse(ErrorResponse::NotLeader {
             leader: Some(NodeId(2)),
             epoch: Epoch(5),
+        }),
+        AnyMessage::SyncRequest(SyncRequest {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            last_epoch: Epoch(4),
+            last_lsn: Lsn(120),
+            max_bytes: 1024 * 1024,
+            wait_ms: 500,
+        }),
+        AnyMessage::SyncResponse(SyncResponse {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            outcome: SyncOutcome::Diverged {
+                history: vec![
+                    EpochStart {
+                        epoch: Epoch(0),
+                        first_lsn: Lsn(1),
+                    },
+                    EpochStart {
+                        epoch: Epoch(5),
+                        first_lsn: Lsn(100),
+                    },
+                ],
+                end_lsn: Lsn(130),
+            },
         }),
         AnyMessage::Control(b"a control datagram's body".to_vec()),
     ];
