@@ -2,14 +2,14 @@
 //! datagram of our cluster is refused before it reaches foca: random bytes, every truncation
 //! and every single-byte corruption of real datagrams. Real datagrams whose body is mutated and
 //! then re-sealed with valid checksums (so that foca's and our decoders do see the garbage)
-//! never panic either, and leave the node working. Fails on any panic, or on a damaged
-//! datagram that is not refused.
+//! never panic either, and leave the node working, with the right state and data address of the
+//! other node in its view. Fails on any panic, or on a damaged datagram that is not refused.
 
 mod membership_support;
 
 use coregrid_cluster::membership::{MembershipOutput, DATAGRAM_BYTES_MAX, DATAGRAM_HEADER_BYTES};
 use coregrid_cluster::types::NodeState;
-use membership_support::{address_of, SimNetwork};
+use membership_support::{address_of, data_address_of, SimNetwork};
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -107,9 +107,16 @@ proptest! {
         }
         reseal(&mut datagram);
         let _outputs = feed(&mut network, &datagram);
-        // Whatever the garbage said, the two real nodes keep seeing each other joined.
+        // Whatever the garbage said, the two real nodes keep seeing each other joined, at the
+        // data address each announced (a forged newer announcement is outvoted by its origin).
         let until = network.now + Duration::from_secs(20);
         network.run_until(until);
         prop_assert!(network.all_running_see(&[1, 2], NodeState::Joined));
+        for (observer, node) in [(1, 2), (2, 1)] {
+            prop_assert_eq!(
+                network.data_addr_seen(observer, node),
+                Some(data_address_of(node, 1))
+            );
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! A node that restarts with the same `NodeId` and a new generation is seen alive again by
 //! every other node, with the new generation and the state it announces after the restart
 //! (`Joining`, then `Joined`): both after the others declared it dead, and when it comes back
-//! before they even noticed the crash. Fails if the old life's dead (or joined) entry shadows
+//! before they even noticed the crash, and every node shows the data address the new life
+//! announces (not the former life's). Fails if the old life's dead (or joined) entry shadows
 //! the new one, or if the new announcements are taken for stale ones.
 
 mod membership_support;
 
 use coregrid_cluster::membership::MembershipOutput;
 use coregrid_cluster::types::{NodeId, NodeState};
-use membership_support::{address_of, joined_cluster, SimNetwork};
+use membership_support::{address_of, data_address_of, joined_cluster, SimNetwork};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,6 +40,12 @@ fn restart_and_rejoin(network: &mut SimNetwork, seed: u64) {
         let member = network.membership(observer).members()[&NodeId(RESTARTED)];
         assert_eq!(
             member.generation, 2,
+            "seed {seed}: node {observer} sees {member:?}"
+        );
+        // The port differs between lives: the former life's address would fail this.
+        assert_eq!(
+            member.data_addr,
+            data_address_of(RESTARTED, 2),
             "seed {seed}: node {observer} sees {member:?}"
         );
     }

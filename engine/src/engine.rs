@@ -468,7 +468,9 @@ impl Engine {
         answer.await.map_err(|_| EngineError::ShuttingDown)
     }
 
-    async fn on_partition<F, Fut, T>(&self, partition: PartitionId, job: F) -> Result<T>
+    /// Runs `job` on `partition` on the shard that owns it and returns its result (a
+    /// cross-core hop: for rare operations, never the hot path).
+    pub async fn on_partition<F, Fut, T>(&self, partition: PartitionId, job: F) -> Result<T>
     where
         F: FnOnce(Rc<Partition<DmaStorage>>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<T>> + 'static,
@@ -677,6 +679,10 @@ async fn shard_main(setup: ShardSetup) {
         Hlc::new(setup.clock.0.clone()),
         setup.recycle_bytes,
     ));
+    if let Err(error) = rt::settle_iopoll_support(&setup.data_dir, setup.shard).await {
+        let _gone = setup.ready.send(Err(error));
+        return;
+    }
     let mut partitions = BTreeMap::new();
     for id in setup.owned {
         let dir = partition_dir(&setup.data_dir, id);

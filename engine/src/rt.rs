@@ -190,6 +190,37 @@ where
     Ok(ShardThread { handle })
 }
 
+/// Settles, for this shard's thread, whether the data directory's device takes polled I/O,
+/// before any WAL file is opened; call it first on every shard.
+///
+/// Why: glommio decides it once per device and per thread, at the first `DmaFile` open, by
+/// reading the opened file's first block through its polled ring, and takes any success as
+/// support. On a fresh data directory the first file opened is a new, empty segment: that
+/// read ends at once at end of file without reaching the device, so every file of the shard
+/// went to the polled ring on a device without polled queues, where every read failed with
+/// `EOPNOTSUPP` (measured: `read_raw` of a segment written in the same life, which replication
+/// serves from, failed; after a restart, whose first open was a segment with data, it worked).
+/// Here the first open is of a small file with data, so the probe reads the device.
+pub async fn settle_iopoll_support(dir: &Path, shard: usize) -> Result<()> {
+    let path = dir.join(format!(".iopoll-probe-{shard}"));
+    let fail =
+        |what: &str, error: io::Error| EngineError::io(format!("{what} {}", path.display()), error);
+    {
+        let mut file = std::fs::File::create(&path).map_err(|error| fail("create", error))?;
+        std::io::Write::write_all(&mut file, &[0xA5; IOPOLL_PROBE_BYTES])
+            .map_err(|error| fail("write", error))?;
+        file.sync_all().map_err(|error| fail("sync", error))?;
+    }
+    let opened = DmaFile::open(&path).await;
+    let _ = std::fs::remove_file(&path);
+    let file = opened.map_err(|error| fail("open", error.into()))?;
+    let _ = file.close().await;
+    Ok(())
+}
+
+/// Bytes of the polled-I/O probe file: at least any device's logical block.
+const IOPOLL_PROBE_BYTES: usize = 4096;
+
 /// Runs `main` on a fresh, unpinned executor on the calling thread (tests, tools).
 pub fn run_local<F, T>(main: impl FnOnce() -> F) -> T
 where

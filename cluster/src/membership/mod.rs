@@ -26,6 +26,14 @@
 //! those bumps must stay below the next restart's value). A restarted node therefore replaces
 //! its former self at once and is seen alive again, with its newly announced state.
 //!
+//! **Data addresses.** Each node also announces where its data shard 0 serves (the `data_addr`
+//! given to [`Membership::new`]; `None` for a node without data shards), in the same
+//! announcement as its state, so every member learns every other member's data address once
+//! it learns its state: [`MemberView::data_addr`]. A follower dials it to reach the leader of a
+//! partition (a `Topology` request there tells which port serves which partition). A change of
+//! it alone is not reported as an output: a driver that needs it re-reads
+//! [`Membership::members`] after draining the outputs.
+//!
 //! **Joining from addresses.** A static `--peers` list holds addresses, but foca can only
 //! announce to an identity. So [`Membership::join`] sends each peer a *hello* carrying our
 //! identity; the receiver announces to us, which makes us members of each other's view (foca's
@@ -60,8 +68,9 @@
 //! let mut nodes: Vec<Membership> = (0..2)
 //!     .map(|index| {
 //!         let (id, seed) = (NodeId(index as u64 + 1), index as u64);
-//!         Membership::new(cluster, id, addresses[index], 1, MembershipConfig::lan(2), seed)
-//!             .unwrap()
+//!         let data_addr = None; // no data shards in this example
+//!         let config = MembershipConfig::lan(2);
+//!         Membership::new(cluster, id, addresses[index], data_addr, 1, config, seed).unwrap()
 //!     })
 //!     .collect();
 //! let mut now = Duration::ZERO;
@@ -162,6 +171,12 @@ pub struct MemberView {
     pub suspected: bool,
     /// Where it receives gossip.
     pub gossip_addr: SocketAddr,
+    /// Where its data shard 0 serves (a TCP address; a `Topology` request there tells which
+    /// port serves which partitions), as its newest announcement of its current generation
+    /// says: `None` until that announcement arrives, or when the node has no data shards.
+    /// This node's own entry has its own. A dead or leaving member keeps the last one it
+    /// announced.
+    pub data_addr: Option<SocketAddr>,
     /// Which life of the node this is (grows across restarts).
     pub generation: u64,
 }
@@ -244,6 +259,12 @@ pub enum MembershipError {
     /// The node has left or is leaving; nothing changed.
     #[error("this node has left or is leaving the cluster")]
     Leaving,
+    /// A data address with port 0, which no member could dial; nothing was built.
+    #[error("the data address {data_addr} has port 0")]
+    InvalidDataAddr {
+        /// The address given.
+        data_addr: SocketAddr,
+    },
 }
 
 /// Where the node itself is in its membership's life.
@@ -366,6 +387,9 @@ macro_rules! foca_runtime {
 pub struct Membership {
     cluster_id: ClusterId,
     node_id: NodeId,
+    /// Where this node's data shard 0 serves, announced with its state (fixed for the life of
+    /// the membership).
+    data_addr: Option<SocketAddr>,
     config: MembershipConfig,
     /// The PRNG is named rather than rand's `SmallRng`, whose algorithm differs between
     /// platforms and releases: a seed replays the same run on every machine.
@@ -395,18 +419,23 @@ pub struct Membership {
 
 impl Membership {
     /// A membership for node `node_id` of cluster `cluster_id`, reachable for gossip at
-    /// `gossip_addr`, in its life `generation` (grows across restarts: see the module docs),
-    /// drawing every random choice from a PRNG seeded with `seed`. The node starts `Joining`
-    /// and alone; [`Membership::join`] contacts the cluster.
+    /// `gossip_addr`, whose data shard 0 serves at `data_addr` (announced to every member;
+    /// `None` for a node without data shards), in its life `generation` (grows across
+    /// restarts: see the module docs), drawing every random choice from a PRNG seeded with
+    /// `seed`. The node starts `Joining` and alone; [`Membership::join`] contacts the cluster.
     pub fn new(
         cluster_id: ClusterId,
         node_id: NodeId,
         gossip_addr: SocketAddr,
+        data_addr: Option<SocketAddr>,
         generation: u64,
         config: MembershipConfig,
         seed: u64,
     ) -> Result<Membership, MembershipError> {
         config.validate().map_err(MembershipError::InvalidConfig)?;
+        if let Some(data_addr) = data_addr.filter(|addr| addr.port() == 0) {
+            return Err(MembershipError::InvalidDataAddr { data_addr });
+        }
         let identity = GossipIdentity {
             node: node_id.get(),
             generation,
@@ -427,6 +456,7 @@ impl Membership {
         Ok(Membership {
             cluster_id,
             node_id,
+            data_addr,
             config,
             foca,
             announcements,
@@ -468,6 +498,7 @@ impl Membership {
             at_ms = now.as_millis() as u64,
             local = self.node_id.get(),
             generation = self.foca.identity().generation,
+            data_addr = ?self.data_addr,
             peers = self.peers.len(),
             "membership joining"
         );
@@ -630,6 +661,11 @@ impl Membership {
         self.cluster_id
     }
 
+    /// Where this node's data shard 0 serves, as it announces it.
+    pub fn data_addr(&self) -> Option<SocketAddr> {
+        self.data_addr
+    }
+
     /// This node's current generation: the one given at construction, or higher if the
     /// cluster declared the node dead while it lived and it rejoined.
     pub fn generation(&self) -> u64 {
@@ -683,6 +719,7 @@ impl Membership {
             generation: identity.generation,
             version: self.local_version,
             state: self.local_state,
+            data_addr: self.data_addr,
         };
         if let Err(error) = self.foca.add_broadcast(&announcement.encode()) {
             tracing::error!(local = self.node_id.get(), %error, "own state announcement refused");
@@ -837,7 +874,8 @@ impl Membership {
         let ours = (self.foca.identity().generation, self.local_version);
         let echo = claim.generation == ours.0
             && claim.version == ours.1
-            && claim.state == self.local_state;
+            && claim.state == self.local_state
+            && claim.data_addr == self.data_addr;
         if echo || (claim.generation, claim.version) < ours || claim.generation != ours.0 {
             // An echo, an old one, or one of another life (which the view never reads).
             return false;
@@ -922,6 +960,7 @@ impl Membership {
                 state: self.local_state,
                 suspected: false,
                 gossip_addr: own.gossip_addr,
+                data_addr: self.data_addr,
                 generation: own.generation,
             },
         );
@@ -933,7 +972,9 @@ impl Membership {
                 continue;
             }
             let announced =
-                announcement::announced_state(&announcements, identity.node, identity.generation);
+                announcement::announced(&announcements, identity.node, identity.generation);
+            let data_addr = announced.and_then(|announcement| announcement.data_addr);
+            let announced = announced.map(|announcement| announcement.state);
             let state = match member.state() {
                 State::Alive | State::Suspect => announced.unwrap_or(NodeState::Joining),
                 State::Down if announced == Some(NodeState::Leaving) => NodeState::Leaving,
@@ -945,6 +986,7 @@ impl Membership {
                     state,
                     suspected: member.state() == State::Suspect,
                     gossip_addr: identity.gossip_addr,
+                    data_addr,
                     generation: identity.generation,
                 },
             );
@@ -1012,6 +1054,7 @@ mod tests {
             ClusterId(*b"unit-test-cluste"),
             NodeId(1),
             "10.0.0.1:7946".parse().unwrap(),
+            Some("10.0.0.1:7000".parse().unwrap()),
             1,
             MembershipConfig::lan(3),
             7,
@@ -1114,10 +1157,52 @@ mod tests {
             ClusterId::default(),
             NodeId(1),
             "10.0.0.1:7946".parse().unwrap(),
+            None,
             1,
             config,
             0,
         );
         assert!(matches!(built, Err(MembershipError::InvalidConfig(_))));
+        let data_addr: SocketAddr = "10.0.0.1:0".parse().unwrap();
+        let built = Membership::new(
+            ClusterId::default(),
+            NodeId(1),
+            "10.0.0.1:7946".parse().unwrap(),
+            Some(data_addr),
+            1,
+            MembershipConfig::lan(3),
+            0,
+        );
+        assert!(matches!(
+            built,
+            Err(MembershipError::InvalidDataAddr { data_addr: given }) if given == data_addr
+        ));
+    }
+
+    #[test]
+    fn a_node_shows_and_announces_its_own_data_address() {
+        let mut membership = membership();
+        let data_addr = Some("10.0.0.1:7000".parse().unwrap());
+        assert_eq!(membership.data_addr(), data_addr);
+        membership.join(Duration::ZERO, &[]).unwrap();
+        assert_eq!(membership.members()[&NodeId(1)].data_addr, data_addr);
+        // What others would echo back of us: our own announcement is not a claim to outvote,
+        // but the same version with another data address is.
+        let own = Announcement {
+            node: 1,
+            generation: 1,
+            version: membership.local_version,
+            state: membership.local_state,
+            data_addr,
+        };
+        membership.announcements.borrow_mut().claim_about_us = Some(own);
+        assert!(!membership.outvote_claim_about_us(Duration::ZERO));
+        let forged = Announcement {
+            data_addr: Some("10.6.6.6:7000".parse().unwrap()),
+            ..own
+        };
+        membership.announcements.borrow_mut().claim_about_us = Some(forged);
+        assert!(membership.outvote_claim_about_us(Duration::ZERO));
+        assert_eq!(membership.local_version, own.version + 1);
     }
 }

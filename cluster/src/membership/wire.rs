@@ -2,7 +2,7 @@
 //!
 //! Layout of the header (little-endian):
 //! ```text
-//!  0  magic       u32       "CGG1" (coregrid gossip, version 1)
+//!  0  magic       u32       "CGG2" (coregrid gossip, version 2)
 //!  4  header_crc  u32       crc32c of bytes 8..32 (everything after this field)
 //!  8  kind        u8        1: gossip (a foca packet), 2: hello (see below)
 //!  9  flags       u8        0 (no flag is defined; any other value is refused)
@@ -17,6 +17,12 @@
 //! that carries the version, and two crc32c are checked on every datagram, and only a body
 //! that passed them reaches foca. The magic is checked first, so an all-zero header is
 //! refused before its crc is even computed (and crc32c of 24 zero bytes is not zero anyway).
+//!
+//! **Versions.** Version 2 (`CGG2`) carries the data address in every state announcement
+//! (52 bytes instead of version 1's 25: see the `announcement` module). A version 1 node could
+//! decode a version 2 packet's membership updates but not its announcements, and would see the
+//! newer nodes alive but never `Joined`; with the version in the magic, nodes of the two
+//! versions refuse each other's datagrams whole (`BadMagic`) instead of half-working together.
 //!
 //! **Validation order** ([`decode_datagram`]): length within bounds, magic, header crc, cluster
 //! id, flags, kind, body length, body crc. Nothing here allocates or panics on any input.
@@ -33,8 +39,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// "CGG1" read as a little-endian u32.
-const DATAGRAM_MAGIC: u32 = u32::from_le_bytes(*b"CGG1");
+/// "CGG2" read as a little-endian u32 (see the module docs on versions).
+const DATAGRAM_MAGIC: u32 = u32::from_le_bytes(*b"CGG2");
 
 /// Byte offset of the first header byte covered by the header crc.
 const HEADER_CRC_COVERS_FROM: usize = 8;
@@ -102,7 +108,7 @@ pub enum RefusalReason {
         length_bytes: usize,
     },
     /// Not a coregrid gossip datagram, or one of another protocol version.
-    #[error("bad magic {actual:#010x} (not coregrid gossip version 1)")]
+    #[error("bad magic {actual:#010x} (not coregrid gossip version 2)")]
     BadMagic {
         /// The magic found.
         actual: u32,
@@ -328,6 +334,18 @@ mod tests {
             flipped[bit / 8] ^= 1 << (bit % 8);
             assert!(decode_datagram(CLUSTER, &flipped).is_err(), "bit {bit}");
         }
+    }
+
+    #[test]
+    fn a_version_1_datagram_is_refused_by_its_magic() {
+        let mut datagram = encode_datagram(CLUSTER, DatagramKind::Gossip, b"some foca bytes");
+        datagram[..4].copy_from_slice(b"CGG1");
+        assert_eq!(
+            decode_datagram(CLUSTER, &datagram),
+            Err(RefusalReason::BadMagic {
+                actual: u32::from_le_bytes(*b"CGG1")
+            })
+        );
     }
 
     #[test]

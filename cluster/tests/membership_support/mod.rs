@@ -25,6 +25,18 @@ pub fn address_of(node: u64) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, node as u8], 7946))
 }
 
+/// The data address node `node` announces in its life `generation`: IPv4 for odd nodes, IPv6
+/// for even ones (both encodings travel), on a port that differs with every life (so a test
+/// can tell a new life's address from the former one's).
+pub fn data_address_of(node: u64, generation: u64) -> Option<SocketAddr> {
+    let port = 7000 + generation as u16;
+    Some(if node % 2 == 1 {
+        SocketAddr::from(([10, 0, 1, node as u8], port))
+    } else {
+        SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 1, node as u16], port))
+    })
+}
+
 /// Something a node reported, with the virtual time it reported it at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
@@ -48,6 +60,9 @@ pub struct SimNetwork {
     pub now: Duration,
     pub nodes: BTreeMap<u64, SimNode>,
     pub config: MembershipConfig,
+    /// The data address each node is started with, by node and generation
+    /// ([`data_address_of`] unless a test says otherwise).
+    pub data_addr_of: fn(u64, u64) -> Option<SocketAddr>,
     /// Share of datagrams lost, in percent.
     pub loss_percent: u32,
     /// Delivery delay, uniform in this range of milliseconds.
@@ -74,6 +89,7 @@ impl SimNetwork {
             now: Duration::ZERO,
             nodes: BTreeMap::new(),
             config: MembershipConfig::lan(5),
+            data_addr_of: data_address_of,
             loss_percent,
             delay_ms,
             partition: None,
@@ -91,6 +107,7 @@ impl SimNetwork {
             self.cluster_id,
             NodeId(node),
             address_of(node),
+            (self.data_addr_of)(node, generation),
             generation,
             self.config.clone(),
             self.seed ^ (node << 32) ^ generation,
@@ -167,6 +184,16 @@ impl SimNetwork {
             .members()
             .get(&NodeId(node))
             .map(|member| member.state)
+    }
+
+    /// The data address node `observer` knows for node `node`: `None` when it does not know
+    /// the node, `Some(None)` when it knows it without a data address.
+    pub fn data_addr_seen(&self, observer: u64, node: u64) -> Option<Option<SocketAddr>> {
+        let membership = self.nodes.get(&observer)?.membership.as_ref()?;
+        membership
+            .members()
+            .get(&NodeId(node))
+            .map(|member| member.data_addr)
     }
 
     /// Whether every running node sees every node of `nodes` in `state`.

@@ -77,3 +77,30 @@ pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
 
 /// Default replicas per partition, leader included.
 pub const REPLICATION_FACTOR_DEFAULT: usize = 3;
+
+/// How long a leader may hold a follower's sync request when it has no new record (the long
+/// poll), in milliseconds: replicated latency is then close to push, and an idle follower
+/// sends two requests a second per partition.
+pub const SYNC_WAIT_MS: u32 = 500;
+
+/// Most record bytes a follower asks for in one sync request.
+pub const SYNC_REQUEST_BYTES: u32 = 4 * 1024 * 1024;
+
+/// A sync answer later than the long poll by this much (milliseconds) means the leader or the
+/// network is stuck: the follower drops the connection and reconnects.
+pub const SYNC_ANSWER_GRACE_MS: u64 = 10_000;
+
+/// How long a follower waits for a connection to its leader, in milliseconds.
+pub const SYNC_CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+/// First pause before a follower session retries after a failure, in milliseconds; doubled
+/// per failure up to [`SYNC_RETRY_MS_MAX`], reset by a sync that worked.
+pub const SYNC_RETRY_MS_MIN: u64 = 50;
+
+/// Longest pause between a follower session's retries, in milliseconds.
+pub const SYNC_RETRY_MS_MAX: u64 = 2_000;
+
+const _: () = assert!(SYNC_WAIT_MS <= coregrid_net::constants::SYNC_WAIT_MS_MAX);
+const _: () =
+    assert!(SYNC_REQUEST_BYTES as usize <= coregrid_net::constants::SYNC_RECORD_BYTES_MAX);
+const _: () = assert!(SYNC_RETRY_MS_MIN <= SYNC_RETRY_MS_MAX);

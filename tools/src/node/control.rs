@@ -5,7 +5,7 @@
 //! - **One thread, one socket.** The control shard is a glommio executor of its own (not
 //!   pinned: it is idle almost always). It owns one UDP socket, the node's *control address*
 //!   (`listen_address:control_port`), which carries both gossip (the [`Membership`]'s
-//!   datagrams, magic `CGG1`) and the election's messages (one net frame of kind `Control`
+//!   datagrams, magic `CGG2`) and the election's messages (one net frame of kind `Control`
 //!   each, see [`coregrid_cluster::wire`]); the first four bytes tell them apart.
 //! - **Time.** The driver reads the clock and hands the state machines the time since the
 //!   control shard started; it wakes at the earlier of their deadlines or a datagram.
@@ -74,6 +74,11 @@ pub struct ControlSettings {
     pub node: NodeId,
     /// Where the control socket binds (port 0: any free port).
     pub bind: SocketAddr,
+    /// Where this node's data shard 0 serves (its bound address): announced through gossip,
+    /// so that other nodes can reach this one's data shards (a follower pulls from a
+    /// partition's leader there; a `Topology` request tells which port serves which
+    /// partitions). `None` only for a node without data shards.
+    pub data_address: Option<SocketAddr>,
     /// Other nodes' control addresses (this node's own may be among them).
     pub peers: Vec<SocketAddr>,
     /// How elections decide who stands.
@@ -103,6 +108,10 @@ pub struct MemberInfo {
     pub voter: bool,
     /// Its control (gossip) address.
     pub gossip_address: SocketAddr,
+    /// The address of its data shard 0, as it announced it through gossip (this node's own:
+    /// its own shard 0's bound address): where to reach its data shards. `None` until its
+    /// announcement arrives, or for a node without data shards.
+    pub data_address: Option<SocketAddr>,
 }
 
 /// What the control shard tells the data shards, whole: the latest published map, this node's
@@ -506,6 +515,7 @@ async fn run(
         settings.cluster_id,
         settings.node,
         bound,
+        settings.data_address,
         generation,
         config,
         rand::random(),
@@ -860,6 +870,7 @@ impl Driver {
                         suspected: member.suspected,
                         voter: voters.contains(node),
                         gossip_address: member.gossip_addr,
+                        data_address: member.data_addr,
                     },
                 )
             })

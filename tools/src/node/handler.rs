@@ -18,8 +18,9 @@ use coregrid_engine::{
     BatchWrite, Engine, EngineError, LocalShard, RequestId as EngineRequestId, WriteOutcome,
 };
 use coregrid_net::message::{
-    ArchivedBatchOperation, ClusterStatusResponse, DeleteResponse, ErrorResponse, GetResponse,
-    HelloReply, MessageRef, TopologyResponse, WriteResponse,
+    ArchivedBatchOperation, ArchivedReadConsistency, ClusterStatusResponse, DeleteResponse,
+    ErrorResponse, GetResponse, HelloReply, MessageRef, SyncResponse, TopologyResponse,
+    WriteResponse,
 };
 use coregrid_net::{encode, ClientRequestId, EncodeError, FrameMeta, Lsn, PartitionId, ShardId};
 use std::sync::Arc;
@@ -43,9 +44,8 @@ impl Routing {
         partition as usize % self.shard_count
     }
 
-    /// The key's partition if this shard owns it, else the `WrongShard` redirect.
-    pub fn route(&self, key: &[u8]) -> Result<u32, ErrorResponse> {
-        let partition = partition_for_key(key, self.partition_count);
+    /// `partition` if this shard owns it, else the `WrongShard` redirect.
+    pub fn route_partition(&self, partition: u32) -> Result<u32, ErrorResponse> {
         let owner = self.owner(partition);
         if owner == self.shard {
             return Ok(partition);
@@ -55,6 +55,11 @@ impl Routing {
             shard: u16::try_from(owner).ok().map(ShardId),
             port: self.ports.get(owner).copied(),
         })
+    }
+
+    /// The key's partition if this shard owns it, else the `WrongShard` redirect.
+    pub fn route(&self, key: &[u8]) -> Result<u32, ErrorResponse> {
+        self.route_partition(partition_for_key(key, self.partition_count))
     }
 }
 
@@ -75,6 +80,8 @@ pub enum Request {
         collection: String,
         /// Key.
         key: Bytes,
+        /// Any replica may answer (`ReadConsistency::Any`), not only the leader.
+        any_replica: bool,
     },
     /// A write to one partition.
     Write {
@@ -161,6 +168,8 @@ pub enum Answer {
     ClusterStatus(Arc<ClusterStatusResponse>),
     /// Any failure.
     Error(ErrorResponse),
+    /// A leader's answer to a follower's sync request (on a replication connection).
+    Sync(SyncResponse),
 }
 
 /// Turns a decoded request into an owned, routed [`Request`], or the answer that refuses it.
@@ -172,6 +181,7 @@ pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Reque
             partition: routing.route(get.key.as_slice())?,
             collection: get.collection.as_str().to_string(),
             key: bytes(get.key.as_slice()),
+            any_replica: get.consistency == ArchivedReadConsistency::Any,
         },
         MessageRef::Put(put) => Request::Write {
             id: WriteId(put.id.get()),
@@ -270,13 +280,75 @@ pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Reque
     })
 }
 
+/// Where a collection change is written: the partitions this node leads, in their leadership
+/// epoch. A partition this node follows gets the change from its leader's log, as it gets every
+/// other record: a follower's log holds only its leaders' records (design.md section 6), so
+/// that the logs of a partition's replicas differ only by where their epochs diverge.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CollectionScope {
+    /// The partitions this node leads.
+    pub partitions: Vec<u32>,
+    /// The map's epoch: a partition begins it first if it has not yet.
+    pub epoch: u64,
+}
+
+/// Creates or drops `name` in every partition of `scope`, each beginning the scope's epoch
+/// first. `CollectionExists` (`NoSuchCollection`) if no partition changed and there was one to
+/// change; a node that leads no partition changes nothing and says so with `Ok`.
+async fn change_collection(
+    engine: &Engine,
+    name: &str,
+    create: bool,
+    scope: &CollectionScope,
+) -> Result<(), EngineError> {
+    let epoch = scope.epoch;
+    let changes = scope.partitions.iter().map(|&partition| {
+        let name = name.to_string();
+        engine.on_partition(partition, move |partition| async move {
+            if partition.epoch() < epoch {
+                // A concurrent start of the same epoch (the shard's follower task) fails
+                // harmlessly; the check below decides.
+                let _ = partition.begin_epoch(epoch).await;
+            }
+            if partition.epoch() < epoch {
+                return Err(EngineError::InvalidRequest(format!(
+                    "partition {} cannot begin epoch {epoch}",
+                    partition.id()
+                )));
+            }
+            let changed = if create {
+                partition.create_collection(&name).await.map(|_| true)
+            } else {
+                partition.drop_collection(&name).await.map(|_| true)
+            };
+            match changed {
+                Err(EngineError::CollectionExists(_)) | Err(EngineError::NoSuchCollection(_)) => {
+                    Ok(false)
+                }
+                other => other,
+            }
+        })
+    });
+    let changed = futures::future::try_join_all(changes).await?;
+    if changed.is_empty() || changed.contains(&true) {
+        return Ok(());
+    }
+    Err(if create {
+        EngineError::CollectionExists(name.to_string())
+    } else {
+        EngineError::NoSuchCollection(name.to_string())
+    })
+}
+
 /// Runs `request` on this shard. `engine` is the node's engine handle, for collection changes
-/// only (`None` once the node is shutting down).
+/// only (`None` once the node is shutting down), which `scope` confines to the partitions this
+/// node leads.
 pub async fn execute(
     request: Request,
     shard: &LocalShard,
     engine: Option<Engine>,
     topology: &Arc<TopologyResponse>,
+    scope: &CollectionScope,
 ) -> Answer {
     match request {
         Request::Topology => Answer::Topology(topology.clone()),
@@ -288,6 +360,7 @@ pub async fn execute(
             partition,
             collection,
             key,
+            ..
         } => {
             let Some(partition) = shard.partition(partition) else {
                 return Answer::Error(not_on_shard(partition));
@@ -315,12 +388,7 @@ pub async fn execute(
             let Some(engine) = engine else {
                 return Answer::Error(ErrorResponse::ShuttingDown);
             };
-            let changed = if create {
-                engine.create_collection(&name).await
-            } else {
-                engine.drop_collection(&name).await
-            };
-            match changed {
+            match change_collection(&engine, &name, create, scope).await {
                 // Applied in every partition, each at its own LSN: no one revision names it.
                 Ok(()) => Answer::Write(WriteResponse {
                     revision: Lsn(0),
@@ -441,6 +509,7 @@ pub fn encode_answer(
         Answer::Topology(topology) => encode(out, meta, topology.as_ref()),
         Answer::ClusterStatus(status) => encode(out, meta, status.as_ref()),
         Answer::Error(error) => encode(out, meta, error),
+        Answer::Sync(response) => encode(out, meta, response),
     };
     match encoded {
         Ok(_) => Ok(()),

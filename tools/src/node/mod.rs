@@ -25,6 +25,7 @@ pub mod control_state;
 pub mod fault;
 pub mod handler;
 pub mod identity;
+pub mod replica;
 pub mod server;
 
 use anyhow::{bail, Context};
@@ -99,7 +100,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             shard: ShardId(0),
             epoch: Epoch(0),
             serves_client: true,
-            serves_replication: false,
+            serves_replication: true,
         },
         listen: SocketAddr::new(config.listen_address, config.base_port),
         base_port: config.base_port,
@@ -153,6 +154,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             cluster_id,
             node,
             bind: SocketAddr::new(config.listen_address, config.control_port()),
+            // Shard 0 always exists; its bound address, not the configured one (port 0 binds
+            // any free port).
+            data_address: addresses.first().copied(),
             peers: config.peers.clone(),
             strategy: config.election.strategy(),
             election_timeout: config.election_timeout(),

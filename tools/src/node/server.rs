@@ -24,17 +24,24 @@ use super::constants::{
     REFUSAL_WRITE_TIMEOUT_MS, REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
 };
 use super::control::{ClusterFeed, ClusterView};
-use super::handler::{self, Answer, Routing};
+use super::handler::{self, Answer, CollectionScope, Routing};
+use super::replica::{self, FollowerIdentity, Followers, SyncAsk};
 use coregrid_engine::rt::{self, Doorbell};
 use coregrid_engine::{Engine, LocalShard};
 use coregrid_net::constants::FRAME_HEADER_BYTES;
+use coregrid_net::kind::ArchivedChannelKind;
 use coregrid_net::message::{
-    answer_hello, ErrorResponse, Hello, HelloReply, LocalIdentity, Refusal, TopologyResponse,
+    answer_hello, ArchivedPeer, ErrorResponse, Hello, HelloReply, LocalIdentity, MessageRef,
+    Refusal, SyncOutcome, SyncResponse, TopologyResponse,
 };
 use coregrid_net::transport::{
     Connection, ConnectionReader, ConnectionWriter, Listener, ReadOutcome, TransportError,
 };
-use coregrid_net::{access, decode, ChannelKind, FrameError, FrameMeta, RequestId};
+use coregrid_net::{
+    access, decode, ChannelKind, FrameError, FrameMeta, NodeId, PartitionId, RequestId,
+};
+use coregrid_replication::leader::{SyncAnswer, SyncCursor};
+use coregrid_replication::progress::Progress;
 use futures::future::{select, Either};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -140,6 +147,11 @@ struct ShardServer {
     refusals: Cell<usize>,
     /// Requests admitted on any connection and not yet answered on the socket.
     requests_in_flight: Cell<usize>,
+    /// This shard's follower sessions (partitions this node holds a replica of and another
+    /// node leads).
+    followers: Followers,
+    /// For each partition this node leads here: what its followers acknowledged.
+    progress: RefCell<HashMap<u32, Progress>>,
 }
 
 async fn control_loop(
@@ -163,6 +175,7 @@ async fn control_loop(
         Err(_) => return,
     };
     let ports = topology.shards.iter().map(|shard| shard.port).collect();
+    let settings_identity = settings.identity;
     let server = Rc::new(ShardServer {
         identity: LocalIdentity {
             shard: coregrid_net::ShardId(u16::try_from(shard).unwrap_or(u16::MAX)),
@@ -185,6 +198,11 @@ async fn control_loop(
         next_connection: Cell::new(0),
         refusals: Cell::new(0),
         requests_in_flight: Cell::new(0),
+        followers: Followers::new(FollowerIdentity {
+            cluster_id: settings_identity.cluster_id,
+            node: settings_identity.node,
+        }),
+        progress: RefCell::new(HashMap::new()),
     });
     rt::spawn_detached(follow_cluster(server.clone(), watch));
     let stop_accepting = Doorbell::default();
@@ -199,6 +217,7 @@ async fn control_loop(
         Ok(Control::Start(..)) | Err(_) => None,
     };
     server.stopping.set(true);
+    server.followers.stop_all();
     stop_accepting.ring();
     accepting.await;
     for bell in server.connections.borrow().values() {
@@ -241,10 +260,15 @@ async fn follow_cluster(server: Rc<ShardServer>, watch: ClusterWatch) {
             .map(|partition| partition.id())
             .filter(|&id| view.leader(id) == Some(view.node))
             .collect();
+        server.track_followers(&view, &led);
         for id in led {
             if let Err(error) = begin_epoch_if_needed(&server, id).await {
                 tracing::error!(partition = id, %error, "cannot begin the epoch");
             }
+        }
+        if !server.stopping.get() {
+            let partitions: Vec<_> = server.local.partitions().cloned().collect();
+            server.followers.update(&view, &partitions);
         }
         if watch.changed.recv_async().await.is_err() {
             return;
@@ -337,6 +361,10 @@ struct ConnectionState {
     reader_done: Cell<bool>,
     /// The writer failed (peer gone, write timeout): the reader stops too.
     writer_failed: Cell<bool>,
+    /// The follower node on the other end, once the handshake opened a replication channel.
+    replication_peer: Cell<Option<NodeId>>,
+    /// Where each partition's last sync answer ended in its WAL, for the next request.
+    sync_cursors: RefCell<HashMap<u32, SyncCursor>>,
 }
 
 struct Outgoing {
@@ -396,6 +424,8 @@ async fn serve_connection(server: Rc<ShardServer>, connection: Connection) {
         request_bytes_in_flight: Cell::new(0),
         reader_done: Cell::new(false),
         writer_failed: Cell::new(false),
+        replication_peer: Cell::new(None),
+        sync_cursors: RefCell::new(HashMap::new()),
     });
     server
         .connections
@@ -444,19 +474,33 @@ async fn handshake(
         match reader.decoder().next_frame() {
             Ok(Some(frame)) => {
                 let request_id = frame.request_id();
+                let mut follower = None;
                 let reply = match access::<Hello>(&frame) {
                     Ok(hello) if server.stopping.get() => {
                         let _ = hello;
                         HelloReply::Refused(Refusal::ShuttingDown)
                     }
-                    Ok(hello) => answer_hello(hello, &server.identity),
+                    Ok(hello) => {
+                        // `answer_hello` accepts replication only from a node.
+                        if let (ArchivedChannelKind::Replication, ArchivedPeer::Node(node)) =
+                            (&hello.channel, &hello.sender)
+                        {
+                            follower = Some(node.get());
+                        }
+                        answer_hello(hello, &server.identity)
+                    }
                     Err(error) => {
                         return refuse(bad_frame(format!("bad hello: {error}")), request_id)
                     }
                 };
                 return match reply {
                     HelloReply::Accepted(accepted) => {
-                        reader.decoder().set_channel(ChannelKind::Client);
+                        state.replication_peer.set(follower);
+                        reader.decoder().set_channel(if follower.is_some() {
+                            ChannelKind::Replication
+                        } else {
+                            ChannelKind::Client
+                        });
                         state.push(
                             request_id,
                             Answer::Hello(HelloReply::Accepted(accepted)),
@@ -539,6 +583,18 @@ async fn read_requests(
             match reader.decoder().next_frame() {
                 Ok(Some(frame)) => {
                     let request_id = frame.request_id();
+                    if let Some(follower) = state.replication_peer.get() {
+                        let asked = match decode(&frame) {
+                            Ok(MessageRef::SyncRequest(request)) => Ok(SyncAsk::from_wire(request)),
+                            Ok(other) => Err(ErrorResponse::invalid_request(format!(
+                                "{} is not a request a follower may send",
+                                other.kind()
+                            ))),
+                            Err(error) => Err(ErrorResponse::from_decode_error(&error)),
+                        };
+                        admit_sync(server, state, request_id, follower, asked);
+                        continue;
+                    }
                     let cost = FRAME_HEADER_BYTES + frame.body().len();
                     let parsed = decode(&frame)
                         .map_err(|error| ErrorResponse::from_decode_error(&error))
@@ -619,12 +675,28 @@ fn admit(
     rt::spawn_detached(async move {
         let engine = server.engine.borrow().clone();
         let topology = server.topology_now();
-        let begun = match keyed_partition(&request) {
+        let (led, scope) = {
+            let view = server.cluster.borrow();
+            let led = keyed_partition(&request)
+                .filter(|&partition| view.leader(partition) == Some(view.node));
+            let scope = match request {
+                handler::Request::Collection { .. } => CollectionScope {
+                    partitions: (0..server.local.partition_count())
+                        .filter(|&partition| view.leader(partition) == Some(view.node))
+                        .collect(),
+                    epoch: view.epoch().get(),
+                },
+                _ => CollectionScope::default(),
+            };
+            (led, scope)
+        };
+        // An `Any` read served by a follower begins nothing: only leaders write.
+        let begun = match led {
             Some(partition) => begin_epoch_if_needed(&server, partition).await,
             None => Ok(()),
         };
         let answer = match begun {
-            Ok(()) => handler::execute(request, &server.local, engine, &topology).await,
+            Ok(()) => handler::execute(request, &server.local, engine, &topology, &scope).await,
             Err(error) => Answer::Error(error),
         };
         state
@@ -633,6 +705,80 @@ fn admit(
         state.push(request_id, answer, true);
         state.reader_bell.ring();
     });
+}
+
+/// Answers a follower's sync request from a task (counted in flight like any request): fenced
+/// by the current view ([`replica::fence_sync`]), served from the partition's WAL, the
+/// follower's last record noted as its ack once it is known to be on this log.
+fn admit_sync(
+    server: &Rc<ShardServer>,
+    state: &Rc<ConnectionState>,
+    request_id: RequestId,
+    follower: NodeId,
+    asked: Result<SyncAsk, ErrorResponse>,
+) {
+    state
+        .requests_in_flight
+        .set(state.requests_in_flight.get() + 1);
+    server
+        .requests_in_flight
+        .set(server.requests_in_flight.get() + 1);
+    let (server, state) = (server.clone(), state.clone());
+    rt::spawn_detached(async move {
+        let epoch = server.cluster.borrow().epoch();
+        let partition = asked.as_ref().map_or(0, |ask| ask.partition);
+        let outcome = match serve_sync_request(&server, &state, follower, asked).await {
+            Ok(outcome) => outcome,
+            Err(error) => SyncOutcome::Refused(error),
+        };
+        let response = SyncResponse {
+            partition: PartitionId(partition),
+            map_epoch: epoch,
+            outcome,
+        };
+        state.push(request_id, Answer::Sync(response), true);
+        state.reader_bell.ring();
+    });
+}
+
+async fn serve_sync_request(
+    server: &ShardServer,
+    state: &ConnectionState,
+    follower: NodeId,
+    asked: Result<SyncAsk, ErrorResponse>,
+) -> Result<SyncOutcome, ErrorResponse> {
+    let ask = asked?;
+    let fenced = replica::fence_sync(&server.cluster.borrow(), follower, &ask);
+    if fenced.is_err() {
+        // As for writes: the shard may not have taken the newest view yet.
+        *server.cluster.borrow_mut() = server.feed.latest();
+        replica::fence_sync(&server.cluster.borrow(), follower, &ask)?;
+    }
+    let Some(partition) = server.local.partition(ask.partition).cloned() else {
+        return Err(server
+            .routing
+            .route_partition(ask.partition)
+            .err()
+            .unwrap_or_else(|| ErrorResponse::unavailable("partition not open")));
+    };
+    begin_epoch_if_needed(server, ask.partition).await?;
+    let mut cursor = state
+        .sync_cursors
+        .borrow_mut()
+        .remove(&ask.partition)
+        .unwrap_or_default();
+    let answer = replica::answer_sync(&partition, &ask, &mut cursor).await?;
+    state
+        .sync_cursors
+        .borrow_mut()
+        .insert(ask.partition, cursor);
+    if let SyncAnswer::Records { .. } = answer {
+        // The follower's last record is on this log: everything up to it is on its disk.
+        if let Some(progress) = server.progress.borrow_mut().get_mut(&ask.partition) {
+            progress.note_ack(follower.get(), ask.last.lsn);
+        }
+    }
+    Ok(replica::to_outcome(answer))
 }
 
 /// Lets a keyed request through only if this node leads its partition in the current epoch
@@ -646,6 +792,14 @@ fn fence(
     let Some(partition) = keyed_partition(&request) else {
         return Ok(request);
     };
+    if let handler::Request::Get {
+        any_replica: true, ..
+    } = request
+    {
+        if server.serves_any_read(partition) {
+            return Ok(request);
+        }
+    }
     let refused = match server.cluster.borrow().fence(partition) {
         Ok(()) => return Ok(request),
         Err(refused) => refused,
@@ -702,6 +856,49 @@ async fn begin_epoch_if_needed(server: &ShardServer, partition: u32) -> Result<(
 }
 
 impl ShardServer {
+    /// Whether this node may answer an `Any` read of `partition` as a follower: it is
+    /// `Joined`, holds a replica in the current map, and its last sync found it holding every
+    /// record the leader had (a replica still catching up sends the reader to the leader,
+    /// never answers "not found" for a write it has not pulled yet: promise 3).
+    fn serves_any_read(&self, partition: u32) -> bool {
+        let view = self.cluster.borrow();
+        let replica = view
+            .map
+            .as_ref()
+            .and_then(|map| map.assignment(PartitionId(partition)))
+            .is_some_and(|assignment| assignment.replicas.contains(&view.node));
+        replica
+            && view.state == coregrid_cluster::types::NodeState::Joined
+            && !view.behind
+            && self.followers.is_caught_up(partition)
+    }
+
+    /// Keeps a [`Progress`] for each partition this node leads here, with the followers the
+    /// view's map gives it; drops the others'.
+    fn track_followers(&self, view: &super::control::ClusterView, led: &[u32]) {
+        let mut progress = self.progress.borrow_mut();
+        progress.retain(|partition, _| led.contains(partition));
+        for &partition in led {
+            let followers: Vec<u64> = view
+                .map
+                .as_ref()
+                .and_then(|map| map.assignment(PartitionId(partition)))
+                .map(|assignment| {
+                    assignment
+                        .replicas
+                        .iter()
+                        .filter(|&&node| node != view.node)
+                        .map(|node| node.get())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let entry = progress.entry(partition).or_default();
+            if !entry.followers().eq(followers.iter().copied()) {
+                entry.set_followers(followers);
+            }
+        }
+    }
+
     /// The topology stamped with the current epoch.
     fn topology_now(&self) -> Arc<TopologyResponse> {
         let epoch = self.cluster.borrow().epoch();
