@@ -129,12 +129,13 @@ pub const CLUSTER_MEMBERS_MAX: usize = 1024;
 /// Most replicas (leader included) of one partition in a cluster status answer.
 pub const REPLICAS_PER_PARTITION_MAX: usize = 7;
 
-/// Longest gossip address text (`ip:port`) of a member in a cluster status answer, in bytes.
+/// Longest address text (`ip:port`, gossip or data) of a member in a cluster status answer, in
+/// bytes.
 /// The longest IPv6 socket address with a scope id is well under it.
 pub const GOSSIP_ADDRESS_BYTES_MAX: usize = 64;
 
-/// Bound on the bytes rkyv adds to each member of a cluster status answer beyond its address
-/// text (node id, state, flags, string pointer, padding). Proven by a unit test in `message`.
+/// Bound on the bytes rkyv adds to each member of a cluster status answer beyond its two
+/// addresses' text (node id, state, flags, string pointer, padding). Proven by a unit test in `message`.
 pub const MEMBER_STATUS_ARCHIVE_BYTES_MAX: usize = 32;
 
 /// Bound on the bytes rkyv adds to each partition of a cluster status answer beyond its
@@ -195,7 +196,7 @@ const _: () =
 // The largest cluster status answer (every member with the longest address, every partition
 // with the most replicas) fits a client frame.
 const _: () = assert!(
-    CLUSTER_MEMBERS_MAX * (MEMBER_STATUS_ARCHIVE_BYTES_MAX + GOSSIP_ADDRESS_BYTES_MAX)
+    CLUSTER_MEMBERS_MAX * (MEMBER_STATUS_ARCHIVE_BYTES_MAX + 2 * GOSSIP_ADDRESS_BYTES_MAX)
         + PARTITIONS_MAX as usize
             * (PARTITION_STATUS_ARCHIVE_BYTES_MAX + REPLICAS_PER_PARTITION_MAX * 8)
         + MESSAGE_FIXED_BYTES_MAX

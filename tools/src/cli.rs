@@ -116,7 +116,7 @@ pub enum ClientCommand {
     /// Show the topology (node, epoch, partitions, each shard's port) and whether each shard
     /// answers, then the control plane as the node sees it: term, role, controller, the
     /// epoch of the leadership map its shards hold, the members (state, suspected, voter,
-    /// gossip address) and each partition's leader and replicas. Exit 3 if any shard does not
+    /// gossip and data addresses) and each partition's leader and replicas. Exit 3 if any shard does not
     /// answer; a node that cannot tell its cluster status (an older build) still shows its
     /// shards, with the cluster part marked unavailable. With --json, `epoch` is the cluster
     /// status's (asked last, so the freshest) when there is one.
@@ -524,26 +524,24 @@ fn cluster_status_text(cluster: &Result<ClusterStatusResponse, ClientError>) -> 
         },
     );
     text.push_str(&format!(
-        "\nmembers {}\n{:<20} {:<15} {:<9} {:<5} {}\n",
+        "\nmembers {}\n{:<20} {:<15} {:<9} {:<5} {:<24} {}\n",
         status.members.len(),
         "node",
         "state",
         "suspected",
         "voter",
-        "gossip address"
+        "gossip address",
+        "data address"
     ));
     for member in &status.members {
         text.push_str(&format!(
-            "{:<20} {:<15} {:<9} {:<5} {}\n",
+            "{:<20} {:<15} {:<9} {:<5} {:<24} {}\n",
             member.node.to_string(),
             member.state.to_string(),
             yes_no(member.suspected),
             yes_no(member.voter),
-            if member.gossip_address.is_empty() {
-                "unknown"
-            } else {
-                &member.gossip_address
-            }
+            known(&member.gossip_address),
+            known(&member.data_address),
         ));
     }
     text.push_str(&format!("\npartitions {}", status.partitions.len()));
@@ -592,6 +590,15 @@ fn cluster_status_text(cluster: &Result<ClusterStatusResponse, ClientError>) -> 
     text
 }
 
+/// An address as `status` shows it: `unknown` when empty.
+fn known(address: &str) -> &str {
+    if address.is_empty() {
+        "unknown"
+    } else {
+        address
+    }
+}
+
 /// The cluster part of `status --json`: `term`, `role`, `controller`, `epoch`, `members` and
 /// `partitions` at the top level (null when unavailable; `epoch` then stays the topology's),
 /// and `cluster_status: {available, node, error}`.
@@ -614,6 +621,7 @@ fn add_cluster_status_json(json: &mut Json, cluster: &Result<ClusterStatusRespon
                         "suspected": member.suspected,
                         "voter": member.voter,
                         "gossip_address": member.gossip_address,
+                        "data_address": member.data_address,
                     })
                 })
                 .collect();
@@ -737,6 +745,11 @@ mod tests {
             suspected,
             voter: node != 4,
             gossip_address: gossip_address.into(),
+            data_address: if gossip_address.is_empty() {
+                String::new()
+            } else {
+                gossip_address.replace(":7946", ":7400")
+            },
         };
         ClusterStatusResponse {
             node: NodeId(2),
@@ -871,7 +884,7 @@ mod tests {
             json["members"][1],
             json!({
                 "node": 2, "state": "joined-syncing", "suspected": false, "voter": true,
-                "gossip_address": "10.0.0.2:7946",
+                "gossip_address": "10.0.0.2:7946", "data_address": "10.0.0.2:7400",
             })
         );
         assert_eq!(

@@ -177,6 +177,7 @@ fn samples() -> Vec<(MessageKind, Encoder)> {
                     suspected: false,
                     voter: true,
                     gossip_address: "10.0.0.1:7946".into(),
+                    data_address: "10.0.0.1:7400".into(),
                 },
                 MemberStatus {
                     node: NodeId(2),
@@ -184,6 +185,7 @@ fn samples() -> Vec<(MessageKind, Encoder)> {
                     suspected: true,
                     voter: true,
                     gossip_address: "[fe80::2%3]:7946".into(),
+                    data_address: "[fe80::2%3]:7400".into(),
                 },
                 MemberStatus {
                     node: NodeId(3),
@@ -191,6 +193,7 @@ fn samples() -> Vec<(MessageKind, Encoder)> {
                     suspected: false,
                     voter: false,
                     gossip_address: String::new(),
+                    data_address: String::new(),
                 },
             ],
             partitions: vec![

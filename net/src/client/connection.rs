@@ -512,6 +512,7 @@ mod tests {
                 suspected: false,
                 voter: true,
                 gossip_address: "127.0.0.1:7946".into(),
+                data_address: "127.0.0.1:7400".into(),
             }],
             partitions: vec![PartitionStatus {
                 leader: Some(NodeId(1)),

@@ -427,7 +427,8 @@ mod tests {
                     state: MemberState::JoinedSyncing,
                     suspected: true,
                     voter: node < 5,
-                    gossip_address: address,
+                    gossip_address: address.clone(),
+                    data_address: address,
                 }
             })
             .collect();
@@ -457,7 +458,7 @@ mod tests {
             .gossip_address
             .parse::<std::net::SocketAddr>()
             .is_ok());
-        let address_bytes = GOSSIP_ADDRESS_BYTES_MAX;
+        let address_bytes = 2 * GOSSIP_ADDRESS_BYTES_MAX;
         let replica_bytes = REPLICAS_PER_PARTITION_MAX * 8;
         let len = body_len(&status);
         assert!(
@@ -507,6 +508,7 @@ mod tests {
             suspected: false,
             voter: true,
             gossip_address: "127.0.0.1:7946".into(),
+            data_address: "127.0.0.1:7400".into(),
         };
         let cases: Vec<(ClusterStatusResponse, Option<Limit>)> = vec![
             (
@@ -545,6 +547,16 @@ mod tests {
                 ClusterStatusResponse {
                     members: vec![MemberStatus {
                         gossip_address: "1".repeat(GOSSIP_ADDRESS_BYTES_MAX + 1),
+                        ..member(1)
+                    }],
+                    ..base.clone()
+                },
+                Some(Limit::AddressBytes),
+            ),
+            (
+                ClusterStatusResponse {
+                    members: vec![MemberStatus {
+                        data_address: "1".repeat(GOSSIP_ADDRESS_BYTES_MAX + 1),
                         ..member(1)
                     }],
                     ..base.clone()

@@ -157,6 +157,9 @@ pub struct MemberStatus {
     /// Where it receives gossip datagrams, `ip:port` (at most `GOSSIP_ADDRESS_BYTES_MAX`
     /// bytes); empty if not known.
     pub gossip_address: String,
+    /// Where its data shard 0 serves clients and replicas (the address it gossips), `ip:port`
+    /// (the same limit); empty if not known.
+    pub data_address: String,
 }
 
 /// One partition of the leadership map the answering node holds.
@@ -457,8 +460,8 @@ impl MemberStatus {
     fn node_id(&self) -> NodeId {
         self.node
     }
-    fn address(&self) -> &str {
-        &self.gossip_address
+    fn addresses(&self) -> [&str; 2] {
+        [&self.gossip_address, &self.data_address]
     }
 }
 
@@ -466,8 +469,8 @@ impl ArchivedMemberStatus {
     fn node_id(&self) -> NodeId {
         self.node.get()
     }
-    fn address(&self) -> &str {
-        self.gossip_address.as_str()
+    fn addresses(&self) -> [&str; 2] {
+        [self.gossip_address.as_str(), self.data_address.as_str()]
     }
 }
 
@@ -522,7 +525,9 @@ validate_both!(
             this.members.iter().map(|member| member.node_id()),
         )?;
         for member in this.members.iter() {
-            check_gossip_address(member.address())?;
+            for address in member.addresses() {
+                check_gossip_address(address)?;
+            }
         }
         for (index, partition) in this.partitions.iter().enumerate() {
             check_partition_status(index, partition.leader_id(), partition.replica_ids())?;

@@ -431,7 +431,7 @@ pub fn cluster_status_response() -> impl Strategy<Value = ClusterStatusResponse>
             member_state(),
             any::<bool>(),
             any::<bool>(),
-            gossip_address(),
+            (gossip_address(), gossip_address()),
         ),
         0..12,
     )
@@ -439,12 +439,13 @@ pub fn cluster_status_response() -> impl Strategy<Value = ClusterStatusResponse>
         members
             .into_iter()
             .map(
-                |(node, (state, suspected, voter, gossip_address))| MemberStatus {
+                |(node, (state, suspected, voter, (gossip_address, data_address)))| MemberStatus {
                     node: NodeId(node),
                     state,
                     suspected,
                     voter,
                     gossip_address,
+                    data_address,
                 },
             )
             .collect::<Vec<_>>()
@@ -616,6 +617,7 @@ pub fn sample_cluster_status() -> ClusterStatusResponse {
         suspected,
         voter: true,
         gossip_address: format!("10.0.0.{node}:7946"),
+        data_address: format!("10.0.0.{node}:7400"),
     };
     ClusterStatusResponse {
         node: NodeId(1),

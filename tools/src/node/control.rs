@@ -193,6 +193,9 @@ impl ClusterView {
                     suspected: member.suspected,
                     voter: member.voter,
                     gossip_address: member.gossip_address.to_string(),
+                    data_address: member
+                        .data_address
+                        .map_or_else(String::new, |address| address.to_string()),
                 })
                 .collect(),
             partitions: self
