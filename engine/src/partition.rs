@@ -241,6 +241,9 @@ pub struct Partition<S: Storage> {
     /// interleave: a snapshot must not publish records a truncation cut.
     maintenance: rt::Semaphore,
     snapshot_running: Cell<bool>,
+    /// Records after this LSN stay in the WAL for replicas that have not acknowledged them,
+    /// within a byte bound (see [`Partition::hold_for_replicas`]); `None`: no replica waits.
+    replica_hold: Cell<Option<(u64, u64)>>,
     wal_bytes_at_snapshot: Cell<u64>,
     /// Size of the newest snapshot file (0: none).
     snapshot_bytes: Cell<u64>,
@@ -319,6 +322,7 @@ impl<S: Storage> Partition<S> {
             snapshot_covers_lsn: Cell::new(loaded.covers_lsn),
             maintenance: rt::Semaphore::new(1),
             snapshot_running: Cell::new(false),
+            replica_hold: Cell::new(None),
             wal_bytes_at_snapshot: Cell::new(0),
             snapshot_bytes: Cell::new(loaded.bytes),
             closed: Cell::new(false),
@@ -344,6 +348,17 @@ impl<S: Storage> Partition<S> {
     /// The epoch new records are written in.
     pub fn epoch(&self) -> u64 {
         self.epoch.get()
+    }
+
+    /// Keeps the WAL records after `lsn` when snapshots prune, for replicas that have not
+    /// acknowledged them yet (`lsn`: the lowest LSN every follower acknowledged), as long as
+    /// the segments kept for them take at most `bytes_max`; past that, the oldest go and the
+    /// replica furthest behind needs a snapshot. `None` lets snapshots prune everything they
+    /// cover. A partition's leader sets it from its followers' acks (design.md section 6:
+    /// "WAL segments are pruned only once every replica has acknowledged them and a snapshot
+    /// covers them"); the bound keeps a replica that never comes back from filling the disk.
+    pub fn hold_for_replicas(&self, lsn: Option<u64>, bytes_max: u64) {
+        self.replica_hold.set(lsn.map(|lsn| (lsn, bytes_max)));
     }
 
     /// `(epoch, first_lsn)` for every epoch with records.
@@ -1088,7 +1103,11 @@ impl<S: Storage> Partition<S> {
                 .await
                 .map_err(io_error)?;
         }
-        wal::prune_through(&self.wal, snapshot_lsn)
+        let prune_lsn = self
+            .wal
+            .borrow()
+            .prune_point(snapshot_lsn, self.replica_hold.get());
+        wal::prune_through(&self.wal, prune_lsn)
             .await
             .map_err(io_error)?;
         tracing::debug!(

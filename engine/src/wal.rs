@@ -527,6 +527,30 @@ impl<S: Storage> Wal<S> {
         Ok(wal)
     }
 
+    /// Through which LSN a snapshot at `snapshot_lsn` may prune, given a replica hold
+    /// `(lsn, bytes_max)`: records after the hold's LSN stay, unless the sealed segments kept
+    /// for it would take more than `bytes_max`; then only the newest of them that fit stay.
+    pub fn prune_point(&self, snapshot_lsn: u64, hold: Option<(u64, u64)>) -> u64 {
+        let Some((hold_lsn, bytes_max)) = hold else {
+            return snapshot_lsn;
+        };
+        if hold_lsn >= snapshot_lsn {
+            return snapshot_lsn;
+        }
+        let sealed = &self.segments[..self.segments.len().saturating_sub(1)];
+        // Oldest first: the segments the snapshot lets go of that a replica still needs.
+        let needed: Vec<u64> = sealed
+            .iter()
+            .filter(|segment| segment.last_lsn <= snapshot_lsn && segment.last_lsn > hold_lsn)
+            .map(|segment| segment.last_lsn)
+            .collect();
+        let keep_max = usize::try_from(bytes_max / self.segment_bytes).unwrap_or(usize::MAX);
+        if needed.len() <= keep_max {
+            return hold_lsn;
+        }
+        needed[needed.len() - keep_max - 1]
+    }
+
     /// New segments that reused a pruned segment's file since open.
     pub fn segments_reused(&self) -> u64 {
         self.segments_reused

@@ -100,6 +100,12 @@ impl Progress {
         lsns[count - 1]
     }
 
+    /// The lowest LSN every follower acknowledged (`u64::MAX` with no followers): the records
+    /// after it are still needed by someone.
+    pub fn acked_by_all(&self) -> u64 {
+        self.acked.values().copied().min().unwrap_or(u64::MAX)
+    }
+
     /// A new replica set (a new leadership map): followers kept keep their acks, new ones
     /// start at 0, and every registered wait fails with [`AckError::ReplicaSetChanged`].
     pub fn set_followers(&mut self, followers: impl IntoIterator<Item = u64>) {

@@ -100,6 +100,11 @@ pub const SYNC_RETRY_MS_MIN: u64 = 50;
 /// Longest pause between a follower session's retries, in milliseconds.
 pub const SYNC_RETRY_MS_MAX: u64 = 2_000;
 
+/// Most bytes of WAL segments a leader keeps, per partition, past its snapshot for followers
+/// that have not acknowledged them (a follower that was down, or is slow); a follower further
+/// behind needs a snapshot. Bounds the disk a follower that never comes back can hold.
+pub const REPLICA_HOLD_BYTES: u64 = 256 * 1024 * 1024;
+
 const _: () = assert!(SYNC_WAIT_MS <= coregrid_net::constants::SYNC_WAIT_MS_MAX);
 const _: () =
     assert!(SYNC_REQUEST_BYTES as usize <= coregrid_net::constants::SYNC_RECORD_BYTES_MAX);

@@ -21,7 +21,8 @@
 
 use super::constants::{
     ACCEPT_ERROR_PAUSE_MS, CLOSE_TIMEOUT_MS, DRAIN_POLL_MS, REFUSALS_IN_PROGRESS_MAX,
-    REFUSAL_WRITE_TIMEOUT_MS, REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
+    REFUSAL_WRITE_TIMEOUT_MS, REPLICA_HOLD_BYTES, REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX,
+    WRITE_BATCH_BYTES,
 };
 use super::control::{ClusterFeed, ClusterView};
 use super::handler::{self, Answer, CollectionScope, Routing};
@@ -775,7 +776,9 @@ async fn serve_sync_request(
     if let SyncAnswer::Records { .. } = answer {
         // The follower's last record is on this log: everything up to it is on its disk.
         if let Some(progress) = server.progress.borrow_mut().get_mut(&ask.partition) {
-            progress.note_ack(follower.get(), ask.last.lsn);
+            if progress.note_ack(follower.get(), ask.last.lsn) {
+                partition.hold_for_replicas(Some(progress.acked_by_all()), REPLICA_HOLD_BYTES);
+            }
         }
     }
     Ok(replica::to_outcome(answer))
@@ -895,6 +898,16 @@ impl ShardServer {
             let entry = progress.entry(partition).or_default();
             if !entry.followers().eq(followers.iter().copied()) {
                 entry.set_followers(followers);
+            }
+            if let Some(stored) = self.local.partition(partition) {
+                let hold = (entry.followers().count() > 0).then(|| entry.acked_by_all());
+                stored.hold_for_replicas(hold, REPLICA_HOLD_BYTES);
+            }
+        }
+        // A partition this node no longer leads keeps no records for others.
+        for stored in self.local.partitions() {
+            if !led.contains(&stored.id()) {
+                stored.hold_for_replicas(None, REPLICA_HOLD_BYTES);
             }
         }
     }
