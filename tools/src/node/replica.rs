@@ -8,14 +8,16 @@
 //!   [`answer_sync`] then serves it from the partition's WAL (`coregrid_replication::leader`),
 //!   and the follower's last record, once known to be on this log, counts as its ack
 //!   ([`coregrid_replication::progress::Progress`]).
-//! - **Follower.** [`Followers`] keeps one session per partition this node follows: a task that
-//!   finds the shard of the leader node that owns the partition (a `Topology` request to the
-//!   data address the leader gossips), opens a replication connection to it, and then asks for
-//!   the records after its own last one, long-polling when it has them all; it appends what it
-//!   gets (verified record by record by the engine before anything is written), cuts its log
-//!   back where the leader says the two diverge, and reconnects with a growing pause after a
-//!   failure. A session ends when the map gives the partition another leader, a new epoch, or
-//!   makes this node its leader; the next view starts the next one.
+//! - **Follower.** [`Followers`] keeps, on each data shard, one session per leader node it
+//!   follows partitions from: a task that asks the leader for its topology (at the data
+//!   address the leader gossips) and opens one replication connection per leader shard that
+//!   owns some of them (with equal shard counts, one), then keeps one request in flight per
+//!   partition on it, answered in any order: each asks for the records after the partition's
+//!   own last one and long-polls when it has them all. It appends what it gets (verified
+//!   record by record by the engine before anything is written), cuts its log back where the
+//!   leader says the two diverge, and reconnects with a growing pause after a failure. A
+//!   session ends when the map changes its leader's partitions, its epoch or its address (a
+//!   restarted node listens on new ports); the next view starts the next one.
 //!
 //! A follower partition writes nothing of its own: its log holds only its leaders' records, so
 //! the logs of a partition's replicas agree up to where their epoch histories diverge (the
@@ -164,19 +166,23 @@ pub struct FollowerIdentity {
     pub node: NodeId,
 }
 
-/// One follower session: which leader, at which address (a restarted leader may listen
-/// elsewhere), in which map epoch, and how to stop it.
+/// A partition of this shard.
+type StoredPartition = Rc<Partition<DmaStorage>>;
+
+/// One follower session: the partitions this shard follows from one leader node, at which
+/// address (a restarted leader may listen elsewhere), in which map epoch, and how to stop it.
 struct Session {
-    leader: NodeId,
     address: SocketAddr,
     map_epoch: u64,
+    partitions: Vec<u32>,
     stop: Rc<Cell<bool>>,
 }
 
 /// The follower sessions of one data shard, and how far each partition has caught up.
 pub struct Followers {
     identity: FollowerIdentity,
-    sessions: RefCell<HashMap<u32, Session>>,
+    /// By leader node.
+    sessions: RefCell<HashMap<NodeId, Session>>,
     /// Partitions whose last sync found the follower holding every record its leader had:
     /// those answer `Any` reads. Cleared when a session starts or fails.
     caught_up: Rc<RefCell<HashMap<u32, bool>>>,
@@ -202,13 +208,13 @@ impl Followers {
             .unwrap_or(false)
     }
 
-    /// Starts, keeps or stops sessions so that there is exactly one for each of `partitions`
-    /// (this shard's) that `view` has this node follow, pulling from its leader at the data
-    /// address it gossips, in the view's epoch.
+    /// Starts, keeps or stops sessions so that there is exactly one per leader node for the
+    /// partitions of `partitions` (this shard's) that `view` has this node follow from it,
+    /// pulling at the data address the leader gossips, in the view's epoch. A session whose
+    /// leader, address, epoch or partition set changed is replaced.
     pub fn update(&self, view: &ClusterView, partitions: &[Rc<Partition<DmaStorage>>]) {
         let epoch = view.epoch().get();
-        let mut wanted: HashMap<u32, (NodeId, SocketAddr, Rc<Partition<DmaStorage>>)> =
-            HashMap::new();
+        let mut wanted: HashMap<NodeId, (SocketAddr, Vec<StoredPartition>)> = HashMap::new();
         if let Some(map) = view.map.as_ref() {
             for partition in partitions {
                 let id = partition.id();
@@ -228,46 +234,55 @@ impl Followers {
                 else {
                     continue;
                 };
-                wanted.insert(id, (leader, address, partition.clone()));
+                wanted
+                    .entry(leader)
+                    .or_insert_with(|| (address, Vec::new()))
+                    .1
+                    .push(partition.clone());
             }
         }
         let mut sessions = self.sessions.borrow_mut();
-        sessions.retain(|id, session| {
-            let keep = wanted.get(id).is_some_and(|(leader, address, _)| {
-                *leader == session.leader
-                    && *address == session.address
+        sessions.retain(|leader, session| {
+            let keep = wanted.get(leader).is_some_and(|(address, followed)| {
+                *address == session.address
                     && session.map_epoch == epoch
+                    && followed
+                        .iter()
+                        .map(|partition| partition.id())
+                        .eq(session.partitions.iter().copied())
             });
             if !keep {
                 session.stop.set(true);
-                self.caught_up.borrow_mut().remove(id);
+                let mut caught_up = self.caught_up.borrow_mut();
+                for id in &session.partitions {
+                    caught_up.remove(id);
+                }
             }
             keep
         });
-        for (id, (leader, address, partition)) in wanted {
-            if sessions.contains_key(&id) {
+        for (leader, (address, followed)) in wanted {
+            if sessions.contains_key(&leader) {
                 continue;
             }
             let stop = Rc::new(Cell::new(false));
+            let ids: Vec<u32> = followed.iter().map(|partition| partition.id()).collect();
+            tracing::info!(%leader, %address, epoch, partitions = ids.len(), "following");
             sessions.insert(
-                id,
+                leader,
                 Session {
-                    leader,
                     address,
                     map_epoch: epoch,
+                    partitions: ids,
                     stop: stop.clone(),
                 },
             );
-            tracing::info!(partition = id, %leader, %address, epoch, "following");
-            rt::spawn_detached(run_session(
-                self.identity,
-                partition,
+            let target = SessionTarget {
+                identity: self.identity,
                 leader,
                 address,
-                epoch,
-                stop,
-                self.caught_up.clone(),
-            ));
+                map_epoch: epoch,
+            };
+            rt::spawn_detached(run_session(target, followed, stop, self.caught_up.clone()));
         }
     }
 
@@ -280,42 +295,34 @@ impl Followers {
     }
 }
 
-/// Pulls `partition` from `leader` until `stop` is set, reconnecting after failures with a
-/// growing pause.
+/// Pulls `partitions` from the session's leader until `stop` is set, reconnecting after
+/// failures with a growing pause.
 async fn run_session(
-    identity: FollowerIdentity,
-    partition: Rc<Partition<DmaStorage>>,
-    leader: NodeId,
-    address: SocketAddr,
-    map_epoch: u64,
+    target: SessionTarget,
+    partitions: Vec<Rc<Partition<DmaStorage>>>,
     stop: Rc<Cell<bool>>,
     caught_up: Rc<RefCell<HashMap<u32, bool>>>,
 ) {
-    let id = partition.id();
     let mut pause = Duration::from_millis(SYNC_RETRY_MS_MIN);
-    let session = SessionTarget {
-        identity,
-        leader,
-        address,
-        map_epoch,
-    };
     while !stop.get() {
-        let mut progressed = false;
-        let ended = pull(&session, &partition, &stop, &caught_up, &mut progressed).await;
-        caught_up.borrow_mut().remove(&id);
+        let progressed = Cell::new(false);
+        let ended = pull_from_leader(&target, &partitions, &stop, &caught_up, &progressed).await;
+        for partition in &partitions {
+            caught_up.borrow_mut().remove(&partition.id());
+        }
         match ended {
             Ok(()) => break,
             Err(reason) => {
-                if progressed {
+                if progressed.get() {
                     pause = Duration::from_millis(SYNC_RETRY_MS_MIN);
                 }
-                tracing::info!(partition = id, %leader, %reason, ?pause, "sync stopped; retrying");
+                tracing::info!(leader = %target.leader, %reason, ?pause, "sync stopped; retrying");
                 rt::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(SYNC_RETRY_MS_MAX));
             }
         }
     }
-    tracing::info!(partition = id, %leader, "no longer following");
+    tracing::info!(leader = %target.leader, "no longer following");
 }
 
 struct SessionTarget {
@@ -323,6 +330,39 @@ struct SessionTarget {
     leader: NodeId,
     address: SocketAddr,
     map_epoch: u64,
+}
+
+/// One round of a session: the leader's topology, then one replication connection per
+/// leader shard that owns some of the partitions, all pulling at once. Ends at the first
+/// failure (the session reconnects) or when stopped.
+async fn pull_from_leader(
+    target: &SessionTarget,
+    partitions: &[Rc<Partition<DmaStorage>>],
+    stop: &Cell<bool>,
+    caught_up: &RefCell<HashMap<u32, bool>>,
+    progressed: &Cell<bool>,
+) -> Result<(), String> {
+    let shards = leader_shards(target).await?;
+    let mut by_shard: HashMap<(u16, ShardId), Vec<Rc<Partition<DmaStorage>>>> = HashMap::new();
+    for partition in partitions {
+        let owner = shards
+            .iter()
+            .find(|(_, _, owned)| owned.contains(&partition.id()))
+            .map(|(port, shard, _)| (*port, *shard))
+            .ok_or_else(|| {
+                format!(
+                    "the leader's topology has no shard for partition {}",
+                    partition.id()
+                )
+            })?;
+        by_shard.entry(owner).or_default().push(partition.clone());
+    }
+    let pulls = by_shard.into_iter().map(|((port, shard), group)| {
+        let address = SocketAddr::new(target.address.ip(), port);
+        async move { pull(target, address, shard, group, stop, caught_up, progressed).await }
+    });
+    futures::future::try_join_all(pulls).await?;
+    Ok(())
 }
 
 /// Reads until a whole frame is there and returns what `read` makes of it.
@@ -389,10 +429,9 @@ async fn open(
     Ok((reader, writer))
 }
 
-/// The port of the leader's shard that owns the partition, from the leader's topology.
-async fn leader_port(session: &SessionTarget, partition: u32) -> Result<(u16, ShardId), String> {
-    let (mut reader, mut writer) =
-        open(session, session.address, ChannelKind::Client, None).await?;
+/// The leader's shards: `(port, shard, partitions)` each, from its topology.
+async fn leader_shards(target: &SessionTarget) -> Result<Vec<(u16, ShardId, Vec<u32>)>, String> {
+    let (mut reader, mut writer) = open(target, target.address, ChannelKind::Client, None).await?;
     let timeout = Duration::from_millis(SYNC_CONNECT_TIMEOUT_MS);
     let mut out = Vec::new();
     encode(&mut out, FrameMeta::default(), &TopologyRequest {})
@@ -401,62 +440,74 @@ async fn leader_port(session: &SessionTarget, partition: u32) -> Result<(u16, Sh
         .write_all(&out, timeout)
         .await
         .map_err(|error| format!("asking for the topology: {error}"))?;
-    let found = read_answer(&mut reader, timeout, |frame| {
+    let shards = read_answer(&mut reader, timeout, |frame| {
         let topology = access::<TopologyResponse>(frame)
             .map_err(|error| format!("the leader's topology: {error}"))?;
         Ok(topology
             .shards
             .iter()
-            .find(|shard| {
-                shard
-                    .partitions
-                    .iter()
-                    .any(|id| id.get() == PartitionId(partition))
+            .map(|shard| {
+                (
+                    shard.port.to_native(),
+                    shard.shard.get(),
+                    shard.partitions.iter().map(|id| id.get().get()).collect(),
+                )
             })
-            .map(|shard| (shard.port.to_native(), shard.shard.get())))
+            .collect())
     })
     .await?;
     let _closing = writer.close(timeout).await;
-    found.ok_or_else(|| format!("the leader's topology has no shard for partition {partition}"))
+    Ok(shards)
 }
 
-/// One connection's worth of pulling. `Ok` when stopped; `Err` says why the connection ended.
+/// One replication connection to a leader shard, pulling every partition of `partitions` at
+/// once: one request in flight per partition, answered in any order, each answer applied and
+/// followed by that partition's next request. `Ok` when stopped; `Err` says why the
+/// connection ended.
 async fn pull(
-    session: &SessionTarget,
-    partition: &Rc<Partition<DmaStorage>>,
+    target: &SessionTarget,
+    address: SocketAddr,
+    shard: ShardId,
+    partitions: Vec<Rc<Partition<DmaStorage>>>,
     stop: &Cell<bool>,
     caught_up: &RefCell<HashMap<u32, bool>>,
-    progressed: &mut bool,
+    progressed: &Cell<bool>,
 ) -> Result<(), String> {
-    let id = partition.id();
-    let (port, shard) = leader_port(session, id).await?;
-    let address = SocketAddr::new(session.address.ip(), port);
     let (mut reader, mut writer) =
-        open(session, address, ChannelKind::Replication, Some(shard)).await?;
+        open(target, address, ChannelKind::Replication, Some(shard)).await?;
     let answer_timeout = Duration::from_millis(u64::from(SYNC_WAIT_MS) + SYNC_ANSWER_GRACE_MS);
     let mut out = Vec::new();
-    let mut request_id = 0u64;
+    let mut next_request_id = 0u64;
+    // Request id -> the partition (index into `partitions`) and the last record it named.
+    let mut in_flight: HashMap<u64, (usize, LogEnd)> = HashMap::new();
+    let mut ask =
+        |index: usize, out: &mut Vec<u8>, in_flight: &mut HashMap<u64, (usize, LogEnd)>| {
+            next_request_id += 1;
+            let partition = &partitions[index];
+            let last = sync_position(partition);
+            let request = SyncRequest {
+                partition: PartitionId(partition.id()),
+                map_epoch: Epoch(target.map_epoch),
+                last_epoch: Epoch(last.epoch),
+                last_lsn: Lsn(last.lsn),
+                max_bytes: SYNC_REQUEST_BYTES,
+                wait_ms: SYNC_WAIT_MS,
+            };
+            let meta = FrameMeta {
+                request_id: RequestId(next_request_id),
+                epoch: Epoch(target.map_epoch),
+            };
+            in_flight.insert(next_request_id, (index, last));
+            encode(out, meta, &request).map_err(|error| error.to_string())
+        };
+    for index in 0..partitions.len() {
+        ask(index, &mut out, &mut in_flight)?;
+    }
+    writer
+        .write_all(&out, answer_timeout)
+        .await
+        .map_err(|error| format!("sending sync requests: {error}"))?;
     while !stop.get() {
-        request_id += 1;
-        let last = sync_position(partition);
-        let request = SyncRequest {
-            partition: PartitionId(id),
-            map_epoch: Epoch(session.map_epoch),
-            last_epoch: Epoch(last.epoch),
-            last_lsn: Lsn(last.lsn),
-            max_bytes: SYNC_REQUEST_BYTES,
-            wait_ms: SYNC_WAIT_MS,
-        };
-        out.clear();
-        let meta = FrameMeta {
-            request_id: RequestId(request_id),
-            epoch: Epoch(session.map_epoch),
-        };
-        encode(&mut out, meta, &request).map_err(|error| error.to_string())?;
-        writer
-            .write_all(&out, answer_timeout)
-            .await
-            .map_err(|error| format!("sending a sync request: {error}"))?;
         let frame = loop {
             if let Some(frame) = reader
                 .decoder()
@@ -467,12 +518,14 @@ async fn pull(
             }
             read_more(&mut reader, answer_timeout).await?;
         };
-        if frame.request_id() != RequestId(request_id) {
+        let Some((index, last)) = in_flight.remove(&frame.request_id().0) else {
             return Err(format!(
-                "an answer to request {} where {request_id} was asked",
+                "an answer to request {}, which was not asked",
                 frame.request_id().0
             ));
-        }
+        };
+        let partition = &partitions[index];
+        let id = partition.id();
         let response = access::<SyncResponse>(&frame)
             .map_err(|error| format!("a bad sync answer: {error}"))?;
         if response.partition.get().get() != id {
@@ -481,75 +534,102 @@ async fn pull(
                 response.partition.get()
             ));
         }
-        match &response.outcome {
-            ArchivedSyncOutcome::Records {
-                records,
-                last_lsn,
-                leader_end_lsn,
-                ..
-            } => {
-                if !records.is_empty() {
-                    let appended = partition
-                        .append_replicated(records.as_slice())
-                        .await
-                        .map_err(|error| format!("appending the leader's records: {error}"))?;
-                    if appended != last_lsn.get().get() {
-                        return Err(format!(
-                            "the leader said its records end at LSN {}, they end at {appended}",
-                            last_lsn.get()
-                        ));
-                    }
-                    *progressed = true;
-                }
-                caught_up
-                    .borrow_mut()
-                    .insert(id, last_lsn.get().get() >= leader_end_lsn.get().get());
-            }
-            ArchivedSyncOutcome::Diverged { history, end_lsn } => {
-                let answer = SyncAnswer::Diverged {
-                    history: history
-                        .iter()
-                        .map(|entry| (entry.epoch.get().get(), entry.first_lsn.get().get()))
-                        .collect(),
-                    end_lsn: end_lsn.get().get(),
-                };
-                caught_up.borrow_mut().insert(id, false);
-                match apply_answer(partition, answer).await {
-                    Ok(Applied::Truncated(to)) => {
-                        tracing::warn!(
-                            partition = id,
-                            leader = %session.leader,
-                            truncated_after = to,
-                            "cut this replica's log where it diverged from the leader's"
-                        );
-                        *progressed = true;
-                    }
-                    Ok(Applied::NeedsSnapshot) => {
-                        return Err(
-                            "the divergence lies below this replica's snapshot: it needs \
-                                    the leader's snapshot, which replication cannot send yet"
-                                .into(),
-                        )
-                    }
-                    Ok(_) => {}
-                    Err(error) => return Err(format!("truncating to the leader's log: {error}")),
-                }
-            }
-            ArchivedSyncOutcome::SnapshotNeeded { end_lsn } => {
-                return Err(format!(
-                    "the leader (at LSN {}) no longer holds the records after LSN {}: this \
-                     replica needs its snapshot, which replication cannot send yet",
-                    end_lsn.get(),
-                    last.lsn
-                ));
-            }
-            ArchivedSyncOutcome::Refused(error) => {
-                return Err(format!("the leader refused: {error:?}"));
-            }
-        }
+        apply_response(
+            target,
+            partition,
+            &response.outcome,
+            last,
+            caught_up,
+            progressed,
+        )
+        .await?;
+        out.clear();
+        ask(index, &mut out, &mut in_flight)?;
+        writer
+            .write_all(&out, answer_timeout)
+            .await
+            .map_err(|error| format!("sending a sync request: {error}"))?;
     }
     let _closing = writer
         .close(Duration::from_millis(SYNC_CONNECT_TIMEOUT_MS))
         .await;
+    Ok(())
+}
+
+/// Applies one sync answer to the follower's partition.
+async fn apply_response(
+    target: &SessionTarget,
+    partition: &Rc<Partition<DmaStorage>>,
+    outcome: &ArchivedSyncOutcome,
+    last: LogEnd,
+    caught_up: &RefCell<HashMap<u32, bool>>,
+    progressed: &Cell<bool>,
+) -> Result<(), String> {
+    let id = partition.id();
+    match outcome {
+        ArchivedSyncOutcome::Records {
+            records,
+            last_lsn,
+            leader_end_lsn,
+            ..
+        } => {
+            if !records.is_empty() {
+                let appended = partition
+                    .append_replicated(records.as_slice())
+                    .await
+                    .map_err(|error| format!("appending the leader's records: {error}"))?;
+                if appended != last_lsn.get().get() {
+                    return Err(format!(
+                        "the leader said its records end at LSN {}, they end at {appended}",
+                        last_lsn.get()
+                    ));
+                }
+                progressed.set(true);
+            }
+            caught_up
+                .borrow_mut()
+                .insert(id, last_lsn.get().get() >= leader_end_lsn.get().get());
+        }
+        ArchivedSyncOutcome::Diverged { history, end_lsn } => {
+            let answer = SyncAnswer::Diverged {
+                history: history
+                    .iter()
+                    .map(|entry| (entry.epoch.get().get(), entry.first_lsn.get().get()))
+                    .collect(),
+                end_lsn: end_lsn.get().get(),
+            };
+            caught_up.borrow_mut().insert(id, false);
+            match apply_answer(partition, answer).await {
+                Ok(Applied::Truncated(to)) => {
+                    tracing::warn!(
+                        partition = id,
+                        leader = %target.leader,
+                        truncated_after = to,
+                        "cut this replica's log where it diverged from the leader's"
+                    );
+                    progressed.set(true);
+                }
+                Ok(Applied::NeedsSnapshot) => {
+                    return Err(format!(
+                        "partition {id}: the divergence lies below this replica's snapshot: it \
+                         needs the leader's snapshot, which replication cannot send yet"
+                    ))
+                }
+                Ok(_) => {}
+                Err(error) => return Err(format!("partition {id}: truncating: {error}")),
+            }
+        }
+        ArchivedSyncOutcome::SnapshotNeeded { end_lsn } => {
+            return Err(format!(
+                "partition {id}: the leader (at LSN {}) no longer holds the records after LSN \
+                 {}: this replica needs its snapshot, which replication cannot send yet",
+                end_lsn.get(),
+                last.lsn
+            ));
+        }
+        ArchivedSyncOutcome::Refused(error) => {
+            return Err(format!("partition {id}: the leader refused: {error:?}"));
+        }
+    }
     Ok(())
 }
