@@ -512,7 +512,7 @@ fn cluster_status_text(cluster: &Result<ClusterStatusResponse, ClientError>) -> 
         Err(error) => return format!("cluster status unavailable: {error}\n"),
     };
     let mut text = format!(
-        "cluster, as node {} sees it\nterm {}  role {}  controller {}  epoch {}\n",
+        "cluster, as node {} sees it\nterm {}  role {}  controller {}  epoch {}  lease {}\n",
         status.node,
         status.term,
         status.role,
@@ -521,6 +521,11 @@ fn cluster_status_text(cluster: &Result<ClusterStatusResponse, ClientError>) -> 
             "none (no leadership map yet)".to_string()
         } else {
             status.epoch.to_string()
+        },
+        if status.lease {
+            "held"
+        } else {
+            "not held (the partitions this node leads refuse writes)"
         },
     );
     text.push_str(&format!(
@@ -611,6 +616,7 @@ fn add_cluster_status_json(json: &mut Json, cluster: &Result<ClusterStatusRespon
             json["role"] = json!(status.role.to_string());
             json["controller"] = json!(status.controller.map(NodeId::get));
             json["epoch"] = json!(status.epoch.get());
+            json["lease"] = json!(status.lease);
             json["members"] = status
                 .members
                 .iter()
@@ -641,7 +647,14 @@ fn add_cluster_status_json(json: &mut Json, cluster: &Result<ClusterStatusRespon
         Err(error) => {
             json["cluster_status"] =
                 json!({ "available": false, "node": Json::Null, "error": error.to_string() });
-            for field in ["term", "role", "controller", "members", "partitions"] {
+            for field in [
+                "term",
+                "role",
+                "controller",
+                "lease",
+                "members",
+                "partitions",
+            ] {
                 json[field] = Json::Null;
             }
         }
@@ -757,6 +770,7 @@ mod tests {
             role: ControlRole::Follower,
             controller: Some(NodeId(1)),
             epoch: Epoch(12),
+            lease: true,
             members: vec![
                 member(1, MemberState::Joined, false, "10.0.0.1:7946"),
                 member(2, MemberState::JoinedSyncing, false, "10.0.0.2:7946"),
@@ -788,7 +802,7 @@ mod tests {
         let text = cluster_status_text(&Ok(status(6)));
         assert!(text.starts_with("cluster, as node 2 sees it\n"), "{text}");
         assert!(
-            text.contains("term 7  role follower  controller 1  epoch 12\n"),
+            text.contains("term 7  role follower  controller 1  epoch 12  lease held\n"),
             "{text}"
         );
         assert!(text.contains("members 4\n"), "{text}");
@@ -878,6 +892,7 @@ mod tests {
         assert_eq!(json["term"], 7);
         assert_eq!(json["role"], "follower");
         assert_eq!(json["controller"], 1);
+        assert_eq!(json["lease"], true);
         assert_eq!(json["epoch"], 12, "the cluster status's epoch, asked last");
         assert_eq!(json["members"].as_array().unwrap().len(), 4);
         assert_eq!(
@@ -916,7 +931,14 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("0x0109"));
-        for field in ["term", "role", "controller", "members", "partitions"] {
+        for field in [
+            "term",
+            "role",
+            "controller",
+            "lease",
+            "members",
+            "partitions",
+        ] {
             assert_eq!(json[field], Json::Null, "{field}");
         }
     }

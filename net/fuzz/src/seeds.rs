@@ -170,6 +170,7 @@ fn samples() -> Vec<(MessageKind, Encoder)> {
             role: ControlRole::Controller,
             controller: Some(NodeId(1)),
             epoch: Epoch(5),
+            lease: true,
             members: vec![
                 MemberStatus {
                     node: NodeId(1),
@@ -213,6 +214,7 @@ fn samples() -> Vec<(MessageKind, Encoder)> {
             role: ControlRole::Candidate,
             controller: None,
             epoch: Epoch(0),
+            lease: false,
             members: vec![],
             partitions: vec![],
         }),

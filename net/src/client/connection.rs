@@ -506,6 +506,7 @@ mod tests {
             role: ControlRole::Controller,
             controller: Some(NodeId(1)),
             epoch: Epoch(7),
+            lease: false,
             members: vec![MemberStatus {
                 node: NodeId(1),
                 state: MemberState::Joined,

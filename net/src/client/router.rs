@@ -742,6 +742,7 @@ mod tests {
             role: ControlRole::Follower,
             controller: None,
             epoch: Epoch(0),
+            lease: false,
             members: vec![],
             partitions: vec![],
         };

@@ -446,6 +446,7 @@ mod tests {
             role: ControlRole::Controller,
             controller: Some(NodeId(u64::MAX)),
             epoch: Epoch(u64::MAX),
+            lease: true,
             members,
             partitions,
         }
@@ -499,6 +500,7 @@ mod tests {
             role: ControlRole::Follower,
             controller: None,
             epoch: Epoch(0),
+            lease: false,
             members: vec![],
             partitions: vec![],
         };

@@ -190,6 +190,10 @@ pub struct ClusterStatusResponse {
     pub controller: Option<NodeId>,
     /// Epoch of the leadership map its data shards hold (0: none yet).
     pub epoch: Epoch,
+    /// Whether it holds the write lease: it has heard a majority of voters within the election
+    /// timeout. Without it, the partitions it leads refuse writes (it may be cut off on a
+    /// minority side).
+    pub lease: bool,
     /// Every member it knows, sorted by node id, itself included (at most
     /// `CLUSTER_MEMBERS_MAX`).
     pub members: Vec<MemberStatus>,

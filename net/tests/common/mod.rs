@@ -466,19 +466,22 @@ pub fn cluster_status_response() -> impl Strategy<Value = ClusterStatusResponse>
         any::<u64>(),
         control_role(),
         proptest::option::of(node()),
-        epoch(),
+        (epoch(), any::<bool>()),
         members,
         proptest::collection::vec(partition, 0..40),
     )
         .prop_map(
-            |(node, term, role, controller, epoch, members, partitions)| ClusterStatusResponse {
-                node,
-                term: Term(term),
-                role,
-                controller,
-                epoch,
-                members,
-                partitions,
+            |(node, term, role, controller, (epoch, lease), members, partitions)| {
+                ClusterStatusResponse {
+                    node,
+                    term: Term(term),
+                    role,
+                    controller,
+                    epoch,
+                    lease,
+                    members,
+                    partitions,
+                }
             },
         )
 }
@@ -625,6 +628,7 @@ pub fn sample_cluster_status() -> ClusterStatusResponse {
         role: ControlRole::Controller,
         controller: Some(NodeId(1)),
         epoch: Epoch(5),
+        lease: true,
         members: vec![
             member(1, MemberState::Joined, false),
             member(2, MemberState::JoinedSyncing, false),

@@ -178,6 +178,7 @@ impl ClusterView {
             },
             controller: self.controller,
             epoch: self.epoch(),
+            lease: self.lease,
             members: self
                 .members
                 .iter()

@@ -77,6 +77,8 @@ pub struct Seen {
     pub controller: Option<u64>,
     /// The epoch of the map it holds.
     pub epoch: u64,
+    /// Whether it holds the write lease (`None` if the status did not say).
+    pub lease: Option<bool>,
     /// Each partition's leader in that map.
     pub leaders: Vec<Option<u64>>,
 }
@@ -100,6 +102,7 @@ impl Seen {
             role: json["role"].as_str().unwrap_or_default().to_string(),
             controller: json["controller"].as_u64(),
             epoch: number("epoch")?,
+            lease: json["lease"].as_bool(),
             leaders: json["partitions"]
                 .as_array()
                 .map(|partitions| {

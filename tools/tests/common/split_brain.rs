@@ -142,6 +142,18 @@ pub fn two_three_split(cluster: &mut TestCluster) {
         }
     });
     println!("minority while split: {minority_seen:?}");
+    // `coregrid status` says why: the minority holds no lease, the majority does.
+    for status in &minority_seen {
+        assert_eq!(status.lease, Some(false), "{minority_seen:?}");
+    }
+    wait_until("the majority to show the write lease in its status", || {
+        let seen = cluster.statuses(&majority)?;
+        if seen.iter().all(|status| status.lease == Some(true)) {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
     // The majority's partitions still take writes.
     for &partition in &majority_led {
         writable(cluster, leaders[partition], partition, "split");
@@ -186,4 +198,12 @@ pub fn two_three_split(cluster: &mut TestCluster) {
     for (partition, &leader) in leaders.iter().enumerate() {
         writable(cluster, leader, partition, "healed");
     }
+    wait_until("every node to show the write lease again", || {
+        let seen = cluster.statuses(&everyone)?;
+        if seen.iter().all(|status| status.lease == Some(true)) {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
 }
