@@ -480,6 +480,23 @@ impl<S: Storage> Partition<S> {
 
     /// Waits until `lsn` is durable.
     pub async fn wait_durable(&self, lsn: u64) -> Result<()> {
+        self.wait_durable_registering(lsn, false).await
+    }
+
+    /// Like [`Partition::wait_durable`], for a task that waits for the same LSN again and
+    /// again and gives up at a deadline each time (a leader's long poll for a follower's next
+    /// records, which may wait on an idle partition for hours): it registers its waker once
+    /// per LSN, so abandoned waits do not pile up in the waiter list. Costs a scan of the
+    /// waiter list per registration, so it is kept off the write path.
+    pub async fn wait_durable_polling(&self, lsn: u64) -> Result<()> {
+        self.wait_durable_registering(lsn, true).await
+    }
+
+    /// Waits until `lsn` is durable. A write's wait (`polling` false) registers its waker and
+    /// rings the writer, which may hold `lsn` staged; a long poll registers only if the same
+    /// task has no entry for `lsn` yet and leaves the writer alone (it waits for writes that
+    /// ring it themselves).
+    async fn wait_durable_registering(&self, lsn: u64, polling: bool) -> Result<()> {
         let mut registered = false;
         std::future::poll_fn(|context| {
             if self.durable_lsn() >= lsn {
@@ -489,38 +506,18 @@ impl<S: Storage> Partition<S> {
             if !registered {
                 // Woken by `complete_waiters` once a flush covers `lsn` (the entry is then
                 // gone), or by `fail_waiters`.
-                self.waiters
-                    .borrow_mut()
-                    .push((lsn, context.waker().clone()));
-                registered = true;
-                self.writer_bell.ring();
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Like [`Partition::wait_durable`], for a task that waits for the same LSN again and
-    /// again and gives up at a deadline each time (a leader's long poll for a follower's next
-    /// records, which may wait on an idle partition for hours): it registers its waker once
-    /// per LSN, so abandoned waits do not pile up in the waiter list. Costs a scan of the
-    /// waiter list per registration, so it is kept off the write path.
-    pub async fn wait_durable_polling(&self, lsn: u64) -> Result<()> {
-        let mut registered = false;
-        std::future::poll_fn(|context| {
-            if self.durable_lsn() >= lsn {
-                return Poll::Ready(Ok(()));
-            }
-            self.shard.check()?;
-            if !registered {
                 let mut waiters = self.waiters.borrow_mut();
-                if !waiters
-                    .iter()
-                    .any(|(at, waker)| *at == lsn && waker.will_wake(context.waker()))
-                {
+                let known = polling
+                    && waiters
+                        .iter()
+                        .any(|(at, waker)| *at == lsn && waker.will_wake(context.waker()));
+                if !known {
                     waiters.push((lsn, context.waker().clone()));
                 }
                 registered = true;
+                if !polling {
+                    self.writer_bell.ring();
+                }
             }
             Poll::Pending
         })

@@ -651,12 +651,7 @@ fn admit(
     cost: usize,
     parsed: Result<handler::Request, ErrorResponse>,
 ) {
-    state
-        .requests_in_flight
-        .set(state.requests_in_flight.get() + 1);
-    server
-        .requests_in_flight
-        .set(server.requests_in_flight.get() + 1);
+    server.count_admitted(state);
     let request = match parsed.and_then(|request| fence(server, request)) {
         Ok(request) => request,
         Err(error) => {
@@ -718,12 +713,7 @@ fn admit_sync(
     follower: NodeId,
     asked: Result<SyncAsk, ErrorResponse>,
 ) {
-    state
-        .requests_in_flight
-        .set(state.requests_in_flight.get() + 1);
-    server
-        .requests_in_flight
-        .set(server.requests_in_flight.get() + 1);
+    server.count_admitted(state);
     let (server, state) = (server.clone(), state.clone());
     rt::spawn_detached(async move {
         let epoch = server.cluster.borrow().epoch();
@@ -749,12 +739,7 @@ async fn serve_sync_request(
     asked: Result<SyncAsk, ErrorResponse>,
 ) -> Result<SyncOutcome, ErrorResponse> {
     let ask = asked?;
-    let fenced = replica::fence_sync(&server.cluster.borrow(), follower, &ask);
-    if fenced.is_err() {
-        // As for writes: the shard may not have taken the newest view yet.
-        *server.cluster.borrow_mut() = server.feed.latest();
-        replica::fence_sync(&server.cluster.borrow(), follower, &ask)?;
-    }
+    server.check_view(|view| replica::fence_sync(view, follower, &ask))?;
     let Some(partition) = server.local.partition(ask.partition).cloned() else {
         return Err(server
             .routing
@@ -803,20 +788,7 @@ fn fence(
             return Ok(request);
         }
     }
-    let refused = match server.cluster.borrow().fence(partition) {
-        Ok(()) => return Ok(request),
-        Err(refused) => refused,
-    };
-    // The shard's follower takes each new view asynchronously, so the control shard may have
-    // published a newer one (and the node reported it, e.g. printed `ready`) that this shard
-    // has not taken yet: look at the latest once more before refusing. Only refusals pay for
-    // this (one uncontended lock).
-    let latest = server.feed.latest();
-    if Arc::ptr_eq(&latest, &server.cluster.borrow()) {
-        return Err(refused);
-    }
-    *server.cluster.borrow_mut() = latest.clone();
-    latest.fence(partition)?;
+    server.check_view(|view| view.fence(partition))?;
     Ok(request)
 }
 
@@ -859,6 +831,37 @@ async fn begin_epoch_if_needed(server: &ShardServer, partition: u32) -> Result<(
 }
 
 impl ShardServer {
+    /// Runs `check` against the shard's view of the cluster; if it refuses, once more against
+    /// the newest view, which the shard then takes. The shard's follower takes each new view
+    /// asynchronously, so the control shard may have published a newer one (and the node
+    /// reported it, e.g. printed `ready`) that this shard has not taken yet. Only refusals
+    /// pay for the second look (one uncontended lock).
+    fn check_view(
+        &self,
+        check: impl Fn(&ClusterView) -> Result<(), ErrorResponse>,
+    ) -> Result<(), ErrorResponse> {
+        let refused = match check(&self.cluster.borrow()) {
+            Ok(()) => return Ok(()),
+            Err(refused) => refused,
+        };
+        let latest = self.feed.latest();
+        if Arc::ptr_eq(&latest, &self.cluster.borrow()) {
+            return Err(refused);
+        }
+        *self.cluster.borrow_mut() = latest.clone();
+        check(&latest)
+    }
+
+    /// Counts a request admitted on `state`'s connection as in flight (until its answer is
+    /// written).
+    fn count_admitted(&self, state: &ConnectionState) {
+        state
+            .requests_in_flight
+            .set(state.requests_in_flight.get() + 1);
+        self.requests_in_flight
+            .set(self.requests_in_flight.get() + 1);
+    }
+
     /// Whether this node may answer an `Any` read of `partition` as a follower: it is
     /// `Joined`, holds a replica in the current map, and its last sync found it holding every
     /// record the leader had (a replica still catching up sends the reader to the leader,
@@ -878,7 +881,7 @@ impl ShardServer {
 
     /// Keeps a [`Progress`] for each partition this node leads here, with the followers the
     /// view's map gives it; drops the others'.
-    fn track_followers(&self, view: &super::control::ClusterView, led: &[u32]) {
+    fn track_followers(&self, view: &ClusterView, led: &[u32]) {
         let mut progress = self.progress.borrow_mut();
         progress.retain(|partition, _| led.contains(partition));
         for &partition in led {

@@ -297,11 +297,16 @@ impl TestCluster {
         (output.status.code().unwrap_or(-1), json)
     }
 
-    fn address(&self, index: usize) -> String {
+    /// Node `index`'s data address (its shard 0).
+    pub fn data_address(&self, index: usize) -> std::net::SocketAddr {
         let node = self.nodes[index]
             .as_ref()
             .unwrap_or_else(|| panic!("node {index} is not running"));
-        node.addresses[0].to_string()
+        node.addresses[0]
+    }
+
+    fn address(&self, index: usize) -> String {
+        self.data_address(index).to_string()
     }
 
     /// Node `index`'s `coregrid status --json`.
