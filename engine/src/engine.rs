@@ -13,6 +13,7 @@
 //! `crc32c(key) % partitions`. The partition count is fixed when the data directory is created;
 //! the shard count may change between runs.
 
+use crate::checksum;
 use crate::constants::{
     PARTITIONS_DEFAULT, PARTITIONS_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
     SEGMENT_BYTES_MIN, SHARD_QUEUE_DEPTH_DEFAULT, SHARD_TICK_MS, SNAPSHOT_WAL_BYTES_DEFAULT,
@@ -236,7 +237,7 @@ pub fn partition_dir(data_dir: &Path, partition: PartitionId) -> PathBuf {
 
 /// The partition a key belongs to.
 pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
-    crc32c::crc32c(key) % partitions
+    checksum::crc32c(key) % partitions
 }
 
 /// A shard's view of itself, for code running on it ([`Engine::run_on_shard`]).

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod checksum;
 pub mod constants;
 pub mod engine;
 pub mod error;

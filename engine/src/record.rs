@@ -29,6 +29,7 @@
 //! `durable_lsn` is at or past a bad record's LSN proves the bad record had been synced, so the
 //! bad record is corruption, not the tail of a write interrupted by a crash.
 
+use crate::checksum;
 use crate::constants::{
     BATCH_OPERATIONS_MAX, COLLECTION_NAME_BYTES_MAX, KEY_BYTES_MAX, RECORD_BODY_BYTES_MAX,
     RECORD_HEADER_BYTES, VALUE_BYTES_MAX,
@@ -175,7 +176,7 @@ impl RecordHeader {
             }
             return Err(RecordError::BadMagic);
         }
-        if crc32c::crc32c(&head[HEADER_CRC_COVERS_FROM..]) != header.header_crc.get() {
+        if checksum::crc32c(&head[HEADER_CRC_COVERS_FROM..]) != header.header_crc.get() {
             return Err(RecordError::HeaderChecksum);
         }
         if header.format_version.get() != FORMAT_VERSION {
@@ -254,7 +255,7 @@ impl<'a> RecordRef<'a> {
         let body = bytes
             .get(RECORD_HEADER_BYTES..header.record_len())
             .ok_or(RecordError::TruncatedBody)?;
-        if crc32c::crc32c(body) != header.body_crc() {
+        if checksum::crc32c(body) != header.body_crc() {
             return Err(RecordError::BodyChecksum);
         }
         Ok(RecordRef { header, body })
@@ -734,7 +735,7 @@ pub fn copy_record_restamped(
     let mut header = *record.header;
     header.durable_lsn = durable_lsn.into();
     header.header_crc = 0.into();
-    let crc = crc32c::crc32c(&header.as_bytes()[HEADER_CRC_COVERS_FROM..]);
+    let crc = checksum::crc32c(&header.as_bytes()[HEADER_CRC_COVERS_FROM..]);
     header.header_crc = crc.into();
     let start = out.written_len();
     out.extend_from_slice(header.as_bytes());
@@ -743,10 +744,74 @@ pub fn copy_record_restamped(
     record.len()
 }
 
+/// A sink that computes the crc32c of the bytes written through it: long slices (values) from
+/// the caller's bytes as they are copied, short ones (lengths, names, keys) in one pass over
+/// the written bytes when a long slice or the end comes.
+///
+/// Why: the crc of a 64 KiB value read back from the staging buffer after the copy ran at
+/// ~10 GB/s (26% of a shard's time in 64 KiB puts); the caller's value, just read by the copy,
+/// is in cache, and its crc runs at the checksum's full speed.
+struct BodyCrc<'a, S: RecordSink> {
+    out: &'a mut S,
+    crc: u32,
+    /// `out`'s length up to which `crc` covers.
+    covered: usize,
+}
+
+/// Slices at least this long are checksummed from the caller's bytes; shorter ones with their
+/// neighbours, since each crc call costs a few nanoseconds.
+const BODY_CRC_SOURCE_BYTES_MIN: usize = 256;
+
+impl<'a, S: RecordSink> BodyCrc<'a, S> {
+    fn new(out: &'a mut S) -> Self {
+        let covered = out.written_len();
+        Self {
+            out,
+            crc: 0,
+            covered,
+        }
+    }
+
+    fn catch_up(&mut self) {
+        let covered = self.covered;
+        self.crc = checksum::crc32c_append(self.crc, self.out.written_from(covered));
+        self.covered = self.out.written_len();
+    }
+
+    /// The sink and the crc32c of everything written through this one.
+    fn finish(mut self) -> (&'a mut S, u32) {
+        self.catch_up();
+        (self.out, self.crc)
+    }
+}
+
+impl<S: RecordSink> RecordSink for BodyCrc<'_, S> {
+    fn written_len(&self) -> usize {
+        self.out.written_len()
+    }
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if bytes.len() < BODY_CRC_SOURCE_BYTES_MIN {
+            self.out.extend_from_slice(bytes);
+            return;
+        }
+        self.catch_up();
+        self.out.extend_from_slice(bytes);
+        self.crc = checksum::crc32c_append(self.crc, bytes);
+        self.covered = self.out.written_len();
+    }
+    fn push(&mut self, byte: u8) {
+        self.out.push(byte);
+    }
+    fn written_from(&mut self, start: usize) -> &mut [u8] {
+        self.out.written_from(start)
+    }
+}
+
 /// Appends one whole record (header and body) to `out` and returns its length.
 ///
 /// The body is encoded in place after a reserved header, then the header is filled in and
-/// checksummed, so a record costs one pass over its bytes plus the two crcs.
+/// checksummed, so a record costs one pass over its bytes plus the two crcs (the body's taken
+/// from the caller's values, see [`BodyCrc`]).
 pub fn encode_record(
     out: &mut impl RecordSink,
     meta: RecordMeta,
@@ -764,6 +829,7 @@ pub fn encode_record_with_request(
 ) -> usize {
     let start = out.written_len();
     out.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+    let mut out = BodyCrc::new(out);
     if let Some(request) = request {
         assert!(
             matches!(
@@ -775,10 +841,11 @@ pub fn encode_record_with_request(
         out.extend_from_slice(&request.client.to_le_bytes());
         out.extend_from_slice(&request.sequence.to_le_bytes());
     }
-    operation.encode_body(out);
+    operation.encode_body(&mut out);
+    let (out, body_crc) = out.finish();
     let body_len = out.written_len() - start - RECORD_HEADER_BYTES;
     assert!(body_len <= RECORD_BODY_BYTES_MAX, "body over the limit");
-    let (head, body) = out.written_from(start).split_at_mut(RECORD_HEADER_BYTES);
+    let head = &mut out.written_from(start)[..RECORD_HEADER_BYTES];
     let header = RecordHeader {
         magic: RECORD_MAGIC.into(),
         header_crc: 0.into(),
@@ -790,7 +857,7 @@ pub fn encode_record_with_request(
             0
         },
         body_len: (body_len as u32).into(),
-        body_crc: crc32c::crc32c(body).into(),
+        body_crc: body_crc.into(),
         reserved: 0.into(),
         lsn: meta.lsn.into(),
         epoch: meta.epoch.into(),
@@ -798,7 +865,7 @@ pub fn encode_record_with_request(
         durable_lsn: meta.durable_lsn.into(),
     };
     head.copy_from_slice(header.as_bytes());
-    let header_crc = crc32c::crc32c(&head[HEADER_CRC_COVERS_FROM..]);
+    let header_crc = checksum::crc32c(&head[HEADER_CRC_COVERS_FROM..]);
     head[4..8].copy_from_slice(&header_crc.to_le_bytes());
     // Paired check (style.md rule 6): what we produce must validate as what we meant.
     debug_assert!(RecordRef::validate(out.written_from(start)).is_ok());
@@ -891,14 +958,14 @@ mod tests {
         ];
         let mut header = out[..RECORD_HEADER_BYTES].to_vec();
         let body_crc = u32::from_le_bytes(header[16..20].try_into().unwrap());
-        assert_eq!(body_crc, crc32c::crc32c(&expected_body));
+        assert_eq!(body_crc, ::crc32c::crc32c(&expected_body));
         header[16..20].fill(0);
         let header_crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
         header[4..8].fill(0);
         assert_eq!(header, golden_header);
         let mut check = out[..RECORD_HEADER_BYTES].to_vec();
         check[4..8].fill(0);
-        assert_eq!(header_crc, crc32c::crc32c(&check[8..]));
+        assert_eq!(header_crc, ::crc32c::crc32c(&check[8..]));
         assert_eq!(format!("{header_crc:08x}/{body_crc:08x}"), GOLDEN_CRCS);
     }
 
@@ -912,7 +979,7 @@ mod tests {
             RecordHeader::validate(&zeros).unwrap_err(),
             RecordError::ZeroHeader
         );
-        assert_ne!(crc32c::crc32c(&zeros[HEADER_CRC_COVERS_FROM..]), 0);
+        assert_ne!(::crc32c::crc32c(&zeros[HEADER_CRC_COVERS_FROM..]), 0);
     }
 
     #[test]
@@ -1001,7 +1068,7 @@ mod tests {
         // for the id: each refused at the header.
         let reseal = |mut bytes: Vec<u8>, flags: u8| {
             bytes[11] = flags;
-            let crc = crc32c::crc32c(&bytes[HEADER_CRC_COVERS_FROM..RECORD_HEADER_BYTES]);
+            let crc = ::crc32c::crc32c(&bytes[HEADER_CRC_COVERS_FROM..RECORD_HEADER_BYTES]);
             bytes[4..8].copy_from_slice(&crc.to_le_bytes());
             bytes
         };

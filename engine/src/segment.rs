@@ -5,6 +5,7 @@
 //! header (magic, crc, partition, base LSN, size); records follow, packed, never spanning two
 //! segments. The rest of a segment is zeros until written.
 
+use crate::checksum;
 use crate::constants::SEGMENT_HEADER_BYTES;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -46,7 +47,7 @@ impl SegmentHeader {
             base_lsn: base_lsn.into(),
             segment_bytes: segment_bytes.into(),
         };
-        header.header_crc = crc32c::crc32c(&header.as_bytes()[8..]).into();
+        header.header_crc = checksum::crc32c(&header.as_bytes()[8..]).into();
         block[..SEGMENT_HEADER_STRUCT_BYTES].copy_from_slice(header.as_bytes());
     }
 
@@ -55,7 +56,7 @@ impl SegmentHeader {
         let header = SegmentHeader::read_from_prefix(bytes).ok()?.0;
         if header.magic.get() != SEGMENT_MAGIC
             || header.format_version.get() != SEGMENT_FORMAT_VERSION
-            || crc32c::crc32c(&header.as_bytes()[8..]) != header.header_crc.get()
+            || checksum::crc32c(&header.as_bytes()[8..]) != header.header_crc.get()
         {
             return None;
         }

@@ -86,7 +86,7 @@ impl FrameHeader {
                 actual: header.magic.get(),
             });
         }
-        let computed = crc32c::crc32c(&bytes[HEADER_CRC_COVERS_FROM..]);
+        let computed = crc_fast::crc32_iscsi(&bytes[HEADER_CRC_COVERS_FROM..]);
         if computed != header.header_crc.get() {
             return Err(FrameError::HeaderChecksum {
                 stored: header.header_crc.get(),
@@ -160,13 +160,15 @@ impl FrameHeader {
             kind: U16::new(kind.to_u16()),
             flags: U16::ZERO,
             body_len: U32::new(body_len),
-            body_crc: U32::new(crc32c::crc32c(body)),
+            body_crc: U32::new(crc_fast::crc32_iscsi(body)),
             reserved_20: U32::ZERO,
             request_id: U64::new(meta.request_id.get()),
             epoch: U64::new(meta.epoch.get()),
             reserved_40: U64::ZERO,
         };
-        header.header_crc = U32::new(crc32c::crc32c(&header.as_bytes()[HEADER_CRC_COVERS_FROM..]));
+        header.header_crc = U32::new(crc_fast::crc32_iscsi(
+            &header.as_bytes()[HEADER_CRC_COVERS_FROM..],
+        ));
         header
     }
 }
@@ -236,7 +238,7 @@ pub fn parse_frame(
     let body_end = FRAME_HEADER_BYTES + header.body_len();
     let (body, padding) = frame[FRAME_HEADER_BYTES..].split_at(header.body_len());
     debug_assert_eq!(padding.len(), frame_len - body_end);
-    let computed = crc32c::crc32c(body);
+    let computed = crc_fast::crc32_iscsi(body);
     if computed != header.body_crc() {
         return Err(FrameError::BodyChecksum {
             kind,

@@ -168,10 +168,12 @@ pub(crate) fn encode_datagram(cluster_id: ClusterId, kind: DatagramKind, body: &
         kind: kind.to_u8(),
         flags: 0,
         body_len: U16::new(body.len() as u16),
-        body_crc: U32::new(crc32c::crc32c(body)),
+        body_crc: U32::new(crc_fast::crc32_iscsi(body)),
         cluster_id: cluster_id.0,
     };
-    header.header_crc = U32::new(crc32c::crc32c(&header.as_bytes()[HEADER_CRC_COVERS_FROM..]));
+    header.header_crc = U32::new(crc_fast::crc32_iscsi(
+        &header.as_bytes()[HEADER_CRC_COVERS_FROM..],
+    ));
     let mut datagram = Vec::with_capacity(DATAGRAM_HEADER_BYTES + body.len());
     datagram.extend_from_slice(header.as_bytes());
     datagram.extend_from_slice(body);
@@ -200,7 +202,7 @@ pub(crate) fn decode_datagram(
         });
     }
     let header_bytes = &datagram[..DATAGRAM_HEADER_BYTES];
-    if crc32c::crc32c(&header_bytes[HEADER_CRC_COVERS_FROM..]) != header.header_crc.get() {
+    if crc_fast::crc32_iscsi(&header_bytes[HEADER_CRC_COVERS_FROM..]) != header.header_crc.get() {
         return Err(RefusalReason::HeaderChecksum);
     }
     if header.cluster_id != cluster_id.0 {
@@ -222,7 +224,7 @@ pub(crate) fn decode_datagram(
             actual_bytes: body.len(),
         });
     }
-    if crc32c::crc32c(body) != header.body_crc.get() {
+    if crc_fast::crc32_iscsi(body) != header.body_crc.get() {
         return Err(RefusalReason::BodyChecksum);
     }
     Ok((kind, body))

@@ -34,7 +34,7 @@ pub fn partition_for_key(key: &[u8], partition_count: u32) -> PartitionId {
         partition_count > 0,
         "a key space has at least one partition"
     );
-    PartitionId(crc32c::crc32c(key) % partition_count)
+    PartitionId(crc_fast::crc32_iscsi(key) % partition_count)
 }
 
 /// A node's topology as the client keeps it: which shard, at which address, serves each

@@ -136,7 +136,7 @@ fn encode(state: &ControlState) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::with_capacity(PREFIX_BYTES + body.len());
     bytes.extend_from_slice(&MAGIC);
     bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&coregrid_engine::checksum::crc32c(&body).to_le_bytes());
     bytes.extend_from_slice(&body);
     Ok(bytes)
 }
@@ -159,7 +159,7 @@ fn decode(bytes: &[u8]) -> Result<ControlState, String> {
             body.len()
         ));
     }
-    if crc32c::crc32c(body) != crc {
+    if coregrid_engine::checksum::crc32c(body) != crc {
         return Err("body checksum mismatch".into());
     }
     let mut aligned = AlignedVec::<16>::with_capacity(body.len());
