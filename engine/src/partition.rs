@@ -23,7 +23,7 @@ use crate::record::{
 };
 use crate::requests::{Lookup, RequestId};
 use crate::rt::{self, Doorbell};
-use crate::snapshot::{self, SnapshotInfo};
+use crate::snapshot::{self, SnapshotDownload, SnapshotFile, SnapshotInfo};
 use crate::wal::{self, RawChunk, RecycleBudget, Wal, WalPosition};
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -233,6 +233,8 @@ pub struct Partition<S: Storage> {
     last_removal_lsn: Cell<u64>,
     epoch: Cell<u64>,
     snapshot_lsn: Cell<u64>,
+    /// The newest snapshot was installed from a leader (its file name says so).
+    snapshot_installed: Cell<bool>,
     /// The last LSN the snapshot may reflect (a fuzzy snapshot copies records staged while it
     /// runs): the WAL is never truncated below it.
     snapshot_covers_lsn: Cell<u64>,
@@ -265,6 +267,9 @@ impl<S: Storage> Partition<S> {
         shard: Rc<ShardState>,
     ) -> Result<Rc<Self>> {
         let mut index = Index::default();
+        // A snapshot install that a crash interrupted after its commit point is finished
+        // before anything reads the log.
+        snapshot::finish_install(&storage).await?;
         let loaded = snapshot::load_latest(&storage, id, &mut index).await?;
         let (snapshot_lsn, epochs) = (loaded.snapshot_lsn, loaded.epochs);
         let mut max_hlc = 0u64;
@@ -289,9 +294,10 @@ impl<S: Storage> Partition<S> {
             },
         )
         .await?;
-        // Paired with the publication rule of snapshots: everything a snapshot reflects is in
-        // the WAL.
-        if loaded.covers_lsn > wal.durable_lsn() {
+        // Paired with the publication rule of snapshots: everything a snapshot taken here
+        // reflects is in the WAL. (An installed one reflects its leader's WAL, which the
+        // follower pulls again after it.)
+        if !loaded.installed && loaded.covers_lsn > wal.durable_lsn() {
             return Err(EngineError::Corruption {
                 file: storage.path(&snapshot::snapshot_name(snapshot_lsn)),
                 offset: 0,
@@ -319,6 +325,7 @@ impl<S: Storage> Partition<S> {
             last_removal_lsn: Cell::new(last_removal_lsn),
             epoch: Cell::new(epoch),
             snapshot_lsn: Cell::new(snapshot_lsn),
+            snapshot_installed: Cell::new(loaded.installed),
             snapshot_covers_lsn: Cell::new(loaded.covers_lsn),
             maintenance: rt::Semaphore::new(1),
             snapshot_running: Cell::new(false),
@@ -1089,14 +1096,17 @@ impl<S: Storage> Partition<S> {
         .map_err(io_error)?;
         self.wait_durable(unpublished.info.covers_lsn).await?;
         let info = unpublished.publish(&self.storage).await.map_err(io_error)?;
-        let previous_lsn = self.snapshot_lsn.replace(snapshot_lsn);
+        let previous = SnapshotFile {
+            lsn: self.snapshot_lsn.replace(snapshot_lsn),
+            installed: self.snapshot_installed.replace(false),
+        };
         self.snapshot_covers_lsn.set(info.covers_lsn);
         self.wal_bytes_at_snapshot.set(bytes_now);
         self.snapshot_bytes.set(info.bytes);
         self.snapshots.set(self.snapshots.get() + 1);
-        // A snapshot at the same LSN replaced the previous file under the same name.
-        if previous_lsn < snapshot_lsn {
-            snapshot::remove(&self.storage, previous_lsn)
+        // A snapshot taken here at the same LSN replaced the previous file under the same name.
+        if previous.lsn < snapshot_lsn || previous.installed {
+            snapshot::remove(&self.storage, previous)
                 .await
                 .map_err(io_error)?;
         }
@@ -1185,7 +1195,7 @@ impl<S: Storage> Partition<S> {
         }
         // Rebuild the index from the snapshot and the WAL that is left.
         let mut index = Index::default();
-        snapshot::load(&self.storage, self.id, self.snapshot_lsn.get(), &mut index).await?;
+        snapshot::load(&self.storage, self.id, self.newest_snapshot_file(), &mut index).await?;
         let from = self.snapshot_lsn.get() + 1;
         let mut position = self.position_of(from).await?;
         while let Some(at) = position {
@@ -1217,6 +1227,126 @@ impl<S: Storage> Partition<S> {
         self.epoch
             .set(self.wal.borrow().last_epoch().max(self.epoch.get()));
         Ok(())
+    }
+
+    fn newest_snapshot_file(&self) -> SnapshotFile {
+        SnapshotFile {
+            lsn: self.snapshot_lsn.get(),
+            installed: self.snapshot_installed.get(),
+        }
+    }
+
+    /// The newest snapshot, if there is one: what a leader offers a follower that needs one.
+    pub fn newest_snapshot(&self) -> Option<SnapshotFile> {
+        let file = self.newest_snapshot_file();
+        (file.lsn > 0).then_some(file)
+    }
+
+    /// Up to `max_bytes` of snapshot `file` from `offset`, raw, with the file's size; `None`
+    /// once that snapshot is gone (a newer one replaced it: the follower starts over).
+    pub async fn read_snapshot(
+        &self,
+        file: SnapshotFile,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Option<(Vec<u8>, u64)>> {
+        snapshot::read_chunk(&self.storage, file, offset, max_bytes)
+            .await
+            .map_err(|error| {
+                EngineError::io(format!("read {:?}", self.storage.path(&file.name())), error)
+            })
+    }
+
+    /// Starts receiving a leader's snapshot at `lsn` for [`Partition::install_snapshot`].
+    pub async fn begin_snapshot_download(&self, lsn: u64) -> Result<SnapshotDownload<S::File>> {
+        self.shard.check()?;
+        if lsn == 0 {
+            return Err(EngineError::InvalidReplication(
+                "a snapshot at LSN 0".to_string(),
+            ));
+        }
+        SnapshotDownload::begin(&self.storage, lsn)
+            .await
+            .map_err(|error| EngineError::io(format!("partition {}: snapshot download", self.id), error))
+    }
+
+    /// Replaces this partition's whole state and log with a leader's snapshot, received whole
+    /// in `download` (catch-up by snapshot, `docs/replication.md`). The snapshot is checked
+    /// before anything changes; a bad one is refused (`InvalidReplication`) and changes
+    /// nothing. Afterwards the log continues at the snapshot's LSN + 1 with the snapshot's
+    /// epoch history, and the follower pulls from there. Crash-safe: see [`crate::snapshot`].
+    ///
+    /// Every record of the old log goes, acknowledged or not, so call it only for a snapshot
+    /// at or past the follower's acknowledged records, from the leader of the current epoch.
+    pub async fn install_snapshot(
+        self: &Rc<Self>,
+        download: SnapshotDownload<S::File>,
+    ) -> Result<SnapshotInfo> {
+        let _permit = self.maintenance.acquire().await;
+        assert!(
+            !self.writes_paused.replace(true),
+            "installs and truncations are serialized by the maintenance permit"
+        );
+        let _resume = ResumeWritesOnDrop(self);
+        // Replicated appends now wait; let every staged one become durable.
+        loop {
+            let staged_up_to = self.wal.borrow().next_lsn() - 1;
+            self.wait_durable(staged_up_to).await?;
+            if self.durable_lsn() == self.wal.borrow().next_lsn() - 1 {
+                break;
+            }
+        }
+        let mut index = Index::default();
+        let loaded = snapshot::commit_install(&self.storage, self.id, download, &mut index).await?;
+        // Committed: a failure from here leaves the install for recovery to finish, and the
+        // shard takes no more writes until then.
+        let finished = async {
+            wal::reset_after_install(&self.wal, loaded.snapshot_lsn, loaded.epochs.clone())
+                .await
+                .map_err(|error| {
+                    EngineError::io(format!("partition {}: close the old log", self.id), error)
+                })?;
+            snapshot::finish_install(&self.storage).await
+        }
+        .await;
+        if let Err(error) = finished {
+            self.shard.poison(format!(
+                "partition {}: installing the snapshot at LSN {} failed: {error}",
+                self.id, loaded.snapshot_lsn
+            ));
+            self.fail_waiters();
+            return Err(error);
+        }
+        *self.index.borrow_mut() = index;
+        self.snapshot_lsn.set(loaded.snapshot_lsn);
+        self.snapshot_installed.set(true);
+        self.snapshot_covers_lsn.set(loaded.covers_lsn);
+        self.snapshot_bytes.set(loaded.bytes);
+        self.wal_bytes_at_snapshot
+            .set(self.wal.borrow().durable_bytes_written());
+        // Absent keys are reported only once everything the snapshot may reflect is durable
+        // here again.
+        self.last_removal_lsn.set(loaded.covers_lsn);
+        self.epoch.set(
+            loaded
+                .epochs
+                .last()
+                .map_or(0, |(epoch, _)| *epoch)
+                .max(self.epoch.get()),
+        );
+        tracing::info!(
+            partition = self.id,
+            snapshot_lsn = loaded.snapshot_lsn,
+            covers_lsn = loaded.covers_lsn,
+            bytes = loaded.bytes,
+            "installed the leader's snapshot"
+        );
+        Ok(SnapshotInfo {
+            snapshot_lsn: loaded.snapshot_lsn,
+            covers_lsn: loaded.covers_lsn,
+            entries: self.index.borrow().len() as u64,
+            bytes: loaded.bytes,
+        })
     }
 
     fn resume_writes(&self) {

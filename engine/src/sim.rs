@@ -5,8 +5,8 @@
 //! Directory changes (create, rename, remove) are durable only after `sync_dir`. [`SimDisk::crash`]
 //! returns what a machine would find after a power cut: the durable images plus, chosen by a
 //! seeded PRNG, some of the unsynced sectors (torn writes, reordered blocks) or none of them.
-//! [`SimDisk::crash_at_sync`] freezes the disk at the n-th sync: that sync and every later
-//! operation fail, as if power went out at that moment.
+//! [`SimDisk::crash_at_sync`] freezes the disk at the n-th sync (of a file or of the directory):
+//! that sync and every later operation fail, as if power went out at that moment.
 
 use crate::io::{Storage, StorageFile, WriteBuffer};
 use std::cell::RefCell;
@@ -85,7 +85,7 @@ impl SimDisk {
         }
     }
 
-    /// Number of file syncs so far.
+    /// Number of syncs (of files and of directories) so far.
     pub fn syncs(&self) -> u64 {
         self.state.borrow().syncs
     }
@@ -332,6 +332,15 @@ impl Storage for SimDisk {
     async fn sync_dir(&self) -> io::Result<()> {
         self.check_power()?;
         let mut state = self.state.borrow_mut();
+        // A crash point like a file's sync: renames and removals become durable here, so the
+        // orders of directory changes are tested too.
+        state.syncs += 1;
+        if state.crash_at_sync == Some(state.syncs) {
+            let mut image = state.clone();
+            image.frozen = None;
+            state.frozen = Some(Box::new(image));
+            return Err(powered_off());
+        }
         let prefix = self.prefix.clone();
         state
             .durable_names

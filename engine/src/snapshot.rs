@@ -19,6 +19,22 @@
 //! place) only once `covers_lsn` is durable, or a crash would let it show writes the WAL never
 //! got; and the WAL is never truncated below `covers_lsn`, or the snapshot would bring back
 //! writes from the truncated tail.
+//!
+//! **Installed snapshots** (catch-up by snapshot, `docs/replication.md`). A follower too far
+//! behind its leader receives the leader's newest snapshot file byte for byte
+//! ([`SnapshotDownload`]) and installs it in place of its whole log. The install moves through
+//! three names, each switch a rename followed by a directory sync, so a crash anywhere leaves
+//! either the old state or the new one, never a mix:
+//! 1. `<lsn>.snap.tmp` while it arrives; synced, then verified by loading it. A crash: recovery
+//!    removes it, the old log and snapshot stand (every record the follower acknowledged stays).
+//! 2. `<lsn>.snap.install`: the commit point. Recovery that finds it finishes the install:
+//!    removes every WAL segment and every other snapshot (the old log must never be replayed
+//!    over the new snapshot: its records after the snapshot's LSN may be a deposed leader's),
+//!    then renames it to
+//! 3. `<lsn>.snap.installed`, loaded like a `.snap`. The WAL after it holds only records the
+//!    follower appended since, from `lsn + 1`. Its `covers_lsn` may be ahead of them (the
+//!    leader's snapshot was fuzzy): the leader had those records durable, and the follower
+//!    pulls them again from `lsn + 1`, so the publication rule's check at open does not apply.
 
 use crate::constants::{READ_CHUNK_BYTES, RECORD_HEADER_BYTES, SNAPSHOT_CHUNK_ENTRIES};
 use crate::error::{EngineError, Result};
@@ -33,6 +49,10 @@ use std::io;
 /// File name suffix of snapshots.
 pub const SNAPSHOT_SUFFIX: &str = ".snap";
 const TMP_SUFFIX: &str = ".snap.tmp";
+/// An installed snapshot whose install is committed but not finished (see the module doc).
+const INSTALL_SUFFIX: &str = ".snap.install";
+/// An installed snapshot.
+const INSTALLED_SUFFIX: &str = ".snap.installed";
 /// Bytes buffered before a snapshot write is issued.
 const SNAPSHOT_WRITE_BYTES: usize = 1024 * 1024;
 
@@ -45,16 +65,49 @@ const _: () = assert!(
 );
 const BLOCK: usize = crate::constants::ALIGNMENT_BYTES_MAX;
 
-/// File name of the snapshot at `lsn`.
+/// Which snapshot file: its LSN, and whether it was installed from a leader or taken here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnapshotFile {
+    /// Records up to this LSN are reflected (0: none).
+    pub lsn: u64,
+    /// Installed from a leader's snapshot (see the module doc).
+    pub installed: bool,
+}
+
+impl SnapshotFile {
+    /// The file's name.
+    pub fn name(self) -> String {
+        if self.installed {
+            format!("{:020}{INSTALLED_SUFFIX}", self.lsn)
+        } else {
+            snapshot_name(self.lsn)
+        }
+    }
+}
+
+/// File name of the snapshot at `lsn` taken here.
 pub fn snapshot_name(lsn: u64) -> String {
     format!("{lsn:020}{SNAPSHOT_SUFFIX}")
 }
 
-fn parse_snapshot_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SNAPSHOT_SUFFIX)?;
+fn parse_lsn_with_suffix(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     (digits.len() == 20 && digits.bytes().all(|byte| byte.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
+}
+
+fn parse_snapshot_file(name: &str) -> Option<SnapshotFile> {
+    if let Some(lsn) = parse_lsn_with_suffix(name, SNAPSHOT_SUFFIX) {
+        return Some(SnapshotFile {
+            lsn,
+            installed: false,
+        });
+    }
+    parse_lsn_with_suffix(name, INSTALLED_SUFFIX).map(|lsn| SnapshotFile {
+        lsn,
+        installed: true,
+    })
 }
 
 /// What a written snapshot holds.
@@ -103,7 +156,7 @@ pub async fn write_snapshot<S: Storage>(
     index: &RefCell<Index>,
     staged_lsn: impl Fn() -> u64,
 ) -> io::Result<UnpublishedSnapshot> {
-    let tmp = format!("{snapshot_lsn:020}{TMP_SUFFIX}");
+    let tmp = tmp_name(snapshot_lsn);
     let file = storage.create(&tmp, 0).await?;
     let mut writer = SnapshotWriter {
         file,
@@ -245,6 +298,8 @@ pub struct LoadedSnapshot {
     pub epochs: Vec<(u64, u64)>,
     /// File size in bytes.
     pub bytes: u64,
+    /// Installed from a leader's snapshot.
+    pub installed: bool,
 }
 
 /// Loads the newest snapshot into `index`. Returns its LSNs and epoch history, or the default
@@ -264,19 +319,20 @@ pub async fn load_latest<S: Storage>(
             .await
             .map_err(|error| EngineError::io(format!("remove {:?}", storage.path(name)), error))?;
     }
-    let Some(lsn) = names
+    // The newest; at the same LSN, the one taken here (it was taken after the install).
+    let Some(newest) = names
         .iter()
-        .filter_map(|name| parse_snapshot_name(name))
-        .max()
+        .filter_map(|name| parse_snapshot_file(name))
+        .max_by_key(|file| (file.lsn, !file.installed))
     else {
         return Ok(LoadedSnapshot::default());
     };
-    let loaded = load(storage, partition, lsn, index).await?;
+    let loaded = load(storage, partition, newest, index).await?;
     // Older snapshots left by a crash between publishing and removing; only once the newest
     // loaded, so a bad newest one leaves the older ones for a repair.
     for older in names
         .iter()
-        .filter(|name| parse_snapshot_name(name).is_some_and(|older| older < lsn))
+        .filter(|name| parse_snapshot_file(name).is_some_and(|file| file != newest))
     {
         storage
             .remove(older)
@@ -286,20 +342,32 @@ pub async fn load_latest<S: Storage>(
     Ok(loaded)
 }
 
-/// Loads the snapshot at `lsn` into `index` (nothing for LSN 0). Used at open through
+/// Loads the snapshot `file` into `index` (nothing for LSN 0). Used at open through
 /// [`load_latest`], and when a truncation rebuilds the state from the snapshot it knows, without
 /// listing the directory.
 pub async fn load<S: Storage>(
     storage: &S,
     partition: u32,
-    lsn: u64,
+    file: SnapshotFile,
     index: &mut Index,
 ) -> Result<LoadedSnapshot> {
-    if lsn == 0 {
+    if file.lsn == 0 {
         return Ok(LoadedSnapshot::default());
     }
-    let name = snapshot_name(lsn);
-    let path = storage.path(&name);
+    let mut loaded = load_named(storage, partition, file.lsn, &file.name(), index).await?;
+    loaded.installed = file.installed;
+    Ok(loaded)
+}
+
+/// Loads the snapshot at `lsn` from the file `name`, checking everything in it.
+async fn load_named<S: Storage>(
+    storage: &S,
+    partition: u32,
+    lsn: u64,
+    name: &str,
+    index: &mut Index,
+) -> Result<LoadedSnapshot> {
+    let path = storage.path(name);
     let corrupt = |offset: u64, reason: String| EngineError::Corruption {
         file: path.clone(),
         offset,
@@ -307,7 +375,7 @@ pub async fn load<S: Storage>(
         reason,
     };
     let file = storage
-        .open(&name)
+        .open(name)
         .await
         .map_err(|error| EngineError::io(format!("open {path:?}"), error))?;
     let size = file
@@ -368,11 +436,15 @@ pub async fn load<S: Storage>(
                             format!("SnapshotEnd covers LSN {covers_lsn}, below the snapshot"),
                         ));
                     }
+                    file.close()
+                        .await
+                        .map_err(|error| EngineError::io(format!("close {path:?}"), error))?;
                     return Ok(LoadedSnapshot {
                         snapshot_lsn: lsn,
                         covers_lsn,
                         epochs: epochs.clone(),
                         bytes: size,
+                        installed: false,
                     });
                 }
                 (
@@ -408,12 +480,170 @@ pub async fn load<S: Storage>(
     }
 }
 
-/// Removes the snapshot at `lsn` (superseded by a newer one; nothing for LSN 0). Named, not
+/// Removes the snapshot `file` (superseded by a newer one; nothing for LSN 0). Named, not
 /// listed: a data shard makes no blocking directory scans while it serves.
-pub async fn remove<S: Storage>(storage: &S, lsn: u64) -> io::Result<()> {
-    if lsn == 0 {
+pub async fn remove<S: Storage>(storage: &S, file: SnapshotFile) -> io::Result<()> {
+    if file.lsn == 0 {
         return Ok(());
     }
-    storage.remove(&snapshot_name(lsn)).await?;
+    storage.remove(&file.name()).await?;
     storage.sync_dir().await
+}
+
+/// Up to `max_bytes` of the snapshot file `file` from `offset`, as they lie on disk, and the
+/// file's size; `None` if that snapshot is gone (a newer one replaced it). What a leader
+/// serves to a follower that needs a snapshot.
+pub async fn read_chunk<S: Storage>(
+    storage: &S,
+    file: SnapshotFile,
+    offset: u64,
+    max_bytes: usize,
+) -> io::Result<Option<(Vec<u8>, u64)>> {
+    let handle = match storage.open(&file.name()).await {
+        Ok(handle) => handle,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let size = handle.size().await?;
+    let want = (size.saturating_sub(offset) as usize).min(max_bytes);
+    let bytes = if want == 0 {
+        Vec::new()
+    } else {
+        handle.read_at(offset, want).await?.to_vec()
+    };
+    handle.close().await?;
+    Ok(Some((bytes, size)))
+}
+
+/// A leader's snapshot arriving at a follower, written to `<lsn>.snap.tmp` as it comes.
+pub struct SnapshotDownload<F: StorageFile> {
+    lsn: u64,
+    writer: SnapshotWriter<F>,
+}
+
+impl<F: StorageFile> SnapshotDownload<F> {
+    /// Starts receiving the snapshot at `lsn` (a leftover file of an earlier attempt is
+    /// replaced).
+    pub async fn begin<S: Storage<File = F>>(storage: &S, lsn: u64) -> io::Result<Self> {
+        let file = storage.create(&tmp_name(lsn), 0).await?;
+        Ok(Self {
+            lsn,
+            writer: SnapshotWriter {
+                file,
+                buffer: Vec::with_capacity(2 * SNAPSHOT_WRITE_BYTES),
+                written: 0,
+                records: 0,
+            },
+        })
+    }
+
+    /// The snapshot's LSN.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.writer.written + self.writer.buffer.len() as u64
+    }
+
+    /// Appends the next bytes of the file.
+    pub async fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer.buffer.extend_from_slice(bytes);
+        self.writer.write_full_blocks().await.map_err(|error| {
+            EngineError::io(format!("write the snapshot download at LSN {}", self.lsn), error)
+        })
+    }
+
+    /// Writes what is buffered and syncs the file. Loading it checks it whole.
+    async fn finish(self) -> io::Result<()> {
+        self.writer.finish().await.map(|_| ())
+    }
+}
+
+fn tmp_name(lsn: u64) -> String {
+    format!("{lsn:020}{TMP_SUFFIX}")
+}
+
+fn install_name(lsn: u64) -> String {
+    format!("{lsn:020}{INSTALL_SUFFIX}")
+}
+
+/// Finishes receiving `download` and checks it: the whole file must load as partition
+/// `partition`'s snapshot at its LSN (into `index`). Then commits the install (see the module
+/// doc, step 2). The caller must have stopped the partition's writes, and calls
+/// [`finish_install`] next.
+pub async fn commit_install<S: Storage>(
+    storage: &S,
+    partition: u32,
+    download: SnapshotDownload<S::File>,
+    index: &mut Index,
+) -> Result<LoadedSnapshot> {
+    let lsn = download.lsn;
+    let tmp = tmp_name(lsn);
+    let io_error =
+        |what: &str, error| EngineError::io(format!("{what} {:?}", storage.path(&tmp)), error);
+    download
+        .finish()
+        .await
+        .map_err(|error| io_error("write", error))?;
+    let loaded = match load_named(storage, partition, lsn, &tmp, index).await {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            let _removed = storage.remove(&tmp).await;
+            return Err(EngineError::InvalidReplication(format!(
+                "the leader's snapshot at LSN {lsn} does not load: {error}"
+            )));
+        }
+    };
+    storage
+        .rename(&tmp, &install_name(lsn))
+        .await
+        .map_err(|error| io_error("rename", error))?;
+    storage
+        .sync_dir()
+        .await
+        .map_err(|error| io_error("sync the directory of", error))?;
+    Ok(LoadedSnapshot {
+        installed: true,
+        ..loaded
+    })
+}
+
+/// Finishes a committed install, if there is one (see the module doc, step 3): removes every
+/// WAL segment and every other snapshot, then renames the installed snapshot into place. Run
+/// at open before anything else reads the directory, and by the install itself. Idempotent.
+pub async fn finish_install<S: Storage>(storage: &S) -> Result<()> {
+    let list_error = |error| EngineError::io(format!("list {:?}", storage.path("")), error);
+    let names = storage.list().map_err(list_error)?;
+    let Some(lsn) = names
+        .iter()
+        .filter_map(|name| parse_lsn_with_suffix(name, INSTALL_SUFFIX))
+        .max()
+    else {
+        return Ok(());
+    };
+    for name in &names {
+        let old_log = crate::segment::parse_segment_name(name).is_some();
+        let old_snapshot = parse_snapshot_file(name).is_some()
+            || parse_lsn_with_suffix(name, INSTALL_SUFFIX).is_some_and(|other| other != lsn);
+        if old_log || old_snapshot {
+            storage.remove(name).await.map_err(|error| {
+                EngineError::io(format!("remove {:?}", storage.path(name)), error)
+            })?;
+        }
+    }
+    let sync_error = |error| EngineError::io(format!("sync {:?}", storage.path("")), error);
+    storage.sync_dir().await.map_err(sync_error)?;
+    let installed = SnapshotFile {
+        lsn,
+        installed: true,
+    };
+    storage
+        .rename(&install_name(lsn), &installed.name())
+        .await
+        .map_err(|error| {
+            EngineError::io(format!("rename {:?}", storage.path(&install_name(lsn))), error)
+        })?;
+    storage.sync_dir().await.map_err(sync_error)
 }

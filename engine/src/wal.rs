@@ -1333,6 +1333,34 @@ pub async fn close_files<S: Storage>(wal: &RefCell<Wal<S>>) -> io::Result<()> {
     result
 }
 
+/// Makes the WAL an empty log that continues after an installed snapshot at `snapshot_lsn`
+/// with epoch history `epochs`: its segment files are closed here and must be removed by the
+/// caller (`snapshot::finish_install`). Nothing may be staged or in flight. Pruned files kept
+/// for reuse stay kept.
+pub async fn reset_after_install<S: Storage>(
+    wal: &RefCell<Wal<S>>,
+    snapshot_lsn: u64,
+    epochs: Vec<(u64, u64)>,
+) -> io::Result<()> {
+    {
+        let wal = wal.borrow();
+        assert!(
+            !wal.flush_in_flight && wal.staged.is_empty(),
+            "an install runs with nothing staged or in flight"
+        );
+    }
+    close_files(wal).await?;
+    let mut wal = wal.borrow_mut();
+    wal.written_until = 0;
+    wal.append_segment_base_lsn = 0;
+    wal.append_offset = 0;
+    wal.append_last_sample_offset = None;
+    wal.next_lsn = snapshot_lsn + 1;
+    wal.durable_lsn = snapshot_lsn;
+    wal.epochs = epochs;
+    Ok(())
+}
+
 /// Removes sealed segments whose every record is at or below `lsn` (covered by a snapshot).
 /// Returns how many were removed.
 pub async fn prune_through<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::Result<usize> {
