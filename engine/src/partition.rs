@@ -1195,7 +1195,13 @@ impl<S: Storage> Partition<S> {
         }
         // Rebuild the index from the snapshot and the WAL that is left.
         let mut index = Index::default();
-        snapshot::load(&self.storage, self.id, self.newest_snapshot_file(), &mut index).await?;
+        snapshot::load(
+            &self.storage,
+            self.id,
+            self.newest_snapshot_file(),
+            &mut index,
+        )
+        .await?;
         let from = self.snapshot_lsn.get() + 1;
         let mut position = self.position_of(from).await?;
         while let Some(at) = position {
@@ -1267,7 +1273,9 @@ impl<S: Storage> Partition<S> {
         }
         SnapshotDownload::begin(&self.storage, lsn)
             .await
-            .map_err(|error| EngineError::io(format!("partition {}: snapshot download", self.id), error))
+            .map_err(|error| {
+                EngineError::io(format!("partition {}: snapshot download", self.id), error)
+            })
     }
 
     /// Replaces this partition's whole state and log with a leader's snapshot, received whole

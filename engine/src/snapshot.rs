@@ -551,7 +551,10 @@ impl<F: StorageFile> SnapshotDownload<F> {
     pub async fn append(&mut self, bytes: &[u8]) -> Result<()> {
         self.writer.buffer.extend_from_slice(bytes);
         self.writer.write_full_blocks().await.map_err(|error| {
-            EngineError::io(format!("write the snapshot download at LSN {}", self.lsn), error)
+            EngineError::io(
+                format!("write the snapshot download at LSN {}", self.lsn),
+                error,
+            )
         })
     }
 
@@ -643,7 +646,10 @@ pub async fn finish_install<S: Storage>(storage: &S) -> Result<()> {
         .rename(&install_name(lsn), &installed.name())
         .await
         .map_err(|error| {
-            EngineError::io(format!("rename {:?}", storage.path(&install_name(lsn))), error)
+            EngineError::io(
+                format!("rename {:?}", storage.path(&install_name(lsn))),
+                error,
+            )
         })?;
     storage.sync_dir().await.map_err(sync_error)
 }

@@ -39,18 +39,30 @@ async fn write_leader(leader: &Partition<SimDisk>, rng: &mut StdRng) -> Vec<Stri
     leader.begin_epoch(3).await.unwrap();
     leader.create_collection("c").await.unwrap();
     for step in 0..200 {
-        let len = if step % 20 == 0 { 300_000 } else { rng.gen_range(1..500) };
+        let len = if step % 20 == 0 {
+            300_000
+        } else {
+            rng.gen_range(1..500)
+        };
         let index = rng.gen_range(0..KEYS);
         if rng.gen_range(0..8) == 0 {
             leader.delete("c", &key(index)).await.unwrap();
         } else {
             leader
-                .put("c", key(index), Bytes::from(vec![b'a' + (step % 26) as u8; len]))
+                .put(
+                    "c",
+                    key(index),
+                    Bytes::from(vec![b'a' + (step % 26) as u8; len]),
+                )
                 .await
                 .unwrap();
         }
     }
-    let info = leader.snapshot().await.unwrap().expect("no snapshot was running");
+    let info = leader
+        .snapshot()
+        .await
+        .unwrap()
+        .expect("no snapshot was running");
     assert_eq!(info.snapshot_lsn, leader.durable_lsn());
     let at_snapshot = state(leader).await;
     leader.begin_epoch(4).await.unwrap();
@@ -72,11 +84,19 @@ async fn write_follower(follower: &Partition<SimDisk>, past_lsn: u64) {
     let mut step = 0;
     while follower.durable_lsn() <= past_lsn + 5 {
         follower
-            .put("stale", key(step % KEYS), Bytes::from(format!("stale-{step}")))
+            .put(
+                "stale",
+                key(step % KEYS),
+                Bytes::from(format!("stale-{step}")),
+            )
             .await
             .unwrap();
         follower
-            .put("c", key(step % KEYS), Bytes::from(format!("deposed-{step}")))
+            .put(
+                "c",
+                key(step % KEYS),
+                Bytes::from(format!("deposed-{step}")),
+            )
             .await
             .unwrap();
         step += 1;
@@ -129,7 +149,11 @@ async fn transfer(
 /// Pulls the leader's WAL after the follower's last record, as a follower does after an
 /// install.
 async fn pull(leader: &Partition<SimDisk>, follower: &Partition<SimDisk>) {
-    let Some(mut position) = leader.position_of(follower.durable_lsn() + 1).await.unwrap() else {
+    let Some(mut position) = leader
+        .position_of(follower.durable_lsn() + 1)
+        .await
+        .unwrap()
+    else {
         return;
     };
     loop {
@@ -216,8 +240,11 @@ fn a_bad_snapshot_is_refused_and_changes_nothing() {
         let disk = SimDisk::new();
         let follower = open(&disk, config()).await.unwrap();
         write_follower(&follower, 10).await;
-        let (old_state, old_lsn, old_history) =
-            (state(&follower).await, follower.durable_lsn(), follower.epoch_history());
+        let (old_state, old_lsn, old_history) = (
+            state(&follower).await,
+            follower.durable_lsn(),
+            follower.epoch_history(),
+        );
 
         // A flipped byte anywhere in the records (sampled), and a cut.
         for _ in 0..40 {
@@ -242,7 +269,10 @@ fn a_bad_snapshot_is_refused_and_changes_nothing() {
             bytes.truncate(cut.saturating_sub(offset).min(bytes.len() as u64) as usize);
         })
         .await;
-        assert!(matches!(result, Err(EngineError::InvalidReplication(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(EngineError::InvalidReplication(_))),
+            "{result:?}"
+        );
 
         assert_eq!(state(&follower).await, old_state);
         assert_eq!(follower.epoch_history(), old_history);
@@ -270,7 +300,9 @@ fn a_power_cut_during_an_install_leaves_the_old_state_or_the_new() {
         write_follower(&follower, snapshot_lsn).await;
         let (old_state, old_lsn) = (state(&follower).await, follower.durable_lsn());
         let syncs_before = clean.syncs();
-        transfer(&leader, &follower, chunk, |_, _| {}).await.unwrap();
+        transfer(&leader, &follower, chunk, |_, _| {})
+            .await
+            .unwrap();
         let syncs = clean.syncs();
         assert!(syncs > syncs_before + 3, "the install syncs several times");
 
@@ -279,7 +311,11 @@ fn a_power_cut_during_an_install_leaves_the_old_state_or_the_new() {
             let disk = SimDisk::new();
             let follower = open(&disk, config()).await.unwrap();
             write_follower(&follower, snapshot_lsn).await;
-            assert_eq!(disk.syncs(), syncs_before, "the follower's history is deterministic");
+            assert_eq!(
+                disk.syncs(),
+                syncs_before,
+                "the follower's history is deterministic"
+            );
             disk.crash_at_sync(crash_at);
             let _ = transfer(&leader, &follower, chunk, |_, _| {}).await;
             drop(follower);
@@ -296,7 +332,11 @@ fn a_power_cut_during_an_install_leaves_the_old_state_or_the_new() {
                 if recovered.durable_lsn() == old_lsn && found == old_state {
                     old += 1;
                 } else {
-                    assert_eq!(recovered.durable_lsn(), snapshot_lsn, "{what}: neither state");
+                    assert_eq!(
+                        recovered.durable_lsn(),
+                        snapshot_lsn,
+                        "{what}: neither state"
+                    );
                     assert_eq!(found, at_snapshot, "{what}: a mix of the old and new state");
                     new += 1;
                     pull(&leader, &recovered).await;
@@ -305,6 +345,9 @@ fn a_power_cut_during_an_install_leaves_the_old_state_or_the_new() {
             }
         }
         println!("{old} recoveries to the old state, {new} to the installed snapshot");
-        assert!(old > 0 && new > 0, "crashes on both sides of the commit point");
+        assert!(
+            old > 0 && new > 0,
+            "crashes on both sides of the commit point"
+        );
     });
 }

@@ -3,7 +3,7 @@
 use crate::history::{divergence, log_end, LogEnd};
 use crate::leader::SyncAnswer;
 use coregrid_engine::io::Storage;
-use coregrid_engine::{Partition, Result};
+use coregrid_engine::{EngineError, Partition, Result};
 use std::rc::Rc;
 
 /// The follower's last durable record: what its next request names (and acknowledges).
@@ -49,8 +49,13 @@ pub async fn apply_answer<S: Storage>(
             if keep < partition.stats().snapshot_lsn {
                 return Ok(Applied::NeedsSnapshot);
             }
-            partition.truncate_after(keep).await?;
-            Ok(Applied::Truncated(keep))
+            match partition.truncate_after(keep).await {
+                Ok(()) => Ok(Applied::Truncated(keep)),
+                // The snapshot reflects records past the cut (it was taken while they were
+                // written): only the leader's snapshot can replace it.
+                Err(EngineError::TruncateBelowSnapshot { .. }) => Ok(Applied::NeedsSnapshot),
+                Err(error) => Err(error),
+            }
         }
         SyncAnswer::SnapshotNeeded { .. } => Ok(Applied::NeedsSnapshot),
     }

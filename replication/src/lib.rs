@@ -25,13 +25,17 @@
 //! log does not, past the first sync after a leadership change: the leader's answer makes it
 //! truncate first.
 //!
-//! Not here yet: catch-up by snapshot when the leader has pruned what a follower needs
-//! ([`leader::SyncAnswer::SnapshotNeeded`] says so and nothing more), and anti-entropy.
+//! **Catch-up by snapshot** ([`snapshot`]): a follower the leader's log no longer reaches
+//! fetches the leader's newest snapshot in chunks and installs it in place of its log, then
+//! syncs from the log after it.
+//!
+//! Not here yet: anti-entropy.
 #![warn(missing_docs)]
 
 pub mod follower;
 pub mod history;
 pub mod leader;
 pub mod progress;
+pub mod snapshot;
 
 pub use history::LogEnd;

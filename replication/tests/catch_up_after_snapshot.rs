@@ -5,7 +5,9 @@
 //!   snapshot taken while a follower was away prunes only what the follower already has, and
 //!   the follower, back, catches up from the log to the leader's exact state;
 //! - a follower further behind than the hold's byte bound is let go: the snapshot prunes the
-//!   oldest held segments, and the follower is told it needs a snapshot (bounded disk);
+//!   oldest held segments, and the follower is told it needs a snapshot (bounded disk); it
+//!   fetches the leader's snapshot in chunks, installs it, and catches up from the log after it
+//!   to the leader's exact state, also when the leader replaces its snapshot mid-fetch;
 //! - without a hold, a snapshot prunes everything it covers.
 
 use bytes::Bytes;
@@ -18,6 +20,7 @@ use coregrid_engine::Partition;
 use coregrid_replication::follower::{apply_answer, sync_position, Applied};
 use coregrid_replication::leader::{serve_sync, SyncAnswer, SyncCursor, SyncRequest};
 use coregrid_replication::progress::Progress;
+use coregrid_replication::snapshot::{serve_snapshot, Fetched, SnapshotFetch};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,6 +156,79 @@ fn a_follower_behind_the_bound_is_let_go_and_needs_a_snapshot() {
             sync_until_done(&leader, &follower, &mut progress, hold).await,
             Applied::NeedsSnapshot
         );
+    });
+}
+
+/// Fetches and installs the leader's snapshot, `chunk` bytes at a time; `between` runs after
+/// each chunk (the leader may write and snapshot meanwhile). Returns the chunks fetched.
+async fn fetch_snapshot(
+    leader: &Rc<Partition<SimDisk>>,
+    follower: &Rc<Partition<SimDisk>>,
+    chunk: usize,
+    mut between: impl AsyncFnMut(usize),
+) -> usize {
+    let mut fetch = SnapshotFetch::new(chunk);
+    let mut chunks = 0;
+    loop {
+        let answer = serve_snapshot(leader, &fetch.next_request()).await.unwrap();
+        chunks += 1;
+        match fetch.apply(follower, answer).await.unwrap() {
+            Fetched::More => between(chunks).await,
+            Fetched::Installed(info) => {
+                assert_eq!(follower.durable_lsn(), info.snapshot_lsn);
+                return chunks;
+            }
+            Fetched::NoSnapshot => panic!("the leader has a snapshot"),
+        }
+    }
+}
+
+#[test]
+fn a_follower_behind_the_bound_installs_the_snapshot_and_catches_up() {
+    rt::run_local(|| async {
+        let hold = Some(SEGMENT_BYTES_MIN);
+        let (leader, follower, mut progress) = leader_and_follower(hold).await;
+        assert_eq!(
+            sync_until_done(&leader, &follower, &mut progress, hold).await,
+            Applied::NeedsSnapshot
+        );
+        let chunks = fetch_snapshot(&leader, &follower, 3 << 20, async |_| {}).await;
+        assert!(chunks > 3, "{chunks} chunks");
+        assert_eq!(
+            sync_until_done(&leader, &follower, &mut progress, hold).await,
+            Applied::UpToDate
+        );
+        same_state(&leader, &follower).await;
+    });
+}
+
+#[test]
+fn a_snapshot_replaced_mid_fetch_starts_the_fetch_over() {
+    rt::run_local(|| async {
+        let hold = Some(SEGMENT_BYTES_MIN);
+        let (leader, follower, mut progress) = leader_and_follower(hold).await;
+        assert_eq!(
+            sync_until_done(&leader, &follower, &mut progress, hold).await,
+            Applied::NeedsSnapshot
+        );
+        let first = leader.newest_snapshot().unwrap().lsn;
+        let writer = leader.clone();
+        fetch_snapshot(&leader, &follower, 3 << 20, async move |chunk| {
+            if chunk == 2 {
+                write(&writer, 100, 12).await;
+                writer.snapshot().await.unwrap().expect("a snapshot");
+            }
+        })
+        .await;
+        assert!(
+            follower.durable_lsn() > first,
+            "the newer snapshot was installed"
+        );
+        assert_eq!(
+            sync_until_done(&leader, &follower, &mut progress, hold).await,
+            Applied::UpToDate
+        );
+        same_state(&leader, &follower).await;
     });
 }
 
