@@ -61,5 +61,32 @@ fn record(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, record);
+/// The crc32c the engine uses (`engine::checksum`, crc-fast) next to the `crc32c` crate it
+/// replaced, at a key's, a small record's and a 64 KiB value's size.
+fn checksum(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("crc32c");
+    group
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(30);
+    for bytes in [16usize, 100, 65536] {
+        let data: Vec<u8> = (0..bytes).map(|at| (at * 7 + 3) as u8).collect();
+        assert_eq!(
+            coregrid_engine::checksum::crc32c(&data),
+            crc32c::crc32c(&data)
+        );
+        group.throughput(Throughput::Bytes(bytes as u64));
+        group.bench_with_input(BenchmarkId::new("engine", bytes), &data, |bencher, data| {
+            bencher.iter(|| coregrid_engine::checksum::crc32c(black_box(data)))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("crc32c-crate", bytes),
+            &data,
+            |bencher, data| bencher.iter(|| crc32c::crc32c(black_box(data))),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, record, checksum);
 criterion_main!(benches);
