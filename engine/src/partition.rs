@@ -1167,19 +1167,7 @@ impl<S: Storage> Partition<S> {
         // A running snapshot finishes first (and may raise what truncation must refuse).
         let _permit = self.maintenance.acquire().await;
         refuse(self)?;
-        assert!(
-            !self.writes_paused.replace(true),
-            "truncations are serialized by the maintenance permit"
-        );
-        let _resume = ResumeWritesOnDrop(self);
-        // New writes now wait; let every staged one become durable, so nothing is in flight.
-        loop {
-            let staged_up_to = self.wal.borrow().next_lsn() - 1;
-            self.wait_durable(staged_up_to).await?;
-            if self.durable_lsn() == self.wal.borrow().next_lsn() - 1 {
-                break;
-            }
-        }
+        let _resume = self.pause_writes_and_drain().await?;
         if let Err(error) = wal::truncate_after(&self.wal, lsn).await {
             // The log is half cut: take no more writes; restart recovers a consistent prefix.
             let reason = format!(
@@ -1291,19 +1279,7 @@ impl<S: Storage> Partition<S> {
         download: SnapshotDownload<S::File>,
     ) -> Result<SnapshotInfo> {
         let _permit = self.maintenance.acquire().await;
-        assert!(
-            !self.writes_paused.replace(true),
-            "installs and truncations are serialized by the maintenance permit"
-        );
-        let _resume = ResumeWritesOnDrop(self);
-        // Replicated appends now wait; let every staged one become durable.
-        loop {
-            let staged_up_to = self.wal.borrow().next_lsn() - 1;
-            self.wait_durable(staged_up_to).await?;
-            if self.durable_lsn() == self.wal.borrow().next_lsn() - 1 {
-                break;
-            }
-        }
+        let _resume = self.pause_writes_and_drain().await?;
         let mut index = Index::default();
         let loaded = snapshot::commit_install(&self.storage, self.id, download, &mut index).await?;
         // Committed: a failure from here leaves the install for recovery to finish, and the
@@ -1355,6 +1331,24 @@ impl<S: Storage> Partition<S> {
             entries: self.index.borrow().len() as u64,
             bytes: loaded.bytes,
         })
+    }
+
+    /// Makes new writes wait and lets every staged one become durable, so that nothing is in
+    /// flight while a truncation or an install rewrites the log. Writes resume when the guard
+    /// drops, whichever way the caller ends. Call with the maintenance permit held.
+    async fn pause_writes_and_drain(&self) -> Result<ResumeWritesOnDrop<'_, S>> {
+        assert!(
+            !self.writes_paused.replace(true),
+            "truncations and installs are serialized by the maintenance permit"
+        );
+        let resume = ResumeWritesOnDrop(self);
+        loop {
+            let staged_up_to = self.wal.borrow().next_lsn() - 1;
+            self.wait_durable(staged_up_to).await?;
+            if self.durable_lsn() == self.wal.borrow().next_lsn() - 1 {
+                return Ok(resume);
+            }
+        }
     }
 
     fn resume_writes(&self) {

@@ -47,6 +47,21 @@ struct SimState {
     writes: u64,
 }
 
+impl SimState {
+    /// Counts a sync (of a file or a directory); at the crash point, freezes the disk as it is
+    /// and fails, as every later operation will.
+    fn count_sync(&mut self) -> io::Result<()> {
+        self.syncs += 1;
+        if self.crash_at_sync == Some(self.syncs) {
+            let mut image = self.clone();
+            image.frozen = None;
+            self.frozen = Some(Box::new(image));
+            return Err(powered_off());
+        }
+        Ok(())
+    }
+}
+
 /// How a crash treats unsynced sectors.
 #[derive(Clone, Copy, Debug)]
 pub enum CrashMode {
@@ -334,13 +349,7 @@ impl Storage for SimDisk {
         let mut state = self.state.borrow_mut();
         // A crash point like a file's sync: renames and removals become durable here, so the
         // orders of directory changes are tested too.
-        state.syncs += 1;
-        if state.crash_at_sync == Some(state.syncs) {
-            let mut image = state.clone();
-            image.frozen = None;
-            state.frozen = Some(Box::new(image));
-            return Err(powered_off());
-        }
+        state.count_sync()?;
         let prefix = self.prefix.clone();
         state
             .durable_names
@@ -416,13 +425,7 @@ impl StorageFile for SimHandle {
     async fn sync(&self) -> io::Result<()> {
         self.disk.check_power()?;
         let mut state = self.disk.state.borrow_mut();
-        state.syncs += 1;
-        if state.crash_at_sync == Some(state.syncs) {
-            let mut image = state.clone();
-            image.frozen = None;
-            state.frozen = Some(Box::new(image));
-            return Err(powered_off());
-        }
+        state.count_sync()?;
         if state
             .fail_syncs_after
             .is_some_and(|limit| state.syncs > limit)
