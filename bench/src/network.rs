@@ -20,6 +20,7 @@ use crate::{
     Progress, Result, RunReport, Workload, FILL_BATCHES_IN_FLIGHT, LATENCY_US_MAX,
 };
 use coregrid_net::client::{rt, AsyncClient, ClientConfig, ClientError};
+use coregrid_net::message::WriteConsistency;
 use coregrid_net::ClusterId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -57,6 +58,8 @@ pub struct NetworkOptions {
     pub threads: usize,
     /// How long one attempt may wait for its answer.
     pub request_timeout: Duration,
+    /// How many replicas must hold each write before it is answered.
+    pub write_consistency: WriteConsistency,
 }
 
 /// What the network bench adds to the report.
@@ -68,6 +71,8 @@ pub struct NetworkReport {
     pub clients: usize,
     /// Client threads.
     pub threads: usize,
+    /// The write consistency level: `one`, `quorum` or `all`.
+    pub write_consistency: &'static str,
     /// The node that answered the topology request.
     pub node: u64,
     /// Shards of that node.
@@ -99,6 +104,7 @@ impl NetworkOptions {
     fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new(self.seeds.clone(), self.cluster_id);
         config.request_timeout = self.request_timeout;
+        config.write_consistency = self.write_consistency;
         config
     }
 }
@@ -138,6 +144,11 @@ pub fn run_network(
         cluster: options.seeds.iter().map(ToString::to_string).collect(),
         clients: options.clients,
         threads: options.threads,
+        write_consistency: match options.write_consistency {
+            WriteConsistency::One => "one",
+            WriteConsistency::Quorum => "quorum",
+            WriteConsistency::All => "all",
+        },
         node: topology.response.node.get(),
         node_shards: topology.response.shards.len(),
         partitions: topology.response.partition_count,

@@ -55,6 +55,14 @@ pub struct SyncCursor {
     next: Option<(u64, WalPosition)>,
 }
 
+/// Whether a follower whose last durable record is `last` holds a prefix of `partition`'s log
+/// as it is now: then `last.lsn` is its ack of every record up to it. Checked when a request
+/// arrives, before its long poll, so that an ack counts as soon as it is sent (a `Quorum` write
+/// waits for it).
+pub fn acknowledges<S: Storage>(partition: &Partition<S>, last: LogEnd) -> bool {
+    holds(&partition.epoch_history(), partition.durable_lsn(), last)
+}
+
 /// Answers `request` from `partition`'s log. When the follower has every durable record,
 /// waits up to `wait` for the next one (a long poll; `Duration::ZERO` answers at once).
 ///

@@ -1,14 +1,24 @@
 //! A leader's view of its followers for one partition: the durable LSN each has acknowledged,
 //! and the writes waiting for enough of them (LSN waiters: `Quorum` and `All` writes).
 //!
-//! Plain state (style.md rule 1): acks go in with [`Progress::note_ack`], questions come out
-//! ([`Progress::acked_by`]); a waiting write registers its waker with [`Progress::poll_acked`]
-//! and is woken when an ack may have satisfied it. No clock, no runtime: a leader's data shard
-//! owns one per partition it leads, and the simulation drives the same code.
+//! Plain state (style.md rule 1): acks go in with [`Progress::note_ack`] or
+//! [`Progress::note_fetch`], questions come out ([`Progress::acked_by`],
+//! [`Progress::in_sync`]); a waiting write registers its waker with [`Progress::poll_acked`]
+//! and is woken when an ack may have satisfied it. No clock, no runtime: time comes in as
+//! milliseconds from the caller. A leader's data shard owns one per partition it leads, and
+//! the simulation drives the same code.
 //!
 //! A follower's ack is the durable LSN it names in its next sync request: it asks for the
 //! records after its last durable one, so everything up to it is on its disk (its
 //! `append_replicated` returned only once they were durable).
+//!
+//! **In sync** (Kafka's in-sync replicas, `replica.lag.time.max.ms`): a follower is in sync
+//! while it has caught up within the last `lag_ms`. A fetch catches it up when it names an
+//! LSN at least the leader's durable end at its previous fetch, so a follower that keeps
+//! pulling under a steady write load stays in sync although it is never exactly at the end,
+//! and one that stopped pulling, or cannot keep up, drops out. A write at `Quorum` or `All`
+//! is refused up front (`NotEnoughReplicas`) when too few followers are in sync, instead of
+//! waiting for acks that will not come.
 
 use std::collections::BTreeMap;
 use std::task::{Context, Poll, Waker};
@@ -32,11 +42,22 @@ pub enum AckError {
     ReplicaSetChanged,
 }
 
+/// What the leader knows of one follower.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Follower {
+    /// The highest durable LSN it acknowledged.
+    acked: u64,
+    /// The leader's durable end when this follower last fetched.
+    end_at_last_fetch: u64,
+    /// When (caller's milliseconds) it last caught up; `None`: never since it joined.
+    caught_up_at: Option<u64>,
+}
+
 /// Acks and waiters of one partition on its leader.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Follower node -> the highest durable LSN it acknowledged.
-    acked: BTreeMap<u64, u64>,
+    /// By follower node.
+    acked: BTreeMap<u64, Follower>,
     /// Bumped when the replica set changes: waits registered before fail.
     generation: u64,
     /// `(lsn, follower acks needed, generation, waker)`.
@@ -45,13 +66,16 @@ pub struct Progress {
 
 impl Progress {
     /// Progress for a partition whose followers are `followers` (the leader excluded), none
-    /// of which has acknowledged anything yet.
-    pub fn new(followers: impl IntoIterator<Item = u64>) -> Self {
-        Self {
-            acked: followers.into_iter().map(|node| (node, 0)).collect(),
-            generation: 0,
-            waiters: Vec::new(),
-        }
+    /// of which has acknowledged anything yet, each counted in sync from `now_ms` (a leader
+    /// that just took the partition gives its followers `lag_ms` to show up, as Kafka's
+    /// controller hands a new leader the in-sync set).
+    pub fn new(followers: impl IntoIterator<Item = u64>, now_ms: u64) -> Self {
+        let mut progress = Self::default();
+        progress.acked = followers
+            .into_iter()
+            .map(|node| (node, Follower::joined(now_ms)))
+            .collect();
+        progress
     }
 
     /// The followers, by node id.
@@ -61,23 +85,27 @@ impl Progress {
 
     /// What `follower` acknowledged; `None` if it is not a follower of this partition.
     pub fn acked(&self, follower: u64) -> Option<u64> {
-        self.acked.get(&follower).copied()
+        self.acked.get(&follower).map(|known| known.acked)
     }
 
     /// Notes that `follower` holds every record up to `lsn` durably. Acks only grow (a stale
     /// or reordered one changes nothing); an ack from a node outside the replica set is
     /// ignored. Wakes the waits it may satisfy. Returns whether anything changed.
     pub fn note_ack(&mut self, follower: u64, lsn: u64) -> bool {
-        let Some(acked) = self.acked.get_mut(&follower) else {
+        let Some(known) = self.acked.get_mut(&follower) else {
             return false;
         };
-        if lsn <= *acked {
+        if lsn <= known.acked {
             return false;
         }
-        *acked = lsn;
+        known.acked = lsn;
         let acked = &self.acked;
         self.waiters.retain(|(wanted, needed, _, waker)| {
-            let done = acked.values().filter(|&&at| at >= *wanted).count() >= *needed;
+            let done = acked
+                .values()
+                .filter(|known| known.acked >= *wanted)
+                .count()
+                >= *needed;
             if done {
                 waker.wake_by_ref();
             }
@@ -86,13 +114,40 @@ impl Progress {
         true
     }
 
+    /// A fetch from `follower` naming `lsn` as its last durable record (known to be on this
+    /// leader's log), at `now_ms`, while the leader's durable end is `leader_end`: the ack of
+    /// [`Progress::note_ack`], and the follower caught up if `lsn` reaches the leader's end at
+    /// its previous fetch. Returns whether the ack changed anything.
+    pub fn note_fetch(&mut self, follower: u64, lsn: u64, leader_end: u64, now_ms: u64) -> bool {
+        let Some(known) = self.acked.get_mut(&follower) else {
+            return false;
+        };
+        if lsn >= known.end_at_last_fetch {
+            known.caught_up_at = Some(known.caught_up_at.map_or(now_ms, |at| at.max(now_ms)));
+        }
+        known.end_at_last_fetch = leader_end;
+        self.note_ack(follower, lsn)
+    }
+
+    /// Followers that caught up within the last `lag_ms` before `now_ms`.
+    pub fn in_sync(&self, now_ms: u64, lag_ms: u64) -> usize {
+        self.acked
+            .values()
+            .filter(|known| {
+                known
+                    .caught_up_at
+                    .is_some_and(|at| now_ms.saturating_sub(at) <= lag_ms)
+            })
+            .count()
+    }
+
     /// The highest LSN that at least `count` followers hold (`u64::MAX` for 0: the leader's
     /// own durability is its WAL's business).
     pub fn acked_by(&self, count: usize) -> u64 {
         if count == 0 {
             return u64::MAX;
         }
-        let mut lsns: Vec<u64> = self.acked.values().copied().collect();
+        let mut lsns: Vec<u64> = self.acked.values().map(|known| known.acked).collect();
         if lsns.len() < count {
             return 0;
         }
@@ -103,17 +158,34 @@ impl Progress {
     /// The lowest LSN every follower acknowledged (`u64::MAX` with no followers): the records
     /// after it are still needed by someone.
     pub fn acked_by_all(&self) -> u64 {
-        self.acked.values().copied().min().unwrap_or(u64::MAX)
+        self.acked
+            .values()
+            .map(|known| known.acked)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
-    /// A new replica set (a new leadership map): followers kept keep their acks, new ones
-    /// start at 0, and every registered wait fails with [`AckError::ReplicaSetChanged`].
-    pub fn set_followers(&mut self, followers: impl IntoIterator<Item = u64>) {
-        let acked = std::mem::take(&mut self.acked);
+    /// A new replica set (a new leadership map): followers kept keep what is known of them,
+    /// new ones start at 0 and in sync from `now_ms` (see [`Progress::new`]), and every
+    /// registered wait fails with [`AckError::ReplicaSetChanged`].
+    pub fn set_followers(&mut self, followers: impl IntoIterator<Item = u64>, now_ms: u64) {
+        let known = std::mem::take(&mut self.acked);
         self.acked = followers
             .into_iter()
-            .map(|node| (node, acked.get(&node).copied().unwrap_or(0)))
+            .map(|node| {
+                let follower = known
+                    .get(&node)
+                    .copied()
+                    .unwrap_or_else(|| Follower::joined(now_ms));
+                (node, follower)
+            })
             .collect();
+        self.fail_waits();
+    }
+
+    /// Fails every registered wait with [`AckError::ReplicaSetChanged`] (the replica set
+    /// changed, or this node no longer leads the partition).
+    pub fn fail_waits(&mut self) {
         self.generation += 1;
         for (_, _, _, waker) in self.waiters.drain(..) {
             waker.wake();
@@ -159,6 +231,16 @@ impl Progress {
     }
 }
 
+impl Follower {
+    /// A follower just added to the replica set at `now_ms`.
+    fn joined(now_ms: u64) -> Follower {
+        Follower {
+            caught_up_at: Some(now_ms),
+            ..Follower::default()
+        }
+    }
+}
+
 /// Follower acks a write needs beyond the leader for a replica set of `replicas` (leader
 /// included): `Quorum` is a majority of the set, `All` every member.
 pub fn follower_acks_needed(quorum: bool, replicas: usize) -> usize {
@@ -187,7 +269,7 @@ mod tests {
 
     #[test]
     fn acks_only_grow_and_count_per_follower() {
-        let mut progress = Progress::new([2, 3]);
+        let mut progress = Progress::new([2, 3], 0);
         assert_eq!(progress.acked_by(1), 0);
         assert!(progress.note_ack(2, 10));
         assert!(!progress.note_ack(2, 7), "a stale ack changes nothing");
@@ -203,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_wait_is_woken_by_the_ack_that_meets_it_and_fails_on_a_new_replica_set() {
-        let mut progress = Progress::new([2, 3]);
+        let mut progress = Progress::new([2, 3], 0);
         let (woken, waker) = counter();
         let mut context = Context::from_waker(&waker);
         let generation = progress.generation();
@@ -233,7 +315,7 @@ mod tests {
         assert!(progress
             .poll_acked(20, 1, generation, &mut context)
             .is_pending());
-        progress.set_followers([3, 4]);
+        progress.set_followers([3, 4], 0);
         assert_eq!(woken.0.load(Ordering::SeqCst), 2);
         assert_eq!(
             progress.poll_acked(20, 1, generation, &mut context),
@@ -242,6 +324,47 @@ mod tests {
         assert_eq!(progress.acked(3), Some(5), "kept");
         assert_eq!(progress.acked(4), Some(0), "new");
         assert_eq!(progress.acked(2), None, "gone");
+    }
+
+    #[test]
+    fn a_follower_is_in_sync_while_it_keeps_reaching_the_end_of_the_previous_fetch() {
+        const LAG: u64 = 1_000;
+        let mut progress = Progress::new([2, 3], 0);
+        assert_eq!(
+            progress.in_sync(LAG, LAG),
+            2,
+            "a new follower gets the lag to show up"
+        );
+        assert_eq!(
+            progress.in_sync(LAG + 1, LAG),
+            0,
+            "and drops out without a fetch"
+        );
+
+        // Follower 2 pulls under a steady load: never at the end, always at the end of the
+        // previous fetch.
+        progress.note_fetch(2, 0, 10, 1_500);
+        progress.note_fetch(2, 10, 25, 1_600);
+        progress.note_fetch(2, 25, 40, 2_400);
+        assert_eq!(progress.in_sync(3_000, LAG), 1);
+        assert_eq!(progress.acked(2), Some(25));
+        // Follower 3 pulls but falls behind: it caught up once, at 1,500, and never again.
+        progress.note_fetch(3, 0, 10, 1_500);
+        progress.note_fetch(3, 5, 25, 1_600);
+        progress.note_fetch(3, 20, 40, 2_600);
+        assert_eq!(progress.in_sync(2_500, LAG), 2);
+        assert_eq!(
+            progress.in_sync(2_501, LAG),
+            1,
+            "3 lags by more than the limit"
+        );
+        assert_eq!(progress.in_sync(3_401, LAG), 0, "2 stopped fetching");
+
+        // A kept follower keeps its standing in a new replica set; a new one starts afresh.
+        progress.set_followers([2, 4], 3_000);
+        assert_eq!(progress.in_sync(3_400, LAG), 2);
+        assert_eq!(progress.in_sync(3_401, LAG), 1);
+        assert_eq!(progress.acked(2), Some(25));
     }
 
     #[test]

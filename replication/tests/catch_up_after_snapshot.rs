@@ -93,7 +93,7 @@ async fn leader_and_follower(
     leader.create_collection("c").await.unwrap();
     write(&leader, 0, 4).await;
     let follower = open().await;
-    let mut progress = Progress::new([FOLLOWER]);
+    let mut progress = Progress::new([FOLLOWER], 0);
     assert_eq!(
         sync_until_done(&leader, &follower, &mut progress, hold_bytes).await,
         Applied::UpToDate

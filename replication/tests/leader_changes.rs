@@ -168,6 +168,7 @@ impl Cluster {
             (0..self.replicas.len())
                 .filter(|&index| index != chosen)
                 .map(|index| index as u64),
+            0,
         );
         self.pending.clear();
         for replica in &mut self.replicas {

@@ -19,7 +19,9 @@
 
 use clap::{Args, Subcommand};
 use coregrid_net::client::{BlockingClient, ClientConfig, ClientError, Value};
-use coregrid_net::message::{ClusterStatusResponse, DeleteResponse, PartitionStatus};
+use coregrid_net::message::{
+    ClusterStatusResponse, DeleteResponse, PartitionStatus, WriteConsistency,
+};
 use coregrid_net::{ClusterId, Lsn, NodeId};
 use serde_json::{json, Value as Json};
 use std::io::Write;
@@ -57,9 +59,35 @@ pub struct ConnectArgs {
     /// Milliseconds one attempt may wait for its answer (retries come on top).
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// How many replicas of the key's partition must hold a write before it is answered:
+    /// the leader (one), a majority (quorum) or every replica (all).
+    #[arg(long, value_enum, default_value_t = Consistency::Quorum)]
+    pub consistency: Consistency,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A write consistency level, as the command line names it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// The leader's WAL holds it durably.
+    One,
+    /// A majority of the partition's replicas hold it durably.
+    Quorum,
+    /// Every replica of the partition holds it durably.
+    All,
+}
+
+impl Consistency {
+    /// The wire's level.
+    pub fn level(self) -> WriteConsistency {
+        match self {
+            Consistency::One => WriteConsistency::One,
+            Consistency::Quorum => WriteConsistency::Quorum,
+            Consistency::All => WriteConsistency::All,
+        }
+    }
 }
 
 /// Options of the commands that address keys.
@@ -224,6 +252,7 @@ fn connect(args: &ConnectArgs) -> Result<BlockingClient, Failed> {
     let mut config = ClientConfig::new(seeds, cluster_id);
     config.request_timeout = Duration::from_millis(args.timeout_ms);
     config.connect_timeout = config.connect_timeout.min(config.request_timeout);
+    config.write_consistency = args.consistency.level();
     BlockingClient::new(config).map_err(|error| Failed::usage(error.to_string()))
 }
 
@@ -682,6 +711,7 @@ pub fn bench_network(args: &crate::BenchArgs) -> anyhow::Result<()> {
         clients: args.clients.unwrap_or(BENCH_CLIENTS_DEFAULT),
         threads: args.threads,
         request_timeout: Duration::from_secs(30),
+        write_consistency: args.consistency.level(),
     };
     if !args.quiet {
         let what = workload.length_text();

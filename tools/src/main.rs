@@ -111,6 +111,9 @@ struct BenchArgs {
     /// With --cluster: client threads (glommio executors, not pinned).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// With --cluster: how many replicas must hold each write before it is answered.
+    #[arg(long, value_enum, default_value_t = cli::Consistency::Quorum)]
+    consistency: cli::Consistency,
 }
 
 impl BenchArgs {

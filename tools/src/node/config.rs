@@ -6,6 +6,7 @@ use super::constants::{
     BASE_PORT_DEFAULT, CONNECTIONS_PER_SHARD_DEFAULT, CONTROL_PORT_DEFAULT,
     DRAIN_TIMEOUT_MS_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT,
     HEARTBEAT_INTERVAL_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT, REPLICATION_FACTOR_DEFAULT,
+    REPLICA_ACK_TIMEOUT_MS_DEFAULT, REPLICA_HOLD_BYTES_DEFAULT, REPLICA_LAG_MS_DEFAULT,
     REQUESTS_IN_FLIGHT_PER_CONNECTION_DEFAULT, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
     WRITE_TIMEOUT_MS_DEFAULT,
 };
@@ -133,6 +134,19 @@ pub struct NodeArgs {
     /// Replicas per partition, leader included [default: 3].
     #[arg(long)]
     pub replication_factor: Option<usize>,
+    /// Milliseconds a follower may go without catching up to its leader and still count as
+    /// in sync; `Quorum` and `All` writes are refused up front when too few are [default:
+    /// 10000].
+    #[arg(long)]
+    pub replica_lag_ms: Option<u64>,
+    /// Milliseconds a `Quorum` or `All` write waits for its followers' acks before it is
+    /// answered "outcome unknown" [default: 5000].
+    #[arg(long)]
+    pub replica_ack_timeout_ms: Option<u64>,
+    /// WAL bytes a leader keeps per partition, past its snapshot, for followers that have not
+    /// pulled them; a follower further behind catches up from a snapshot [default: 256 MiB].
+    #[arg(long)]
+    pub replica_hold_bytes: Option<u64>,
     /// TEST ONLY: a file listing control addresses (one per line) whose control datagrams
     /// this node drops, both ways; re-read when it changes (docs/cluster.md, "Cutting nodes
     /// off without root"). Never set it in production.
@@ -220,6 +234,12 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// Replicas per partition.
     pub replication_factor: usize,
+    /// How long a follower may lag and still be in sync, in milliseconds.
+    pub replica_lag_ms: u64,
+    /// How long a `Quorum` or `All` write waits for acks, in milliseconds.
+    pub replica_ack_timeout_ms: u64,
+    /// WAL bytes a leader keeps per partition for followers behind.
+    pub replica_hold_bytes: u64,
     /// Test only: the fault file ([`super::fault`]).
     pub fault_file: Option<PathBuf>,
 }
@@ -249,6 +269,9 @@ impl Default for NodeConfig {
             election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
             replication_factor: REPLICATION_FACTOR_DEFAULT,
+            replica_lag_ms: REPLICA_LAG_MS_DEFAULT,
+            replica_ack_timeout_ms: REPLICA_ACK_TIMEOUT_MS_DEFAULT,
+            replica_hold_bytes: REPLICA_HOLD_BYTES_DEFAULT,
             fault_file: None,
         }
     }
@@ -314,6 +337,12 @@ impl NodeConfig {
         set(&mut self.election_timeout_ms, &args.election_timeout_ms);
         set(&mut self.heartbeat_interval_ms, &args.heartbeat_interval_ms);
         set(&mut self.replication_factor, &args.replication_factor);
+        set(&mut self.replica_lag_ms, &args.replica_lag_ms);
+        set(
+            &mut self.replica_ack_timeout_ms,
+            &args.replica_ack_timeout_ms,
+        );
+        set(&mut self.replica_hold_bytes, &args.replica_hold_bytes);
         if let Some(path) = &args.fault_file {
             self.fault_file = Some(path.clone());
         }
@@ -453,6 +482,8 @@ impl NodeConfig {
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
             ("drain_timeout_ms", self.drain_timeout_ms),
+            ("replica_lag_ms", self.replica_lag_ms),
+            ("replica_ack_timeout_ms", self.replica_ack_timeout_ms),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1 ms".into());
@@ -491,6 +522,25 @@ impl NodeConfig {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
+    /// How followers are held to a leader's writes.
+    pub fn replica_settings(&self) -> ReplicaSettings {
+        ReplicaSettings {
+            lag: Duration::from_millis(self.replica_lag_ms),
+            ack_timeout: Duration::from_millis(self.replica_ack_timeout_ms),
+            hold_bytes: self.replica_hold_bytes,
+        }
+    }
+}
+
+/// How a leader holds its followers to its writes (the `replica_*` settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaSettings {
+    /// A follower that has not caught up for this long is out of sync.
+    pub lag: Duration,
+    /// A `Quorum` or `All` write waits this long for acks, then is answered `Unknown`.
+    pub ack_timeout: Duration,
+    /// WAL bytes a partition keeps past its snapshot for followers behind.
+    pub hold_bytes: u64,
 }
 
 /// The cluster id of a cluster name: its bytes, zero-padded to 16 ([`ClusterId::from_name`],

@@ -100,10 +100,24 @@ pub const SYNC_RETRY_MS_MIN: u64 = 50;
 /// Longest pause between a follower session's retries, in milliseconds.
 pub const SYNC_RETRY_MS_MAX: u64 = 2_000;
 
-/// Most bytes of WAL segments a leader keeps, per partition, past its snapshot for followers
-/// that have not acknowledged them (a follower that was down, or is slow); a follower further
-/// behind needs a snapshot. Bounds the disk a follower that never comes back can hold.
-pub const REPLICA_HOLD_BYTES: u64 = 256 * 1024 * 1024;
+/// Default for the most bytes of WAL segments a leader keeps, per partition, past its snapshot
+/// for followers that have not acknowledged them (a follower that was down, or is slow); a
+/// follower further behind needs a snapshot. Bounds the disk a follower that never comes back
+/// can hold.
+pub const REPLICA_HOLD_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// Default for how long a follower may go without catching up to its leader and still count
+/// as in sync, in milliseconds (Kafka's `replica.lag.time.max.ms`): a `Quorum` or `All` write
+/// is refused up front (`NotEnoughReplicas`) when too few followers are in sync. Several long
+/// polls ([`SYNC_WAIT_MS`]), so an idle follower never drops out.
+pub const REPLICA_LAG_MS_DEFAULT: u64 = 10_000;
+
+/// Default for how long a `Quorum` or `All` write waits for its followers' acks, in
+/// milliseconds, before it is answered `Unknown` (it is on the leader's disk, and maybe on
+/// some followers').
+pub const REPLICA_ACK_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+const _: () = assert!(REPLICA_LAG_MS_DEFAULT >= 4 * SYNC_WAIT_MS as u64);
 
 const _: () = assert!(SYNC_WAIT_MS <= coregrid_net::constants::SYNC_WAIT_MS_MAX);
 const _: () =

@@ -18,9 +18,9 @@ use coregrid_engine::{
     BatchWrite, Engine, EngineError, LocalShard, RequestId as EngineRequestId, WriteOutcome,
 };
 use coregrid_net::message::{
-    ArchivedBatchOperation, ArchivedReadConsistency, ClusterStatusResponse, DeleteResponse,
-    ErrorResponse, GetResponse, HelloReply, MessageRef, SyncResponse, TopologyResponse,
-    WriteResponse,
+    ArchivedBatchOperation, ArchivedReadConsistency, ArchivedWriteConsistency,
+    ClusterStatusResponse, DeleteResponse, ErrorResponse, GetResponse, HelloReply, MessageRef,
+    SyncResponse, TopologyResponse, WriteConsistency, WriteResponse,
 };
 use coregrid_net::{encode, ClientRequestId, EncodeError, FrameMeta, Lsn, PartitionId, ShardId};
 use std::sync::Arc;
@@ -89,6 +89,8 @@ pub enum Request {
         id: WriteId,
         /// Its partition (on this shard).
         partition: u32,
+        /// How many replicas must hold it before the answer.
+        consistency: WriteConsistency,
         /// What to write.
         write: Write,
     },
@@ -172,6 +174,19 @@ pub enum Answer {
     Sync(SyncResponse),
 }
 
+impl Answer {
+    /// The LSN of the record a write's answer reports (the one its replicas must hold), if
+    /// it wrote one.
+    pub fn written_lsn(&self) -> Option<u64> {
+        match self {
+            // A collection change is answered with revision 0: it names no one record.
+            Answer::Write(written) if written.revision.0 > 0 => Some(written.revision.0),
+            Answer::Delete(DeleteResponse::Deleted { revision, .. }) => Some(revision.0),
+            _ => None,
+        }
+    }
+}
+
 /// Turns a decoded request into an owned, routed [`Request`], or the answer that refuses it.
 /// Copies each key and value once; nothing else is allocated for a refused request.
 pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Request, ErrorResponse> {
@@ -186,6 +201,7 @@ pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Reque
         MessageRef::Put(put) => Request::Write {
             id: WriteId(put.id.get()),
             partition: routing.route(put.key.as_slice())?,
+            consistency: write_consistency(put.consistency),
             write: Write::Put {
                 collection: put.collection.as_str().to_string(),
                 key: bytes(put.key.as_slice()),
@@ -195,6 +211,7 @@ pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Reque
         MessageRef::Delete(delete) => Request::Write {
             id: WriteId(delete.id.get()),
             partition: routing.route(delete.key.as_slice())?,
+            consistency: write_consistency(delete.consistency),
             write: Write::Delete {
                 collection: delete.collection.as_str().to_string(),
                 key: bytes(delete.key.as_slice()),
@@ -203,6 +220,7 @@ pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Reque
         MessageRef::CompareAndSet(cas) => Request::Write {
             id: WriteId(cas.id.get()),
             partition: routing.route(cas.key.as_slice())?,
+            consistency: write_consistency(cas.consistency),
             write: Write::CompareAndSet {
                 collection: cas.collection.as_str().to_string(),
                 key: bytes(cas.key.as_slice()),
@@ -256,6 +274,7 @@ pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Reque
             Request::Write {
                 id: WriteId(batch.id.get()),
                 partition,
+                consistency: write_consistency(batch.consistency),
                 write: Write::Batch(writes),
             }
         }
@@ -278,6 +297,15 @@ pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Reque
             )))
         }
     })
+}
+
+/// The level a write asked for, owned.
+fn write_consistency(level: ArchivedWriteConsistency) -> WriteConsistency {
+    match level {
+        ArchivedWriteConsistency::One => WriteConsistency::One,
+        ArchivedWriteConsistency::Quorum => WriteConsistency::Quorum,
+        ArchivedWriteConsistency::All => WriteConsistency::All,
+    }
 }
 
 /// Where a collection change is written: the partitions this node leads, in their leadership
@@ -379,6 +407,7 @@ pub async fn execute(
             id,
             partition,
             write,
+            ..
         } => apply_write(shard, id, partition, write)
             .await
             .unwrap_or_else(|error| Answer::Error(map_engine_error(error, true))),
@@ -525,9 +554,7 @@ pub fn encode_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coregrid_net::message::{
-        BatchOperation, BatchRequest, GetRequest, ReadConsistency, WriteConsistency,
-    };
+    use coregrid_net::message::{BatchOperation, BatchRequest, GetRequest, ReadConsistency};
     use coregrid_net::rkyv::util::AlignedVec;
     use coregrid_net::{decode, parse_frame, ChannelKind, ClientId};
 

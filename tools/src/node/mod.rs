@@ -110,6 +110,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         idle_timeout: config.idle_timeout(),
         write_timeout: config.write_timeout(),
         drain_timeout: config.drain_timeout(),
+        replicas: config.replica_settings(),
     };
 
     let shard_count = engine.shard_count();

@@ -19,10 +19,10 @@
 //! to requests already admitted, and then the connection is closed. Nothing of it reaches a
 //! partition.
 
+use super::config::ReplicaSettings;
 use super::constants::{
     ACCEPT_ERROR_PAUSE_MS, CLOSE_TIMEOUT_MS, DRAIN_POLL_MS, REFUSALS_IN_PROGRESS_MAX,
-    REFUSAL_WRITE_TIMEOUT_MS, REPLICA_HOLD_BYTES, REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX,
-    WRITE_BATCH_BYTES,
+    REFUSAL_WRITE_TIMEOUT_MS, REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
 };
 use super::control::{ClusterFeed, ClusterView};
 use super::handler::{self, Answer, CollectionScope, Routing};
@@ -33,7 +33,7 @@ use coregrid_net::constants::FRAME_HEADER_BYTES;
 use coregrid_net::kind::ArchivedChannelKind;
 use coregrid_net::message::{
     answer_hello, ArchivedPeer, ErrorResponse, Hello, HelloReply, LocalIdentity, MessageRef,
-    Refusal, SyncOutcome, SyncResponse, TopologyResponse,
+    Refusal, SyncOutcome, SyncResponse, TopologyResponse, WriteConsistency,
 };
 use coregrid_net::transport::{
     Connection, ConnectionReader, ConnectionWriter, Listener, ReadOutcome, TransportError,
@@ -41,8 +41,8 @@ use coregrid_net::transport::{
 use coregrid_net::{
     access, decode, ChannelKind, FrameError, FrameMeta, NodeId, PartitionId, RequestId,
 };
-use coregrid_replication::leader::{SyncAnswer, SyncCursor};
-use coregrid_replication::progress::Progress;
+use coregrid_replication::leader::{acknowledges, SyncCursor};
+use coregrid_replication::progress::{follower_acks_needed, AckError, Progress};
 use futures::future::{select, Either};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -73,6 +73,8 @@ pub struct ShardSettings {
     pub write_timeout: Duration,
     /// Drain timeout.
     pub drain_timeout: Duration,
+    /// How followers are held to this node's writes.
+    pub replicas: ReplicaSettings,
 }
 
 /// Where a shard's server follows the cluster: the shared latest view and this shard's
@@ -153,6 +155,17 @@ struct ShardServer {
     followers: Followers,
     /// For each partition this node leads here: what its followers acknowledged.
     progress: RefCell<HashMap<u32, Progress>>,
+    /// The origin of the milliseconds [`Progress`] counts in.
+    started: Instant,
+}
+
+/// What a `Quorum` or `All` write waits for once its leader holds it: `needed` follower acks,
+/// from the replica set of `generation`.
+#[derive(Clone, Copy, Debug)]
+struct AckWait {
+    partition: u32,
+    needed: usize,
+    generation: u64,
 }
 
 async fn control_loop(
@@ -204,6 +217,7 @@ async fn control_loop(
             node: settings_identity.node,
         }),
         progress: RefCell::new(HashMap::new()),
+        started: Instant::now(),
     });
     rt::spawn_detached(follow_cluster(server.clone(), watch));
     let stop_accepting = Doorbell::default();
@@ -691,8 +705,20 @@ fn admit(
             Some(partition) => begin_epoch_if_needed(&server, partition).await,
             None => Ok(()),
         };
-        let answer = match begun {
-            Ok(()) => handler::execute(request, &server.local, engine, &topology, &scope).await,
+        // A write that needs followers is refused up front if too few are in sync.
+        let ready = begun.and_then(|()| server.ack_wait(&request));
+        let answer = match ready {
+            Ok(wait) => {
+                let answer =
+                    handler::execute(request, &server.local, engine, &topology, &scope).await;
+                match (wait, answer.written_lsn()) {
+                    (Some(wait), Some(lsn)) => match server.await_acks(wait, lsn).await {
+                        Ok(()) => answer,
+                        Err(error) => Answer::Error(error),
+                    },
+                    (_, _) => answer,
+                }
+            }
             Err(error) => Answer::Error(error),
         };
         state
@@ -748,6 +774,18 @@ async fn serve_sync_request(
             .unwrap_or_else(|| ErrorResponse::unavailable("partition not open")));
     };
     begin_epoch_if_needed(server, ask.partition).await?;
+    if acknowledges(&partition, ask.last) {
+        // The follower's last record is on this log: everything up to it is on its disk.
+        // Noted now, before the long poll, so that the writes waiting for it go on at once.
+        let now = server.now_ms();
+        if let Some(progress) = server.progress.borrow_mut().get_mut(&ask.partition) {
+            let end = partition.durable_lsn();
+            if progress.note_fetch(follower.get(), ask.last.lsn, end, now) {
+                let hold = server.settings.replicas.hold_bytes;
+                partition.hold_for_replicas(Some(progress.acked_by_all()), hold);
+            }
+        }
+    }
     let mut cursor = state
         .sync_cursors
         .borrow_mut()
@@ -758,14 +796,6 @@ async fn serve_sync_request(
         .sync_cursors
         .borrow_mut()
         .insert(ask.partition, cursor);
-    if let SyncAnswer::Records { .. } = answer {
-        // The follower's last record is on this log: everything up to it is on its disk.
-        if let Some(progress) = server.progress.borrow_mut().get_mut(&ask.partition) {
-            if progress.note_ack(follower.get(), ask.last.lsn) {
-                partition.hold_for_replicas(Some(progress.acked_by_all()), REPLICA_HOLD_BYTES);
-            }
-        }
-    }
     Ok(replica::to_outcome(answer))
 }
 
@@ -882,8 +912,17 @@ impl ShardServer {
     /// Keeps a [`Progress`] for each partition this node leads here, with the followers the
     /// view's map gives it; drops the others'.
     fn track_followers(&self, view: &ClusterView, led: &[u32]) {
+        let now = self.now_ms();
+        let hold_bytes = self.settings.replicas.hold_bytes;
         let mut progress = self.progress.borrow_mut();
-        progress.retain(|partition, _| led.contains(partition));
+        progress.retain(|partition, known| {
+            let keep = led.contains(partition);
+            if !keep {
+                // Writes waiting for this partition's followers end `Unknown`.
+                known.fail_waits();
+            }
+            keep
+        });
         for &partition in led {
             let followers: Vec<u64> = view
                 .map
@@ -898,21 +937,110 @@ impl ShardServer {
                         .collect()
                 })
                 .unwrap_or_default();
-            let entry = progress.entry(partition).or_default();
+            let entry = progress
+                .entry(partition)
+                .or_insert_with(|| Progress::new([], now));
             if !entry.followers().eq(followers.iter().copied()) {
-                entry.set_followers(followers);
+                entry.set_followers(followers, now);
             }
             if let Some(stored) = self.local.partition(partition) {
                 let hold = (entry.followers().count() > 0).then(|| entry.acked_by_all());
-                stored.hold_for_replicas(hold, REPLICA_HOLD_BYTES);
+                stored.hold_for_replicas(hold, hold_bytes);
             }
         }
         // A partition this node no longer leads keeps no records for others.
         for stored in self.local.partitions() {
             if !led.contains(&stored.id()) {
-                stored.hold_for_replicas(None, REPLICA_HOLD_BYTES);
+                stored.hold_for_replicas(None, hold_bytes);
             }
         }
+    }
+
+    /// Milliseconds since this shard's server started: the clock of its [`Progress`].
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// What `request` must wait for after its leader holds it: nothing for reads, `One`
+    /// writes and partitions of one replica; for `Quorum` and `All`, the follower acks its
+    /// level needs from the partition's replica set. Refused (`NotEnoughReplicas`) when fewer
+    /// followers are in sync than it needs: it would only wait for its timeout.
+    fn ack_wait(&self, request: &handler::Request) -> Result<Option<AckWait>, ErrorResponse> {
+        let handler::Request::Write {
+            partition,
+            consistency,
+            ..
+        } = *request
+        else {
+            return Ok(None);
+        };
+        let quorum = match consistency {
+            WriteConsistency::One => return Ok(None),
+            WriteConsistency::Quorum => true,
+            WriteConsistency::All => false,
+        };
+        let replicas = {
+            let view = self.cluster.borrow();
+            view.map
+                .as_ref()
+                .and_then(|map| map.assignment(PartitionId(partition)))
+                .map_or(1, |assignment| assignment.replicas.len().max(1))
+        };
+        let needed = follower_acks_needed(quorum, replicas);
+        if needed == 0 {
+            return Ok(None);
+        }
+        let progress = self.progress.borrow();
+        let Some(known) = progress.get(&partition) else {
+            return Err(ErrorResponse::unavailable(format!(
+                "partition {partition}: this leader is still taking up its followers"
+            )));
+        };
+        let in_sync = known.in_sync(self.now_ms(), self.settings.replicas.lag.as_millis() as u64);
+        if in_sync < needed {
+            let count = |followers: usize| u32::try_from(followers + 1).unwrap_or(u32::MAX);
+            return Err(ErrorResponse::NotEnoughReplicas {
+                needed: count(needed),
+                available: count(in_sync),
+            });
+        }
+        Ok(Some(AckWait {
+            partition,
+            needed,
+            generation: known.generation(),
+        }))
+    }
+
+    /// Waits until `wait.needed` followers acknowledged `lsn`, at most the ack timeout. The
+    /// write is durable here either way; a wait that ends without the acks answers `Unknown`
+    /// (the client's retry with the same request id applies nothing twice).
+    async fn await_acks(&self, wait: AckWait, lsn: u64) -> Result<(), ErrorResponse> {
+        let acked = futures::future::poll_fn(|context| {
+            let mut progress = self.progress.borrow_mut();
+            match progress.get_mut(&wait.partition) {
+                Some(known) => known.poll_acked(lsn, wait.needed, wait.generation, context),
+                None => std::task::Poll::Ready(Err(AckError::ReplicaSetChanged)),
+            }
+        });
+        let timeout = self.settings.replicas.ack_timeout;
+        let expired = rt::sleep(timeout);
+        let outcome = match select(pin!(acked), pin!(expired)).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right(_) => {
+                return Err(ErrorResponse::unknown(format!(
+                    "partition {}: LSN {lsn} is durable on the leader, but {} follower acks did \
+                     not come within {timeout:?}",
+                    wait.partition, wait.needed
+                )))
+            }
+        };
+        outcome.map_err(|error| {
+            ErrorResponse::unknown(format!(
+                "partition {}: LSN {lsn} is durable on the leader; waiting for follower acks: \
+                 {error}",
+                wait.partition
+            ))
+        })
     }
 
     /// The topology stamped with the current epoch.

@@ -148,6 +148,8 @@ pub struct TestCluster {
     control_ports: Vec<u16>,
     peers: String,
     election: String,
+    /// More flags for every node.
+    extra: Vec<String>,
     /// Dropped last: the namespace outlives the nodes in it.
     network: Network,
 }
@@ -160,8 +162,23 @@ impl TestCluster {
         TestCluster::start_on(count, election, Network::FaultFiles(faults))
     }
 
+    /// [`TestCluster::start`] with `extra` flags for every node.
+    pub fn start_with(count: usize, election: &str, extra: &[&str]) -> TestCluster {
+        let faults = tempfile::tempdir().expect("a directory for the fault files");
+        TestCluster::start_on_with(count, election, Network::FaultFiles(faults), extra)
+    }
+
     /// [`TestCluster::start`] on `network`.
     pub fn start_on(count: usize, election: &str, network: Network) -> TestCluster {
+        TestCluster::start_on_with(count, election, network, &[])
+    }
+
+    fn start_on_with(
+        count: usize,
+        election: &str,
+        network: Network,
+        extra: &[&str],
+    ) -> TestCluster {
         let base = node_process::reserved_base_port(count);
         let control_ports: Vec<u16> = (0..count)
             .map(|index| base + u16::try_from(index).expect("a few nodes"))
@@ -180,6 +197,7 @@ impl TestCluster {
             control_ports,
             peers,
             election: election.to_string(),
+            extra: extra.iter().map(ToString::to_string).collect(),
             network,
         };
         if let Network::FaultFiles(_) = &cluster.network {
@@ -242,6 +260,7 @@ impl TestCluster {
             fault_file = self.fault_file(index).display().to_string();
             extra.extend(["--fault-file", &fault_file]);
         }
+        extra.extend(self.extra.iter().map(String::as_str));
         NodeProcess::spawn_wrapped(&self.wrapper(), self.dirs[index].path(), 1, &extra)
     }
 
@@ -262,6 +281,27 @@ impl TestCluster {
     pub fn kill(&mut self, index: usize) {
         let node = self.nodes[index].take().expect("the node runs");
         let _ = node.stop_with(libc::SIGKILL);
+    }
+
+    /// Stops node `index` with SIGSTOP: it holds its sockets and answers nothing.
+    pub fn pause(&self, index: usize) {
+        self.nodes[index]
+            .as_ref()
+            .expect("the node runs")
+            .signal(libc::SIGSTOP);
+    }
+
+    /// Lets node `index` go on after [`TestCluster::pause`].
+    pub fn resume(&self, index: usize) {
+        self.nodes[index]
+            .as_ref()
+            .expect("the node runs")
+            .signal(libc::SIGCONT);
+    }
+
+    /// Node `index`'s data directory.
+    pub fn data_dir(&self, index: usize) -> &Path {
+        self.dirs[index].path()
     }
 
     /// Restarts node `index` on its directory and control port; waits until it is ready.

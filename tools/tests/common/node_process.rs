@@ -166,6 +166,18 @@ impl NodeProcess {
         );
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT) and returns at once.
+    pub fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("running");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill on the pid of a child we have not reaped yet.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "send signal {signal}"
+        );
+    }
+
     /// Sends `signal` (SIGTERM, SIGKILL) and waits for the exit.
     pub fn stop_with(mut self, signal: libc::c_int) -> ExitStatus {
         let mut child = self.child.take().expect("running");
