@@ -104,8 +104,13 @@ pub enum MessageKind {
     ErrorResponse = 0x01ff,
     /// [`crate::message::SyncRequest`]: a follower asks for a partition's records.
     SyncRequest = 0x0201,
+    /// [`crate::message::SnapshotRequest`]: a follower asks for a chunk of a partition's
+    /// snapshot (catch-up by snapshot).
+    SnapshotRequest = 0x0202,
     /// [`crate::message::SyncResponse`]: the leader's records (or why not).
     SyncResponse = 0x0281,
+    /// [`crate::message::SnapshotResponse`]: the leader's snapshot chunk (or why not).
+    SnapshotResponse = 0x0282,
     /// A control-plane datagram between the control shards of two nodes, on
     /// [`ChannelKind::Control`]. Its body is defined by the `coregrid-cluster` crate (this
     /// crate does not depend on it): net checks the frame (magic, crcs, length, padding) and
@@ -117,7 +122,7 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, in wire order.
-    pub const ALL: [MessageKind; 20] = [
+    pub const ALL: [MessageKind; 22] = [
         MessageKind::Hello,
         MessageKind::HelloReply,
         MessageKind::Put,
@@ -136,7 +141,9 @@ impl MessageKind {
         MessageKind::ClusterStatusResponse,
         MessageKind::ErrorResponse,
         MessageKind::SyncRequest,
+        MessageKind::SnapshotRequest,
         MessageKind::SyncResponse,
+        MessageKind::SnapshotResponse,
         MessageKind::Control,
     ];
 
@@ -161,7 +168,9 @@ impl MessageKind {
             0x0185 => MessageKind::ClusterStatusResponse,
             0x01ff => MessageKind::ErrorResponse,
             0x0201 => MessageKind::SyncRequest,
+            0x0202 => MessageKind::SnapshotRequest,
             0x0281 => MessageKind::SyncResponse,
+            0x0282 => MessageKind::SnapshotResponse,
             0x0301 => MessageKind::Control,
             _ => return None,
         })
@@ -177,7 +186,10 @@ impl MessageKind {
         match self {
             MessageKind::Hello | MessageKind::HelloReply => ChannelKind::Handshake,
             MessageKind::Control => ChannelKind::Control,
-            MessageKind::SyncRequest | MessageKind::SyncResponse => ChannelKind::Replication,
+            MessageKind::SyncRequest
+            | MessageKind::SyncResponse
+            | MessageKind::SnapshotRequest
+            | MessageKind::SnapshotResponse => ChannelKind::Replication,
             _ => ChannelKind::Client,
         }
     }
@@ -198,6 +210,7 @@ impl MessageKind {
                 | MessageKind::Topology
                 | MessageKind::ClusterStatus
                 | MessageKind::SyncRequest
+                | MessageKind::SnapshotRequest
         )
     }
 
@@ -273,6 +286,10 @@ mod tests {
     fn replication_kinds_are_pinned_and_travel_on_their_channel() {
         assert_eq!(MessageKind::SyncRequest.to_u16(), 0x0201);
         assert_eq!(MessageKind::SyncResponse.to_u16(), 0x0281);
+        assert_eq!(MessageKind::SnapshotRequest.to_u16(), 0x0202);
+        assert_eq!(MessageKind::SnapshotResponse.to_u16(), 0x0282);
+        assert!(MessageKind::SnapshotRequest.is_request());
+        assert!(!MessageKind::SnapshotResponse.is_request());
         assert_eq!(ChannelKind::Replication as u8, 2);
         assert!(MessageKind::SyncRequest.is_request());
         assert!(!MessageKind::SyncRequest.is_write());
@@ -283,7 +300,12 @@ mod tests {
             .collect();
         assert_eq!(
             replication,
-            vec![MessageKind::SyncRequest, MessageKind::SyncResponse]
+            vec![
+                MessageKind::SyncRequest,
+                MessageKind::SnapshotRequest,
+                MessageKind::SyncResponse,
+                MessageKind::SnapshotResponse
+            ]
         );
     }
 

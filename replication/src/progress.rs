@@ -70,12 +70,13 @@ impl Progress {
     /// that just took the partition gives its followers `lag_ms` to show up, as Kafka's
     /// controller hands a new leader the in-sync set).
     pub fn new(followers: impl IntoIterator<Item = u64>, now_ms: u64) -> Self {
-        let mut progress = Self::default();
-        progress.acked = followers
-            .into_iter()
-            .map(|node| (node, Follower::joined(now_ms)))
-            .collect();
-        progress
+        Self {
+            acked: followers
+                .into_iter()
+                .map(|node| (node, Follower::joined(now_ms)))
+                .collect(),
+            ..Self::default()
+        }
     }
 
     /// The followers, by node id.

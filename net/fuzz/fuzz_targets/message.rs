@@ -8,8 +8,8 @@
 use coregrid_net::message::{
     BatchRequest, ClusterStatusRequest, ClusterStatusResponse, CompareAndSetRequest,
     CreateCollectionRequest, DeleteRequest, DeleteResponse, DropCollectionRequest, ErrorResponse,
-    GetRequest, GetResponse, Hello, HelloReply, PutRequest, SyncRequest, SyncResponse,
-    TopologyRequest, TopologyResponse, WriteResponse,
+    GetRequest, GetResponse, Hello, HelloReply, PutRequest, SnapshotRequest, SnapshotResponse,
+    SyncRequest, SyncResponse, TopologyRequest, TopologyResponse, WriteResponse,
 };
 use coregrid_net::rkyv::util::AlignedVec;
 use coregrid_net::{
@@ -95,5 +95,7 @@ fuzz_target!(|data: &[u8]| {
         MessageKind::Control => check_control(body),
         MessageKind::SyncRequest => check::<SyncRequest>(body),
         MessageKind::SyncResponse => check::<SyncResponse>(body),
+        MessageKind::SnapshotRequest => check::<SnapshotRequest>(body),
+        MessageKind::SnapshotResponse => check::<SnapshotResponse>(body),
     }
 });

@@ -5,7 +5,7 @@
 use coregrid_net::MessageKind;
 
 /// Selector byte (modulo the length) -> kind. Append new kinds; never reorder.
-pub const FUZZ_KINDS: [MessageKind; 20] = [
+pub const FUZZ_KINDS: [MessageKind; 22] = [
     // The first fifteen: `MessageKind::ALL` as it was when the corpus was first written.
     MessageKind::Hello,
     MessageKind::HelloReply,
@@ -29,5 +29,8 @@ pub const FUZZ_KINDS: [MessageKind; 20] = [
     // Added with replication.
     MessageKind::SyncRequest,
     MessageKind::SyncResponse,
+    // Added with catch-up by snapshot.
+    MessageKind::SnapshotRequest,
+    MessageKind::SnapshotResponse,
 ];
 

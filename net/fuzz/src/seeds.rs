@@ -1,7 +1,10 @@
 //! Writes seed corpora of valid frames of every message kind (the crcs and rkyv's validation
 //! would stop a blind fuzzer at the door): `cargo run --bin seeds` from net/fuzz.
 
-use coregrid_net::message::{EpochStart, SyncOutcome, SyncRequest, SyncResponse};
+use coregrid_net::message::{
+    EpochStart, SnapshotOutcome, SnapshotRequest, SnapshotResponse, SyncOutcome, SyncRequest,
+    SyncResponse,
+};
 use coregrid_net::message::{
     BatchOperation, BatchRequest, ClusterStatusRequest, ClusterStatusResponse,
     CompareAndSetRequest, ControlRole, CreateCollectionRequest, DeleteRequest, DeleteResponse,
@@ -260,6 +263,28 @@ fn samples() -> Vec<(MessageKind, Encoder)> {
                 leader: Some(NodeId(2)),
                 epoch: Epoch(6),
             }),
+        }),
+        boxed(SnapshotRequest {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            lsn: Lsn(4096),
+            offset: 3 * 1024 * 1024,
+            max_bytes: 3 * 1024 * 1024,
+        }),
+        boxed(SnapshotResponse {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            outcome: SnapshotOutcome::Chunk {
+                lsn: Lsn(4096),
+                size: 40,
+                offset: 8,
+                bytes: b"bytes of a snapshot file".to_vec(),
+            },
+        }),
+        boxed(SnapshotResponse {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            outcome: SnapshotOutcome::NoSnapshot,
         }),
         (
             MessageKind::Control,

@@ -23,8 +23,9 @@ pub use handshake::{
     ArchivedRefusal, Hello, HelloAccepted, HelloReply, LocalIdentity, Peer, Refusal,
 };
 pub use replication::{
-    ArchivedEpochStart, ArchivedSyncOutcome, ArchivedSyncRequest, ArchivedSyncResponse, EpochStart,
-    SyncOutcome, SyncRequest, SyncResponse,
+    ArchivedEpochStart, ArchivedSnapshotOutcome, ArchivedSnapshotRequest, ArchivedSnapshotResponse,
+    ArchivedSyncOutcome, ArchivedSyncRequest, ArchivedSyncResponse, EpochStart, SnapshotOutcome,
+    SnapshotRequest, SnapshotResponse, SyncOutcome, SyncRequest, SyncResponse,
 };
 pub use request::{
     ArchivedBatchOperation, ArchivedBatchRequest, ArchivedClusterStatusRequest,
@@ -174,6 +175,8 @@ message! {
     ErrorResponse / ArchivedErrorResponse => ErrorResponse,
     SyncRequest / ArchivedSyncRequest => SyncRequest,
     SyncResponse / ArchivedSyncResponse => SyncResponse,
+    SnapshotRequest / ArchivedSnapshotRequest => SnapshotRequest,
+    SnapshotResponse / ArchivedSnapshotResponse => SnapshotResponse,
 }
 
 /// Appends `message` as one frame to `out` (header, body, padding); returns the bytes

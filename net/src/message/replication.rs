@@ -8,6 +8,12 @@
 //! (`records` is a byte slice into the frame) and verified record by record by the
 //! follower's engine before any is written. Many requests may be in flight on one
 //! connection (one per partition the follower follows on that shard), answered by request id.
+//!
+//! A follower the leader's log no longer reaches fetches the partition's newest snapshot file
+//! in chunks on the same connection ([`SnapshotRequest`], [`SnapshotResponse`]): a request
+//! names the snapshot (its LSN) and the offset reached; a leader that replaced that snapshot
+//! answers with the newer one from offset 0. The bytes are the file's, interpreted by no one
+//! on the way; the follower loads the whole file before it installs it.
 
 use crate::constants::{
     EPOCH_HISTORY_ENTRIES_MAX, PARTITIONS_MAX, SYNC_RECORD_BYTES_MAX, SYNC_WAIT_MS_MAX,
@@ -268,4 +274,137 @@ fn check_records(len: usize, last_lsn: u64, leader_end_lsn: u64) -> Result<(), V
         )));
     }
     Ok(())
+}
+
+/// A follower's request for the next chunk of a partition's newest snapshot.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct SnapshotRequest {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The epoch of the leadership map the follower holds (fenced as a [`SyncRequest`] is).
+    pub map_epoch: Epoch,
+    /// The snapshot being fetched (its LSN); 0 for the newest.
+    pub lsn: Lsn,
+    /// The offset reached in it.
+    pub offset: u64,
+    /// Most bytes wanted, 1..=[`SYNC_RECORD_BYTES_MAX`].
+    pub max_bytes: u32,
+}
+
+/// What the leader answers to a [`SnapshotRequest`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum SnapshotOutcome {
+    /// Bytes of snapshot `lsn` from `offset` (the request's, or 0 for a newer snapshot).
+    Chunk {
+        /// The snapshot's LSN.
+        lsn: Lsn,
+        /// The file's size.
+        size: u64,
+        /// Where `bytes` start in the file.
+        offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// The leader has no snapshot: its log starts at LSN 1; sync from the log.
+    NoSnapshot,
+    /// The leader's snapshots were replaced while it read them: ask again.
+    Retry,
+    /// The leader refused (as for a [`SyncRequest`]). Nothing was changed.
+    Refused(ErrorResponse),
+}
+
+/// The leader's answer to a [`SnapshotRequest`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct SnapshotResponse {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The epoch of the leadership map the leader holds.
+    pub map_epoch: Epoch,
+    /// What it answers.
+    pub outcome: SnapshotOutcome,
+}
+
+/// The rules of a snapshot request, on its fields as numbers.
+fn check_snapshot_request(partition: u32, max_bytes: u32) -> Result<(), Violation> {
+    check_partition(partition)?;
+    if max_bytes == 0 {
+        return Err(Violation::Invalid("a snapshot request for 0 bytes".into()));
+    }
+    if max_bytes as usize > SYNC_RECORD_BYTES_MAX {
+        return Err(too_large(
+            Limit::SyncBytes,
+            max_bytes as usize,
+            SYNC_RECORD_BYTES_MAX,
+        ));
+    }
+    Ok(())
+}
+
+impl Validate for SnapshotRequest {
+    fn validate(&self) -> Result<(), Violation> {
+        check_snapshot_request(self.partition.0, self.max_bytes)
+    }
+}
+
+impl Validate for ArchivedSnapshotRequest {
+    fn validate(&self) -> Result<(), Violation> {
+        check_snapshot_request(self.partition.get().get(), self.max_bytes.to_native())
+    }
+}
+
+/// The rules of a chunk: of a snapshot (LSN at least 1), at most [`SYNC_RECORD_BYTES_MAX`]
+/// bytes, inside the file.
+fn check_chunk(lsn: u64, size: u64, offset: u64, len: usize) -> Result<(), Violation> {
+    if lsn == 0 {
+        return Err(Violation::Invalid("a chunk of snapshot LSN 0".into()));
+    }
+    if len > SYNC_RECORD_BYTES_MAX {
+        return Err(too_large(Limit::SyncBytes, len, SYNC_RECORD_BYTES_MAX));
+    }
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Violation::Invalid(format!(
+            "a chunk of {len} bytes at offset {offset} past the end of a {size}-byte snapshot"
+        ))),
+    }
+}
+
+impl Validate for SnapshotResponse {
+    fn validate(&self) -> Result<(), Violation> {
+        check_partition(self.partition.0)?;
+        match &self.outcome {
+            SnapshotOutcome::Chunk {
+                lsn,
+                size,
+                offset,
+                bytes,
+            } => check_chunk(lsn.0, *size, *offset, bytes.len()),
+            SnapshotOutcome::NoSnapshot | SnapshotOutcome::Retry => Ok(()),
+            SnapshotOutcome::Refused(error) => error.validate(),
+        }
+    }
+}
+
+impl Validate for ArchivedSnapshotResponse {
+    fn validate(&self) -> Result<(), Violation> {
+        check_partition(self.partition.get().get())?;
+        match &self.outcome {
+            ArchivedSnapshotOutcome::Chunk {
+                lsn,
+                size,
+                offset,
+                bytes,
+            } => check_chunk(
+                lsn.get().get(),
+                size.to_native(),
+                offset.to_native(),
+                bytes.len(),
+            ),
+            ArchivedSnapshotOutcome::NoSnapshot | ArchivedSnapshotOutcome::Retry => Ok(()),
+            ArchivedSnapshotOutcome::Refused(error) => error.validate(),
+        }
+    }
 }

@@ -9,7 +9,10 @@ use coregrid_net::message::{
     HelloReply, MemberState, MemberStatus, PartitionStatus, Peer, PutRequest, ReadConsistency,
     Refusal, ShardTopology, TopologyRequest, TopologyResponse, WriteConsistency, WriteResponse,
 };
-use coregrid_net::message::{EpochStart, SyncOutcome, SyncRequest, SyncResponse};
+use coregrid_net::message::{
+    EpochStart, SnapshotOutcome, SnapshotRequest, SnapshotResponse, SyncOutcome, SyncRequest,
+    SyncResponse,
+};
 use coregrid_net::{
     encode, encode_frame_raw, ChannelKind, ClientId, ClientRequestId, ClusterId, EncodeError,
     Epoch, FrameMeta, Limit, Lsn, MessageKind, NodeId, PartitionId, ShardId, Term,
@@ -38,6 +41,8 @@ pub enum AnyMessage {
     ErrorResponse(ErrorResponse),
     SyncRequest(SyncRequest),
     SyncResponse(SyncResponse),
+    SnapshotRequest(SnapshotRequest),
+    SnapshotResponse(SnapshotResponse),
     /// A control datagram's body: bytes net does not interpret (the cluster crate's).
     Control(Vec<u8>),
 }
@@ -65,6 +70,8 @@ macro_rules! with_message {
             AnyMessage::ErrorResponse($message) => $body,
             AnyMessage::SyncRequest($message) => $body,
             AnyMessage::SyncResponse($message) => $body,
+            AnyMessage::SnapshotRequest($message) => $body,
+            AnyMessage::SnapshotResponse($message) => $body,
             AnyMessage::Control(_) => unreachable!("control bodies are not messages of net"),
         }
     };
@@ -537,6 +544,8 @@ pub fn any_message() -> impl Strategy<Value = AnyMessage> {
         error_response().prop_map(AnyMessage::ErrorResponse),
         sync_request().prop_map(AnyMessage::SyncRequest),
         sync_response().prop_map(AnyMessage::SyncResponse),
+        snapshot_request().prop_map(AnyMessage::SnapshotRequest),
+        snapshot_response().prop_map(AnyMessage::SnapshotResponse),
         proptest::collection::vec(any::<u8>(), 0..200).prop_map(AnyMessage::Control),
     ]
 }
@@ -606,6 +615,57 @@ pub fn sync_response() -> impl Strategy<Value = SyncResponse> {
         outcome,
     )
         .prop_map(|(partition, map_epoch, outcome)| SyncResponse {
+            partition: PartitionId(partition),
+            map_epoch,
+            outcome,
+        })
+}
+
+/// A follower's snapshot request: the newest snapshot, or a fetch under way.
+pub fn snapshot_request() -> impl Strategy<Value = SnapshotRequest> {
+    (
+        0u32..coregrid_net::constants::PARTITIONS_MAX,
+        epoch(),
+        any::<u64>(),
+        any::<u64>(),
+        1..=coregrid_net::constants::SYNC_RECORD_BYTES_MAX as u32,
+    )
+        .prop_map(
+            |(partition, map_epoch, lsn, offset, max_bytes)| SnapshotRequest {
+                partition: PartitionId(partition),
+                map_epoch,
+                lsn: Lsn(lsn),
+                offset,
+                max_bytes,
+            },
+        )
+}
+
+/// A leader's snapshot answer of every outcome; chunks lie inside their file.
+pub fn snapshot_response() -> impl Strategy<Value = SnapshotResponse> {
+    let outcome = prop_oneof![
+        (
+            1u64..,
+            0u64..1 << 40,
+            0u64..1 << 20,
+            proptest::collection::vec(any::<u8>(), 0..300)
+        )
+            .prop_map(|(lsn, offset, extra, bytes)| SnapshotOutcome::Chunk {
+                lsn: Lsn(lsn),
+                size: offset + bytes.len() as u64 + extra,
+                offset,
+                bytes,
+            }),
+        Just(SnapshotOutcome::NoSnapshot),
+        Just(SnapshotOutcome::Retry),
+        error_response().prop_map(SnapshotOutcome::Refused),
+    ];
+    (
+        0u32..coregrid_net::constants::PARTITIONS_MAX,
+        epoch(),
+        outcome,
+    )
+        .prop_map(|(partition, map_epoch, outcome)| SnapshotResponse {
             partition: PartitionId(partition),
             map_epoch,
             outcome,
@@ -761,6 +821,13 @@ pub fn samples() -> Vec<AnyMessage> {
             max_bytes: 1024 * 1024,
             wait_ms: 500,
         }),
+        AnyMessage::SnapshotRequest(SnapshotRequest {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            lsn: Lsn(4096),
+            offset: 3 * 1024 * 1024,
+            max_bytes: 3 * 1024 * 1024,
+        }),
         AnyMessage::SyncResponse(SyncResponse {
             partition: PartitionId(3),
             map_epoch: Epoch(5),
@@ -776,6 +843,16 @@ pub fn samples() -> Vec<AnyMessage> {
                     },
                 ],
                 end_lsn: Lsn(130),
+            },
+        }),
+        AnyMessage::SnapshotResponse(SnapshotResponse {
+            partition: PartitionId(3),
+            map_epoch: Epoch(5),
+            outcome: SnapshotOutcome::Chunk {
+                lsn: Lsn(4096),
+                size: 40,
+                offset: 8,
+                bytes: b"bytes of a snapshot file".to_vec(),
             },
         }),
         AnyMessage::Control(b"a control datagram's body".to_vec()),

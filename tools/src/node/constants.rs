@@ -100,6 +100,12 @@ pub const SYNC_RETRY_MS_MIN: u64 = 50;
 /// Longest pause between a follower session's retries, in milliseconds.
 pub const SYNC_RETRY_MS_MAX: u64 = 2_000;
 
+/// Bytes of a leader's snapshot a follower asks for in one request when it catches up by
+/// snapshot.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES <= coregrid_net::constants::SYNC_RECORD_BYTES_MAX);
+
 /// Default for the most bytes of WAL segments a leader keeps, per partition, past its snapshot
 /// for followers that have not acknowledged them (a follower that was down, or is slow); a
 /// follower further behind needs a snapshot. Bounds the disk a follower that never comes back

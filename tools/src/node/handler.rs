@@ -20,7 +20,7 @@ use coregrid_engine::{
 use coregrid_net::message::{
     ArchivedBatchOperation, ArchivedReadConsistency, ArchivedWriteConsistency,
     ClusterStatusResponse, DeleteResponse, ErrorResponse, GetResponse, HelloReply, MessageRef,
-    SyncResponse, TopologyResponse, WriteConsistency, WriteResponse,
+    SnapshotResponse, SyncResponse, TopologyResponse, WriteConsistency, WriteResponse,
 };
 use coregrid_net::{encode, ClientRequestId, EncodeError, FrameMeta, Lsn, PartitionId, ShardId};
 use std::sync::Arc;
@@ -172,6 +172,8 @@ pub enum Answer {
     Error(ErrorResponse),
     /// A leader's answer to a follower's sync request (on a replication connection).
     Sync(SyncResponse),
+    /// A leader's answer to a follower's snapshot request (on a replication connection).
+    Snapshot(SnapshotResponse),
 }
 
 impl Answer {
@@ -539,6 +541,7 @@ pub fn encode_answer(
         Answer::ClusterStatus(status) => encode(out, meta, status.as_ref()),
         Answer::Error(error) => encode(out, meta, error),
         Answer::Sync(response) => encode(out, meta, response),
+        Answer::Snapshot(response) => encode(out, meta, response),
     };
     match encoded {
         Ok(_) => Ok(()),

@@ -29,16 +29,18 @@
 //! follower the leader has pruned too far for stops with a message (catch-up by snapshot).
 
 use super::constants::{
-    SYNC_ANSWER_GRACE_MS, SYNC_CONNECT_TIMEOUT_MS, SYNC_REQUEST_BYTES, SYNC_RETRY_MS_MAX,
-    SYNC_RETRY_MS_MIN, SYNC_WAIT_MS,
+    SNAPSHOT_CHUNK_BYTES, SYNC_ANSWER_GRACE_MS, SYNC_CONNECT_TIMEOUT_MS, SYNC_REQUEST_BYTES,
+    SYNC_RETRY_MS_MAX, SYNC_RETRY_MS_MIN, SYNC_WAIT_MS,
 };
 use super::control::ClusterView;
 use coregrid_engine::rt::DmaStorage;
 use coregrid_engine::{rt, Partition};
 use coregrid_net::constants::PROTOCOL_VERSION;
 use coregrid_net::message::{
-    ArchivedHelloReply, ArchivedSyncOutcome, ArchivedSyncRequest, EpochStart, ErrorResponse, Hello,
-    HelloReply, Peer, SyncOutcome, SyncRequest, SyncResponse, TopologyRequest, TopologyResponse,
+    ArchivedHelloReply, ArchivedSnapshotOutcome, ArchivedSnapshotRequest, ArchivedSyncOutcome,
+    ArchivedSyncRequest, EpochStart, ErrorResponse, Hello, HelloReply, Peer, SnapshotOutcome,
+    SnapshotRequest, SnapshotResponse, SyncOutcome, SyncRequest, SyncResponse, TopologyRequest,
+    TopologyResponse,
 };
 use coregrid_net::transport::{Connection, ConnectionReader, ConnectionWriter, ReadOutcome};
 use coregrid_net::{
@@ -48,6 +50,7 @@ use coregrid_net::{
 use coregrid_replication::follower::{apply_answer, sync_position, Applied};
 use coregrid_replication::history::LogEnd;
 use coregrid_replication::leader::{serve_sync, SyncAnswer, SyncCursor};
+use coregrid_replication::snapshot::{serve_snapshot, Fetched, SnapshotAnswer, SnapshotFetch};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -89,28 +92,83 @@ impl SyncAsk {
 /// current map and is `Joined` with its write lease (the same fence as a write), the follower
 /// holds the same map epoch (a deposed leader serves no one; a follower on an older map waits
 /// for the new one), and the map gives `peer` a replica of the partition.
-pub fn fence_sync(view: &ClusterView, peer: NodeId, ask: &SyncAsk) -> Result<(), ErrorResponse> {
-    view.fence(ask.partition)?;
+pub fn fence_sync(
+    view: &ClusterView,
+    peer: NodeId,
+    partition: u32,
+    map_epoch: u64,
+) -> Result<(), ErrorResponse> {
+    view.fence(partition)?;
     let epoch = view.epoch().get();
-    if ask.map_epoch != epoch {
+    if map_epoch != epoch {
         return Err(ErrorResponse::unavailable(format!(
-            "the follower holds map epoch {}, this leader {epoch}: the older one must catch up",
-            ask.map_epoch
+            "the follower holds map epoch {map_epoch}, this leader {epoch}: the older one must \
+             catch up"
         )));
     }
     let replicas = view
         .map
         .as_ref()
-        .and_then(|map| map.assignment(PartitionId(ask.partition)))
+        .and_then(|map| map.assignment(PartitionId(partition)))
         .map(|assignment| assignment.replicas.as_slice())
         .unwrap_or_default();
     if peer == view.node || !replicas.contains(&peer) {
         return Err(ErrorResponse::invalid_request(format!(
-            "node {peer} holds no replica of partition {} in epoch {epoch}",
-            ask.partition
+            "node {peer} holds no replica of partition {partition} in epoch {epoch}"
         )));
     }
     Ok(())
+}
+
+/// A follower's snapshot request, owned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotAsk {
+    /// The partition.
+    pub partition: u32,
+    /// The map epoch the follower holds.
+    pub map_epoch: u64,
+    /// What it asks for.
+    pub request: coregrid_replication::snapshot::SnapshotRequest,
+}
+
+impl SnapshotAsk {
+    /// From a validated request.
+    pub fn from_wire(request: &ArchivedSnapshotRequest) -> SnapshotAsk {
+        SnapshotAsk {
+            partition: request.partition.get().get(),
+            map_epoch: request.map_epoch.get().get(),
+            request: coregrid_replication::snapshot::SnapshotRequest {
+                lsn: request.lsn.get().get(),
+                offset: request.offset.to_native(),
+                max_bytes: request.max_bytes.to_native() as usize,
+            },
+        }
+    }
+}
+
+/// Serves a fenced snapshot request from `partition`'s newest snapshot.
+pub async fn answer_snapshot(
+    partition: &Partition<DmaStorage>,
+    ask: &SnapshotAsk,
+) -> Result<SnapshotOutcome, ErrorResponse> {
+    let answer = serve_snapshot(partition, &ask.request)
+        .await
+        .map_err(|error| ErrorResponse::unavailable(error.to_string()))?;
+    Ok(match answer {
+        SnapshotAnswer::Chunk {
+            lsn,
+            size,
+            offset,
+            bytes,
+        } => SnapshotOutcome::Chunk {
+            lsn: Lsn(lsn),
+            size,
+            offset,
+            bytes,
+        },
+        SnapshotAnswer::NoSnapshot => SnapshotOutcome::NoSnapshot,
+        SnapshotAnswer::Retry => SnapshotOutcome::Retry,
+    })
 }
 
 /// Serves a fenced sync request from `partition`'s log.
@@ -460,10 +518,84 @@ async fn leader_shards(target: &SessionTarget) -> Result<Vec<(u16, ShardId, Vec<
     Ok(shards)
 }
 
+/// What a request in flight on a replication connection asked for.
+#[derive(Clone, Copy, Debug)]
+enum Asked {
+    /// The records after this last record.
+    Sync(LogEnd),
+    /// A chunk of the leader's snapshot.
+    Snapshot,
+}
+
+/// Numbers and encodes the requests of one replication connection, and remembers what each
+/// asked for.
+struct Asker {
+    map_epoch: u64,
+    next_request_id: u64,
+    in_flight: HashMap<u64, (usize, Asked)>,
+}
+
+impl Asker {
+    fn meta(&mut self, index: usize, asked: Asked) -> FrameMeta {
+        self.next_request_id += 1;
+        self.in_flight.insert(self.next_request_id, (index, asked));
+        FrameMeta {
+            request_id: RequestId(self.next_request_id),
+            epoch: Epoch(self.map_epoch),
+        }
+    }
+
+    /// Asks for the records after `partition`'s (number `index`) last durable one.
+    fn sync(
+        &mut self,
+        index: usize,
+        partition: &Partition<DmaStorage>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let last = sync_position(partition);
+        let request = SyncRequest {
+            partition: PartitionId(partition.id()),
+            map_epoch: Epoch(self.map_epoch),
+            last_epoch: Epoch(last.epoch),
+            last_lsn: Lsn(last.lsn),
+            max_bytes: SYNC_REQUEST_BYTES,
+            wait_ms: SYNC_WAIT_MS,
+        };
+        let meta = self.meta(index, Asked::Sync(last));
+        encode(out, meta, &request)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    }
+
+    /// Asks for the next chunk of the leader's snapshot of `partition` (number `index`).
+    fn snapshot(
+        &mut self,
+        index: usize,
+        partition: u32,
+        fetch: &SnapshotFetch<DmaStorage>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let next = fetch.next_request();
+        let request = SnapshotRequest {
+            partition: PartitionId(partition),
+            map_epoch: Epoch(self.map_epoch),
+            lsn: Lsn(next.lsn),
+            offset: next.offset,
+            max_bytes: u32::try_from(next.max_bytes).unwrap_or(u32::MAX),
+        };
+        let meta = self.meta(index, Asked::Snapshot);
+        encode(out, meta, &request)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    }
+}
+
 /// One replication connection to a leader shard, pulling every partition of `partitions` at
 /// once: one request in flight per partition, answered in any order, each answer applied and
-/// followed by that partition's next request. `Ok` when stopped; `Err` says why the
-/// connection ended.
+/// followed by that partition's next request. A partition the leader's log no longer reaches
+/// fetches the leader's snapshot on the same connection, chunk by chunk, installs it, and
+/// syncs from the log after it. `Ok` when stopped; `Err` says why the connection ended (a
+/// snapshot fetch under way then starts over on the next connection).
 async fn pull(
     target: &SessionTarget,
     address: SocketAddr,
@@ -477,31 +609,15 @@ async fn pull(
         open(target, address, ChannelKind::Replication, Some(shard)).await?;
     let answer_timeout = Duration::from_millis(u64::from(SYNC_WAIT_MS) + SYNC_ANSWER_GRACE_MS);
     let mut out = Vec::new();
-    let mut next_request_id = 0u64;
-    // Request id -> the partition (index into `partitions`) and the last record it named.
-    let mut in_flight: HashMap<u64, (usize, LogEnd)> = HashMap::new();
-    let mut ask =
-        |index: usize, out: &mut Vec<u8>, in_flight: &mut HashMap<u64, (usize, LogEnd)>| {
-            next_request_id += 1;
-            let partition = &partitions[index];
-            let last = sync_position(partition);
-            let request = SyncRequest {
-                partition: PartitionId(partition.id()),
-                map_epoch: Epoch(target.map_epoch),
-                last_epoch: Epoch(last.epoch),
-                last_lsn: Lsn(last.lsn),
-                max_bytes: SYNC_REQUEST_BYTES,
-                wait_ms: SYNC_WAIT_MS,
-            };
-            let meta = FrameMeta {
-                request_id: RequestId(next_request_id),
-                epoch: Epoch(target.map_epoch),
-            };
-            in_flight.insert(next_request_id, (index, last));
-            encode(out, meta, &request).map_err(|error| error.to_string())
-        };
-    for index in 0..partitions.len() {
-        ask(index, &mut out, &mut in_flight)?;
+    let mut asker = Asker {
+        map_epoch: target.map_epoch,
+        next_request_id: 0,
+        in_flight: HashMap::new(),
+    };
+    // Partition (index into `partitions`) -> its snapshot fetch under way.
+    let mut fetches: HashMap<usize, SnapshotFetch<DmaStorage>> = HashMap::new();
+    for (index, partition) in partitions.iter().enumerate() {
+        asker.sync(index, partition, &mut out)?;
     }
     writer
         .write_all(&out, answer_timeout)
@@ -518,7 +634,7 @@ async fn pull(
             }
             read_more(&mut reader, answer_timeout).await?;
         };
-        let Some((index, last)) = in_flight.remove(&frame.request_id().0) else {
+        let Some((index, asked)) = asker.in_flight.remove(&frame.request_id().0) else {
             return Err(format!(
                 "an answer to request {}, which was not asked",
                 frame.request_id().0
@@ -526,34 +642,119 @@ async fn pull(
         };
         let partition = &partitions[index];
         let id = partition.id();
-        let response = access::<SyncResponse>(&frame)
-            .map_err(|error| format!("a bad sync answer: {error}"))?;
-        if response.partition.get().get() != id {
-            return Err(format!(
-                "an answer for partition {} to a request for {id}",
-                response.partition.get()
-            ));
-        }
-        apply_response(
-            target,
-            partition,
-            &response.outcome,
-            last,
-            caught_up,
-            progressed,
-        )
-        .await?;
         out.clear();
-        ask(index, &mut out, &mut in_flight)?;
+        match asked {
+            Asked::Sync(last) => {
+                let response = access::<SyncResponse>(&frame)
+                    .map_err(|error| format!("a bad sync answer: {error}"))?;
+                check_answered(id, response.partition.get().get())?;
+                let next = apply_response(
+                    target,
+                    partition,
+                    &response.outcome,
+                    last,
+                    caught_up,
+                    progressed,
+                )
+                .await?;
+                match next {
+                    Next::Sync => asker.sync(index, partition, &mut out)?,
+                    Next::Snapshot => {
+                        tracing::info!(
+                            partition = id,
+                            leader = %target.leader,
+                            "the leader's log no longer reaches this replica: fetching its snapshot"
+                        );
+                        let fetch = fetches
+                            .entry(index)
+                            .or_insert_with(|| SnapshotFetch::new(SNAPSHOT_CHUNK_BYTES));
+                        asker.snapshot(index, id, fetch, &mut out)?;
+                    }
+                }
+            }
+            Asked::Snapshot => {
+                let response = access::<SnapshotResponse>(&frame)
+                    .map_err(|error| format!("a bad snapshot answer: {error}"))?;
+                check_answered(id, response.partition.get().get())?;
+                let answer = match &response.outcome {
+                    ArchivedSnapshotOutcome::Chunk {
+                        lsn,
+                        size,
+                        offset,
+                        bytes,
+                    } => SnapshotAnswer::Chunk {
+                        lsn: lsn.get().get(),
+                        size: size.to_native(),
+                        offset: offset.to_native(),
+                        bytes: bytes.to_vec(),
+                    },
+                    ArchivedSnapshotOutcome::NoSnapshot => SnapshotAnswer::NoSnapshot,
+                    ArchivedSnapshotOutcome::Retry => SnapshotAnswer::Retry,
+                    ArchivedSnapshotOutcome::Refused(error) => {
+                        return Err(format!(
+                            "partition {id}: the leader refused its snapshot: {error:?}"
+                        ))
+                    }
+                };
+                let fetch = fetches
+                    .get_mut(&index)
+                    .ok_or_else(|| format!("partition {id}: a snapshot chunk nobody fetches"))?;
+                caught_up.borrow_mut().insert(id, false);
+                let fetched = fetch
+                    .apply(partition, answer)
+                    .await
+                    .map_err(|error| format!("partition {id}: fetching the snapshot: {error}"))?;
+                match fetched {
+                    Fetched::More => asker.snapshot(index, id, fetch, &mut out)?,
+                    Fetched::Installed(info) => {
+                        fetches.remove(&index);
+                        tracing::warn!(
+                            partition = id,
+                            leader = %target.leader,
+                            snapshot_lsn = info.snapshot_lsn,
+                            bytes = info.bytes,
+                            "installed the leader's snapshot in place of this replica's log"
+                        );
+                        progressed.set(true);
+                        asker.sync(index, partition, &mut out)?;
+                    }
+                    Fetched::NoSnapshot => {
+                        return Err(format!(
+                            "partition {id}: the leader said this replica needs its snapshot, \
+                             then that it has none"
+                        ))
+                    }
+                }
+            }
+        }
         writer
             .write_all(&out, answer_timeout)
             .await
-            .map_err(|error| format!("sending a sync request: {error}"))?;
+            .map_err(|error| format!("sending a request to the leader: {error}"))?;
     }
     let _closing = writer
         .close(Duration::from_millis(SYNC_CONNECT_TIMEOUT_MS))
         .await;
     Ok(())
+}
+
+/// An answer must be for the partition its request named.
+fn check_answered(asked: u32, answered: u32) -> Result<(), String> {
+    if asked != answered {
+        return Err(format!(
+            "an answer for partition {answered} to a request for {asked}"
+        ));
+    }
+    Ok(())
+}
+
+/// What a partition asks its leader next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// The records after its last one.
+    Sync,
+    /// The leader's snapshot: its log no longer reaches this replica.
+    Snapshot,
 }
 
 /// Applies one sync answer to the follower's partition.
@@ -564,7 +765,7 @@ async fn apply_response(
     last: LogEnd,
     caught_up: &RefCell<HashMap<u32, bool>>,
     progressed: &Cell<bool>,
-) -> Result<(), String> {
+) -> Result<Next, String> {
     let id = partition.id();
     match outcome {
         ArchivedSyncOutcome::Records {
@@ -609,27 +810,24 @@ async fn apply_response(
                     );
                     progressed.set(true);
                 }
-                Ok(Applied::NeedsSnapshot) => {
-                    return Err(format!(
-                        "partition {id}: the divergence lies below this replica's snapshot: it \
-                         needs the leader's snapshot, which replication cannot send yet"
-                    ))
-                }
+                // The divergence lies below this replica's own snapshot: it cannot cut there.
+                Ok(Applied::NeedsSnapshot) => return Ok(Next::Snapshot),
                 Ok(_) => {}
                 Err(error) => return Err(format!("partition {id}: truncating: {error}")),
             }
         }
         ArchivedSyncOutcome::SnapshotNeeded { end_lsn } => {
-            return Err(format!(
-                "partition {id}: the leader (at LSN {}) no longer holds the records after LSN \
-                 {}: this replica needs its snapshot, which replication cannot send yet",
-                end_lsn.get(),
-                last.lsn
-            ));
+            tracing::info!(
+                partition = id,
+                leader_end = end_lsn.get().get(),
+                last = last.lsn,
+                "the leader no longer holds the records after this replica's last one"
+            );
+            return Ok(Next::Snapshot);
         }
         ArchivedSyncOutcome::Refused(error) => {
             return Err(format!("partition {id}: the leader refused: {error:?}"));
         }
     }
-    Ok(())
+    Ok(Next::Sync)
 }

@@ -26,14 +26,15 @@ use super::constants::{
 };
 use super::control::{ClusterFeed, ClusterView};
 use super::handler::{self, Answer, CollectionScope, Routing};
-use super::replica::{self, FollowerIdentity, Followers, SyncAsk};
+use super::replica::{self, FollowerIdentity, Followers, SnapshotAsk, SyncAsk};
 use coregrid_engine::rt::{self, Doorbell};
 use coregrid_engine::{Engine, LocalShard};
 use coregrid_net::constants::FRAME_HEADER_BYTES;
 use coregrid_net::kind::ArchivedChannelKind;
 use coregrid_net::message::{
     answer_hello, ArchivedPeer, ErrorResponse, Hello, HelloReply, LocalIdentity, MessageRef,
-    Refusal, SyncOutcome, SyncResponse, TopologyResponse, WriteConsistency,
+    Refusal, SnapshotOutcome, SnapshotResponse, SyncOutcome, SyncResponse, TopologyResponse,
+    WriteConsistency,
 };
 use coregrid_net::transport::{
     Connection, ConnectionReader, ConnectionWriter, Listener, ReadOutcome, TransportError,
@@ -601,6 +602,11 @@ async fn read_requests(
                     if let Some(follower) = state.replication_peer.get() {
                         let asked = match decode(&frame) {
                             Ok(MessageRef::SyncRequest(request)) => Ok(SyncAsk::from_wire(request)),
+                            Ok(MessageRef::SnapshotRequest(request)) => {
+                                let ask = SnapshotAsk::from_wire(request);
+                                admit_snapshot(server, state, request_id, follower, ask);
+                                continue;
+                            }
                             Ok(other) => Err(ErrorResponse::invalid_request(format!(
                                 "{} is not a request a follower may send",
                                 other.kind()
@@ -765,7 +771,7 @@ async fn serve_sync_request(
     asked: Result<SyncAsk, ErrorResponse>,
 ) -> Result<SyncOutcome, ErrorResponse> {
     let ask = asked?;
-    server.check_view(|view| replica::fence_sync(view, follower, &ask))?;
+    server.check_view(|view| replica::fence_sync(view, follower, ask.partition, ask.map_epoch))?;
     let Some(partition) = server.local.partition(ask.partition).cloned() else {
         return Err(server
             .routing
@@ -797,6 +803,49 @@ async fn serve_sync_request(
         .borrow_mut()
         .insert(ask.partition, cursor);
     Ok(replica::to_outcome(answer))
+}
+
+/// Answers a follower's snapshot request from a task (counted in flight like any request),
+/// fenced as a sync request is, from the partition's newest snapshot file.
+fn admit_snapshot(
+    server: &Rc<ShardServer>,
+    state: &Rc<ConnectionState>,
+    request_id: RequestId,
+    follower: NodeId,
+    ask: SnapshotAsk,
+) {
+    server.count_admitted(state);
+    let (server, state) = (server.clone(), state.clone());
+    rt::spawn_detached(async move {
+        let epoch = server.cluster.borrow().epoch();
+        let outcome = match serve_snapshot_request(&server, follower, &ask).await {
+            Ok(outcome) => outcome,
+            Err(error) => SnapshotOutcome::Refused(error),
+        };
+        let response = SnapshotResponse {
+            partition: PartitionId(ask.partition),
+            map_epoch: epoch,
+            outcome,
+        };
+        state.push(request_id, Answer::Snapshot(response), true);
+        state.reader_bell.ring();
+    });
+}
+
+async fn serve_snapshot_request(
+    server: &ShardServer,
+    follower: NodeId,
+    ask: &SnapshotAsk,
+) -> Result<SnapshotOutcome, ErrorResponse> {
+    server.check_view(|view| replica::fence_sync(view, follower, ask.partition, ask.map_epoch))?;
+    let Some(partition) = server.local.partition(ask.partition).cloned() else {
+        return Err(server
+            .routing
+            .route_partition(ask.partition)
+            .err()
+            .unwrap_or_else(|| ErrorResponse::unavailable("partition not open")));
+    };
+    replica::answer_snapshot(&partition, ask).await
 }
 
 /// Lets a keyed request through only if this node leads its partition in the current epoch

@@ -180,14 +180,8 @@ impl NodeProcess {
 
     /// Sends `signal` (SIGTERM, SIGKILL) and waits for the exit.
     pub fn stop_with(mut self, signal: libc::c_int) -> ExitStatus {
+        self.signal(signal);
         let mut child = self.child.take().expect("running");
-        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
-        // SAFETY: kill on the pid of a child we have not reaped yet.
-        assert_eq!(
-            unsafe { libc::kill(pid, signal) },
-            0,
-            "send signal {signal}"
-        );
         let deadline = Instant::now() + EXIT_WAIT_MAX;
         loop {
             if let Some(status) = child.try_wait().expect("wait for the node") {
