@@ -24,9 +24,13 @@
 //! property divergence truncation rests on). This is why collection changes are written only
 //! by leaders (`handler::CollectionScope`).
 //!
-//! Not yet: writes do not wait for follower acks (`Quorum`/`All` are answered once the leader
-//! holds the write, as `One`), leadership does not fail over to an in-sync follower, and a
-//! follower the leader has pruned too far for stops with a message (catch-up by snapshot).
+//! A follower the leader's log no longer reaches (`SnapshotNeeded`, or a divergence below its
+//! own snapshot) fetches the leader's newest snapshot in chunks on the same connection
+//! ([`answer_snapshot`] on the leader, `SnapshotFetch` on the follower), installs it in place
+//! of its log, and syncs on from there. Writes waiting for follower acks are the server's
+//! (`server.rs`, `Progress`).
+//!
+//! Not yet: leadership does not fail over to an in-sync follower.
 
 use super::constants::{
     SNAPSHOT_CHUNK_BYTES, SYNC_ANSWER_GRACE_MS, SYNC_CONNECT_TIMEOUT_MS, SYNC_REQUEST_BYTES,

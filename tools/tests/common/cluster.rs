@@ -412,6 +412,12 @@ impl TestCluster {
             COLLECTION,
             "--cluster",
             &address,
+            // These tests check the control plane's fence (who may write at all), not how many
+            // replicas hold a write: a split can leave a partition led on the majority side
+            // with both followers on the other, where `Quorum` is rightly refused
+            // (`cluster_write_acks.rs` tests that).
+            "--consistency",
+            "one",
         ]);
         PutOutcome { exit_code, json }
     }
