@@ -116,6 +116,15 @@ pub async fn serve_sync<S: Storage>(
         chunk.last_lsn
     };
     cursor.next = Some((last_lsn + 1, chunk.next));
+    // More records may have become durable during the reads: the end reported is taken after
+    // them, so that it is never below the last record sent (an answer whose records pass the
+    // leader's end is refused by the wire's rules, and was, at startups busy with writes).
+    let leader_end = if last_lsn > leader_end.lsn {
+        crate::history::log_end(&partition.epoch_history(), partition.durable_lsn())
+    } else {
+        leader_end
+    };
+    debug_assert!(last_lsn <= leader_end.lsn);
     Ok(SyncAnswer::Records {
         records: chunk.bytes,
         last_lsn,

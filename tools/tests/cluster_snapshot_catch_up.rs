@@ -118,7 +118,7 @@ fn a_follower_the_log_no_longer_reaches_catches_up_by_snapshot() {
         .map(|index| cluster.data_address(index))
         .collect();
     let mut client = BlockingClient::new(config(&survivors)).expect("a client");
-    let mut latest = vec![0; KEYS];
+    let mut latest = [0; KEYS];
     for write in 0..WRITES {
         let index = write % KEYS;
         let round = write / KEYS + 1;

@@ -20,7 +20,8 @@ use coregrid_engine::{
 use coregrid_net::message::{
     ArchivedBatchOperation, ArchivedReadConsistency, ArchivedWriteConsistency,
     ClusterStatusResponse, DeleteResponse, ErrorResponse, GetResponse, HelloReply, MessageRef,
-    SnapshotResponse, SyncResponse, TopologyResponse, WriteConsistency, WriteResponse,
+    SnapshotOutcome, SnapshotResponse, SyncOutcome, SyncResponse, TopologyResponse,
+    WriteConsistency, WriteResponse,
 };
 use coregrid_net::{encode, ClientRequestId, EncodeError, FrameMeta, Lsn, PartitionId, ShardId};
 use std::sync::Arc;
@@ -543,15 +544,34 @@ pub fn encode_answer(
         Answer::Sync(response) => encode(out, meta, response),
         Answer::Snapshot(response) => encode(out, meta, response),
     };
-    match encoded {
-        Ok(_) => Ok(()),
-        Err(error) => encode(
+    let Err(error) = encoded else {
+        return Ok(());
+    };
+    tracing::warn!(%error, "an answer could not be encoded; answering with an error instead");
+    let refusal = ErrorResponse::unavailable(format!("the answer could not be encoded: {error}"));
+    // The error travels as the channel allows: a replication channel carries only sync and
+    // snapshot answers.
+    match answer {
+        Answer::Sync(response) => encode(
             out,
             meta,
-            &ErrorResponse::unavailable(format!("the answer could not be encoded: {error}")),
-        )
-        .map(|_| ()),
+            &SyncResponse {
+                outcome: SyncOutcome::Refused(refusal),
+                ..response.clone()
+            },
+        ),
+        Answer::Snapshot(response) => encode(
+            out,
+            meta,
+            &SnapshotResponse {
+                partition: response.partition,
+                map_epoch: response.map_epoch,
+                outcome: SnapshotOutcome::Refused(refusal),
+            },
+        ),
+        _ => encode(out, meta, &refusal),
     }
+    .map(|_| ())
 }
 
 #[cfg(test)]
