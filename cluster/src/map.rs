@@ -16,8 +16,8 @@ pub struct PartitionAssignment {
     /// dead or out of sync): the partition takes no writes until a later map names one.
     pub leader: Option<NodeId>,
     /// The nodes holding a replica, the leader among them: `min(replication_factor, members
-    /// not Leaving)` of them, except for a partition that waits for its leader to come back
-    /// (see [`keep_waited_for_leaders`]), which keeps the set it had.
+    /// not Leaving)` of them, except for a partition whose leader changes (see
+    /// [`plan_failover`]), which keeps the set it had.
     pub replicas: Vec<NodeId>,
 }
 
@@ -75,56 +75,187 @@ pub struct MapInput<'a> {
 
 pub use crate::scoring::compute_leadership_map;
 
-/// The nodes that lag while partitions are not replicated: for every partition that had a
-/// leader, every member but that leader. Until replication reports which replicas are caught
-/// up (design.md section 6), a partition's writes live only on the node that led it, so no
-/// other node may take over, whether it was a replica in the previous map or is placed in a
-/// fresh replica set now (a set is redrawn when one of its members is `Leaving`): that would
-/// serve the partition without its acknowledged writes. A partition with no previous leader
-/// (a new cluster) has nothing to lose and lags nowhere.
-pub fn lagging_without_replication(
-    previous: Option<&LeadershipMap>,
-    members: &BTreeMap<NodeId, NodeState>,
-) -> BTreeSet<(PartitionId, NodeId)> {
-    let Some(previous) = previous else {
-        return BTreeSet::new();
-    };
-    let mut lagging = BTreeSet::new();
-    for (index, assignment) in previous.partitions.iter().enumerate() {
-        let (Some(leader), Ok(partition)) = (assignment.leader, u32::try_from(index)) else {
-            continue;
-        };
-        let others = members
-            .keys()
-            .chain(&assignment.replicas)
-            .filter(|&&node| node != leader);
-        lagging.extend(others.map(|&node| (PartitionId(partition), node)));
-    }
-    lagging
+/// A replica's last record for a partition, reported once it stopped following the
+/// partition: the reporter holds map `map_epoch`, in which the partition has no leader, and has
+/// sent its last ack to any leader before taking the position (design.md section 6a, the
+/// fencing round).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[rkyv(crate = rkyv, derive(Debug))]
+pub struct FencedPosition {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The map the reporter holds (the partition has no leader in it).
+    pub map_epoch: Epoch,
+    /// Epoch of the reporter's last durable record of the partition (0: none).
+    pub last_epoch: Epoch,
+    /// LSN of that record (0: none).
+    pub last_lsn: u64,
+    /// Whether the reporter may lead: `false` when its state reflects records its log lacks
+    /// (a leader's snapshot installed, whose cover lies past the reporter's WAL end).
+    pub usable: bool,
 }
 
-/// Keeps, in `map`, the previous leader of every partition that nothing could lead, with the
-/// previous replica set if the new one left it out: while that node is away (dead, or gone
-/// with a graceful `Leaving`) the partition is unavailable, since its writes live only there,
-/// and the map says whom it waits for, so that leadership returns to that node, not to an
-/// empty replica, when it is back. Used with [`lagging_without_replication`].
+/// The latest fenced positions each node reported, by node.
+pub type Positions = BTreeMap<NodeId, Vec<FencedPosition>>;
+
+/// How the next map treats partitions whose leader changes (design.md section 6a): computed
+/// from the latest map, the members' states and the fenced positions reported, before the
+/// scoring; [`apply_failover`] then holds the scoring to it.
 ///
-/// Why the replica set too: scoring redraws a set that holds a `Leaving` member, so a leader
-/// stopped with SIGTERM would otherwise drop out of its partition's set, the next map would
-/// have no leader to wait for, and any node could then take the partition without its data.
-pub fn keep_waited_for_leaders(map: &mut LeadershipMap, previous: Option<&LeadershipMap>) {
+/// - A partition whose leader may still lead keeps it: every other node lags (leadership does
+///   not move to a live leader's follower: a controlled handoff is not built).
+/// - A partition whose leader may not (`Dead`, `Leaving`, gone) is **fenced**: the next map
+///   gives it no leader and keeps its replica set. Its replicas stop following it, so the old
+///   leader, if it still runs, gets no more acks, and report their last records.
+/// - A fenced partition (no leader in the latest map, a replica set) gets a new leader once a
+///   majority of its replica set reported positions at the latest map's epoch or later: among
+///   the usable reports, those with the highest `(epoch, LSN)` may lead (the scoring picks
+///   among them), every other node lags. A write acknowledged at `Quorum` is on a majority of
+///   the set, so on one of the reporters, so on the most recent (log matching). Until then it
+///   stays fenced.
+/// - A partition that never had a replica set (a new cluster) has nothing to lose: no one lags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failover {
+    /// Replicas that may not lead a partition (the scoring's `lagging`).
+    pub lagging: BTreeSet<(PartitionId, NodeId)>,
+    /// Partitions the next map leaves without a leader, their replica sets kept.
+    pub fenced: BTreeSet<PartitionId>,
+    /// Partitions taking a new leader from the fenced positions: the most recent reporters.
+    pub chosen: BTreeMap<PartitionId, Vec<NodeId>>,
+}
+
+/// The [`Failover`] of the next map.
+pub fn plan_failover(
+    previous: Option<&LeadershipMap>,
+    members: &BTreeMap<NodeId, NodeState>,
+    positions: &Positions,
+) -> Failover {
+    let mut failover = Failover::default();
+    let Some(previous) = previous else {
+        return failover;
+    };
+    let can_lead = |node: NodeId| {
+        members
+            .get(&node)
+            .and_then(|state| state.leader_rank())
+            .is_some()
+    };
+    for (index, assignment) in previous.partitions.iter().enumerate() {
+        let Ok(partition) = u32::try_from(index).map(PartitionId) else {
+            continue;
+        };
+        let lag_all_but = |failover: &mut Failover, keep: &[NodeId]| {
+            let others = members
+                .keys()
+                .chain(&assignment.replicas)
+                .filter(|node| !keep.contains(node));
+            failover
+                .lagging
+                .extend(others.map(|&node| (partition, node)));
+        };
+        match assignment.leader {
+            Some(leader) if can_lead(leader) => lag_all_but(&mut failover, &[leader]),
+            Some(_) => {
+                failover.fenced.insert(partition);
+                lag_all_but(&mut failover, &[]);
+            }
+            None if assignment.replicas.is_empty() => {}
+            None => match most_recent(partition, previous.epoch, &assignment.replicas, positions) {
+                Some(best) => {
+                    lag_all_but(&mut failover, &best);
+                    failover.chosen.insert(partition, best);
+                }
+                None => {
+                    failover.fenced.insert(partition);
+                    lag_all_but(&mut failover, &[]);
+                }
+            },
+        }
+    }
+    failover
+}
+
+/// The replicas of `partition` whose fenced position is the most recent among a majority of
+/// `replicas` reporting at `epoch` or later; `None` until a majority has reported (or none of
+/// the most recent may lead: a leader must hold every record its state reflects).
+fn most_recent(
+    partition: PartitionId,
+    epoch: Epoch,
+    replicas: &[NodeId],
+    positions: &Positions,
+) -> Option<Vec<NodeId>> {
+    let reports: Vec<(NodeId, FencedPosition)> = replicas
+        .iter()
+        .filter_map(|node| {
+            let report = positions
+                .get(node)?
+                .iter()
+                .find(|report| report.partition == partition && report.map_epoch >= epoch)?;
+            Some((*node, *report))
+        })
+        .collect();
+    if reports.len() < replicas.len() / 2 + 1 {
+        return None;
+    }
+    let newest = reports
+        .iter()
+        .map(|(_, report)| (report.last_epoch, report.last_lsn))
+        .max()?;
+    let best: Vec<NodeId> = reports
+        .iter()
+        .filter(|(_, report)| (report.last_epoch, report.last_lsn) == newest && report.usable)
+        .map(|(node, _)| *node)
+        .collect();
+    // A most recent report that may not lead holds records no usable one may have: wait.
+    (!best.is_empty()).then_some(best)
+}
+
+/// Holds a computed `map` to `failover` (see [`plan_failover`]): a fenced partition has no
+/// leader and its previous replica set; a partition taking a new leader keeps its previous
+/// replica set (the majority that holds its writes) and is led by a chosen replica; a
+/// partition whose leader stays keeps it and its replica set. Only a partition that never had
+/// a replica set gets the scoring's: once writes may have been acknowledged by a set, a new
+/// member of it would count toward the majority that picks a next leader without holding them.
+pub fn apply_failover(
+    map: &mut LeadershipMap,
+    previous: Option<&LeadershipMap>,
+    members: &BTreeMap<NodeId, NodeState>,
+    failover: &Failover,
+) {
     let Some(previous) = previous else {
         return;
     };
-    for (assignment, before) in map.partitions.iter_mut().zip(&previous.partitions) {
-        if assignment.leader.is_some() {
+    let rank = |node: &NodeId| members.get(node).and_then(|state| state.leader_rank());
+    for (index, (assignment, before)) in map
+        .partitions
+        .iter_mut()
+        .zip(&previous.partitions)
+        .enumerate()
+    {
+        let Ok(partition) = u32::try_from(index).map(PartitionId) else {
             continue;
-        }
-        if let Some(leader) = before.leader {
-            if !assignment.replicas.contains(&leader) {
-                assignment.replicas.clone_from(&before.replicas);
+        };
+        if failover.fenced.contains(&partition) {
+            assignment.leader = None;
+            assignment.replicas.clone_from(&before.replicas);
+        } else if let Some(chosen) = failover.chosen.get(&partition) {
+            assignment.replicas.clone_from(&before.replicas);
+            if !assignment
+                .leader
+                .is_some_and(|leader| chosen.contains(&leader))
+            {
+                assignment.leader = chosen
+                    .iter()
+                    .filter(|node| rank(node).is_some())
+                    .min_by_key(|node| rank(node))
+                    .copied();
             }
+        } else if let Some(leader) = before.leader.filter(|leader| rank(leader).is_some()) {
+            // The set a leader's writes were acknowledged by stays as it is: a member added
+            // now would hold none of them, yet count toward the majority that picks the next
+            // leader (moving replicas must move data first: rebalancing, not built).
             assignment.leader = Some(leader);
+            assignment.replicas.clone_from(&before.replicas);
         }
     }
 }

@@ -6,9 +6,9 @@
 //! below one it published before.
 
 use coregrid_cluster::election::{ControlMessage, Controller, Output, Strategy as Election};
-use coregrid_cluster::map::{LeadershipMap, PartitionAssignment};
+use coregrid_cluster::map::{FencedPosition, LeadershipMap, PartitionAssignment};
 use coregrid_cluster::sim::SimConfig;
-use coregrid_cluster::types::{Epoch, MapVersion, NodeId, Term, Time};
+use coregrid_cluster::types::{Epoch, MapVersion, NodeId, PartitionId, Term, Time};
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -77,13 +77,20 @@ fn message() -> impl Strategy<Value = ControlMessage> {
         (term(), map()).prop_map(|(term, map)| ControlMessage::Commit { term, map }),
         (term(), version())
             .prop_map(|(term, committed)| ControlMessage::Heartbeat { term, committed }),
-        (term(), version(), version()).prop_map(|(term, committed, stored)| {
-            ControlMessage::HeartbeatReply {
-                term,
-                committed,
-                stored,
-            }
-        }),
+        (
+            term(),
+            version(),
+            version(),
+            prop::collection::vec(position(), 0..6)
+        )
+            .prop_map(|(term, committed, stored, positions)| {
+                ControlMessage::HeartbeatReply {
+                    term,
+                    committed,
+                    stored,
+                    positions,
+                }
+            }),
         term().prop_map(|term| ControlMessage::Refuse { term }),
         term().prop_map(|term| ControlMessage::BullyElection { term }),
         term().prop_map(|term| ControlMessage::BullyAlive { term }),
@@ -191,4 +198,24 @@ proptest! {
             prop_assert_eq!(status.persisted_term, status.term);
         }
     }
+}
+
+/// Any fenced position, sensible or not: the controller must take it without panicking.
+fn position() -> impl Strategy<Value = FencedPosition> {
+    (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(partition, map_epoch, last_epoch, last_lsn, usable)| FencedPosition {
+                partition: PartitionId(partition),
+                map_epoch: Epoch(map_epoch),
+                last_epoch: Epoch(last_epoch),
+                last_lsn,
+                usable,
+            },
+        )
 }

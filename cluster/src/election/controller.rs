@@ -4,7 +4,9 @@
 use super::constants::{ELECTION_FAILURES_COUNTED_MAX, OUTPUTS_QUEUED_MAX, RING_PENDING_HOPS_MAX};
 use super::{Config, ConfigError, ControlMessage, Output, Persisted, Role, Status, Strategy};
 use crate::constants::MEMBERS_MAX;
-use crate::map::{keep_waited_for_leaders, lagging_without_replication, LeadershipMap, MapInput};
+use crate::map::{
+    apply_failover, plan_failover, FencedPosition, LeadershipMap, MapInput, Positions,
+};
 use crate::types::{Epoch, MapVersion, NodeId, NodeState, Term, Time};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -89,6 +91,9 @@ pub struct Controller {
     controller_since: Time,
     proposal: Option<Proposal>,
     members_changed: bool,
+    /// The fenced positions each node reported last (this node's own included), for the
+    /// failover of partitions whose leader is gone ([`plan_failover`]).
+    positions: Positions,
     // Ring state.
     ring_round: u64,
     ring_hops: Vec<RingHop>,
@@ -138,6 +143,7 @@ impl Controller {
             controller_since: now,
             proposal: None,
             members_changed: false,
+            positions: Positions::new(),
             ring_round: 0,
             ring_hops: Vec::new(),
             outputs: VecDeque::new(),
@@ -254,6 +260,37 @@ impl Controller {
         self.finish_input();
     }
 
+    /// Takes this node's own fenced positions (its replicas of partitions that have no leader in
+    /// the map it holds, each reported once it stopped following: design.md section 6a). A
+    /// follower sends them to the controller with every heartbeat reply; a controller uses
+    /// them itself.
+    pub fn handle_local_positions(&mut self, now: Time, positions: Vec<FencedPosition>) {
+        let id = self.id;
+        self.note_positions(now, id, positions);
+        self.finish_input();
+    }
+
+    /// Stores `from`'s latest positions; a controller proposes the map they may change.
+    fn note_positions(&mut self, now: Time, from: NodeId, mut positions: Vec<FencedPosition>) {
+        positions.truncate(usize::try_from(self.config.partitions).unwrap_or(usize::MAX));
+        let known = self.positions.get(&from).map_or(&[][..], Vec::as_slice);
+        if known == positions.as_slice() {
+            return;
+        }
+        if positions.is_empty() {
+            self.positions.remove(&from);
+        } else {
+            self.positions.insert(from, positions);
+        }
+        if self.phase == Phase::Controller {
+            if self.proposal.is_some() {
+                self.members_changed = true;
+            } else {
+                self.propose_if_changed(now);
+            }
+        }
+    }
+
     /// Handles `message` from node `from`. Never panics on unexpected input: messages from
     /// unknown nodes, non-voters where a voter is expected, or stale terms are ignored or
     /// refused.
@@ -294,7 +331,13 @@ impl Controller {
                 term,
                 committed,
                 stored,
-            } => self.on_heartbeat_reply(now, from, term, committed, stored),
+                positions,
+            } => {
+                self.on_heartbeat_reply(now, from, term, committed, stored);
+                if term == self.persisted.term && self.phase == Phase::Controller {
+                    self.note_positions(now, from, positions);
+                }
+            }
             ControlMessage::Refuse { term } => {
                 if self.is_known(from) {
                     self.adopt_term(now, term);
@@ -870,18 +913,19 @@ impl Controller {
         .into_iter()
         .flatten()
         .max_by_key(|map| map.version());
-        // Partitions are not replicated yet: only a partition's last leader holds its writes.
-        let lagging = lagging_without_replication(previous, &members);
+        // A partition's leader stays while it may lead; one that may not is fenced, then
+        // replaced by the most recent replica of a majority (design.md section 6a).
+        let failover = plan_failover(previous, &members, &self.positions);
         let input = MapInput {
             members: &members,
             partitions: self.config.partitions,
             replication_factor: self.config.replication_factor,
             previous,
-            lagging: &lagging,
+            lagging: &failover.lagging,
         };
         let epoch = Epoch(self.epoch_seen().0.saturating_add(1));
         let mut map = (self.config.map_function)(&input, self.persisted.term, epoch);
-        keep_waited_for_leaders(&mut map, previous);
+        apply_failover(&mut map, previous, &members, &failover);
         assert_eq!(
             map.epoch, epoch,
             "the map function must stamp the epoch asked"
@@ -1134,6 +1178,7 @@ impl Controller {
                 .map(LeadershipMap::version)
                 .unwrap_or_default(),
             stored: self.persisted.stored_version(),
+            positions: self.positions.get(&self.id).cloned().unwrap_or_default(),
         };
         self.send(from, reply);
     }

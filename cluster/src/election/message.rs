@@ -2,7 +2,7 @@
 //! Every message carries its sender's term, so a stale sender learns it is stale from the
 //! answer ([`ControlMessage::Refuse`]) and steps down.
 
-use crate::map::LeadershipMap;
+use crate::map::{FencedPosition, LeadershipMap};
 use crate::types::{MapVersion, NodeId, Term};
 use coregrid_net::rkyv::{self, Archive, Deserialize, Serialize};
 
@@ -87,6 +87,9 @@ pub enum ControlMessage {
         committed: MapVersion,
         /// The version of the follower's latest stored map.
         stored: MapVersion,
+        /// The follower's fenced positions: its last record of every partition it holds a
+        /// replica of and that has no leader in its map (the failover's input).
+        positions: Vec<FencedPosition>,
     },
     /// The sender refused a message of a lower term: the receiver steps down to `term`.
     Refuse {
