@@ -38,8 +38,14 @@ impl Model {
         self.logs.get(&(partition, node)).copied().unwrap_or((0, 0))
     }
 
-    /// The fenced positions every live replica of a leaderless partition reports.
-    fn positions(&self, map: &LeadershipMap, members: &BTreeMap<NodeId, NodeState>) -> Positions {
+    /// The fenced positions the live replicas of leaderless partitions report, those whose
+    /// bit of `heard` is set (the others' reports are lost or late).
+    fn positions(
+        &self,
+        map: &LeadershipMap,
+        members: &BTreeMap<NodeId, NodeState>,
+        heard: u64,
+    ) -> Positions {
         let mut positions = Positions::new();
         for (index, assignment) in map.partitions.iter().enumerate() {
             if assignment.leader.is_some() {
@@ -47,7 +53,9 @@ impl Model {
             }
             let partition = index as u32;
             for &node in &assignment.replicas {
-                if matches!(members.get(&node), None | Some(NodeState::Dead)) {
+                if matches!(members.get(&node), None | Some(NodeState::Dead))
+                    || heard >> (node.get() % 64) & 1 == 0
+                {
                     continue;
                 }
                 let (last_epoch, last_lsn) = self.end(partition, node);
@@ -170,12 +178,13 @@ fn state(pick: u8) -> NodeState {
     }
 }
 
-/// Runs `steps` of (node, its new state, records written, which replicas copy them).
+/// Runs `steps` of (node, its new state, records written, which replicas copy them, whose
+/// reports are heard).
 fn run(
     first: &[u64],
     partitions: u32,
     replication_factor: usize,
-    steps: &[(u64, u8, u64, u64)],
+    steps: &[(u64, u8, u64, u64, u64)],
 ) -> Result<LeadershipMap, TestCaseError> {
     let mut members: BTreeMap<NodeId, NodeState> = first
         .iter()
@@ -189,12 +198,12 @@ fn run(
         None,
         &Positions::new(),
     );
-    for (index, &(node, pick, count, copy)) in steps.iter().enumerate() {
+    for (index, &(node, pick, count, copy, heard)) in steps.iter().enumerate() {
         model.write(&map, &members, count, copy);
         members.insert(NodeId(node), state(pick));
         // Two rounds per step: the fence, then the failover on the positions it brings.
         for round in 0..2 {
-            let positions = model.positions(&map, &members);
+            let positions = model.positions(&map, &members, heard.rotate_left(round * 7));
             let next = next_map(
                 &members,
                 partitions,
@@ -230,9 +239,9 @@ fn a_leader_stopped_gracefully_is_replaced_by_the_most_recent_replica() {
         .collect();
     let first = next_map(&members, 8, 3, None, &Positions::new());
     let leader = first.partitions[0].leader.expect("partition 0 is led");
-    let steps: Vec<(u64, u8, u64, u64)> = steps
+    let steps: Vec<(u64, u8, u64, u64, u64)> = steps
         .iter()
-        .map(|&(_, pick, count, copy)| (leader.get(), pick, count, copy))
+        .map(|&(_, pick, count, copy)| (leader.get(), pick, count, copy, u64::MAX))
         .collect();
     let last = run(&[1, 2, 3], 8, 3, &steps).unwrap();
     let now = last.partitions[0].leader.expect("partition 0 is led again");
@@ -250,7 +259,10 @@ proptest! {
         first in proptest::collection::btree_set(1u64..=12, 1..=6),
         partitions in 1u32..=24,
         replication_factor in 1usize..=5,
-        steps in proptest::collection::vec((1u64..=12, any::<u8>(), 0u64..4, any::<u64>()), 1..=24),
+        steps in proptest::collection::vec(
+            (1u64..=12, any::<u8>(), 0u64..4, any::<u64>(), any::<u64>()),
+            1..=24,
+        ),
     ) {
         let first: Vec<u64> = first.into_iter().collect();
         run(&first, partitions, replication_factor, &steps)?;
