@@ -99,7 +99,7 @@ impl Model {
                     holders += 1;
                 }
             }
-            if holders >= assignment.replicas.len() / 2 + 1 {
+            if holders > assignment.replicas.len() / 2 {
                 self.acknowledged.insert(partition, end);
             }
         }

@@ -352,6 +352,13 @@ impl<S: Storage> Partition<S> {
         self.wal.borrow().durable_lsn()
     }
 
+    /// Whether this replica may lead the partition: `false` while its state reflects records
+    /// its log lacks (a leader's snapshot installed whose cover lies past its WAL's end: a
+    /// leader serving from it could hand followers a log without those records).
+    pub fn may_lead(&self) -> bool {
+        !(self.snapshot_installed.get() && self.snapshot_covers_lsn.get() > self.durable_lsn())
+    }
+
     /// The epoch new records are written in.
     pub fn epoch(&self) -> u64 {
         self.epoch.get()

@@ -39,7 +39,7 @@ use super::control_state::{self, ControlState};
 use super::fault::FaultFile;
 use coregrid_cluster::election::ControlMessage;
 use coregrid_cluster::election::{self, Controller, Output, Role, Status, Strategy};
-use coregrid_cluster::map::LeadershipMap;
+use coregrid_cluster::map::{FencedPosition, LeadershipMap};
 use coregrid_cluster::membership::{Membership, MembershipConfig, MembershipOutput};
 use coregrid_cluster::types::{ClusterId, Epoch, NodeId, NodeState, PartitionId, Term, Time};
 use coregrid_cluster::wire::{self as control_wire, ControlDatagram};
@@ -372,17 +372,46 @@ pub struct ClusterFeed {
     latest: Arc<Mutex<Arc<ClusterView>>>,
     /// One per data shard: a coalescing "a new view is there".
     changed: Vec<flume::Sender<()>>,
+    /// The other way: each data shard's fenced positions, for the control shard.
+    positions: flume::Sender<ShardPositions>,
+}
+
+/// One data shard's fenced positions (design.md section 6a): its last record of every
+/// partition it holds a replica of and that has no leader in the view it took, each taken
+/// once it stopped following that partition. The control shard hands them to the election,
+/// which reports them to the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardPositions {
+    /// The data shard.
+    pub shard: usize,
+    /// Its positions (all of them: they replace the shard's earlier report).
+    pub positions: Vec<FencedPosition>,
 }
 
 impl ClusterFeed {
-    /// A feed for `shards` data shards; returns it and each shard's receiver.
-    pub fn new(node: NodeId, shards: usize) -> (ClusterFeed, Vec<flume::Receiver<()>>) {
+    /// A feed for `shards` data shards; returns it, each shard's receiver, and the control
+    /// shard's receiver of the shards' fenced positions.
+    pub fn new(
+        node: NodeId,
+        shards: usize,
+    ) -> (
+        ClusterFeed,
+        Vec<flume::Receiver<()>>,
+        flume::Receiver<ShardPositions>,
+    ) {
         let (changed, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
+        let (positions, positions_in) = flume::unbounded();
         let feed = ClusterFeed {
             latest: Arc::new(Mutex::new(Arc::new(ClusterView::starting(node)))),
             changed,
+            positions,
         };
-        (feed, receivers)
+        (feed, receivers, positions_in)
+    }
+
+    /// A data shard's fenced positions, for the control shard (which may be gone at shutdown).
+    pub fn report_positions(&self, report: ShardPositions) {
+        let _gone = self.positions.send(report);
     }
 
     /// The latest view.
@@ -453,11 +482,13 @@ pub fn start(
     settings: ControlSettings,
     state: Option<ControlState>,
     feed: ClusterFeed,
+    positions: flume::Receiver<ShardPositions>,
 ) -> anyhow::Result<ControlShard> {
     let (stop, stopped) = flume::bounded(1);
     let (events_sender, events) = flume::unbounded();
     let thread = rt::spawn_executor("coregrid-control", None, move || async move {
-        if let Err(reason) = run(settings, state, feed, stopped, events_sender.clone()).await {
+        let ends = (stopped, positions, events_sender.clone());
+        if let Err(reason) = run(settings, state, feed, ends).await {
             tracing::error!(%reason, "the control shard stopped");
             let _gone = events_sender.send(ControlEvent::Failed(reason));
         }
@@ -491,14 +522,20 @@ struct Driver {
     last_bootstrap_log: Option<Time>,
     last_view: Option<ClusterView>,
     out: Vec<u8>,
+    /// The data shards' fenced positions, as each last reported them.
+    positions_in: flume::Receiver<ShardPositions>,
+    shard_positions: BTreeMap<usize, Vec<FencedPosition>>,
 }
 
 async fn run(
     settings: ControlSettings,
     state: Option<ControlState>,
     feed: ClusterFeed,
-    stop: flume::Receiver<()>,
-    events: flume::Sender<ControlEvent>,
+    (stop, positions_in, events): (
+        flume::Receiver<()>,
+        flume::Receiver<ShardPositions>,
+        flume::Sender<ControlEvent>,
+    ),
 ) -> Result<(), String> {
     let mut state = state.unwrap_or_default();
     state.restarts += 1;
@@ -553,6 +590,8 @@ async fn run(
         last_bootstrap_log: None,
         last_view: None,
         out: Vec::new(),
+        positions_in,
+        shard_positions: BTreeMap::new(),
     };
     driver.published = driver.state.published_map.clone().map(Arc::new);
     if let Some(path) = driver.settings.fault_file.clone() {
@@ -570,6 +609,7 @@ async fn run(
             faults.refresh(driver.origin.elapsed());
         }
         driver.maybe_start_election()?;
+        driver.take_positions();
         driver.drain().await?;
         if leaving && driver.membership.has_left() {
             return Ok(());
@@ -661,6 +701,33 @@ impl Driver {
         }
     }
 
+    /// Takes the data shards' new fenced positions and, if they changed, hands them all to
+    /// the election.
+    fn take_positions(&mut self) {
+        let mut changed = false;
+        while let Ok(report) = self.positions_in.try_recv() {
+            let known = self.shard_positions.get(&report.shard);
+            if known != Some(&report.positions) {
+                changed = true;
+                self.shard_positions.insert(report.shard, report.positions);
+            }
+        }
+        if !changed {
+            return;
+        }
+        let now = self.now();
+        let all: Vec<FencedPosition> = self.shard_positions.values().flatten().copied().collect();
+        if !all.is_empty() {
+            tracing::info!(
+                partitions = all.len(),
+                "reporting the last records of replicas whose partition has no leader"
+            );
+        }
+        if let Some(controller) = self.controller.as_mut() {
+            controller.handle_local_positions(now, all);
+        }
+    }
+
     /// Until when the write lease holds, if it does in this node's present role.
     fn lease_until(&self) -> Option<Time> {
         let status = self.controller.as_ref()?.status();
@@ -727,6 +794,9 @@ impl Driver {
         )
         .map_err(|error| format!("election configuration: {error}"))?;
         controller.handle_members(now, &self.member_states());
+        let positions: Vec<FencedPosition> =
+            self.shard_positions.values().flatten().copied().collect();
+        controller.handle_local_positions(now, positions);
         if alone {
             // Nobody to wait for or to disrupt: a single voter stands at once.
             controller.stand(now);

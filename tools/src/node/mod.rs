@@ -141,7 +141,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     let topology = Arc::new(topology(&engine, &identity, &addresses));
     let node = coregrid_net::NodeId(identity.node_id);
-    let (feed, changed) = ClusterFeed::new(node, shard_count);
+    let (feed, changed, positions) = ClusterFeed::new(node, shard_count);
     for (control, changed) in controls.iter().zip(changed) {
         // A shard that is gone reports at the drain below.
         let watch = ClusterWatch {
@@ -169,6 +169,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
         control_state,
         feed,
+        positions,
     )
     .context("start the control shard")?;
     {

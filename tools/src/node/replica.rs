@@ -37,6 +37,7 @@ use super::constants::{
     SYNC_RETRY_MS_MAX, SYNC_RETRY_MS_MIN, SYNC_WAIT_MS,
 };
 use super::control::ClusterView;
+use coregrid_cluster::map::FencedPosition;
 use coregrid_engine::rt::DmaStorage;
 use coregrid_engine::{rt, Partition};
 use coregrid_net::constants::PROTOCOL_VERSION;
@@ -217,6 +218,37 @@ pub fn to_outcome(answer: SyncAnswer) -> SyncOutcome {
             end_lsn: Lsn(end_lsn),
         },
     }
+}
+
+/// This shard's fenced positions in `view` (design.md section 6a): for every partition of
+/// `partitions` that the view's map gives no leader and this node a replica of, its last
+/// durable record and whether it may lead. Call it after [`Followers::update`] took the same
+/// view: the sessions of those partitions are stopped then, and send no more acks.
+pub fn fenced_positions(
+    view: &ClusterView,
+    partitions: &[Rc<Partition<DmaStorage>>],
+) -> Vec<FencedPosition> {
+    let Some(map) = view.map.as_ref() else {
+        return Vec::new();
+    };
+    partitions
+        .iter()
+        .filter_map(|partition| {
+            let id = PartitionId(partition.id());
+            let assignment = map.assignment(id)?;
+            if assignment.leader.is_some() || !assignment.replicas.contains(&view.node) {
+                return None;
+            }
+            let last = sync_position(partition);
+            Some(FencedPosition {
+                partition: id,
+                map_epoch: map.epoch,
+                last_epoch: Epoch(last.epoch),
+                last_lsn: last.lsn,
+                usable: partition.may_lead(),
+            })
+        })
+        .collect()
 }
 
 /// Who this node is, for the follower sessions' handshakes.
@@ -730,6 +762,11 @@ async fn pull(
                     }
                 }
             }
+        }
+        if stop.get() {
+            // The session was replaced while the answer was applied: no more requests, which
+            // are acks (the fence of `fenced_positions`).
+            break;
         }
         writer
             .write_all(&out, answer_timeout)

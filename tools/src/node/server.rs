@@ -24,7 +24,7 @@ use super::constants::{
     ACCEPT_ERROR_PAUSE_MS, CLOSE_TIMEOUT_MS, DRAIN_POLL_MS, REFUSALS_IN_PROGRESS_MAX,
     REFUSAL_WRITE_TIMEOUT_MS, REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
 };
-use super::control::{ClusterFeed, ClusterView};
+use super::control::{ClusterFeed, ClusterView, ShardPositions};
 use super::handler::{self, Answer, CollectionScope, Routing};
 use super::replica::{self, FollowerIdentity, Followers, SnapshotAsk, SyncAsk};
 use coregrid_engine::rt::{self, Doorbell};
@@ -285,6 +285,13 @@ async fn follow_cluster(server: Rc<ShardServer>, watch: ClusterWatch) {
         if !server.stopping.get() {
             let partitions: Vec<_> = server.local.partitions().cloned().collect();
             server.followers.update(&view, &partitions);
+            // Taken after `update` stopped the sessions of partitions that lost their leader:
+            // a stopped session sends no more acks (`replica::pull`), so every ack this node
+            // ever sent for such a partition is at or below the position reported.
+            watch.feed.report_positions(ShardPositions {
+                shard: server.routing.shard,
+                positions: replica::fenced_positions(&view, &partitions),
+            });
         }
         if watch.changed.recv_async().await.is_err() {
             return;
