@@ -30,7 +30,9 @@
 //! of its log, and syncs on from there. Writes waiting for follower acks are the server's
 //! (`server.rs`, `Progress`).
 //!
-//! Not yet: leadership does not fail over to an in-sync follower.
+//! When a partition loses its leader, the map that fences it gives it none: its session ends,
+//! sends no more acks, and [`fenced_positions`] reports the replica's last record for the
+//! controller's choice of the next leader (docs/cluster.md, failover).
 
 use super::constants::{
     SNAPSHOT_CHUNK_BYTES, SYNC_ANSWER_GRACE_MS, SYNC_CONNECT_TIMEOUT_MS, SYNC_REQUEST_BYTES,
