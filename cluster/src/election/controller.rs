@@ -94,11 +94,19 @@ pub struct Controller {
     /// The fenced positions each node reported last (this node's own included), for the
     /// failover of partitions whose leader is gone ([`plan_failover`]).
     positions: Positions,
+    /// When this controller last heard each member's heartbeat reply.
+    members_heard: BTreeMap<NodeId, Time>,
+    /// Members silent for [`SILENT_TIMEOUTS`] election timeouts: treated as `Dead` when maps
+    /// are computed, so their partitions fail over without waiting for the gossip's verdict.
+    silent: BTreeSet<NodeId>,
     // Ring state.
     ring_round: u64,
     ring_hops: Vec<RingHop>,
     outputs: VecDeque<Output>,
 }
+
+/// Election timeouts of silence after which a controller treats a member as dead for its maps.
+pub const SILENT_TIMEOUTS: u32 = 2;
 
 impl Controller {
     /// A node's election state at start. `persisted` is what the node stored before (None on
@@ -144,6 +152,8 @@ impl Controller {
             proposal: None,
             members_changed: false,
             positions: Positions::new(),
+            members_heard: BTreeMap::new(),
+            silent: BTreeSet::new(),
             ring_round: 0,
             ring_hops: Vec::new(),
             outputs: VecDeque::new(),
@@ -859,6 +869,8 @@ impl Controller {
         self.controller = Some(self.id);
         self.controller_contact = Some(now);
         self.controller_since = now;
+        self.members_heard.clear();
+        self.silent.clear();
         self.election_deadline = None;
         self.elections_failed = 0;
         self.pre_votes.clear();
@@ -906,6 +918,9 @@ impl Controller {
             );
         }
         members.entry(self.id).or_insert(NodeState::Joined);
+        for node in &self.silent {
+            members.insert(*node, NodeState::Dead);
+        }
         let previous = [
             self.adopted_map.as_ref(),
             self.persisted.published_map.as_ref(),
@@ -1141,6 +1156,10 @@ impl Controller {
             }
         }
         self.controller_contact = Some(now);
+        self.note_silent_members(now);
+        if self.phase != Phase::Controller {
+            return;
+        }
         let message = ControlMessage::Heartbeat {
             term: self.persisted.term,
             committed: self
@@ -1154,6 +1173,45 @@ impl Controller {
             self.send(to, message.clone());
         }
         self.heartbeat_deadline = Some(now + self.config.heartbeat_interval);
+    }
+
+    /// Members that have not answered this controller's heartbeats for [`SILENT_TIMEOUTS`]
+    /// election timeouts (all are given that long from its election). A silent leader's
+    /// partitions are fenced and fail over at once: the gossip takes seconds to declare a node
+    /// dead (suspicion, then a timeout). A false alarm only moves leadership; the fence keeps
+    /// it safe.
+    fn note_silent_members(&mut self, now: Time) {
+        let window = self.config.election_timeout * SILENT_TIMEOUTS;
+        let silent: BTreeSet<NodeId> = if now < self.controller_since + window {
+            BTreeSet::new()
+        } else {
+            self.members
+                .keys()
+                .filter(|&&node| {
+                    node != self.id
+                        && self
+                            .members_heard
+                            .get(&node)
+                            .is_none_or(|&heard| now >= heard + window)
+                })
+                .copied()
+                .collect()
+        };
+        if silent == self.silent {
+            return;
+        }
+        tracing::info!(
+            node = %self.id,
+            at_ms = now.as_millis() as u64,
+            silent = ?silent,
+            "members silent to the controller changed"
+        );
+        self.silent = silent;
+        if self.proposal.is_some() {
+            self.members_changed = true;
+        } else {
+            self.propose_if_changed(now);
+        }
     }
 
     fn on_heartbeat(&mut self, now: Time, from: NodeId, term: Term, committed: MapVersion) {
@@ -1204,6 +1262,7 @@ impl Controller {
         if self.config.is_voter(from) {
             self.voters_heard.insert(from, now);
         }
+        self.members_heard.insert(from, now);
         // Resend what the follower lacks: the latest committed map, the open proposal.
         if let Some(map) = self.persisted.published_map.clone() {
             if committed < map.version() {
