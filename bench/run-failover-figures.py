@@ -4,11 +4,12 @@
 For each of RUNS rounds (default 5), on loopback, with the same timing on both sides
 (election timeout 1,000 ms, heartbeat 100 ms: both systems' defaults):
 
-- coregrid: three `coregrid node` processes (1 shard, 8 partitions each). The controller
-  node, which also leads partitions, is killed with SIGKILL and restarted at once; measured:
-  the time from the kill until another node reports a new controller, and until a put to a
-  partition the killed node led succeeds again (until replication exists, leadership does not
-  fail over: the partition waits for its leader to come back with its data, docs/cluster.md).
+- coregrid: three `coregrid node` processes (1 shard, 8 partitions each, replication factor 3).
+  The controller node, which also leads partitions, is killed with SIGKILL (not restarted);
+  measured: the time from the kill until another node reports a new controller, and until a
+  put at `Quorum` (the default) to a partition the killed node led succeeds through the two
+  survivors (its leadership fails over to the most recent of its other replicas,
+  docs/cluster.md), reading back the value written before the kill.
 - etcd: three members; the leader is killed with SIGKILL (not restarted); measured: the time
   from the kill until `etcdctl put` through the two survivors succeeds.
 
@@ -156,15 +157,18 @@ def coregrid_round(round_index):
                     if crc32c(f"k{n}".encode()) % partitions in led), None)
         if key is None:
             raise SystemExit(f"no key found on the partitions {led} of node {controller}")
-        code, answer = cluster.cli("put", key, "before", "--collection", COLLECTION)
-        if code != 0:
-            raise SystemExit(f"put before the kill: {answer}")
+        kept = next(f"kept{n}" for n in range(10000)
+                    if crc32c(f"kept{n}".encode()) % partitions in led)
+        for name in (key, kept):
+            code, answer = cluster.cli("put", name, "before", "--collection", COLLECTION)
+            if code != 0:
+                raise SystemExit(f"put before the kill: {answer}")
         term_before = status["term"]
         survivor = (killed + 1) % NODES
 
+        survivors = [cluster.address(i) for i in range(NODES) if i != killed]
         begun = time.monotonic()
         cluster.kill(killed)
-        cluster.start(killed)
 
         def new_controller():
             answer = cluster.status(survivor)
@@ -173,7 +177,8 @@ def coregrid_round(round_index):
             return None
 
         def writable():
-            code, _ = cluster.cli("put", key, "after", "--collection", COLLECTION)
+            code, _ = cluster.cli("put", key, "after", "--collection", COLLECTION,
+                                  addresses=survivors)
             return time.monotonic() if code == 0 else None
 
         # Poll both conditions alternately so neither is measured late.
@@ -187,6 +192,10 @@ def coregrid_round(round_index):
             time.sleep(0.005)
         if controller_at is None or writable_at is None:
             raise SystemExit("coregrid did not recover within the deadline")
+        # A write acknowledged before the kill survived it.
+        code, answer = cluster.cli("get", kept, "--collection", COLLECTION, addresses=survivors)
+        if code != 0 or (answer or {}).get("value") != "before":
+            raise SystemExit(f"a key written before the kill, after the failover: {code} {answer}")
         return {
             "members": len(members),
             "new_controller_secs": controller_at - begun,

@@ -8,7 +8,8 @@
 //! - The minority refuses writes: each partition a minority node leads answers `Unavailable`
 //!   (no write lease), while the partitions the majority leads keep taking writes.
 //! - Heal: the two adopt the majority's term, controller and epoch, without a new election, and
-//!   their partitions take writes again.
+//!   every partition takes writes again through its leader in the healed map (a minority-led
+//!   partition may have failed over to the majority side during the split).
 //!
 //! Times (split to majority controller, to minority refusals, heal to agreement) are printed,
 //! never asserted.
@@ -195,7 +196,10 @@ pub fn two_three_split(cluster: &mut TestCluster) {
         healed[0].controller, elected[0].controller,
         "the same controller"
     );
-    for (partition, &leader) in leaders.iter().enumerate() {
+    // Through each partition's leader now: a minority-led partition whose replica set has a
+    // majority on the majority's side failed over to it during the split (docs/cluster.md).
+    for (partition, leader) in healed[0].leaders.iter().enumerate() {
+        let leader = cluster.index_of(leader.expect("every partition led after the heal"));
         writable(cluster, leader, partition, "healed");
     }
     wait_until("every node to show the write lease again", || {
