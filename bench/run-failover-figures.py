@@ -10,6 +10,8 @@ For each of RUNS rounds (default 5), on loopback, with the same timing on both s
   put at `Quorum` (the default) to a partition the killed node led succeeds through the two
   survivors (its leadership fails over to the most recent of its other replicas,
   docs/cluster.md), reading back the value written before the kill.
+- coregrid again, killing a partition leader that is not the controller: no election; the
+  controller fences its partitions once it has not heard it for two election timeouts.
 - etcd: three members; the leader is killed with SIGKILL (not restarted); measured: the time
   from the kill until `etcdctl put` through the two survivors succeeds.
 
@@ -133,8 +135,12 @@ class Coregrid(Processes):
 
 
 
-def coregrid_round(round_index):
-    cluster = Coregrid(round_index)
+def coregrid_round(round_index, kill_controller=True):
+    """Kills the controller node (a partition leader too), or with `kill_controller=False` a
+    partition leader that is not the controller (no election then: the controller notices its
+    silence)."""
+    # Its own ports and directories (rounds are fewer than 10).
+    cluster = Coregrid(round_index if kill_controller else round_index + 10)
     try:
         for index in range(NODES):
             cluster.start(index)
@@ -149,14 +155,16 @@ def coregrid_round(round_index):
         by_node = {}
         for index in range(NODES):
             by_node[cluster.status(index)["cluster_status"]["node"]] = index
-        killed = by_node[controller]
-        # A key whose partition the controller leads.
+        victim = controller if kill_controller else next(
+            p["leader"] for p in status["partitions"] if p.get("leader") != controller)
+        killed = by_node[victim]
+        # A key whose partition the killed node leads.
         partitions = len(status["partitions"])
-        led = {p["partition"] for p in status["partitions"] if p.get("leader") == controller}
+        led = {p["partition"] for p in status["partitions"] if p.get("leader") == victim}
         key = next((f"k{n}" for n in range(10000)
                     if crc32c(f"k{n}".encode()) % partitions in led), None)
         if key is None:
-            raise SystemExit(f"no key found on the partitions {led} of node {controller}")
+            raise SystemExit(f"no key found on the partitions {led} of node {victim}")
         kept = next(f"kept{n}" for n in range(10000)
                     if crc32c(f"kept{n}".encode()) % partitions in led)
         for name in (key, kept):
@@ -171,6 +179,8 @@ def coregrid_round(round_index):
         cluster.kill(killed)
 
         def new_controller():
+            if not kill_controller:
+                return begun
             answer = cluster.status(survivor)
             if answer and (answer.get("term") or 0) > term_before and answer.get("controller"):
                 return time.monotonic()
@@ -299,11 +309,16 @@ def main():
         for round_index in range(RUNS):
             log(f"round {round_index + 1}/{RUNS}: coregrid")
             coregrid = coregrid_round(round_index)
+            log(f"round {round_index + 1}/{RUNS}: coregrid, a leader that is not the controller")
+            follower = coregrid_round(round_index, kill_controller=False)
             log(f"round {round_index + 1}/{RUNS}: etcd")
             etcd = etcd_round(round_index)
-            rounds.append({"coregrid": coregrid, "etcd": etcd})
+            rounds.append({"coregrid": coregrid, "coregrid_non_controller": follower,
+                           "etcd": etcd})
             log(f"  coregrid new controller {coregrid['new_controller_secs']:.2f} s, "
-                f"writable {coregrid['writable_secs']:.2f} s; etcd writable {etcd['writable_secs']:.2f} s")
+                f"writable {coregrid['writable_secs']:.2f} s; non-controller leader killed: "
+                f"writable {follower['writable_secs']:.2f} s; etcd writable "
+                f"{etcd['writable_secs']:.2f} s")
     finally:
         shutil.rmtree(DATA, ignore_errors=True)
     median = lambda side, key: statistics.median(r[side][key] for r in rounds)
@@ -314,6 +329,8 @@ def main():
         "median": {
             "coregrid_new_controller_secs": median("coregrid", "new_controller_secs"),
             "coregrid_writable_secs": median("coregrid", "writable_secs"),
+            "coregrid_non_controller_writable_secs":
+                median("coregrid_non_controller", "writable_secs"),
             "etcd_writable_secs": median("etcd", "writable_secs"),
         },
         "each_run": rounds,

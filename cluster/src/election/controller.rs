@@ -96,6 +96,9 @@ pub struct Controller {
     positions: Positions,
     /// When this controller last heard each member's heartbeat reply.
     members_heard: BTreeMap<NodeId, Time>,
+    /// The controller this node followed last: a new controller was elected because the
+    /// voters stopped hearing it, so it counts as silent until it answers.
+    last_followed: Option<NodeId>,
     /// Members silent for [`SILENT_TIMEOUTS`] election timeouts: treated as `Dead` when maps
     /// are computed, so their partitions fail over without waiting for the gossip's verdict.
     silent: BTreeSet<NodeId>,
@@ -153,6 +156,7 @@ impl Controller {
             members_changed: false,
             positions: Positions::new(),
             members_heard: BTreeMap::new(),
+            last_followed: None,
             silent: BTreeSet::new(),
             ring_round: 0,
             ring_hops: Vec::new(),
@@ -588,6 +592,7 @@ impl Controller {
         if self.phase != Phase::Follower {
             self.become_follower(now);
         }
+        self.last_followed = Some(from);
         if self.controller != Some(from) {
             tracing::info!(
                 node = %self.id,
@@ -1176,27 +1181,25 @@ impl Controller {
     }
 
     /// Members that have not answered this controller's heartbeats for [`SILENT_TIMEOUTS`]
-    /// election timeouts (all are given that long from its election). A silent leader's
-    /// partitions are fenced and fail over at once: the gossip takes seconds to declare a node
-    /// dead (suspicion, then a timeout). A false alarm only moves leadership; the fence keeps
-    /// it safe.
+    /// election timeouts (all are given that long from its election), and the controller it
+    /// replaced until that one answers (the voters elected this one because they stopped
+    /// hearing it). A silent leader's partitions are fenced and fail over at once: the gossip
+    /// takes seconds to declare a node dead (suspicion, then a timeout). A false alarm only
+    /// moves leadership; the fence keeps it safe.
     fn note_silent_members(&mut self, now: Time) {
         let window = self.config.election_timeout * SILENT_TIMEOUTS;
-        let silent: BTreeSet<NodeId> = if now < self.controller_since + window {
-            BTreeSet::new()
-        } else {
-            self.members
-                .keys()
-                .filter(|&&node| {
-                    node != self.id
-                        && self
-                            .members_heard
-                            .get(&node)
-                            .is_none_or(|&heard| now >= heard + window)
-                })
-                .copied()
-                .collect()
-        };
+        let grace = now < self.controller_since + window;
+        let silent: BTreeSet<NodeId> = self
+            .members
+            .keys()
+            .filter(|&&node| {
+                let heard = self.members_heard.get(&node);
+                let replaced = self.last_followed == Some(node) && heard.is_none();
+                node != self.id
+                    && (replaced || (!grace && heard.is_none_or(|&at| now >= at + window)))
+            })
+            .copied()
+            .collect();
         if silent == self.silent {
             return;
         }
