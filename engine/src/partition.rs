@@ -1069,6 +1069,11 @@ impl<S: Storage> Partition<S> {
             return Ok(None);
         }
         let permit = self.maintenance.acquire().await;
+        if self.closed.get() {
+            drop(permit);
+            self.snapshot_running.set(false);
+            return Ok(None);
+        }
         let result = self.snapshot_inner().await;
         drop(permit);
         self.snapshot_running.set(false);
@@ -1372,6 +1377,13 @@ impl<S: Storage> Partition<S> {
         if self.closed.get() {
             return Ok(());
         }
+        // A snapshot, truncation or install under way finishes first (a snapshot needs the
+        // writer to make its cover durable): one left running would go on renaming and
+        // removing files in the directory after the partition is closed, under the feet of
+        // the next open of it (the model test's seed 17541992645461606402: a background
+        // snapshot's rename took the reopened partition's own snapshot file). Held to the
+        // end, and a snapshot that waited for it finds the partition closed.
+        let _maintenance = self.maintenance.acquire().await;
         // Other tasks may stage more while we wait: stop only once nothing is staged or in
         // flight (or the shard is poisoned), so no flush can still use the files.
         let flushed = loop {

@@ -401,3 +401,23 @@ fn partition_matches_a_btreemap_model() {
         panic!("{error}\n(seed {seed}: replay with COREGRID_SEED={seed})");
     }
 }
+
+/// Pinned from seed 17541992645461606402: two large puts start a background snapshot, a
+/// restart closes the partition while it runs, and the snapshot taken after the reopen lost its
+/// file to the old one's rename (`close` now waits for a snapshot under way).
+#[test]
+fn a_snapshot_under_way_never_outlives_its_partition() {
+    let large_put = || Op::Put {
+        collection: 2,
+        key: 0,
+        large: true,
+    };
+    let ops = vec![
+        Op::Create(2),
+        large_put(),
+        large_put(),
+        Op::Restart,
+        Op::Snapshot,
+    ];
+    rt::run_local(|| run_case(ops)).unwrap();
+}
