@@ -40,7 +40,7 @@ use super::fault::FaultFile;
 use coregrid_cluster::election::ControlMessage;
 use coregrid_cluster::election::{self, Controller, Output, Role, Status, Strategy};
 use coregrid_cluster::map::{FencedPosition, LeadershipMap};
-use coregrid_cluster::membership::{Membership, MembershipConfig, MembershipOutput};
+use coregrid_cluster::membership::{MemberView, Membership, MembershipConfig, MembershipOutput};
 use coregrid_cluster::types::{ClusterId, Epoch, NodeId, NodeState, PartitionId, Term, Time};
 use coregrid_cluster::wire::{self as control_wire, ControlDatagram};
 use coregrid_engine::rt::{self, ShardThread};
@@ -664,6 +664,22 @@ async fn run(
     }
 }
 
+/// Whether a control datagram claiming to come from node `claimed` arrived from that node's
+/// address: gossip and control share each node's socket, so a member's datagrams come from the
+/// gossip address it announced (its port, on any address when it announced an unspecified
+/// one). A node the membership does not know yet passes: the election ignores strangers.
+fn sent_from_its_address(
+    members: &BTreeMap<NodeId, MemberView>,
+    claimed: NodeId,
+    source: SocketAddr,
+) -> bool {
+    let Some(member) = members.get(&claimed) else {
+        return true;
+    };
+    let announced = member.gossip_addr;
+    announced == source || (announced.ip().is_unspecified() && announced.port() == source.port())
+}
+
 impl Driver {
     fn now(&self) -> Time {
         self.origin.elapsed()
@@ -688,6 +704,11 @@ impl Driver {
         };
         if datagram.cluster != self.settings.cluster_id {
             tracing::debug!(%from, "control datagram of another cluster refused");
+            return;
+        }
+        if !sent_from_its_address(self.membership.members(), datagram.from, from) {
+            tracing::debug!(%from, claimed = %datagram.from,
+                "control datagram refused: not from the claimed node's address");
             return;
         }
         if let Some(controller) = self.controller.as_mut() {
@@ -1058,6 +1079,52 @@ mod tests {
             leader: leader.map(NodeId),
             epoch: Epoch(epoch),
         })
+    }
+
+    #[test]
+    fn a_control_datagram_counts_only_from_the_claimed_nodes_address() {
+        let member = |address: &str| MemberView {
+            state: NodeState::Joined,
+            suspected: false,
+            gossip_addr: address.parse().unwrap(),
+            data_addr: None,
+            generation: 1,
+        };
+        let members: BTreeMap<NodeId, MemberView> = [
+            (NodeId(1), member("127.0.0.1:7301")),
+            (NodeId(2), member("0.0.0.0:7302")),
+        ]
+        .into_iter()
+        .collect();
+        let at = |address: &str| address.parse::<SocketAddr>().unwrap();
+        assert!(sent_from_its_address(
+            &members,
+            NodeId(1),
+            at("127.0.0.1:7301")
+        ));
+        assert!(
+            !sent_from_its_address(&members, NodeId(1), at("127.0.0.1:9999")),
+            "another socket claiming node 1"
+        );
+        assert!(!sent_from_its_address(
+            &members,
+            NodeId(1),
+            at("10.0.0.5:7301")
+        ));
+        assert!(sent_from_its_address(
+            &members,
+            NodeId(2),
+            at("10.0.0.5:7302")
+        ));
+        assert!(!sent_from_its_address(
+            &members,
+            NodeId(2),
+            at("10.0.0.5:7303")
+        ));
+        assert!(
+            sent_from_its_address(&members, NodeId(3), at("10.0.0.5:1")),
+            "a stranger is left to the election, which ignores it"
+        );
     }
 
     #[test]
