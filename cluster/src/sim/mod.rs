@@ -19,8 +19,8 @@ mod checker;
 pub use checker::{Checker, Violation};
 
 use crate::election::{Config, ControlMessage, Controller, Output, Role, Status, Strategy};
-use crate::map::LeadershipMap;
-use crate::types::{Epoch, NodeId, NodeState, Term, Time};
+use crate::map::{FencedPosition, LeadershipMap};
+use crate::types::{Epoch, NodeId, NodeState, PartitionId, Term, Time};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -699,6 +699,30 @@ impl Simulation {
             .observe_publish(id, map)
             .map_err(|violation| self.failure(violation))?;
         self.nodes[index].published.push(map.epoch);
+        // As a node's data shards do: report the replicas of partitions this map leaves without
+        // a leader, so that failover (fence, reports, choice) runs under every fault here too.
+        // The simulator has no logs: every replica reports an empty one.
+        let positions: Vec<FencedPosition> = map
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, assignment)| {
+                assignment.leader.is_none() && assignment.replicas.contains(&id)
+            })
+            .filter_map(|(partition, _)| {
+                Some(FencedPosition {
+                    partition: PartitionId(u32::try_from(partition).ok()?),
+                    map_epoch: map.epoch,
+                    last_epoch: Epoch(0),
+                    last_lsn: 0,
+                    usable: true,
+                })
+            })
+            .collect();
+        let now = self.now;
+        if let Some(machine) = self.nodes[index].machine.as_mut() {
+            machine.handle_local_positions(now, positions);
+        }
         Ok(())
     }
 
