@@ -44,3 +44,7 @@ const _: () = assert!(RETRIES_DEFAULT <= RETRIES_MAX);
 const _: () = assert!(REDIRECTS_DEFAULT <= REDIRECTS_MAX);
 const _: () = assert!(REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX > 0);
 const _: () = assert!(BACKOFF_INITIAL_DEFAULT.as_nanos() <= BACKOFF_MAX_DEFAULT.as_nanos());
+
+/// Most members' data addresses a client learns from cluster statuses (to follow `NotLeader`
+/// to a node that is not among its seeds), and most seeds it adds from them.
+pub const ADDRESSES_LEARNED_MAX: usize = 256;

@@ -15,7 +15,7 @@
 //! generator: no clock, no global randomness).
 
 use super::connection::{Reply, Request};
-use super::constants::{REDIRECTS_MAX, RETRIES_MAX, SEEDS_MAX};
+use super::constants::{ADDRESSES_LEARNED_MAX, REDIRECTS_MAX, RETRIES_MAX, SEEDS_MAX};
 use super::error::ClientError;
 use super::RetryPolicy;
 use crate::ids::{ClientId, ClientRequestId, NodeId, PartitionId, ShardId};
@@ -94,6 +94,9 @@ impl Topology {
 pub enum StepKind {
     /// A topology request, to learn the routes.
     Topology,
+    /// A cluster status request, to learn where a leader the client does not know serves
+    /// (its members' data addresses).
+    Members,
     /// The call's own request.
     Request,
 }
@@ -116,6 +119,7 @@ impl Step {
     pub fn request<'a>(&self, call: &'a Call) -> &'a Request {
         match self.kind {
             StepKind::Topology => &Request::Topology,
+            StepKind::Members => &Request::ClusterStatus,
             StepKind::Request => &call.request,
         }
     }
@@ -231,6 +235,9 @@ pub struct Call {
     in_flight: Option<Step>,
     /// Whether an earlier attempt of this write may have been applied.
     maybe_applied: bool,
+    /// A leader this call was sent to by `NotLeader` whose address the router does not know,
+    /// and the node to ask for it (its cluster status lists every member's data address).
+    lookup: Option<(NodeId, SocketAddr)>,
 }
 
 impl Call {
@@ -252,6 +259,8 @@ impl Call {
 #[derive(Debug)]
 pub struct Router {
     seeds: Vec<SocketAddr>,
+    /// How many of `seeds` came from the configuration (the rest were learned).
+    configured_seeds: usize,
     /// The seed asked for the topology next.
     seed_index: usize,
     topology: Option<Topology>,
@@ -259,6 +268,9 @@ pub struct Router {
     topology_stale: bool,
     /// Topologies learned per node, to follow `NotLeader { leader }`.
     nodes: HashMap<NodeId, Topology>,
+    /// Data addresses of members learned from cluster statuses, for leaders not among the
+    /// seeds (leadership moves on failover).
+    addresses: HashMap<NodeId, SocketAddr>,
     client: ClientId,
     next_sequence: u64,
     policy: RetryPolicy,
@@ -293,11 +305,13 @@ impl Router {
             ));
         }
         Ok(Router {
+            configured_seeds: seeds.len(),
             seeds,
             seed_index: 0,
             topology: None,
             topology_stale: false,
             nodes: HashMap::new(),
+            addresses: HashMap::new(),
             client,
             next_sequence: 1,
             policy,
@@ -340,6 +354,7 @@ impl Router {
             redirect: None,
             in_flight: None,
             maybe_applied: false,
+            lookup: None,
         })
     }
 
@@ -353,6 +368,7 @@ impl Router {
             redirect: None,
             in_flight: None,
             maybe_applied: false,
+            lookup: None,
         }
     }
 
@@ -367,13 +383,21 @@ impl Router {
             redirect: None,
             in_flight: None,
             maybe_applied: false,
+            lookup: None,
         }
     }
 
     /// Where `call`'s next attempt goes.
     pub fn next_step(&mut self, call: &mut Call) -> Step {
         let seed = self.seeds[self.seed_index % self.seeds.len()];
-        let step = if let Some((address, shard)) = call.redirect.take() {
+        let step = if let Some((_, address)) = call.lookup {
+            Step {
+                address,
+                shard: None,
+                node: None,
+                kind: StepKind::Members,
+            }
+        } else if let Some((address, shard)) = call.redirect.take() {
             Step {
                 address,
                 shard,
@@ -432,6 +456,17 @@ impl Router {
                 backoff: Duration::ZERO,
             };
         };
+        if step.kind == StepKind::Members
+            && !matches!(outcome, Outcome::Reply(Reply::ClusterStatus(_)))
+        {
+            // The node that named the leader could not say where it is: back to the seeds
+            // (this is no answer to the call's own request, and bounded by its redirects).
+            call.lookup = None;
+            self.rotate_seed();
+            return Verdict::Continue {
+                backoff: Duration::ZERO,
+            };
+        }
         let fetching_topology =
             step.kind == StepKind::Topology || matches!(call.request, Request::Topology);
         match outcome {
@@ -446,6 +481,27 @@ impl Router {
                     }
                 } else {
                     Verdict::Done(Ok(Reply::Topology(response)))
+                }
+            }
+            Outcome::Reply(Reply::ClusterStatus(status)) if step.kind == StepKind::Members => {
+                for member in &status.members {
+                    if let Ok(address) = member.data_address.parse::<SocketAddr>() {
+                        if self.addresses.len() < ADDRESSES_LEARNED_MAX
+                            || self.addresses.contains_key(&member.node)
+                        {
+                            self.addresses.insert(member.node, address);
+                        }
+                    }
+                }
+                if let Some((leader, _)) = call.lookup.take() {
+                    match self.addresses.get(&leader).copied() {
+                        Some(address) => self.ask_next(address),
+                        None => self.rotate_seed(),
+                    }
+                }
+                self.topology_stale = true;
+                Verdict::Continue {
+                    backoff: Duration::ZERO,
                 }
             }
             Outcome::Reply(reply) if step.kind == StepKind::Request => Verdict::Done(Ok(reply)),
@@ -479,9 +535,18 @@ impl Router {
                             .route(partition_for_key(key, topology.response.partition_count))
                             .map(|(address, shard)| (address, Some(shard)));
                     }
-                    // The leader's address is not known (or its topology is older than the
-                    // epoch): ask the next seed.
-                    _ => self.rotate_seed(),
+                    // The leader's topology is not known (or older than the epoch): ask the
+                    // leader if its address is known, else learn it from the node that named it
+                    // (leadership moves on failover, to nodes that may not be seeds).
+                    _ => {
+                        match leader.map(|leader| (leader, self.addresses.get(&leader).copied())) {
+                            Some((_, Some(address))) => self.ask_next(address),
+                            Some((leader, None)) if step.kind == StepKind::Request => {
+                                call.lookup = Some((leader, step.address));
+                            }
+                            _ => self.rotate_seed(),
+                        }
+                    }
                 }
                 self.redirect(call, response)
             }
@@ -537,6 +602,19 @@ impl Router {
         match call.request.client_request_id() {
             Some(id) => ClientError::OutcomeUnknown { id, reason },
             None => ClientError::Unavailable { reason },
+        }
+    }
+
+    /// Makes `address` the seed asked for the topology next (added to the seeds if new, up to
+    /// [`ADDRESSES_LEARNED_MAX`] more than configured).
+    fn ask_next(&mut self, address: SocketAddr) {
+        match self.seeds.iter().position(|seed| *seed == address) {
+            Some(index) => self.seed_index = index,
+            None if self.seeds.len() < self.configured_seeds + ADDRESSES_LEARNED_MAX => {
+                self.seeds.push(address);
+                self.seed_index = self.seeds.len() - 1;
+            }
+            None => self.rotate_seed(),
         }
     }
 
@@ -949,6 +1027,72 @@ mod tests {
     }
 
     #[test]
+    fn not_leader_naming_a_node_beyond_the_seeds_is_followed_through_the_members_addresses() {
+        use crate::message::{ClusterStatusResponse, ControlRole, MemberState, MemberStatus};
+        let mut router = router(vec![SEED]);
+        let mut call = put(&mut router, b"k");
+        learn(&mut router, &mut call, 1);
+        let step = router.next_step(&mut call);
+        assert_eq!(step.kind, StepKind::Request);
+        // Leadership moved to node 2, which is not a seed and whose address is unknown.
+        let not_leader = Outcome::Error(ErrorResponse::NotLeader {
+            leader: Some(NodeId(2)),
+            epoch: Epoch(2),
+        });
+        assert!(is_continue(&router.handle_outcome(&mut call, not_leader)));
+        let step = router.next_step(&mut call);
+        assert_eq!((step.address, step.kind), (SEED, StepKind::Members));
+        assert_eq!(step.request(&call), &Request::ClusterStatus);
+        let member = |node: u64, address: &str| MemberStatus {
+            node: NodeId(node),
+            state: MemberState::Joined,
+            suspected: false,
+            voter: true,
+            gossip_address: "127.0.0.1:7300".into(),
+            data_address: address.into(),
+        };
+        let status = ClusterStatusResponse {
+            node: NodeId(1),
+            term: crate::ids::Term(2),
+            role: ControlRole::Follower,
+            controller: Some(NodeId(2)),
+            epoch: Epoch(2),
+            lease: true,
+            members: vec![member(1, "127.0.0.1:7400"), member(2, "127.0.0.2:7400")],
+            partitions: vec![],
+        };
+        let verdict =
+            router.handle_outcome(&mut call, Outcome::Reply(Reply::ClusterStatus(status)));
+        assert!(is_continue(&verdict));
+        // Its topology, at the learned address, then the request at its shard.
+        let step = router.next_step(&mut call);
+        assert_eq!((step.address, step.kind), (SEED_2, StepKind::Topology));
+        let verdict =
+            router.handle_outcome(&mut call, Outcome::Reply(Reply::Topology(topology(2))));
+        assert!(is_continue(&verdict));
+        let step = router.next_step(&mut call);
+        assert_eq!(step.kind, StepKind::Request);
+        assert_eq!(step.address.ip(), SEED_2.ip());
+        assert_eq!(
+            router.handle_outcome(&mut call, written()),
+            Verdict::Done(Ok(Reply::Written(WriteResponse {
+                revision: Lsn(7),
+                hlc: 0
+            })))
+        );
+        // A later NotLeader naming node 2 goes there at once, without asking.
+        let mut call = put(&mut router, b"k");
+        router.next_step(&mut call);
+        let not_leader = Outcome::Error(ErrorResponse::NotLeader {
+            leader: Some(NodeId(2)),
+            epoch: Epoch(3),
+        });
+        assert!(is_continue(&router.handle_outcome(&mut call, not_leader)));
+        let step = router.next_step(&mut call);
+        assert_eq!((step.address, step.kind), (SEED_2, StepKind::Topology));
+    }
+
+    #[test]
     fn redirects_are_bounded() {
         let mut router = router(vec![SEED]);
         let mut call = put(&mut router, b"k");
@@ -1061,7 +1205,8 @@ mod tests {
         router.handle_outcome(&mut call, Outcome::Reply(Reply::Topology(topology(2))));
         let step = router.next_step(&mut call);
         assert_eq!(step.address.ip(), SEED_2.ip());
-        // Node 2 does not lead; the leader (node 9) is unknown: ask the next seed.
+        // Node 2 does not lead; the leader (node 9) is unknown: ask node 2 where it is, and
+        // when node 2 cannot say, the next seed.
         let verdict = router.handle_outcome(
             &mut call,
             Outcome::Error(ErrorResponse::NotLeader {
@@ -1070,6 +1215,15 @@ mod tests {
             }),
         );
         assert!(is_continue(&verdict));
+        let step = router.next_step(&mut call);
+        assert_eq!(
+            (step.address.ip(), step.kind),
+            (SEED_2.ip(), StepKind::Members)
+        );
+        let refused = ErrorResponse::invalid_request("ClusterStatus is not a request here");
+        assert!(is_continue(
+            &router.handle_outcome(&mut call, Outcome::Error(refused))
+        ));
         let step = router.next_step(&mut call);
         assert_eq!((step.address, step.kind), (SEED, StepKind::Topology));
         router.handle_outcome(&mut call, Outcome::Reply(Reply::Topology(topology(1))));
