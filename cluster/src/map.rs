@@ -98,6 +98,23 @@ pub struct FencedPosition {
 /// The latest fenced positions each node reported, by node.
 pub type Positions = BTreeMap<NodeId, Vec<FencedPosition>>;
 
+/// A controlled handoff of a partition's leadership (issue: a returning preferred leader gets
+/// its partitions back): the controller wishes it, the leader carries it out.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[rkyv(crate = rkyv, derive(Debug))]
+pub struct Handoff {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The replica that should lead it.
+    pub to: NodeId,
+    /// The map the wish, or the readiness, is about.
+    pub map_epoch: Epoch,
+}
+
+/// The handoffs each leader reported ready, by leader: it stopped taking writes for the
+/// partition and the target acknowledged its whole log.
+pub type HandoffsReady = BTreeMap<NodeId, Vec<Handoff>>;
+
 /// How the next map treats partitions whose leader changes (design.md section 6a): computed
 /// from the latest map, the members' states and the fenced positions reported, before the
 /// scoring; [`apply_failover`] then holds the scoring to it.
@@ -129,6 +146,7 @@ pub fn plan_failover(
     previous: Option<&LeadershipMap>,
     members: &BTreeMap<NodeId, NodeState>,
     positions: &Positions,
+    ready: &HandoffsReady,
 ) -> Failover {
     let mut failover = Failover::default();
     let Some(previous) = previous else {
@@ -154,7 +172,26 @@ pub fn plan_failover(
                 .extend(others.map(|&node| (partition, node)));
         };
         match assignment.leader {
-            Some(leader) if can_lead(leader) => lag_all_but(&mut failover, &[leader]),
+            Some(leader) if can_lead(leader) => {
+                // A handoff the leader made ready: it takes no writes for the partition, and
+                // the target holds its whole log, so every acknowledged write.
+                let handoff = ready.get(&leader).and_then(|handoffs| {
+                    handoffs.iter().find(|handoff| {
+                        handoff.partition == partition
+                            && handoff.map_epoch == previous.epoch
+                            && handoff.to != leader
+                            && assignment.replicas.contains(&handoff.to)
+                            && can_lead(handoff.to)
+                    })
+                });
+                match handoff {
+                    Some(handoff) => {
+                        lag_all_but(&mut failover, &[handoff.to]);
+                        failover.chosen.insert(partition, vec![handoff.to]);
+                    }
+                    None => lag_all_but(&mut failover, &[leader]),
+                }
+            }
             Some(_) => {
                 failover.fenced.insert(partition);
                 lag_all_but(&mut failover, &[]);
@@ -173,6 +210,39 @@ pub fn plan_failover(
         }
     }
     failover
+}
+
+/// The handoffs the controller wishes in `map`: each partition whose leader is not the one
+/// the scoring prefers when nothing lags (design.md section 4: a `Joined` replica with a
+/// strictly better score, such as a preferred leader back after a restart) goes to that one.
+pub fn wanted_handoffs(
+    map: &LeadershipMap,
+    members: &BTreeMap<NodeId, NodeState>,
+    replication_factor: usize,
+) -> Vec<Handoff> {
+    let input = MapInput {
+        members,
+        partitions: u32::try_from(map.partitions.len()).unwrap_or(u32::MAX),
+        replication_factor,
+        previous: Some(map),
+        lagging: &BTreeSet::new(),
+    };
+    let preferred = compute_leadership_map(&input, map.term, map.epoch);
+    map.partitions
+        .iter()
+        .zip(&preferred.partitions)
+        .enumerate()
+        .filter_map(|(index, (now, best))| {
+            let (leader, to) = (now.leader?, best.leader?);
+            let joined = members.get(&to) == Some(&NodeState::Joined);
+            let partition = PartitionId(u32::try_from(index).ok()?);
+            (leader != to && joined && now.replicas.contains(&to)).then_some(Handoff {
+                partition,
+                to,
+                map_epoch: map.epoch,
+            })
+        })
+        .collect()
 }
 
 /// The replicas of `partition` whose fenced position is the most recent among a majority of

@@ -75,8 +75,11 @@ fn message() -> impl Strategy<Value = ControlMessage> {
         (term(), version())
             .prop_map(|(term, version)| ControlMessage::ProposeAck { term, version }),
         (term(), map()).prop_map(|(term, map)| ControlMessage::Commit { term, map }),
-        (term(), version())
-            .prop_map(|(term, committed)| ControlMessage::Heartbeat { term, committed }),
+        (term(), version()).prop_map(|(term, committed)| ControlMessage::Heartbeat {
+            term,
+            committed,
+            handoffs: Vec::new(),
+        }),
         (
             term(),
             version(),
@@ -89,6 +92,7 @@ fn message() -> impl Strategy<Value = ControlMessage> {
                     committed,
                     stored,
                     positions,
+                    ready: Vec::new(),
                 }
             }),
         term().prop_map(|term| ControlMessage::Refuse { term }),

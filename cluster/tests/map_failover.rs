@@ -6,9 +6,12 @@
 //! Replicas of a partition that has no leader in the latest map report their last record (the
 //! fenced positions), as data shards do.
 //!
+//! Handoffs run too: the controller's wishes (`wanted_handoffs`) that a leader made ready (the
+//! target holds its whole log) move a partition to its preferred replica.
+//!
 //! After every map: a leader is one of its replicas; a partition's leader changes only
-//! through a map in which it had none (the fence); and a new leader holds every write
-//! acknowledged at `Quorum` before it (promise 2). This fails when the new leader is picked
+//! through a map in which it had none (the fence) or a ready handoff; and a new leader holds
+//! every write acknowledged at `Quorum` before it (promise 2). This fails when the new leader is picked
 //! without a majority's reports, or not the most recent of them.
 //!
 //! Members walk through random states (`Joining`, `JoinedSyncing`, `Joined`, `Leaving`,
@@ -16,8 +19,8 @@
 //! (`Leaving`) and back.
 
 use coregrid_cluster::map::{
-    apply_failover, compute_leadership_map, plan_failover, FencedPosition, LeadershipMap, MapInput,
-    Positions,
+    apply_failover, compute_leadership_map, plan_failover, wanted_handoffs, FencedPosition,
+    HandoffsReady, LeadershipMap, MapInput, Positions,
 };
 use coregrid_cluster::types::{Epoch, NodeId, NodeState, PartitionId, Term};
 use proptest::prelude::*;
@@ -71,6 +74,27 @@ impl Model {
         positions
     }
 
+    /// The handoffs the controller wishes in `map` that their leaders made ready: the target
+    /// holds the leader's whole log (a leader stops writing while it waits for that).
+    fn ready(
+        &self,
+        map: &LeadershipMap,
+        members: &BTreeMap<NodeId, NodeState>,
+        replication_factor: usize,
+    ) -> HandoffsReady {
+        let mut ready = HandoffsReady::new();
+        for handoff in wanted_handoffs(map, members, replication_factor) {
+            let partition = handoff.partition.get();
+            let Some(leader) = map.leader(handoff.partition) else {
+                continue;
+            };
+            if self.end(partition, handoff.to) == self.end(partition, leader) {
+                ready.entry(leader).or_default().push(handoff);
+            }
+        }
+        ready
+    }
+
     /// The leader of every led partition writes `count` records in the map's epoch; the
     /// replicas picked by `copy` (live ones) take its log; a majority acknowledges.
     fn write(
@@ -113,8 +137,9 @@ fn next_map(
     replication_factor: usize,
     previous: Option<&LeadershipMap>,
     positions: &Positions,
+    ready: &HandoffsReady,
 ) -> LeadershipMap {
-    let failover = plan_failover(previous, members, positions);
+    let failover = plan_failover(previous, members, positions, ready);
     let input = MapInput {
         members,
         partitions,
@@ -133,8 +158,14 @@ fn check(
     previous: &LeadershipMap,
     map: &LeadershipMap,
     model: &Model,
+    ready: &HandoffsReady,
     step: &str,
 ) -> Result<(), TestCaseError> {
+    let handed: Vec<(u32, NodeId)> = ready
+        .values()
+        .flatten()
+        .map(|handoff| (handoff.partition.get(), handoff.to))
+        .collect();
     for (index, (before, after)) in previous.partitions.iter().zip(&map.partitions).enumerate() {
         let partition = index as u32;
         let Some(leader) = after.leader else {
@@ -149,8 +180,11 @@ fn check(
             continue;
         }
         prop_assert!(
-            before.leader.is_none() || before.replicas.is_empty(),
-            "{step}: partition {partition} moved from {:?} to {leader:?} without a fence",
+            before.leader.is_none()
+                || before.replicas.is_empty()
+                || handed.contains(&(partition, leader)),
+            "{step}: partition {partition} moved from {:?} to {leader:?} without a fence or a \
+             ready handoff",
             before.leader
         );
         let acknowledged = model
@@ -197,6 +231,7 @@ fn run(
         replication_factor,
         None,
         &Positions::new(),
+        &HandoffsReady::new(),
     );
     for (index, &(node, pick, count, copy, heard)) in steps.iter().enumerate() {
         model.write(&map, &members, count, copy);
@@ -204,17 +239,20 @@ fn run(
         // Two rounds per step: the fence, then the failover on the positions it brings.
         for round in 0..2 {
             let positions = model.positions(&map, &members, heard.rotate_left(round * 7));
+            let ready = model.ready(&map, &members, replication_factor);
             let next = next_map(
                 &members,
                 partitions,
                 replication_factor,
                 Some(&map),
                 &positions,
+                &ready,
             );
             check(
                 &map,
                 &next,
                 &model,
+                &ready,
                 &format!("step {index} round {round}: node {node} {:?}", state(pick)),
             )?;
             map = next;
@@ -237,7 +275,14 @@ fn a_leader_stopped_gracefully_is_replaced_by_the_most_recent_replica() {
         .into_iter()
         .map(|id| (NodeId(id), NodeState::Joined))
         .collect();
-    let first = next_map(&members, 8, 3, None, &Positions::new());
+    let first = next_map(
+        &members,
+        8,
+        3,
+        None,
+        &Positions::new(),
+        &HandoffsReady::new(),
+    );
     let leader = first.partitions[0].leader.expect("partition 0 is led");
     let steps: Vec<(u64, u8, u64, u64, u64)> = steps
         .iter()

@@ -352,6 +352,12 @@ impl<S: Storage> Partition<S> {
         self.wal.borrow().durable_lsn()
     }
 
+    /// The highest LSN staged (durable or on its way): every record of the partition is
+    /// durable when it equals [`Partition::durable_lsn`].
+    pub fn staged_lsn(&self) -> u64 {
+        self.wal.borrow().next_lsn() - 1
+    }
+
     /// Whether this replica may lead the partition: `false` while its state reflects records
     /// its log lacks (a leader's snapshot installed whose cover lies past its WAL's end: a
     /// leader serving from it could hand followers a log without those records).

@@ -11,10 +11,12 @@
 //!   every value written before the kill (at `Quorum`, the client's default) is read back from
 //!   the new leaders, and they take writes (the time from the kill to every partition led by a
 //!   survivor is printed, not asserted); restarted on its directory, the killed node rejoins
-//!   without a new election and follows;
+//!   without a new election and, once in sync, gets its partitions back by a controlled
+//!   handoff (the map's leaders are those from before the kill), with every value;
 //! - a partition leader that is not the controller stopped with SIGTERM (a graceful stop: it
 //!   announces `Leaving`): its partitions fail over the same way, with every value written
-//!   before the stop; restarted, it rejoins, and every value is still there.
+//!   before the stop; restarted, it rejoins, gets them back by handoffs, and every value is
+//!   still there.
 
 #[path = "common/node_process.rs"]
 #[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
@@ -288,10 +290,27 @@ fn three_nodes_elect_one_controller_fence_writes_and_fail_over_a_killed_and_a_st
         rejoined[0].controller, after[0].controller,
         "no new election"
     );
-    read_every_key(&nodes, 2, "the restart");
+    // Back and in sync, it gets its partitions back by a controlled handoff: each survivor
+    // stops taking the partition's writes, waits until it holds the whole log, and the next map
+    // names it again.
+    let handed_back = wait_until("the restarted node leading its partitions again", || {
+        agreed(&everyone, &ids, rejoined[0].epoch.get()).filter(|statuses| {
+            statuses[0]
+                .partitions
+                .iter()
+                .zip(&first.partitions)
+                .all(|(now, before)| now.leader == before.leader)
+        })
+    });
+    println!(
+        "restarted node {controller} leads its partitions again in epoch {}: {:?} after the kill",
+        handed_back[0].epoch,
+        killed_at.elapsed()
+    );
+    read_every_key(&nodes, 2, "the handoff");
 
     // Stop a partition leader that is not the controller with SIGTERM: it leaves gracefully.
-    let map = rejoined[0].clone();
+    let map = handed_back[0].clone();
     let controller = map.controller.expect("a controller");
     let index = nodes
         .iter()
@@ -326,7 +345,7 @@ fn three_nodes_elect_one_controller_fence_writes_and_fail_over_a_killed_and_a_st
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
     write_every_key(&seeds, 3);
 
-    // Restarted, it rejoins; every value is still there.
+    // Restarted, it rejoins, gets its partitions back by handoffs, and every value is there.
     let mut restarted = spawn(index);
     restarted.wait_ready();
     nodes.insert(index, restarted);
@@ -340,6 +359,15 @@ fn three_nodes_elect_one_controller_fence_writes_and_fail_over_a_killed_and_a_st
         })
     });
     assert!(back[0].epoch >= away[0].epoch);
+    wait_until("the restarted node leading its partitions again", || {
+        agreed(&everyone, &ids, back[0].epoch.get()).filter(|statuses| {
+            statuses[0]
+                .partitions
+                .iter()
+                .zip(&map.partitions)
+                .all(|(now, before)| now.leader == before.leader)
+        })
+    });
     read_every_key(&nodes, 3, "the restart after the graceful stop");
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
     write_every_key(&seeds, 4);

@@ -5,7 +5,8 @@ use super::constants::{ELECTION_FAILURES_COUNTED_MAX, OUTPUTS_QUEUED_MAX, RING_P
 use super::{Config, ConfigError, ControlMessage, Output, Persisted, Role, Status, Strategy};
 use crate::constants::MEMBERS_MAX;
 use crate::map::{
-    apply_failover, plan_failover, FencedPosition, LeadershipMap, MapInput, Positions,
+    apply_failover, plan_failover, wanted_handoffs, FencedPosition, Handoff, HandoffsReady,
+    LeadershipMap, MapInput, Positions,
 };
 use crate::types::{Epoch, MapVersion, NodeId, NodeState, Term, Time};
 use rand::rngs::StdRng;
@@ -96,6 +97,10 @@ pub struct Controller {
     positions: Positions,
     /// When this controller last heard each member's heartbeat reply.
     members_heard: BTreeMap<NodeId, Time>,
+    /// The handoffs the controller wishes (its own when controller, else the last heartbeat's).
+    handoffs_wanted: Vec<Handoff>,
+    /// The handoffs each leader reported ready (this node's own included).
+    ready: HandoffsReady,
     /// The controller this node followed last: a new controller was elected because the
     /// voters stopped hearing it, so it counts as silent until it answers.
     last_followed: Option<NodeId>,
@@ -156,6 +161,8 @@ impl Controller {
             members_changed: false,
             positions: Positions::new(),
             members_heard: BTreeMap::new(),
+            handoffs_wanted: Vec::new(),
+            ready: HandoffsReady::new(),
             last_followed: None,
             silent: BTreeSet::new(),
             ring_round: 0,
@@ -284,6 +291,54 @@ impl Controller {
         self.finish_input();
     }
 
+    /// The handoffs the controller wishes, for this node's partitions to carry out: the
+    /// controller's own, or the last its heartbeats carried.
+    pub fn handoffs_wanted(&self) -> &[Handoff] {
+        &self.handoffs_wanted
+    }
+
+    /// Takes the handoffs this node, as a partition's leader, made ready (it stopped taking
+    /// writes, and the target acknowledged its whole log). A follower reports them to the
+    /// controller with every heartbeat reply; a controller uses them itself.
+    pub fn handle_local_ready(&mut self, now: Time, ready: Vec<Handoff>) {
+        let id = self.id;
+        self.note_ready(now, id, ready);
+        self.finish_input();
+    }
+
+    /// Stores `from`'s ready handoffs; a controller proposes the map they change.
+    fn note_ready(&mut self, now: Time, from: NodeId, mut ready: Vec<Handoff>) {
+        ready.truncate(usize::try_from(self.config.partitions).unwrap_or(usize::MAX));
+        let known = self.ready.get(&from).map_or(&[][..], Vec::as_slice);
+        if known == ready.as_slice() {
+            return;
+        }
+        if ready.is_empty() {
+            self.ready.remove(&from);
+        } else {
+            self.ready.insert(from, ready);
+        }
+        if self.phase == Phase::Controller {
+            if self.proposal.is_some() {
+                self.members_changed = true;
+            } else {
+                self.propose_if_changed(now);
+            }
+        }
+    }
+
+    /// The handoffs wished in the published map.
+    fn compute_handoffs(&self) -> Vec<Handoff> {
+        let Some(map) = self.persisted.published_map.as_ref() else {
+            return Vec::new();
+        };
+        let mut members = self.members.clone();
+        for node in &self.silent {
+            members.insert(*node, NodeState::Dead);
+        }
+        wanted_handoffs(map, &members, self.config.replication_factor)
+    }
+
     /// Stores `from`'s latest positions; a controller proposes the map they may change.
     fn note_positions(&mut self, now: Time, from: NodeId, mut positions: Vec<FencedPosition>) {
         positions.truncate(usize::try_from(self.config.partitions).unwrap_or(usize::MAX));
@@ -338,7 +393,14 @@ impl Controller {
                 self.on_propose_ack(now, from, term, version)
             }
             ControlMessage::Commit { term, map } => self.on_commit(now, from, term, map),
-            ControlMessage::Heartbeat { term, committed } => {
+            ControlMessage::Heartbeat {
+                term,
+                committed,
+                handoffs,
+            } => {
+                if term >= self.persisted.term && self.config.is_voter(from) {
+                    self.handoffs_wanted = handoffs;
+                }
                 self.on_heartbeat(now, from, term, committed)
             }
             ControlMessage::HeartbeatReply {
@@ -346,9 +408,11 @@ impl Controller {
                 committed,
                 stored,
                 positions,
+                ready,
             } => {
                 self.on_heartbeat_reply(now, from, term, committed, stored);
                 if term == self.persisted.term && self.phase == Phase::Controller {
+                    self.note_ready(now, from, ready);
                     self.note_positions(now, from, positions);
                 }
             }
@@ -935,7 +999,7 @@ impl Controller {
         .max_by_key(|map| map.version());
         // A partition's leader stays while it may lead; one that may not is fenced, then
         // replaced by the most recent replica of a majority (design.md section 6a).
-        let failover = plan_failover(previous, &members, &self.positions);
+        let failover = plan_failover(previous, &members, &self.positions, &self.ready);
         let input = MapInput {
             members: &members,
             partitions: self.config.partitions,
@@ -1165,6 +1229,7 @@ impl Controller {
         if self.phase != Phase::Controller {
             return;
         }
+        self.handoffs_wanted = self.compute_handoffs();
         let message = ControlMessage::Heartbeat {
             term: self.persisted.term,
             committed: self
@@ -1173,6 +1238,7 @@ impl Controller {
                 .as_ref()
                 .map(LeadershipMap::version)
                 .unwrap_or_default(),
+            handoffs: self.handoffs_wanted.clone(),
         };
         for to in self.audience() {
             self.send(to, message.clone());
@@ -1240,6 +1306,7 @@ impl Controller {
                 .unwrap_or_default(),
             stored: self.persisted.stored_version(),
             positions: self.positions.get(&self.id).cloned().unwrap_or_default(),
+            ready: self.ready.get(&self.id).cloned().unwrap_or_default(),
         };
         self.send(from, reply);
     }
@@ -1357,6 +1424,7 @@ impl Controller {
                     .as_ref()
                     .map(LeadershipMap::version)
                     .unwrap_or_default(),
+                handoffs: Vec::new(),
             };
             self.send(from, heartbeat);
             return;
@@ -1766,6 +1834,7 @@ mod tests {
             ControlMessage::Heartbeat {
                 term: Term(9),
                 committed: MapVersion::default(),
+                handoffs: Vec::new(),
             },
         );
         assert!(node.poll_output().is_none());

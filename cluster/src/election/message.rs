@@ -2,7 +2,7 @@
 //! Every message carries its sender's term, so a stale sender learns it is stale from the
 //! answer ([`ControlMessage::Refuse`]) and steps down.
 
-use crate::map::{FencedPosition, LeadershipMap};
+use crate::map::{FencedPosition, Handoff, LeadershipMap};
 use crate::types::{MapVersion, NodeId, Term};
 use coregrid_net::rkyv::{self, Archive, Deserialize, Serialize};
 
@@ -77,6 +77,8 @@ pub enum ControlMessage {
         term: Term,
         /// The version of the latest committed map.
         committed: MapVersion,
+        /// The handoffs the controller wishes (each carried out by the partition's leader).
+        handoffs: Vec<Handoff>,
     },
     /// The answer to a heartbeat: lets the controller count a quorum (check-quorum) and
     /// resend what the follower lacks.
@@ -90,6 +92,8 @@ pub enum ControlMessage {
         /// The follower's fenced positions: its last record of every partition it holds a
         /// replica of and that has no leader in its map (the failover's input).
         positions: Vec<FencedPosition>,
+        /// The handoffs the follower, as a partition's leader, made ready.
+        ready: Vec<Handoff>,
     },
     /// The sender refused a message of a lower term: the receiver steps down to `term`.
     Refuse {

@@ -129,3 +129,13 @@ const _: () = assert!(SYNC_WAIT_MS <= coregrid_net::constants::SYNC_WAIT_MS_MAX)
 const _: () =
     assert!(SYNC_REQUEST_BYTES as usize <= coregrid_net::constants::SYNC_RECORD_BYTES_MAX);
 const _: () = assert!(SYNC_RETRY_MS_MIN <= SYNC_RETRY_MS_MAX);
+
+/// How long a leader handing a partition over waits for the target to acknowledge its whole
+/// log (writes refused meanwhile), in milliseconds, before it gives up and takes writes again.
+pub const HANDOFF_DRAIN_MS: u64 = 2_000;
+
+/// How long after an abandoned handoff the leader does not try it again, in milliseconds.
+pub const HANDOFF_BACKOFF_MS: u64 = 10_000;
+
+/// How often a leader handing a partition over checks the target's ack, in milliseconds.
+pub const HANDOFF_POLL_MS: u64 = 5;

@@ -39,7 +39,7 @@ use super::control_state::{self, ControlState};
 use super::fault::FaultFile;
 use coregrid_cluster::election::ControlMessage;
 use coregrid_cluster::election::{self, Controller, Output, Role, Status, Strategy};
-use coregrid_cluster::map::{FencedPosition, LeadershipMap};
+use coregrid_cluster::map::{FencedPosition, Handoff, LeadershipMap};
 use coregrid_cluster::membership::{MemberView, Membership, MembershipConfig, MembershipOutput};
 use coregrid_cluster::types::{ClusterId, Epoch, NodeId, NodeState, PartitionId, Term, Time};
 use coregrid_cluster::wire::{self as control_wire, ControlDatagram};
@@ -138,6 +138,10 @@ pub struct ClusterView {
     /// This node holds the write lease ([`Lease`]): it is in contact with a majority of voters,
     /// so it is not cut off on a minority side.
     pub lease: bool,
+    /// The handoffs the controller wishes of partitions this node leads in `map` (each to
+    /// carry out by its data shard: stop taking writes, wait for the target's ack of the whole
+    /// log, report ready).
+    pub handoffs: Vec<Handoff>,
 }
 
 impl ClusterView {
@@ -153,6 +157,7 @@ impl ClusterView {
             members: BTreeMap::new(),
             behind: false,
             lease: false,
+            handoffs: Vec::new(),
         }
     }
 
@@ -386,6 +391,8 @@ pub struct ShardPositions {
     pub shard: usize,
     /// Its positions (all of them: they replace the shard's earlier report).
     pub positions: Vec<FencedPosition>,
+    /// The handoffs it made ready (all of them).
+    pub ready: Vec<Handoff>,
 }
 
 impl ClusterFeed {
@@ -525,6 +532,7 @@ struct Driver {
     /// The data shards' fenced positions, as each last reported them.
     positions_in: flume::Receiver<ShardPositions>,
     shard_positions: BTreeMap<usize, Vec<FencedPosition>>,
+    shard_ready: BTreeMap<usize, Vec<Handoff>>,
 }
 
 async fn run(
@@ -592,6 +600,7 @@ async fn run(
         out: Vec::new(),
         positions_in,
         shard_positions: BTreeMap::new(),
+        shard_ready: BTreeMap::new(),
     };
     driver.published = driver.state.published_map.clone().map(Arc::new);
     if let Some(path) = driver.settings.fault_file.clone() {
@@ -726,17 +735,31 @@ impl Driver {
     /// the election.
     fn take_positions(&mut self) {
         let mut changed = false;
+        let mut ready_changed = false;
         while let Ok(report) = self.positions_in.try_recv() {
+            if self.shard_ready.get(&report.shard) != Some(&report.ready) {
+                ready_changed = true;
+                self.shard_ready.insert(report.shard, report.ready);
+            }
             let known = self.shard_positions.get(&report.shard);
             if known != Some(&report.positions) {
                 changed = true;
                 self.shard_positions.insert(report.shard, report.positions);
             }
         }
+        let now = self.now();
+        if ready_changed {
+            let ready: Vec<Handoff> = self.shard_ready.values().flatten().copied().collect();
+            if !ready.is_empty() {
+                tracing::info!(?ready, "handoffs ready");
+            }
+            if let Some(controller) = self.controller.as_mut() {
+                controller.handle_local_ready(now, ready);
+            }
+        }
         if !changed {
             return;
         }
-        let now = self.now();
         let all: Vec<FencedPosition> = self.shard_positions.values().flatten().copied().collect();
         if !all.is_empty() {
             tracing::info!(
@@ -1007,6 +1030,18 @@ impl Driver {
                         .as_ref()
                         .is_none_or(|map| map.epoch < committed)
                 }),
+            handoffs: match (self.controller.as_ref(), self.published.as_ref()) {
+                (Some(controller), Some(map)) => controller
+                    .handoffs_wanted()
+                    .iter()
+                    .filter(|handoff| {
+                        handoff.map_epoch == map.epoch
+                            && map.leader(handoff.partition) == Some(self.settings.node)
+                    })
+                    .copied()
+                    .collect(),
+                _ => Vec::new(),
+            },
         };
         let every_partition_led = view.map.as_ref().is_some_and(|map| {
             map.partitions

@@ -21,12 +21,14 @@
 
 use super::config::ReplicaSettings;
 use super::constants::{
-    ACCEPT_ERROR_PAUSE_MS, CLOSE_TIMEOUT_MS, DRAIN_POLL_MS, REFUSALS_IN_PROGRESS_MAX,
-    REFUSAL_WRITE_TIMEOUT_MS, REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
+    ACCEPT_ERROR_PAUSE_MS, CLOSE_TIMEOUT_MS, DRAIN_POLL_MS, HANDOFF_BACKOFF_MS, HANDOFF_DRAIN_MS,
+    HANDOFF_POLL_MS, REFUSALS_IN_PROGRESS_MAX, REFUSAL_WRITE_TIMEOUT_MS,
+    REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
 };
 use super::control::{ClusterFeed, ClusterView, ShardPositions};
 use super::handler::{self, Answer, CollectionScope, Routing};
 use super::replica::{self, FollowerIdentity, Followers, SnapshotAsk, SyncAsk};
+use coregrid_cluster::map::Handoff;
 use coregrid_engine::rt::{self, Doorbell};
 use coregrid_engine::{Engine, LocalShard};
 use coregrid_net::constants::FRAME_HEADER_BYTES;
@@ -158,6 +160,25 @@ struct ShardServer {
     progress: RefCell<HashMap<u32, Progress>>,
     /// The origin of the milliseconds [`Progress`] counts in.
     started: Instant,
+    /// Handoffs of partitions this shard leads, under way or just failed.
+    handoffs: RefCell<HashMap<u32, HandoffState>>,
+}
+
+/// A handoff of a partition's leadership on its leader's shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HandoffState {
+    handoff: Handoff,
+    phase: HandoffPhase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HandoffPhase {
+    /// Writes are refused; waiting for the target's ack of the whole log.
+    Draining,
+    /// Reported ready; writes stay refused until the map moves the partition.
+    Ready,
+    /// The target did not catch up in time: writes are taken again, no retry until then.
+    Backoff(Instant),
 }
 
 /// What a `Quorum` or `All` write waits for once its leader holds it: `needed` follower acks,
@@ -219,6 +240,7 @@ async fn control_loop(
         }),
         progress: RefCell::new(HashMap::new()),
         started: Instant::now(),
+        handoffs: RefCell::new(HashMap::new()),
     });
     rt::spawn_detached(follow_cluster(server.clone(), watch));
     let stop_accepting = Doorbell::default();
@@ -288,9 +310,11 @@ async fn follow_cluster(server: Rc<ShardServer>, watch: ClusterWatch) {
             // Taken after `update` stopped the sessions of partitions that lost their leader:
             // a stopped session sends no more acks (`replica::pull`), so every ack this node
             // ever sent for such a partition is at or below the position reported.
+            server.take_handoffs(&view);
             watch.feed.report_positions(ShardPositions {
                 shard: server.routing.shard,
                 positions: replica::fenced_positions(&view, &partitions),
+                ready: server.handoffs_ready(),
             });
         }
         if watch.changed.recv_async().await.is_err() {
@@ -855,6 +879,62 @@ async fn serve_snapshot_request(
     replica::answer_snapshot(&partition, ask).await
 }
 
+/// Carries out a handoff on the partition's leader: writes are refused already
+/// ([`fence`]); once every staged record is durable and the target acknowledged the whole log
+/// it holds every acknowledged write, and the handoff is reported ready, for the controller to
+/// name the target in the next map. A target that does not catch up within
+/// [`HANDOFF_DRAIN_MS`] ends it: writes are taken again, and no retry before
+/// [`HANDOFF_BACKOFF_MS`].
+async fn drain_for_handoff(server: Rc<ShardServer>, handoff: Handoff) {
+    let partition_id = handoff.partition.get();
+    let Some(partition) = server.local.partition(partition_id).cloned() else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_millis(HANDOFF_DRAIN_MS);
+    loop {
+        let draining = server
+            .handoffs
+            .borrow()
+            .get(&partition_id)
+            .is_some_and(|state| state.handoff == handoff && state.phase == HandoffPhase::Draining);
+        if !draining {
+            return;
+        }
+        let durable = partition.durable_lsn();
+        let acked = server
+            .progress
+            .borrow()
+            .get(&partition_id)
+            .and_then(|progress| progress.acked(handoff.to.get()));
+        if durable == partition.staged_lsn() && acked.is_some_and(|acked| acked >= durable) {
+            if let Some(state) = server.handoffs.borrow_mut().get_mut(&partition_id) {
+                state.phase = HandoffPhase::Ready;
+            }
+            tracing::info!(partition = partition_id, to = %handoff.to, lsn = durable,
+                "handoff ready: the target holds the whole log");
+            let view = server.cluster.borrow().clone();
+            let partitions: Vec<_> = server.local.partitions().cloned().collect();
+            server.feed.report_positions(ShardPositions {
+                shard: server.routing.shard,
+                positions: replica::fenced_positions(&view, &partitions),
+                ready: server.handoffs_ready(),
+            });
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::info!(partition = partition_id, to = %handoff.to,
+                "handoff abandoned: the target did not catch up; taking writes again");
+            if let Some(state) = server.handoffs.borrow_mut().get_mut(&partition_id) {
+                state.phase = HandoffPhase::Backoff(
+                    Instant::now() + Duration::from_millis(HANDOFF_BACKOFF_MS),
+                );
+            }
+            return;
+        }
+        rt::sleep(Duration::from_millis(HANDOFF_POLL_MS)).await;
+    }
+}
+
 /// Lets a keyed request through only if this node leads its partition in the current epoch
 /// and is `Joined` (design.md section 5, promise 1); the partition begins that epoch before
 /// the request runs ([`begin_epoch_if_needed`]).
@@ -875,6 +955,13 @@ fn fence(
         }
     }
     server.check_view(|view| view.fence(partition))?;
+    if let handler::Request::Write { .. } = request {
+        if let Some(to) = server.handing_off(partition) {
+            return Err(ErrorResponse::unavailable(format!(
+                "partition {partition} is handing its leadership to node {to}"
+            )));
+        }
+    }
     Ok(request)
 }
 
@@ -1009,6 +1096,57 @@ impl ShardServer {
             if !led.contains(&stored.id()) {
                 stored.hold_for_replicas(None, hold_bytes);
             }
+        }
+    }
+
+    /// The node `partition` is being handed to, while its writes are refused for that.
+    fn handing_off(&self, partition: u32) -> Option<NodeId> {
+        let handoffs = self.handoffs.borrow();
+        let state = handoffs.get(&partition)?;
+        matches!(state.phase, HandoffPhase::Draining | HandoffPhase::Ready)
+            .then_some(state.handoff.to)
+    }
+
+    /// The handoffs this shard made ready.
+    fn handoffs_ready(&self) -> Vec<Handoff> {
+        self.handoffs
+            .borrow()
+            .values()
+            .filter(|state| state.phase == HandoffPhase::Ready)
+            .map(|state| state.handoff)
+            .collect()
+    }
+
+    /// Starts the handoffs `view` wishes of this shard's partitions, and forgets those it no
+    /// longer wishes (the map moved the partition, or the wish was withdrawn). A handoff that
+    /// timed out is not tried again before its backoff ends.
+    fn take_handoffs(self: &Rc<Self>, view: &ClusterView) {
+        let now = Instant::now();
+        let mut handoffs = self.handoffs.borrow_mut();
+        handoffs.retain(|_, state| match state.phase {
+            HandoffPhase::Backoff(until) => now < until,
+            _ => view.handoffs.contains(&state.handoff),
+        });
+        let mut started = Vec::new();
+        for handoff in &view.handoffs {
+            let partition = handoff.partition.get();
+            if self.local.partition(partition).is_none() || handoffs.contains_key(&partition) {
+                continue;
+            }
+            tracing::info!(partition, to = %handoff.to, "handing leadership over");
+            handoffs.insert(
+                partition,
+                HandoffState {
+                    handoff: *handoff,
+                    phase: HandoffPhase::Draining,
+                },
+            );
+            started.push(*handoff);
+        }
+        // Spawned once the states are released: a spawned task may run at once.
+        drop(handoffs);
+        for handoff in started {
+            rt::spawn_detached(drain_for_handoff(self.clone(), handoff));
         }
     }
 
