@@ -212,8 +212,8 @@ pub fn plan_failover(
     failover
 }
 
-/// The handoffs the controller wishes in `map`: each partition whose leader is not the one
-/// the scoring prefers when nothing lags (design.md section 4: a `Joined` replica with a
+/// The handoffs the controller wishes in `map`: each partition whose `Joined` leader is not the
+/// one the scoring prefers when nothing lags (design.md section 4: a `Joined` replica with a
 /// strictly better score, such as a preferred leader back after a restart) goes to that one.
 pub fn wanted_handoffs(
     map: &LeadershipMap,
@@ -234,7 +234,11 @@ pub fn wanted_handoffs(
         .enumerate()
         .filter_map(|(index, (now, best))| {
             let (leader, to) = (now.leader?, best.leader?);
-            let joined = members.get(&to) == Some(&NodeState::Joined);
+            // Both `Joined`: a `JoinedSyncing` leader (a node still starting) is not moved away
+            // from, or the first `Joined` nodes of a starting cluster would take every
+            // partition and hand each back moments later.
+            let joined = members.get(&to) == Some(&NodeState::Joined)
+                && members.get(&leader) == Some(&NodeState::Joined);
             let partition = PartitionId(u32::try_from(index).ok()?);
             (leader != to && joined && now.replicas.contains(&to)).then_some(Handoff {
                 partition,
