@@ -99,6 +99,11 @@ pub enum EngineError {
     #[error("the engine is shutting down")]
     ShuttingDown,
 
+    /// The partition takes no writes for now ([`crate::Partition::refuse_writes`]: its
+    /// leadership is being handed to another replica); nothing was written.
+    #[error("the partition takes no writes: {0}")]
+    WritesRefused(String),
+
     /// A truncation was asked below what the partition's latest snapshot reflects; nothing
     /// changed.
     #[error(

@@ -252,6 +252,8 @@ pub struct Partition<S: Storage> {
     closed: Cell<bool>,
     /// Set while `truncate_after` rewrites the log; writes wait on `resume_waiters`.
     writes_paused: Cell<bool>,
+    /// Why new writes are refused, while they are ([`Partition::refuse_writes`]).
+    writes_refused: RefCell<Option<String>>,
     resume_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     flushes: Cell<u64>,
     snapshots: Cell<u64>,
@@ -334,6 +336,7 @@ impl<S: Storage> Partition<S> {
             snapshot_bytes: Cell::new(loaded.bytes),
             closed: Cell::new(false),
             writes_paused: Cell::new(false),
+            writes_refused: RefCell::new(None),
             resume_waiters: RefCell::new(Vec::new()),
             flushes: Cell::new(0),
             snapshots: Cell::new(0),
@@ -350,6 +353,14 @@ impl<S: Storage> Partition<S> {
     /// The highest durable LSN.
     pub fn durable_lsn(&self) -> u64 {
         self.wal.borrow().durable_lsn()
+    }
+
+    /// Refuses every new write of this partition with `reason` (`WritesRefused`), or takes
+    /// them again (`None`): a leader handing the partition to another replica stops taking
+    /// writes of every kind, collection changes included, until the map moves it. Records
+    /// copied from a leader (`append_replicated`) are not writes of this replica and pass.
+    pub fn refuse_writes(&self, reason: Option<String>) {
+        *self.writes_refused.borrow_mut() = reason;
     }
 
     /// The highest LSN staged (durable or on its way): every record of the partition is
@@ -556,6 +567,9 @@ impl<S: Storage> Partition<S> {
     ) -> Result<Staged> {
         let len = encoded_len_with_request(operation, request.is_some());
         let mut room = self.admit(len).await?;
+        if let Some(reason) = self.writes_refused.borrow().as_ref() {
+            return Err(EngineError::WritesRefused(reason.clone()));
+        }
         // A retry is answered before any check: a compare-and-set that applied has changed
         // the revision its retry would check.
         if let Some(request) = request {

@@ -505,6 +505,7 @@ pub fn map_engine_error(error: EngineError, write: bool) -> ErrorResponse {
         EngineError::NoSuchCollection(name) => ErrorResponse::CollectionNotFound { name },
         EngineError::CollectionExists(name) => ErrorResponse::CollectionExists { name },
         EngineError::ShuttingDown => ErrorResponse::ShuttingDown,
+        EngineError::WritesRefused(reason) => ErrorResponse::unavailable(reason),
         error @ EngineError::RequestTooOld { .. } => ErrorResponse::unknown(error.to_string()),
         error @ EngineError::Poisoned { .. } if write => ErrorResponse::unknown(format!(
             "{error}; the write may or may not have been applied"

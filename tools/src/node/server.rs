@@ -929,6 +929,7 @@ async fn drain_for_handoff(server: Rc<ShardServer>, handoff: Handoff) {
                     Instant::now() + Duration::from_millis(HANDOFF_BACKOFF_MS),
                 );
             }
+            partition.refuse_writes(None);
             return;
         }
         rt::sleep(Duration::from_millis(HANDOFF_POLL_MS)).await;
@@ -1123,9 +1124,19 @@ impl ShardServer {
     fn take_handoffs(self: &Rc<Self>, view: &ClusterView) {
         let now = Instant::now();
         let mut handoffs = self.handoffs.borrow_mut();
-        handoffs.retain(|_, state| match state.phase {
-            HandoffPhase::Backoff(until) => now < until,
-            _ => view.handoffs.contains(&state.handoff),
+        handoffs.retain(|&partition, state| {
+            let keep = match state.phase {
+                HandoffPhase::Backoff(until) => now < until,
+                _ => view.handoffs.contains(&state.handoff),
+            };
+            if !keep {
+                // Moved, or no longer wished: the partition takes writes again wherever it
+                // still leads (a follower's copies pass anyway).
+                if let Some(stored) = self.local.partition(partition) {
+                    stored.refuse_writes(None);
+                }
+            }
+            keep
         });
         let mut started = Vec::new();
         for handoff in &view.handoffs {
@@ -1134,6 +1145,13 @@ impl ShardServer {
                 continue;
             }
             tracing::info!(partition, to = %handoff.to, "handing leadership over");
+            if let Some(stored) = self.local.partition(partition) {
+                // Every kind of write, collection changes included (which pass no fence here).
+                stored.refuse_writes(Some(format!(
+                    "partition {partition} is handing its leadership to node {}",
+                    handoff.to
+                )));
+            }
             handoffs.insert(
                 partition,
                 HandoffState {
