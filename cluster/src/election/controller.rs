@@ -91,6 +91,7 @@ pub struct Controller {
     voters_heard: BTreeMap<NodeId, Time>,
     controller_since: Time,
     proposal: Option<Proposal>,
+    /// The map's inputs changed while a proposal was in flight: reconsider after its commit.
     members_changed: bool,
     /// The fenced positions each node reported last (this node's own included), for the
     /// failover of partitions whose leader is gone ([`plan_failover`]).
@@ -111,6 +112,26 @@ pub struct Controller {
     ring_round: u64,
     ring_hops: Vec<RingHop>,
     outputs: VecDeque<Output>,
+}
+
+/// Replaces `from`'s report in `reports` by `items` (at most `limit` of them; none removes
+/// it); returns whether it changed.
+fn replace_report<T: PartialEq>(
+    reports: &mut BTreeMap<NodeId, Vec<T>>,
+    from: NodeId,
+    mut items: Vec<T>,
+    limit: usize,
+) -> bool {
+    items.truncate(limit);
+    if reports.get(&from).map_or(&[][..], Vec::as_slice) == items.as_slice() {
+        return false;
+    }
+    if items.is_empty() {
+        reports.remove(&from);
+    } else {
+        reports.insert(from, items);
+    }
+    true
 }
 
 /// Election timeouts of silence after which a controller treats a member as dead for its maps.
@@ -271,13 +292,7 @@ impl Controller {
             .take(MEMBERS_MAX)
             .map(|(id, state)| (*id, *state))
             .collect();
-        if self.phase == Phase::Controller {
-            if self.proposal.is_some() {
-                self.members_changed = true;
-            } else {
-                self.propose_if_changed(now);
-            }
-        }
+        self.reconsider_map(now);
         self.finish_input();
     }
 
@@ -307,23 +322,23 @@ impl Controller {
     }
 
     /// Stores `from`'s ready handoffs; a controller proposes the map they change.
-    fn note_ready(&mut self, now: Time, from: NodeId, mut ready: Vec<Handoff>) {
-        ready.truncate(usize::try_from(self.config.partitions).unwrap_or(usize::MAX));
-        let known = self.ready.get(&from).map_or(&[][..], Vec::as_slice);
-        if known == ready.as_slice() {
+    fn note_ready(&mut self, now: Time, from: NodeId, ready: Vec<Handoff>) {
+        let limit = usize::try_from(self.config.partitions).unwrap_or(usize::MAX);
+        if replace_report(&mut self.ready, from, ready, limit) {
+            self.reconsider_map(now);
+        }
+    }
+
+    /// A controller proposes the map its inputs now give, once any proposal in flight is
+    /// committed (members, reports and silences all go through here).
+    fn reconsider_map(&mut self, now: Time) {
+        if self.phase != Phase::Controller {
             return;
         }
-        if ready.is_empty() {
-            self.ready.remove(&from);
+        if self.proposal.is_some() {
+            self.members_changed = true;
         } else {
-            self.ready.insert(from, ready);
-        }
-        if self.phase == Phase::Controller {
-            if self.proposal.is_some() {
-                self.members_changed = true;
-            } else {
-                self.propose_if_changed(now);
-            }
+            self.propose_if_changed(now);
         }
     }
 
@@ -340,23 +355,10 @@ impl Controller {
     }
 
     /// Stores `from`'s latest positions; a controller proposes the map they may change.
-    fn note_positions(&mut self, now: Time, from: NodeId, mut positions: Vec<FencedPosition>) {
-        positions.truncate(usize::try_from(self.config.partitions).unwrap_or(usize::MAX));
-        let known = self.positions.get(&from).map_or(&[][..], Vec::as_slice);
-        if known == positions.as_slice() {
-            return;
-        }
-        if positions.is_empty() {
-            self.positions.remove(&from);
-        } else {
-            self.positions.insert(from, positions);
-        }
-        if self.phase == Phase::Controller {
-            if self.proposal.is_some() {
-                self.members_changed = true;
-            } else {
-                self.propose_if_changed(now);
-            }
+    fn note_positions(&mut self, now: Time, from: NodeId, positions: Vec<FencedPosition>) {
+        let limit = usize::try_from(self.config.partitions).unwrap_or(usize::MAX);
+        if replace_report(&mut self.positions, from, positions, limit) {
+            self.reconsider_map(now);
         }
     }
 
@@ -1276,11 +1278,7 @@ impl Controller {
             "members silent to the controller changed"
         );
         self.silent = silent;
-        if self.proposal.is_some() {
-            self.members_changed = true;
-        } else {
-            self.propose_if_changed(now);
-        }
+        self.reconsider_map(now);
     }
 
     fn on_heartbeat(&mut self, now: Time, from: NodeId, term: Term, committed: MapVersion) {

@@ -311,11 +311,7 @@ async fn follow_cluster(server: Rc<ShardServer>, watch: ClusterWatch) {
             // a stopped session sends no more acks (`replica::pull`), so every ack this node
             // ever sent for such a partition is at or below the position reported.
             server.take_handoffs(&view);
-            watch.feed.report_positions(ShardPositions {
-                shard: server.routing.shard,
-                positions: replica::fenced_positions(&view, &partitions),
-                ready: server.handoffs_ready(),
-            });
+            server.report_to_control(&view);
         }
         if watch.changed.recv_async().await.is_err() {
             return;
@@ -802,14 +798,7 @@ async fn serve_sync_request(
     asked: Result<SyncAsk, ErrorResponse>,
 ) -> Result<SyncOutcome, ErrorResponse> {
     let ask = asked?;
-    server.check_view(|view| replica::fence_sync(view, follower, ask.partition, ask.map_epoch))?;
-    let Some(partition) = server.local.partition(ask.partition).cloned() else {
-        return Err(server
-            .routing
-            .route_partition(ask.partition)
-            .err()
-            .unwrap_or_else(|| ErrorResponse::unavailable("partition not open")));
-    };
+    let partition = server.fenced_for_follower(follower, ask.partition, ask.map_epoch)?;
     begin_epoch_if_needed(server, ask.partition).await?;
     if acknowledges(&partition, ask.last) {
         // The follower's last record is on this log: everything up to it is on its disk.
@@ -868,21 +857,15 @@ async fn serve_snapshot_request(
     follower: NodeId,
     ask: &SnapshotAsk,
 ) -> Result<SnapshotOutcome, ErrorResponse> {
-    server.check_view(|view| replica::fence_sync(view, follower, ask.partition, ask.map_epoch))?;
-    let Some(partition) = server.local.partition(ask.partition).cloned() else {
-        return Err(server
-            .routing
-            .route_partition(ask.partition)
-            .err()
-            .unwrap_or_else(|| ErrorResponse::unavailable("partition not open")));
-    };
+    let partition = server.fenced_for_follower(follower, ask.partition, ask.map_epoch)?;
     replica::answer_snapshot(&partition, ask).await
 }
 
 /// Carries out a handoff on the partition's leader: writes are refused already
-/// ([`fence`]); once every staged record is durable and the target acknowledged the whole log
-/// it holds every acknowledged write, and the handoff is reported ready, for the controller to
-/// name the target in the next map. A target that does not catch up within
+/// (`Partition::refuse_writes`, set by [`ShardServer::take_handoffs`]); once every staged
+/// record is durable and the target acknowledged the whole log it holds every acknowledged
+/// write, and the handoff is reported ready, for the controller to name the target in the
+/// next map. A target that does not catch up within
 /// [`HANDOFF_DRAIN_MS`] ends it: writes are taken again, and no retry before
 /// [`HANDOFF_BACKOFF_MS`].
 async fn drain_for_handoff(server: Rc<ShardServer>, handoff: Handoff) {
@@ -913,12 +896,7 @@ async fn drain_for_handoff(server: Rc<ShardServer>, handoff: Handoff) {
             tracing::info!(partition = partition_id, to = %handoff.to, lsn = durable,
                 "handoff ready: the target holds the whole log");
             let view = server.cluster.borrow().clone();
-            let partitions: Vec<_> = server.local.partitions().cloned().collect();
-            server.feed.report_positions(ShardPositions {
-                shard: server.routing.shard,
-                positions: replica::fenced_positions(&view, &partitions),
-                ready: server.handoffs_ready(),
-            });
+            server.report_to_control(&view);
             return;
         }
         if Instant::now() >= deadline {
@@ -956,13 +934,6 @@ fn fence(
         }
     }
     server.check_view(|view| view.fence(partition))?;
-    if let handler::Request::Write { .. } = request {
-        if let Some(to) = server.handing_off(partition) {
-            return Err(ErrorResponse::unavailable(format!(
-                "partition {partition} is handing its leadership to node {to}"
-            )));
-        }
-    }
     Ok(request)
 }
 
@@ -1100,12 +1071,33 @@ impl ShardServer {
         }
     }
 
-    /// The node `partition` is being handed to, while its writes are refused for that.
-    fn handing_off(&self, partition: u32) -> Option<NodeId> {
-        let handoffs = self.handoffs.borrow();
-        let state = handoffs.get(&partition)?;
-        matches!(state.phase, HandoffPhase::Draining | HandoffPhase::Ready)
-            .then_some(state.handoff.to)
+    /// `partition` of this shard, if `follower` may pull it now in `map_epoch`
+    /// ([`replica::fence_sync`]): for its sync and snapshot requests alike.
+    fn fenced_for_follower(
+        &self,
+        follower: NodeId,
+        partition: u32,
+        map_epoch: u64,
+    ) -> Result<Rc<coregrid_engine::Partition<coregrid_engine::rt::DmaStorage>>, ErrorResponse>
+    {
+        self.check_view(|view| replica::fence_sync(view, follower, partition, map_epoch))?;
+        self.local.partition(partition).cloned().ok_or_else(|| {
+            self.routing
+                .route_partition(partition)
+                .err()
+                .unwrap_or_else(|| ErrorResponse::unavailable("partition not open"))
+        })
+    }
+
+    /// Tells the control shard this shard's fenced positions in `view` and the handoffs it
+    /// made ready.
+    fn report_to_control(&self, view: &ClusterView) {
+        let partitions: Vec<_> = self.local.partitions().cloned().collect();
+        self.feed.report_positions(ShardPositions {
+            shard: self.routing.shard,
+            positions: replica::fenced_positions(view, &partitions),
+            ready: self.handoffs_ready(),
+        });
     }
 
     /// The handoffs this shard made ready.
