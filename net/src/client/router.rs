@@ -587,7 +587,8 @@ impl Router {
         }
         // The node may have restarted with other ports, or be gone: ask again.
         self.topology_stale = true;
-        if matches!(failure, Failure::Connect { .. }) {
+        if let Failure::Connect { address, .. } = &failure {
+            self.forget_address(*address);
             self.rotate_seed();
         }
         let error = if call.maybe_applied {
@@ -616,6 +617,16 @@ impl Router {
             }
             None => self.rotate_seed(),
         }
+    }
+
+    /// Forgets what was learned of the node that served `address`, which refused a
+    /// connection: it may be back on other ports (a restart without fixed ports, a new host),
+    /// so the next `NotLeader` naming it asks the cluster where it is now instead of trying the
+    /// dead address until the call's retries run out.
+    fn forget_address(&mut self, address: SocketAddr) {
+        let served = |topology: &Topology| topology.shards().any(|(_, at, _)| at == address);
+        self.nodes.retain(|_, topology| !served(topology));
+        self.addresses.retain(|_, known| *known != address);
     }
 
     fn rotate_seed(&mut self) {
@@ -1090,6 +1101,86 @@ mod tests {
         assert!(is_continue(&router.handle_outcome(&mut call, not_leader)));
         let step = router.next_step(&mut call);
         assert_eq!((step.address, step.kind), (SEED_2, StepKind::Topology));
+    }
+
+    #[test]
+    fn a_node_that_refuses_connections_is_looked_up_again_when_next_named_leader() {
+        use crate::message::{ClusterStatusResponse, ControlRole, MemberState, MemberStatus};
+        let mut router = router(vec![SEED]);
+        let mut call = put(&mut router, b"k");
+        learn(&mut router, &mut call, 1);
+        router.next_step(&mut call);
+        let not_leader = || {
+            Outcome::Error(ErrorResponse::NotLeader {
+                leader: Some(NodeId(2)),
+                epoch: Epoch(2),
+            })
+        };
+        let member = |node: u64, address: &str| MemberStatus {
+            node: NodeId(node),
+            state: MemberState::Joined,
+            suspected: false,
+            voter: true,
+            gossip_address: "127.0.0.1:7300".into(),
+            data_address: address.into(),
+        };
+        let status = |address: &str| ClusterStatusResponse {
+            node: NodeId(1),
+            term: crate::ids::Term(2),
+            role: ControlRole::Follower,
+            controller: Some(NodeId(2)),
+            epoch: Epoch(2),
+            lease: true,
+            members: vec![member(1, "127.0.0.1:7400"), member(2, address)],
+            partitions: vec![],
+        };
+        // Node 2 leads; the client learns where it is and writes there.
+        assert!(is_continue(&router.handle_outcome(&mut call, not_leader())));
+        assert_eq!(router.next_step(&mut call).kind, StepKind::Members);
+        let learned = Outcome::Reply(Reply::ClusterStatus(status("127.0.0.2:7400")));
+        assert!(is_continue(&router.handle_outcome(&mut call, learned)));
+        assert_eq!(
+            router.next_step(&mut call),
+            Step {
+                address: SEED_2,
+                shard: None,
+                node: None,
+                kind: StepKind::Topology
+            }
+        );
+        let verdict =
+            router.handle_outcome(&mut call, Outcome::Reply(Reply::Topology(topology(2))));
+        assert!(is_continue(&verdict));
+        let step = router.next_step(&mut call);
+        assert!(matches!(
+            router.handle_outcome(&mut call, written()),
+            Verdict::Done(Ok(_))
+        ));
+        // Node 2 restarts on other ports: its old shard refuses the next connection.
+        let mut call = put(&mut router, b"k");
+        assert_eq!(router.next_step(&mut call).address, step.address);
+        let refused = Outcome::Failed(Failure::Connect {
+            address: step.address,
+            reason: "refused".into(),
+        });
+        assert!(is_continue(&router.handle_outcome(&mut call, refused)));
+        // A seed names node 2 again: the client asks where it is now, not the dead address.
+        let step = router.next_step(&mut call);
+        assert_eq!((step.address, step.kind), (SEED, StepKind::Topology));
+        let verdict =
+            router.handle_outcome(&mut call, Outcome::Reply(Reply::Topology(topology(1))));
+        assert!(is_continue(&verdict));
+        router.next_step(&mut call);
+        assert!(is_continue(&router.handle_outcome(&mut call, not_leader())));
+        let step = router.next_step(&mut call);
+        assert_eq!((step.address, step.kind), (SEED, StepKind::Members));
+        let moved = Outcome::Reply(Reply::ClusterStatus(status("127.0.0.3:7400")));
+        assert!(is_continue(&router.handle_outcome(&mut call, moved)));
+        let step = router.next_step(&mut call);
+        assert_eq!(
+            (step.address, step.kind),
+            ("127.0.0.3:7400".parse().unwrap(), StepKind::Topology)
+        );
     }
 
     #[test]

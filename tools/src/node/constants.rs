@@ -139,3 +139,8 @@ pub const HANDOFF_BACKOFF_MS: u64 = 10_000;
 
 /// How often a leader handing a partition over checks the target's ack, in milliseconds.
 pub const HANDOFF_POLL_MS: u64 = 5;
+
+/// Longest a write to a partition being handed over is held on its leader, waiting for the
+/// handoff to end, in milliseconds: the drain and the next map's arrival. Past it the write is
+/// answered `Unavailable`, as an abandoned handoff's would be.
+pub const HANDOFF_WRITE_HOLD_MS: u64 = HANDOFF_DRAIN_MS + 1_000;

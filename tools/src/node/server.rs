@@ -22,7 +22,7 @@
 use super::config::ReplicaSettings;
 use super::constants::{
     ACCEPT_ERROR_PAUSE_MS, CLOSE_TIMEOUT_MS, DRAIN_POLL_MS, HANDOFF_BACKOFF_MS, HANDOFF_DRAIN_MS,
-    HANDOFF_POLL_MS, REFUSALS_IN_PROGRESS_MAX, REFUSAL_WRITE_TIMEOUT_MS,
+    HANDOFF_POLL_MS, HANDOFF_WRITE_HOLD_MS, REFUSALS_IN_PROGRESS_MAX, REFUSAL_WRITE_TIMEOUT_MS,
     REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
 };
 use super::control::{ClusterFeed, ClusterView, ShardPositions};
@@ -735,7 +735,16 @@ fn admit(
         };
         // An `Any` read served by a follower begins nothing: only leaders write.
         let begun = match led {
-            Some(partition) => begin_epoch_if_needed(&server, partition).await,
+            Some(partition) => {
+                let held = match request {
+                    handler::Request::Write { .. } => server.hold_through_handoff(partition).await,
+                    _ => Ok(()),
+                };
+                match held {
+                    Ok(()) => begin_epoch_if_needed(&server, partition).await,
+                    Err(error) => Err(error),
+                }
+            }
             None => Ok(()),
         };
         // A write that needs followers is refused up front if too few are in sync.
@@ -873,7 +882,8 @@ async fn drain_for_handoff(server: Rc<ShardServer>, handoff: Handoff) {
     let Some(partition) = server.local.partition(partition_id).cloned() else {
         return;
     };
-    let deadline = Instant::now() + Duration::from_millis(HANDOFF_DRAIN_MS);
+    let refused_since = Instant::now();
+    let deadline = refused_since + Duration::from_millis(HANDOFF_DRAIN_MS);
     loop {
         let draining = server
             .handoffs
@@ -894,6 +904,7 @@ async fn drain_for_handoff(server: Rc<ShardServer>, handoff: Handoff) {
                 state.phase = HandoffPhase::Ready;
             }
             tracing::info!(partition = partition_id, to = %handoff.to, lsn = durable,
+                drained = ?refused_since.elapsed(),
                 "handoff ready: the target holds the whole log");
             let view = server.cluster.borrow().clone();
             server.report_to_control(&view);
@@ -1098,6 +1109,32 @@ impl ShardServer {
             positions: replica::fenced_positions(view, &partitions),
             ready: self.handoffs_ready(),
         });
+    }
+
+    /// Whether this shard is handing `partition` over (draining, or ready and waiting for the
+    /// map that moves it): its writes are refused meanwhile.
+    fn handing_over(&self, partition: u32) -> bool {
+        self.handoffs.borrow().get(&partition).is_some_and(|state| {
+            matches!(state.phase, HandoffPhase::Draining | HandoffPhase::Ready)
+        })
+    }
+
+    /// Holds a write to a partition this shard is handing over until the handoff ends (at most
+    /// [`HANDOFF_WRITE_HOLD_MS`]), then fences it again. Once the map has moved the partition the
+    /// write is answered `NotLeader` naming the new leader, which the client follows at once;
+    /// refused at arrival, it would be `Unavailable` and wait out the client's retry backoff,
+    /// which under load grew past a second (tools/tests/cluster_handoff_under_load.rs). An
+    /// abandoned handoff lets it through; the engine's refusal stays the guard for a write that
+    /// passed just before a handoff began.
+    async fn hold_through_handoff(&self, partition: u32) -> Result<(), ErrorResponse> {
+        if !self.handing_over(partition) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_millis(HANDOFF_WRITE_HOLD_MS);
+        while self.handing_over(partition) && Instant::now() < deadline {
+            rt::sleep(Duration::from_millis(HANDOFF_POLL_MS)).await;
+        }
+        self.check_view(|view| view.fence(partition))
     }
 
     /// The handoffs this shard made ready.
