@@ -116,10 +116,17 @@ pub struct NodeArgs {
     #[arg(long)]
     pub control_port: Option<u16>,
     /// Other nodes' control addresses, comma-separated (this node's own may be listed). Every
-    /// node of a new cluster must start with the same list: its first five members by id
-    /// become the voters [default: none, a cluster of one].
+    /// node of a new cluster must start with the same list: the cluster's id is derived from
+    /// it, and without `--voters` its first five members by id become the voters [default:
+    /// none, a cluster of one].
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<SocketAddr>>,
+    /// The control addresses of the nodes that elect the controller, comma-separated: some of
+    /// `--peers` (this node's own included). Every node of a new cluster must start with the
+    /// same list. A first start waits only for these to be heard, not for every peer
+    /// [default: none given: every peer is waited for, and the first five members by id vote].
+    #[arg(long, value_delimiter = ',')]
+    pub voters: Option<Vec<SocketAddr>>,
     /// How a controller is elected: vote (majority vote with pre-vote), bully or ring
     /// [default: vote].
     #[arg(long, value_parser = parse_strategy)]
@@ -226,6 +233,8 @@ pub struct NodeConfig {
     pub control_port: Option<u16>,
     /// Other nodes' control addresses.
     pub peers: Vec<SocketAddr>,
+    /// The voters' control addresses (empty: the first five members by id).
+    pub voters: Vec<SocketAddr>,
     /// Election strategy.
     pub election: ElectionStrategy,
     /// Election timeout in milliseconds.
@@ -265,6 +274,7 @@ impl Default for NodeConfig {
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
             control_port: None,
             peers: Vec::new(),
+            voters: Vec::new(),
             election: ElectionStrategy::Vote,
             election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
@@ -333,6 +343,7 @@ impl NodeConfig {
             self.control_port = Some(port);
         }
         set(&mut self.peers, &args.peers);
+        set(&mut self.voters, &args.voters);
         set(&mut self.election, &args.election);
         set(&mut self.election_timeout_ms, &args.election_timeout_ms);
         set(&mut self.heartbeat_interval_ms, &args.heartbeat_interval_ms);
@@ -435,6 +446,27 @@ impl NodeConfig {
                     coregrid_cluster::constants::MEMBERS_MAX,
                     self.peers.len()
                 ),
+            );
+        }
+        let own_control = SocketAddr::new(self.listen_address, self.control_port());
+        if let Some(stranger) = self
+            .voters
+            .iter()
+            .find(|voter| **voter != own_control && !self.peers.contains(voter))
+        {
+            return invalid(
+                "voters",
+                format!(
+                    "{stranger} is neither one of the peers nor this node's control address \
+                     {own_control}: voters are chosen among the peers"
+                ),
+            );
+        }
+        if !self.voters.is_empty() && self.peers.is_empty() {
+            return invalid(
+                "voters",
+                "voters need peers: a node without peers is a cluster of one, its own voter"
+                    .to_string(),
             );
         }
         if !(1..=coregrid_cluster::constants::REPLICATION_FACTOR_MAX)
@@ -625,6 +657,12 @@ mod tests {
                 "partitions = 4096\npeers = [\"127.0.0.1:7300\", \"127.0.0.1:7301\"]",
                 "partitions",
             ),
+            // Voters are chosen among the peers (and this node), and need peers.
+            (
+                "peers = [\"127.0.0.1:7301\"]\nvoters = [\"127.0.0.1:7309\"]",
+                "voters",
+            ),
+            ("voters = [\"127.0.0.1:7300\"]", "voters"),
         ] {
             match parse(text) {
                 Err(ConfigError::Invalid { key: found, .. }) => assert_eq!(found, key, "{text}"),
@@ -637,6 +675,15 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(missing, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn voters_among_the_peers_and_this_node_are_taken() {
+        let config = parse(
+            "peers = [\"127.0.0.1:7301\"]\nvoters = [\"127.0.0.1:7300\", \"127.0.0.1:7301\"]",
+        )
+        .unwrap();
+        assert_eq!(config.voters.len(), 2);
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct ControlSettings {
     pub data_address: Option<SocketAddr>,
     /// Other nodes' control addresses (this node's own may be among them).
     pub peers: Vec<SocketAddr>,
+    /// The voters' control addresses, as configured; empty: the first five members by id
+    /// once every peer was heard.
+    pub voters: Vec<SocketAddr>,
     /// How elections decide who stands.
     pub strategy: Strategy,
     /// The election timeout `T`.
@@ -673,6 +676,27 @@ async fn run(
     }
 }
 
+/// The ids of the live members whose gossip address is one of `voters` (configured control
+/// addresses; a member announcing an unspecified IP matches by port, as
+/// [`sent_from_its_address`] does), sorted.
+fn configured_voters(members: &BTreeMap<NodeId, MemberView>, voters: &[SocketAddr]) -> Vec<NodeId> {
+    let mut ids: Vec<NodeId> = members
+        .iter()
+        .filter(|(_, member)| member.state != NodeState::Dead)
+        .filter(|(_, member)| {
+            voters.iter().any(|voter| {
+                *voter == member.gossip_addr
+                    || (member.gossip_addr.ip().is_unspecified()
+                        && voter.port() == member.gossip_addr.port())
+            })
+        })
+        .map(|(node, _)| *node)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// Whether a control datagram claiming to come from node `claimed` arrived from that node's
 /// address: gossip and control share each node's socket, so a member's datagrams come from the
 /// gossip address it announced (its port, on any address when it announced an unspecified
@@ -784,6 +808,30 @@ impl Driver {
             return Ok(());
         }
         let now = self.now();
+        if self.state.voters.is_empty() && !self.settings.voters.is_empty() {
+            // Configured: their ids, once each was heard (gossip tells which id is where).
+            let heard = configured_voters(self.membership.members(), &self.settings.voters);
+            // More matches than voters (members announcing unspecified IPs on one port) is
+            // ambiguous: wait, and say so, rather than give a vote to the wrong node.
+            if heard.len() != self.settings.voters.len() {
+                if self
+                    .last_bootstrap_log
+                    .is_none_or(|last| now >= last + BOOTSTRAP_LOG_INTERVAL)
+                {
+                    self.last_bootstrap_log = Some(now);
+                    tracing::info!(
+                        seen = heard.len(),
+                        expected = self.settings.voters.len(),
+                        "first start: waiting to hear from every configured voter"
+                    );
+                }
+                return Ok(());
+            }
+            self.state.voters = heard;
+            control_state::store(&self.settings.data_dir, &self.state)
+                .map_err(|error| error.to_string())?;
+            tracing::info!(voters = ?self.state.voters, "voters fixed, as configured");
+        }
         if self.state.voters.is_empty() {
             let alive: Vec<NodeId> = self
                 .membership
@@ -1114,6 +1162,47 @@ mod tests {
             leader: leader.map(NodeId),
             epoch: Epoch(epoch),
         })
+    }
+
+    #[test]
+    fn configured_voters_are_the_live_members_at_their_addresses() {
+        let member = |address: &str, state: NodeState| MemberView {
+            state,
+            suspected: false,
+            gossip_addr: address.parse().unwrap(),
+            data_addr: None,
+            generation: 1,
+        };
+        let members: BTreeMap<NodeId, MemberView> = [
+            (NodeId(9), member("127.0.0.1:7300", NodeState::Joining)),
+            (NodeId(4), member("127.0.0.1:7301", NodeState::Joining)),
+            (NodeId(5), member("127.0.0.1:7302", NodeState::Joining)),
+            (NodeId(6), member("127.0.0.1:7303", NodeState::Dead)),
+            (NodeId(7), member("0.0.0.0:7304", NodeState::Joining)),
+        ]
+        .into_iter()
+        .collect();
+        let at = |ports: &[u16]| -> Vec<SocketAddr> {
+            ports
+                .iter()
+                .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+                .collect()
+        };
+        assert_eq!(
+            configured_voters(&members, &at(&[7300, 7301])),
+            vec![NodeId(4), NodeId(9)],
+            "by address, sorted by id"
+        );
+        assert_eq!(
+            configured_voters(&members, &at(&[7300, 7303, 7309])),
+            vec![NodeId(9)],
+            "a dead member and an unheard address are not (yet) voters"
+        );
+        assert_eq!(
+            configured_voters(&members, &at(&[7304])),
+            vec![NodeId(7)],
+            "an unspecified IP matches by port"
+        );
     }
 
     #[test]

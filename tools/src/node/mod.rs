@@ -73,18 +73,26 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing::info!(?config, "starting");
     let engine = Engine::open(config.engine_config())
         .with_context(|| format!("open the engine over {}", config.data_dir.display()))?;
-    let identity = match identity::load_or_create(&config.data_dir, &config.cluster) {
-        Ok(identity) => identity,
-        Err(error @ identity::IdentityError::WrongCluster { .. }) => {
-            eprintln!("coregrid node: {error}");
-            engine.shutdown();
-            std::process::exit(EXIT_CONFIG);
-        }
-        Err(error) => {
-            engine.shutdown();
-            return Err(error).context("read the node identity");
-        }
-    };
+    // The initial members a new cluster's id is derived from: the peers and this node's own
+    // control address, when it names one (a node may leave itself out of `--peers`).
+    let own_control = SocketAddr::new(config.listen_address, config.control_port());
+    let mut initial_members = config.peers.clone();
+    if !own_control.ip().is_unspecified() && own_control.port() != 0 {
+        initial_members.push(own_control);
+    }
+    let identity =
+        match identity::load_or_create(&config.data_dir, &config.cluster, &initial_members) {
+            Ok(identity) => identity,
+            Err(error @ identity::IdentityError::WrongCluster { .. }) => {
+                eprintln!("coregrid node: {error}");
+                engine.shutdown();
+                std::process::exit(EXIT_CONFIG);
+            }
+            Err(error) => {
+                engine.shutdown();
+                return Err(error).context("read the node identity");
+            }
+        };
     // Read before anything starts: a damaged file stops the node here, with nothing changed.
     let control_state = match control_state::load(&config.data_dir) {
         Ok(state) => state,
@@ -152,13 +160,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     let control_shard = control::start(
         ControlSettings {
-            cluster_id,
+            cluster_id: identity.cluster_id(),
             node,
             bind: SocketAddr::new(config.listen_address, config.control_port()),
             // Shard 0 always exists; its bound address, not the configured one (port 0 binds
             // any free port).
             data_address: addresses.first().copied(),
             peers: config.peers.clone(),
+            voters: config.voters.clone(),
             strategy: config.election.strategy(),
             election_timeout: config.election_timeout(),
             heartbeat_interval: config.heartbeat_interval(),

@@ -1,0 +1,140 @@
+//! Configured voters (`--voters`), with real `coregrid node` processes on loopback:
+//! - three nodes list each other as peers and name two of them voters; the two voters,
+//!   started alone, bootstrap a cluster without waiting for the third (with the default voters
+//!   a first start waits for every peer, since the first five by id are not known before);
+//! - the third, started later, joins as a full data node without a vote: every status names
+//!   exactly the two configured voters, the controller is one of them, no new term begins,
+//!   and the cluster takes writes through every node.
+
+#[path = "common/node_process.rs"]
+#[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
+mod node_process;
+
+use coregrid_net::client::{BlockingClient, ClientConfig};
+use coregrid_net::message::ClusterStatusResponse;
+use coregrid_net::{ClusterId, NodeId};
+use node_process::NodeProcess;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const COLLECTION: &str = "voters";
+/// Longest a condition may take; only a bound for a hang.
+const CONDITION_WAIT_MAX: Duration = Duration::from_secs(60);
+
+fn client(seeds: &[SocketAddr]) -> BlockingClient {
+    BlockingClient::new(ClientConfig::new(
+        seeds.to_vec(),
+        ClusterId::from_name("coregrid").unwrap(),
+    ))
+    .expect("a client")
+}
+
+fn status(node: &NodeProcess) -> Option<ClusterStatusResponse> {
+    client(&node.addresses[..1]).cluster_status().ok()
+}
+
+fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + CONDITION_WAIT_MAX;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {CONDITION_WAIT_MAX:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The voters a status names.
+fn voters(status: &ClusterStatusResponse) -> BTreeSet<NodeId> {
+    status
+        .members
+        .iter()
+        .filter(|member| member.voter)
+        .map(|member| member.node)
+        .collect()
+}
+
+#[test]
+fn two_configured_voters_bootstrap_alone_and_a_third_node_joins_without_a_vote() {
+    let control_base = node_process::reserved_base_port(3);
+    let control = |index: usize| format!("127.0.0.1:{}", control_base + index as u16);
+    let peers = (0..3).map(control).collect::<Vec<_>>().join(",");
+    let voter_list = format!("{},{}", control(0), control(1));
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let spawn = |index: usize| {
+        let control_port = (control_base + index as u16).to_string();
+        NodeProcess::spawn(
+            dirs[index].path(),
+            1,
+            &[
+                "--control-port",
+                &control_port,
+                "--peers",
+                &peers,
+                "--voters",
+                &voter_list,
+                "--election-timeout-ms",
+                "300",
+                "--heartbeat-interval-ms",
+                "50",
+            ],
+        )
+    };
+    // The voters alone: ready (Joined, holding a map) although the third peer never answered.
+    let mut nodes: Vec<NodeProcess> = (0..2).map(spawn).collect();
+    for node in &mut nodes {
+        node.wait_ready();
+    }
+    let voter_ids: BTreeSet<NodeId> = nodes.iter().map(|node| NodeId(node.node_id)).collect();
+    let before = wait_until("both voters agree on a controller", || {
+        let statuses: Vec<_> = nodes.iter().map(status).collect::<Option<_>>()?;
+        let first = statuses[0].clone();
+        (first.controller.is_some()
+            && statuses
+                .iter()
+                .all(|status| status.controller == first.controller && status.term == first.term))
+        .then_some(first)
+    });
+    assert_eq!(voters(&before), voter_ids, "{before:?}");
+    assert!(voter_ids.contains(&before.controller.unwrap()));
+
+    // The third joins without a vote and without a new election.
+    let mut third = spawn(2);
+    third.wait_ready();
+    let third_id = NodeId(third.node_id);
+    nodes.push(third);
+    let after = wait_until("all three agree, the third a member", || {
+        let statuses: Vec<_> = nodes.iter().map(status).collect::<Option<_>>()?;
+        let first = statuses[0].clone();
+        let same = statuses.iter().all(|status| {
+            status.controller == first.controller
+                && status.epoch == first.epoch
+                && status.members.len() == 3
+        });
+        same.then_some(statuses)
+    });
+    for status in &after {
+        assert_eq!(voters(status), voter_ids, "only the configured voters vote");
+        assert!(!voters(status).contains(&third_id));
+        assert_eq!(status.controller, before.controller, "no new controller");
+        assert_eq!(status.term, before.term, "no new term");
+    }
+
+    // The cluster takes writes through every node (collections follow leadership: create it
+    // through each).
+    for node in &nodes {
+        let _ = client(&node.addresses[..1]).create_collection(COLLECTION);
+    }
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
+    let mut writer = client(&seeds);
+    for index in 0..32 {
+        let key = format!("key-{index}");
+        wait_until(&format!("a put of {key}"), || {
+            writer.put(COLLECTION, key.as_bytes(), b"v").ok()
+        });
+    }
+}
