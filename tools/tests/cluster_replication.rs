@@ -1,8 +1,10 @@
 //! Proves, with three real `coregrid node` processes on loopback (replication factor 3: every
 //! node holds every partition), that pull replication copies each partition's log from its
 //! leader to its followers (design.md section 6):
-//! - a collection created through any node is written by each partition's leader only, and
-//!   reaches every follower through its leader's log;
+//! - a collection created once, by a client that knows one node, is written by each
+//!   partition's leader (the client sends it to every leader) and reaches every follower
+//!   through its leader's log; created again, it exists; dropped once, it is gone from every
+//!   partition;
 //! - every key written through the leaders is readable, with its value, from every node with
 //!   `ReadConsistency::Any`, which a follower answers from its own replica once its last sync
 //!   found it holding every record its leader had (a replica still catching up redirects
@@ -153,11 +155,18 @@ fn followers_copy_every_partition_from_its_leader_and_catch_up_after_a_kill() {
         .map(|index| cluster.data_address(index))
         .collect();
 
-    // Each node creates the collection in the partitions it leads; followers get it from
-    // their leaders' logs.
-    for seed in &seeds {
-        let _ = client(&[*seed]).create_collection(COLLECTION);
-    }
+    // Created once through one node: the client sends it to every partition's leader, and
+    // followers get it from their leaders' logs.
+    client(&seeds[..1])
+        .create_collection(COLLECTION)
+        .expect("the collection created");
+    assert!(
+        matches!(
+            client(&seeds[2..]).create_collection(COLLECTION),
+            Err(coregrid_net::client::ClientError::CollectionExists { .. })
+        ),
+        "it exists in every partition"
+    );
     write_every_key(&seeds, 1);
     for index in 0..NODES {
         let refused = read_every_key_from(&cluster, index, 1, "after round 1", &[]);
@@ -209,6 +218,23 @@ fn followers_copy_every_partition_from_its_leader_and_catch_up_after_a_kill() {
             2,
             "after the restart of the killed node",
             strict,
+        );
+    }
+
+    // Dropped once, through another node: no partition has it any more.
+    client(&seeds[1..2])
+        .drop_collection(COLLECTION)
+        .expect("the collection dropped");
+    let mut writer = client(&seeds);
+    for index in 0..KEYS {
+        let put = writer.put(COLLECTION, key(index).as_bytes(), b"after the drop");
+        assert!(
+            matches!(
+                put,
+                Err(coregrid_net::client::ClientError::CollectionNotFound { .. })
+            ),
+            "{} after the drop: {put:?}",
+            key(index)
         );
     }
 }

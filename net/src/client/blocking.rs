@@ -3,6 +3,7 @@
 //! address, reused by every later request to it. A connection that failed, timed out or
 //! answered out of protocol is dropped and made again on the next attempt.
 
+use super::collections::{self, CollectionAnswers, CollectionRound, COLLECTION_ROUNDS_MAX};
 use super::connection::{ConnectionError, Event, Inbox, Outbox, Request, SendError};
 use super::router::{Call, Failure, Outcome, Step, Verdict};
 use super::{typed, ClientConfig, ClientError, Operation, Router, Topology, Value};
@@ -149,14 +150,78 @@ impl BlockingClient {
         })?)
     }
 
-    /// Creates a collection.
+    /// Creates a collection in every partition of the cluster: sent to every partition's
+    /// leader, in rounds until one map's leaders all took it (see [`super::collections`]).
+    /// `CollectionExists` only if it existed everywhere.
     pub fn create_collection(&mut self, name: &str) -> Result<WriteResponse, ClientError> {
-        typed::written(self.execute(Operation::CreateCollection { name: name.into() })?)
+        self.change_collection(Operation::CreateCollection { name: name.into() })
     }
 
-    /// Drops a collection and its keys.
+    /// Drops a collection and its keys in every partition of the cluster, as
+    /// [`BlockingClient::create_collection`] creates one.
     pub fn drop_collection(&mut self, name: &str) -> Result<WriteResponse, ClientError> {
-        typed::written(self.execute(Operation::DropCollection { name: name.into() })?)
+        self.change_collection(Operation::DropCollection { name: name.into() })
+    }
+
+    fn change_collection(&mut self, operation: Operation) -> Result<WriteResponse, ClientError> {
+        let mut answers = CollectionAnswers::default();
+        let mut why = String::new();
+        for round in 0..COLLECTION_ROUNDS_MAX {
+            if round > 0 {
+                std::thread::sleep(collections::collection_backoff(round));
+            }
+            let plan = match collections::collection_round(&self.cluster_status()?) {
+                Ok(plan) => plan,
+                Err(reason) => {
+                    why = reason;
+                    continue;
+                }
+            };
+            match self.collection_round(&plan, &operation, &mut answers) {
+                Ok(None) => return answers.finish(),
+                Ok(Some(reason)) => why = reason,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ClientError::Unavailable {
+            reason: format!(
+                "a collection change needs one map's partition leaders for a moment; after \
+                 {COLLECTION_ROUNDS_MAX} rounds: {why}"
+            ),
+        })
+    }
+
+    /// Sends `operation` to every leader of `plan`: `None` once all held its epoch throughout,
+    /// else why the round must be repeated.
+    fn collection_round(
+        &mut self,
+        plan: &CollectionRound,
+        operation: &Operation,
+        answers: &mut CollectionAnswers,
+    ) -> Result<Option<String>, ClientError> {
+        for &target in &plan.targets {
+            let mut node = BlockingClient::new(collections::config_for_node(&self.config, target))?;
+            let outcome = node.cluster_status().and_then(|before| {
+                let answer = node.execute(operation.clone()).and_then(typed::written);
+                Ok((before, answer, node.cluster_status()?))
+            });
+            match outcome {
+                Ok((before, answer, after)) => {
+                    answers.add(answer)?;
+                    if before.epoch != plan.epoch || after.epoch != plan.epoch {
+                        return Ok(Some(format!(
+                            "node {} moved from epoch {} to {} meanwhile",
+                            after.node, plan.epoch, after.epoch
+                        )));
+                    }
+                }
+                Err(error) if collections::ends_only_the_round(&error) => {
+                    return Ok(Some(error.to_string()))
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(None)
     }
 
     /// Connects to one shard directly (handshake and a topology request, no retry): whether

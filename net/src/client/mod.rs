@@ -29,6 +29,7 @@
 //! [`ClientRequestId`]: crate::ids::ClientRequestId
 
 pub mod blocking;
+pub mod collections;
 pub mod connection;
 pub mod constants;
 mod error;

@@ -15,6 +15,7 @@
 //! forgotten; the next request to that address makes a new one. Dropping the last clone of a
 //! client closes its connections.
 
+use super::collections::{self, CollectionAnswers, CollectionRound, COLLECTION_ROUNDS_MAX};
 use super::connection::{ConnectionError, Event, Inbox, Outbox, Request, SendError};
 use super::router::{Call, Failure, Outcome, Step, Verdict};
 use super::{typed, ClientConfig, ClientError, Operation, Router, Topology, Value};
@@ -326,20 +327,84 @@ impl AsyncClient {
         )
     }
 
-    /// Creates a collection.
+    /// Creates a collection in every partition of the cluster, as
+    /// [`super::BlockingClient::create_collection`] does.
     pub async fn create_collection(&self, name: &str) -> Result<WriteResponse, ClientError> {
-        typed::written(
-            self.execute(Operation::CreateCollection { name: name.into() })
-                .await?,
-        )
+        self.change_collection(Operation::CreateCollection { name: name.into() })
+            .await
     }
 
-    /// Drops a collection and its keys.
+    /// Drops a collection and its keys in every partition of the cluster.
     pub async fn drop_collection(&self, name: &str) -> Result<WriteResponse, ClientError> {
-        typed::written(
-            self.execute(Operation::DropCollection { name: name.into() })
-                .await?,
-        )
+        self.change_collection(Operation::DropCollection { name: name.into() })
+            .await
+    }
+
+    async fn change_collection(&self, operation: Operation) -> Result<WriteResponse, ClientError> {
+        let mut answers = CollectionAnswers::default();
+        let mut why = String::new();
+        for round in 0..COLLECTION_ROUNDS_MAX {
+            if round > 0 {
+                sleep(collections::collection_backoff(round)).await;
+            }
+            let plan = match collections::collection_round(&self.cluster_status().await?) {
+                Ok(plan) => plan,
+                Err(reason) => {
+                    why = reason;
+                    continue;
+                }
+            };
+            match self.collection_round(&plan, &operation, &mut answers).await {
+                Ok(None) => return answers.finish(),
+                Ok(Some(reason)) => why = reason,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ClientError::Unavailable {
+            reason: format!(
+                "a collection change needs one map's partition leaders for a moment; after \
+                 {COLLECTION_ROUNDS_MAX} rounds: {why}"
+            ),
+        })
+    }
+
+    /// Sends `operation` to every leader of `plan`: `None` once all held its epoch throughout,
+    /// else why the round must be repeated.
+    async fn collection_round(
+        &self,
+        plan: &CollectionRound,
+        operation: &Operation,
+        answers: &mut CollectionAnswers,
+    ) -> Result<Option<String>, ClientError> {
+        for &target in &plan.targets {
+            let node = AsyncClient::new(collections::config_for_node(&self.inner.config, target))?;
+            let outcome = async {
+                let before = node.cluster_status().await?;
+                let answer = node
+                    .execute(operation.clone())
+                    .await
+                    .and_then(typed::written);
+                Ok::<_, ClientError>((before, answer, node.cluster_status().await?))
+            }
+            .await;
+            node.close();
+            match outcome {
+                Ok((before, answer, after)) => {
+                    answers.add(answer)?;
+                    if before.epoch != plan.epoch || after.epoch != plan.epoch {
+                        return Ok(Some(format!(
+                            "node {} moved from epoch {} to {} meanwhile",
+                            after.node, plan.epoch, after.epoch
+                        )));
+                    }
+                }
+                Err(error) if collections::ends_only_the_round(&error) => {
+                    return Ok(Some(error.to_string()))
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(None)
     }
 
     /// Closes every connection (requests waiting on them fail); later requests connect again.

@@ -103,6 +103,8 @@ pub enum Request {
         name: String,
         /// Create (true) or drop.
         create: bool,
+        /// How many replicas of each changed partition must hold it before the answer.
+        consistency: WriteConsistency,
     },
     /// The node's topology.
     Topology,
@@ -285,11 +287,13 @@ pub fn parse_request(message: MessageRef<'_>, routing: &Routing) -> Result<Reque
             id: WriteId(create.id.get()),
             name: create.name.as_str().to_string(),
             create: true,
+            consistency: write_consistency(create.consistency),
         },
         MessageRef::DropCollection(drop) => Request::Collection {
             id: WriteId(drop.id.get()),
             name: drop.name.as_str().to_string(),
             create: false,
+            consistency: write_consistency(drop.consistency),
         },
         MessageRef::Topology(_) => Request::Topology,
         MessageRef::ClusterStatus(_) => Request::ClusterStatus,
@@ -324,14 +328,15 @@ pub struct CollectionScope {
 }
 
 /// Creates or drops `name` in every partition of `scope`, each beginning the scope's epoch
-/// first. `CollectionExists` (`NoSuchCollection`) if no partition changed and there was one to
-/// change; a node that leads no partition changes nothing and says so with `Ok`.
-async fn change_collection(
+/// first: the partitions it changed, each with the LSN of its record. `CollectionExists`
+/// (`NoSuchCollection`) if no partition changed and there was one to change; a node that leads
+/// no partition changes nothing and says so with `Ok`.
+pub async fn change_collection(
     engine: &Engine,
     name: &str,
     create: bool,
     scope: &CollectionScope,
-) -> Result<(), EngineError> {
+) -> Result<Vec<(u32, u64)>, EngineError> {
     let epoch = scope.epoch;
     let changes = scope.partitions.iter().map(|&partition| {
         let name = name.to_string();
@@ -348,21 +353,24 @@ async fn change_collection(
                 )));
             }
             let changed = if create {
-                partition.create_collection(&name).await.map(|_| true)
+                partition.create_collection(&name).await
             } else {
-                partition.drop_collection(&name).await.map(|_| true)
+                partition.drop_collection(&name).await
             };
             match changed {
+                Ok(lsn) => Ok(Some((partition.id(), lsn))),
                 Err(EngineError::CollectionExists(_)) | Err(EngineError::NoSuchCollection(_)) => {
-                    Ok(false)
+                    Ok(None)
                 }
-                other => other,
+                Err(error) => Err(error),
             }
         })
     });
-    let changed = futures::future::try_join_all(changes).await?;
-    if changed.is_empty() || changed.contains(&true) {
-        return Ok(());
+    let outcomes = futures::future::try_join_all(changes).await?;
+    let attempted = outcomes.len();
+    let changed: Vec<(u32, u64)> = outcomes.into_iter().flatten().collect();
+    if attempted == 0 || !changed.is_empty() {
+        return Ok(changed);
     }
     Err(if create {
         EngineError::CollectionExists(name.to_string())
@@ -414,22 +422,25 @@ pub async fn execute(
         } => apply_write(shard, id, partition, write)
             .await
             .unwrap_or_else(|error| Answer::Error(map_engine_error(error, true))),
-        Request::Collection { id, name, create } => {
-            // A collection change is a write too; its id travels with it like any other.
-            let WriteId(_client_request_id) = id;
+        Request::Collection { name, create, .. } => {
             let Some(engine) = engine else {
                 return Answer::Error(ErrorResponse::ShuttingDown);
             };
             match change_collection(&engine, &name, create, scope).await {
-                // Applied in every partition, each at its own LSN: no one revision names it.
-                Ok(()) => Answer::Write(WriteResponse {
-                    revision: Lsn(0),
-                    hlc: 0,
-                }),
+                Ok(_) => collection_changed(),
                 Err(error) => Answer::Error(map_engine_error(error, true)),
             }
         }
     }
+}
+
+/// The answer to a collection change: applied in every partition, each at its own LSN, so no
+/// one revision names it.
+pub fn collection_changed() -> Answer {
+    Answer::Write(WriteResponse {
+        revision: Lsn(0),
+        hlc: 0,
+    })
 }
 
 /// The one path of every keyed write: where its [`WriteId`] meets the partition. The engine

@@ -747,6 +747,23 @@ fn admit(
             }
             None => Ok(()),
         };
+        if let handler::Request::Collection {
+            ref name,
+            create,
+            consistency,
+            ..
+        } = request
+        {
+            let answer = server
+                .change_collection(engine, name, create, consistency, &scope)
+                .await;
+            state
+                .request_bytes_in_flight
+                .set(state.request_bytes_in_flight.get() - cost);
+            state.push(request_id, answer, true);
+            state.reader_bell.ring();
+            return;
+        }
         // A write that needs followers is refused up front if too few are in sync.
         let ready = begun.and_then(|()| server.ack_wait(&request));
         let answer = match ready {
@@ -1215,6 +1232,15 @@ impl ShardServer {
         else {
             return Ok(None);
         };
+        self.ack_wait_for(partition, consistency)
+    }
+
+    /// [`ShardServer::ack_wait`] for a write of `consistency` to `partition`.
+    fn ack_wait_for(
+        &self,
+        partition: u32,
+        consistency: WriteConsistency,
+    ) -> Result<Option<AckWait>, ErrorResponse> {
         let quorum = match consistency {
             WriteConsistency::One => return Ok(None),
             WriteConsistency::Quorum => true,
@@ -1250,6 +1276,44 @@ impl ShardServer {
             needed,
             generation: known.generation(),
         }))
+    }
+
+    /// Creates or drops collection `name` in the partitions this node leads (`scope`), and
+    /// answers once each changed partition's followers hold it as `consistency` asks, as a
+    /// keyed write would: refused up front, with nothing changed, when one of the partitions
+    /// has too few followers in sync.
+    async fn change_collection(
+        &self,
+        engine: Option<Engine>,
+        name: &str,
+        create: bool,
+        consistency: WriteConsistency,
+        scope: &CollectionScope,
+    ) -> Answer {
+        let Some(engine) = engine else {
+            return Answer::Error(ErrorResponse::ShuttingDown);
+        };
+        let mut waits = Vec::with_capacity(scope.partitions.len());
+        for &partition in &scope.partitions {
+            match self.ack_wait_for(partition, consistency) {
+                Ok(wait) => waits.extend(wait),
+                Err(error) => return Answer::Error(error),
+            }
+        }
+        let changed = match handler::change_collection(&engine, name, create, scope).await {
+            Ok(changed) => changed,
+            Err(error) => return Answer::Error(handler::map_engine_error(error, true)),
+        };
+        // Followers copy every partition at once: waiting for each in turn takes as long as
+        // the slowest.
+        for (partition, lsn) in changed {
+            if let Some(wait) = waits.iter().find(|wait| wait.partition == partition) {
+                if let Err(error) = self.await_acks(*wait, lsn).await {
+                    return Answer::Error(error);
+                }
+            }
+        }
+        handler::collection_changed()
     }
 
     /// Waits until `wait.needed` followers acknowledged `lsn`, at most the ack timeout. The
