@@ -14,12 +14,28 @@ mod node_process;
 #[path = "common/split_brain.rs"]
 mod split_brain;
 
+/// Says why the test did not run: on stdout (seen with `--nocapture`) and in
+/// `target/tmp/skipped-tests.txt`, which `.ci/run` prints after the tests, so that a machine
+/// that cannot run it is seen in CI's output rather than passing quietly.
+fn skipped(reason: &str) {
+    println!("skipped: {reason}");
+    let path = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        use std::io::Write;
+        let _ = writeln!(file, "cluster_split_brain_nftables: {reason}");
+    }
+}
+
 #[test]
 fn a_two_three_split_by_nftables_in_a_network_namespace_elects_only_on_the_majority_side() {
     let namespace = match cluster::NetNamespace::create() {
         Ok(namespace) => namespace,
         Err(reason) => {
-            println!("skipped: {reason}");
+            skipped(&reason);
             return;
         }
     };
