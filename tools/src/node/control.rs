@@ -13,18 +13,21 @@
 //!   [`Output::Persist`] is stored durably ([`control_state::store`]) before the next output is
 //!   looked at: no message of a term leaves before the term is on disk. A failed store stops
 //!   the control shard and the node (it cannot keep a promise it could not store).
-//! - **Voters.** Fixed at the cluster's first start: with no `--peers`, this node alone; else
-//!   the first five members by id once this node has heard from every static peer (every node
-//!   of a new cluster must be started with the same peer list). They are stored with the
-//!   election's state, so a restart never changes them.
+//! - **Voters.** Fixed at the cluster's first start: with no `--peers`, this node alone; with
+//!   `--voters`, those nodes once each was heard; else the first five members by id once this
+//!   node has heard from every static peer (every node of a new cluster must be started with
+//!   the same lists). They are stored with the election's state, so a restart never changes
+//!   them.
 //! - **Data shards.** Each published map, with this node's own state and the status the CLI
 //!   shows, becomes a new [`ClusterView`]; the data shards take it whole at their next look
 //!   (style.md rule 4: they never wait on the control shard). Only the current epoch's leader
 //!   of a partition, in state `Joined`, takes writes for it ([`ClusterView::fence`]).
 //! - **Node state.** A node starts `Joining`; once the voters are known and its election runs
 //!   it is `JoinedSyncing`; once it holds the map its controller announced as committed it is
-//!   `Joined`: until replication exists there is nothing else to catch up on (the issue that
-//!   brings replication makes this step wait for the catch-up).
+//!   `Joined`. Data catch-up is per partition, not a node state: a follower answers reads only
+//!   once its last sync found it holding its leader's whole log, a failover chooses the most
+//!   recent replica, and a handoff waits until the target acknowledged the whole log
+//!   (docs/cluster.md), so a `Joined` node still catching up never serves stale data.
 //! - **Write lease** ([`Lease`], docs/cluster.md "The write lease"). A node takes writes only
 //!   while it is in contact with a majority of voters: as the controller, it heard a majority
 //!   of voters in its term within the election timeout (the check-quorum condition); as a
@@ -1009,7 +1012,7 @@ impl Driver {
     }
 
     /// Once this node holds a map published in this life: `JoinedSyncing`, then `Joined`
-    /// (nothing to catch up on until replication exists).
+    /// (data catch-up is per partition; see the module docs).
     fn advance_local_state(&mut self) {
         let now = self.now();
         for state in [NodeState::JoinedSyncing, NodeState::Joined] {
