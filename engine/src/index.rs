@@ -132,11 +132,189 @@ impl std::fmt::Debug for InlineBytes {
     }
 }
 
+/// Entries in a bucket past which it splits in two.
+const BUCKET_SPLIT_ENTRIES: usize = 2048;
+
+/// Deepest a bucket splits: past it (keys whose 64-bit hashes share 40 leading bits, which
+/// random seeding makes unreachable) a bucket only grows.
+const BUCKET_DEPTH_MAX: u32 = 40;
+
+/// One collection's keys: a hash table in buckets, by extendible hashing. A directory of
+/// `2^depth` slots, indexed by a key hash's top `depth` bits, points at buckets; a bucket of
+/// local depth `d` holds every key whose hash starts with its `d`-bit prefix, in a
+/// `hashbrown` table. A bucket past [`BUCKET_SPLIT_ENTRIES`] splits on its next bit (the
+/// directory doubles when the bucket was as deep as it); buckets never merge.
+///
+/// Why not a B-tree ordered by key, as before session 9: a lookup among 100,000 keys walked
+/// five levels of nodes, two or more cache misses each, and that was a quarter of a durable
+/// 100-byte put's CPU (docs/perf.md). Here a lookup reads the directory (small, cached) and
+/// one table slot. Why buckets rather than one table: a snapshot walks the index between
+/// writes ([`Index::entries_after`]) and needs a position that stays meaningful while keys come
+/// and go. A hash value is one: a bucket covers a fixed range of hashes, splitting only makes
+/// ranges finer, so "every key whose hash is below `h`" names the same keys before and after
+/// any write, and a walk that takes whole buckets in hash order returns each key present
+/// throughout exactly once. Nothing reads keys in key order. The hash is seeded at random per
+/// index (`foldhash`), so that colliding keys cannot be prepared in advance.
+#[derive(Debug, Default)]
+struct Keys {
+    /// The directory's depth: it has `1 << depth` slots.
+    depth: u32,
+    /// Bucket indexes, by the top `depth` bits of a hash; empty until the first key.
+    directory: Vec<u32>,
+    buckets: Vec<Bucket>,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// How many leading hash bits all its keys share.
+    depth: u32,
+    table: hashbrown::HashTable<Stored>,
+}
+
+#[derive(Debug)]
+struct Stored {
+    hash: u64,
+    key: InlineBytes,
+    entry: Entry,
+}
+
+impl Keys {
+    fn bucket_of(&self, hash: u64) -> Option<usize> {
+        let slot = if self.depth == 0 {
+            0
+        } else {
+            (hash >> (64 - self.depth)) as usize
+        };
+        self.directory.get(slot).map(|&bucket| bucket as usize)
+    }
+
+    fn get(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+        let bucket = &self.buckets[self.bucket_of(hash)?];
+        bucket
+            .table
+            .find(hash, |stored| {
+                stored.hash == hash && stored.key.as_slice() == key
+            })
+            .map(|stored| &stored.entry)
+    }
+
+    /// Sets `key`; true if it is new.
+    fn insert(&mut self, hash: u64, key: InlineBytes, entry: Entry) -> bool {
+        if self.directory.is_empty() {
+            self.directory.push(0);
+            self.buckets.push(Bucket {
+                depth: 0,
+                table: hashbrown::HashTable::new(),
+            });
+        }
+        let index = self
+            .bucket_of(hash)
+            .expect("the directory covers every hash");
+        let bucket = &mut self.buckets[index];
+        if let Some(stored) = bucket
+            .table
+            .find_mut(hash, |stored| stored.hash == hash && stored.key == key)
+        {
+            stored.entry = entry;
+            return false;
+        }
+        bucket
+            .table
+            .insert_unique(hash, Stored { hash, key, entry }, |stored| stored.hash);
+        self.len += 1;
+        if bucket.table.len() > BUCKET_SPLIT_ENTRIES && bucket.depth < BUCKET_DEPTH_MAX {
+            self.split(index);
+        }
+        true
+    }
+
+    fn remove(&mut self, hash: u64, key: &[u8]) -> Option<Entry> {
+        let index = self.bucket_of(hash)?;
+        let found = self.buckets[index]
+            .table
+            .find_entry(hash, |stored| {
+                stored.hash == hash && stored.key.as_slice() == key
+            })
+            .ok()?;
+        let (stored, _) = found.remove();
+        self.len -= 1;
+        Some(stored.entry)
+    }
+
+    /// Splits bucket `index` on the hash bit after its prefix.
+    fn split(&mut self, index: usize) {
+        let depth = self.buckets[index].depth;
+        if depth == self.depth {
+            // Slot `i` becomes slots `2i` and `2i + 1`: one more bit of the hash.
+            self.directory = self
+                .directory
+                .iter()
+                .flat_map(|&bucket| [bucket, bucket])
+                .collect();
+            self.depth += 1;
+        }
+        let bit = 63 - depth;
+        let old = std::mem::take(&mut self.buckets[index].table);
+        let half = old.len() / 2 + 1;
+        let (mut low, mut high) = (
+            hashbrown::HashTable::with_capacity(half),
+            hashbrown::HashTable::with_capacity(half),
+        );
+        for stored in old {
+            let side = if (stored.hash >> bit) & 1 == 1 {
+                &mut high
+            } else {
+                &mut low
+            };
+            side.insert_unique(stored.hash, stored, |stored| stored.hash);
+        }
+        self.buckets[index] = Bucket {
+            depth: depth + 1,
+            table: low,
+        };
+        let new = u32::try_from(self.buckets.len()).expect("fewer than 2^32 buckets");
+        self.buckets.push(Bucket {
+            depth: depth + 1,
+            table: high,
+        });
+        // The slots of the old bucket whose split bit is set now name the new one.
+        let shift = self.depth - 1 - depth;
+        for (slot, bucket) in self.directory.iter_mut().enumerate() {
+            if *bucket as usize == index && (slot >> shift) & 1 == 1 {
+                *bucket = new;
+            }
+        }
+    }
+
+    /// The bucket holding hash `from`, and the end of its range of hashes (`None`: the last).
+    fn bucket_from(&self, from: u64) -> Option<(&Bucket, Option<u64>)> {
+        let bucket = &self.buckets[self.bucket_of(from)?];
+        if bucket.depth == 0 {
+            return Some((bucket, None));
+        }
+        let span = 1u64 << (64 - bucket.depth);
+        let start = from & !(span - 1);
+        Some((bucket, start.checked_add(span)))
+    }
+}
+
+/// Where a snapshot's walk over an index stands ([`Index::entries_after`]): in `collection`,
+/// the keys whose hash is at least `next` remain (`None`: none of that collection), then the
+/// collections after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexCursor {
+    collection: String,
+    next: Option<u64>,
+}
+
 /// All collections of one partition.
-#[derive(Default, Debug)]
+#[derive(Debug, Default)]
 pub struct Index {
-    collections: BTreeMap<String, BTreeMap<InlineBytes, Entry>>,
+    collections: BTreeMap<String, Keys>,
     keys: usize,
+    /// Seeds the hash that orders each collection's keys.
+    hasher: foldhash::fast::RandomState,
     /// Client requests applied (for idempotent retries); rebuilt with the rest of the state.
     requests: RequestTable,
 }
@@ -181,9 +359,14 @@ impl Index {
         self.keys == 0
     }
 
+    fn hash(&self, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
     /// A key's entry; `None` if the collection or key is missing.
     pub fn get(&self, collection: &str, key: &[u8]) -> Option<&Entry> {
-        self.collections.get(collection)?.get(key)
+        self.collections.get(collection)?.get(self.hash(key), key)
     }
 
     /// Creates a collection; false if it existed.
@@ -191,7 +374,7 @@ impl Index {
         if self.collections.contains_key(name) {
             return false;
         }
-        self.collections.insert(name.to_string(), BTreeMap::new());
+        self.collections.insert(name.to_string(), Keys::default());
         true
     }
 
@@ -199,7 +382,7 @@ impl Index {
     pub fn drop_collection(&mut self, name: &str) -> bool {
         match self.collections.remove(name) {
             Some(keys) => {
-                self.keys -= keys.len();
+                self.keys -= keys.len;
                 true
             }
             None => false,
@@ -215,10 +398,11 @@ impl Index {
         if create {
             self.create_collection(collection);
         }
+        let hash = self.hash(&key);
         let Some(keys) = self.collections.get_mut(collection) else {
             return;
         };
-        if keys.insert(key, entry).is_none() {
+        if keys.insert(hash, key, entry) {
             self.keys += 1;
         }
     }
@@ -236,7 +420,8 @@ impl Index {
 
     /// Removes a key; returns its entry if it was there.
     pub fn delete(&mut self, collection: &str, key: &[u8]) -> Option<Entry> {
-        let removed = self.collections.get_mut(collection)?.remove(key);
+        let hash = self.hash(key);
+        let removed = self.collections.get_mut(collection)?.remove(hash, key);
         if removed.is_some() {
             self.keys -= 1;
         }
@@ -304,36 +489,237 @@ impl Index {
         }
     }
 
-    /// Up to `limit` entries after `cursor` in (collection, key) order, cloned (values are
-    /// reference-counted, so this copies no value bytes). For snapshots that run between writes.
+    /// Up to about `limit` entries after `cursor` (a bucket's keys come in the same call),
+    /// cloned (long values are reference-counted, so this copies no value bytes), and the
+    /// cursor to continue from; no entries once the walk is over. For snapshots that run
+    /// between writes: a key present throughout the walk is returned exactly once, wherever
+    /// writes land meanwhile, since the order (collection, then the key's hash) does not
+    /// depend on what else is stored (see [`Keys`]).
     pub fn entries_after(
         &self,
-        cursor: Option<&(String, Bytes)>,
+        cursor: Option<&IndexCursor>,
         limit: usize,
-    ) -> Vec<(String, Bytes, Entry)> {
+    ) -> (Vec<(String, Bytes, Entry)>, Option<IndexCursor>) {
         let mut out = Vec::with_capacity(limit);
-        let collections: Box<dyn Iterator<Item = (&String, &BTreeMap<InlineBytes, Entry>)>> =
-            match cursor {
-                None => Box::new(self.collections.iter()),
-                Some((collection, _)) => Box::new(
-                    self.collections
-                        .range::<str, _>((Bound::Included(collection.as_str()), Bound::Unbounded)),
-                ),
-            };
+        let mut last = None;
+        let collections: Box<dyn Iterator<Item = (&String, &Keys)>> = match cursor {
+            None => Box::new(self.collections.iter()),
+            Some(cursor) => Box::new(self.collections.range::<str, _>((
+                Bound::Included(cursor.collection.as_str()),
+                Bound::Unbounded,
+            ))),
+        };
         for (name, keys) in collections {
-            let range: Box<dyn Iterator<Item = (&InlineBytes, &Entry)>> = match cursor {
-                Some((collection, key)) if collection == name => {
-                    Box::new(keys.range::<[u8], _>((Bound::Excluded(&key[..]), Bound::Unbounded)))
-                }
-                _ => Box::new(keys.iter()),
+            let mut from = match cursor {
+                Some(cursor) if cursor.collection == *name => match cursor.next {
+                    Some(next) => next,
+                    None => continue,
+                },
+                _ => 0,
             };
-            for (key, entry) in range {
-                if out.len() == limit {
-                    return out;
+            while let Some((bucket, end)) = keys.bucket_from(from) {
+                if out.len() >= limit {
+                    let next = Some(from);
+                    let collection = name.clone();
+                    return (out, Some(IndexCursor { collection, next }));
                 }
-                out.push((name.clone(), key.to_bytes(), entry.clone()));
+                let within = |hash: u64| hash >= from && end.is_none_or(|end| hash < end);
+                out.extend(
+                    bucket
+                        .table
+                        .iter()
+                        .filter(|stored| within(stored.hash))
+                        .map(|stored| {
+                            let key = stored.key.to_bytes();
+                            (name.clone(), key, stored.entry.clone())
+                        }),
+                );
+                match end {
+                    Some(end) => from = end,
+                    None => break,
+                }
+            }
+            last = Some(IndexCursor {
+                collection: name.clone(),
+                next: None,
+            });
+        }
+        (out, last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(revision: u64) -> Entry {
+        Entry {
+            value: InlineBytes::copied(&revision.to_le_bytes()),
+            revision,
+            hlc: 0,
+        }
+    }
+
+    fn key(text: &str) -> InlineBytes {
+        InlineBytes::copied(text.as_bytes())
+    }
+
+    #[test]
+    fn buckets_split_and_every_key_stays_found() {
+        let mut keys = Keys::default();
+        assert_eq!(keys.get(1, b"x"), None);
+        assert_eq!(keys.remove(1, b"x"), None);
+        // Hashes spread over the top bits, and a run sharing 30 leading bits.
+        let hash = |n: u64| n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (n << 40);
+        let count = 5 * BUCKET_SPLIT_ENTRIES as u64;
+        for n in 0..count {
+            assert!(keys.insert(hash(n), key(&n.to_string()), entry(n)));
+        }
+        for n in 0..64 {
+            assert!(keys.insert(7 << 34 | n, key(&format!("run{n}")), entry(n)));
+        }
+        assert!(keys.buckets.len() > 4, "{} buckets", keys.buckets.len());
+        assert_eq!(keys.len as u64, count + 64);
+        for n in 0..count {
+            assert_eq!(keys.get(hash(n), n.to_string().as_bytes()), Some(&entry(n)));
+            assert!(
+                !keys.insert(hash(n), key(&n.to_string()), entry(n + 1)),
+                "overwrite"
+            );
+        }
+        // Two keys of one hash are two keys.
+        assert!(keys.insert(hash(3), key("other"), entry(9)));
+        assert_eq!(keys.get(hash(3), b"3"), Some(&entry(4)));
+        assert_eq!(keys.get(hash(3), b"other"), Some(&entry(9)));
+        assert_eq!(keys.remove(hash(3), b"other"), Some(entry(9)));
+        assert_eq!(keys.get(hash(3), b"other"), None);
+        for n in 0..count {
+            assert_eq!(
+                keys.remove(hash(n), n.to_string().as_bytes()),
+                Some(entry(n + 1))
+            );
+        }
+        assert_eq!(keys.len, 64);
+        // Every bucket holds only hashes of its prefix, and the directory agrees.
+        for (slot, &bucket) in keys.directory.iter().enumerate() {
+            let bucket = &keys.buckets[bucket as usize];
+            assert!(bucket.depth <= keys.depth);
+            for stored in bucket.table.iter().filter(|_| bucket.depth > 0) {
+                assert_eq!(
+                    stored.hash >> (64 - bucket.depth),
+                    slot as u64 >> (keys.depth - bucket.depth),
+                    "slot {slot} of depth {}, bucket of depth {}",
+                    keys.depth,
+                    bucket.depth
+                );
             }
         }
-        out
+    }
+
+    #[test]
+    fn a_walk_while_buckets_split_returns_every_key_present_throughout_once() {
+        let mut index = Index::default();
+        index.create_collection("c");
+        let put = |index: &mut Index, n: u32| {
+            index.put(
+                "c",
+                Bytes::from(format!("k{n}")),
+                entry(u64::from(n)),
+                false,
+            );
+        };
+        let initial = 20_000;
+        for n in 0..initial {
+            put(&mut index, n);
+        }
+        let mut seen = std::collections::HashMap::new();
+        let mut cursor = None;
+        let mut added = initial;
+        loop {
+            let (chunk, next) = index.entries_after(cursor.as_ref(), 700);
+            if chunk.is_empty() {
+                break;
+            }
+            for (_, key, _) in chunk {
+                *seen.entry(key).or_insert(0) += 1;
+            }
+            cursor = next;
+            // Enough new keys between chunks that buckets split under the walk, and some of
+            // the initial keys deleted.
+            for _ in 0..1_500 {
+                put(&mut index, added);
+                added += 1;
+            }
+            index.delete("c", format!("k{}", added % initial).as_bytes());
+        }
+        let deleted: std::collections::BTreeSet<u32> = (initial..added)
+            .step_by(1_500)
+            .map(|n| (n + 1_500) % initial)
+            .collect();
+        assert!(
+            seen.values().all(|&count| count == 1),
+            "a key returned twice"
+        );
+        for n in (0..initial).filter(|n| !deleted.contains(n)) {
+            assert_eq!(seen.get(format!("k{n}").as_bytes()), Some(&1), "k{n}");
+        }
+        assert!(index.collections["c"].buckets.len() > 20);
+    }
+
+    proptest! {
+        /// A snapshot's walk, with writes between its chunks: every key present from the walk's
+        /// start to its end is returned exactly once, with an entry it held meanwhile; nothing
+        /// is returned that was never stored.
+        #[test]
+        fn a_walk_between_writes_returns_every_key_present_throughout_once(
+            initial in proptest::collection::vec(0u16..400, 0..300),
+            writes in proptest::collection::vec((any::<bool>(), 0u16..400), 0..400),
+            limit in 1usize..40,
+        ) {
+            let mut index = Index::default();
+            index.create_collection("a");
+            index.create_collection("b");
+            let name = |n: u16| if n.is_multiple_of(3) { "a" } else { "b" };
+            let put = |index: &mut Index, n: u16, revision: u64| {
+                index.put(name(n), Bytes::from(format!("k{n}")), entry(revision), false);
+            };
+            for (at, n) in initial.iter().enumerate() {
+                put(&mut index, *n, at as u64);
+            }
+            let mut touched = std::collections::BTreeSet::new();
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            let mut writes = writes.into_iter();
+            loop {
+                let (chunk, next) = index.entries_after(cursor.as_ref(), limit);
+                if chunk.is_empty() {
+                    break;
+                }
+                seen.extend(chunk.into_iter().map(|(collection, key, _)| (collection, key)));
+                cursor = next;
+                // A few writes between chunks.
+                for (delete, n) in writes.by_ref().take(3) {
+                    touched.insert(n);
+                    if delete {
+                        index.delete(name(n), format!("k{n}").as_bytes());
+                    } else {
+                        put(&mut index, n, 1000 + u64::from(n));
+                    }
+                }
+            }
+            let mut unique = seen.clone();
+            unique.sort();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), seen.len(), "a key returned twice");
+            for n in initial.iter().filter(|n| !touched.contains(n)) {
+                let wanted = (name(*n).to_string(), Bytes::from(format!("k{n}")));
+                prop_assert!(unique.contains(&wanted), "k{} missed", n);
+            }
+            for (_, key) in &unique {
+                let n: u16 = std::str::from_utf8(&key[1..]).unwrap().parse().unwrap();
+                prop_assert!(initial.contains(&n) || touched.contains(&n));
+            }
+        }
     }
 }

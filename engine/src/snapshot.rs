@@ -42,7 +42,6 @@ use crate::index::{Index, ReplaySource};
 use crate::io::{Storage, StorageFile};
 use crate::record::{encode_record, Operation, RecordHeader, RecordMeta, RecordRef};
 use crate::rt;
-use bytes::Bytes;
 use std::cell::RefCell;
 use std::io;
 
@@ -198,15 +197,15 @@ pub async fn write_snapshot<S: Storage>(
         writer.write_full_blocks().await?;
     }
     let mut entries = 0u64;
-    let mut cursor: Option<(String, Bytes)> = None;
+    let mut cursor = None;
     loop {
-        let chunk = index
+        let (chunk, next) = index
             .borrow()
             .entries_after(cursor.as_ref(), SNAPSHOT_CHUNK_ENTRIES);
-        let Some((collection, key, _)) = chunk.last() else {
+        if chunk.is_empty() {
             break;
-        };
-        cursor = Some((collection.clone(), key.clone()));
+        }
+        cursor = next;
         for (collection, key, entry) in &chunk {
             writer.push(
                 RecordMeta {
