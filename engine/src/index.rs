@@ -132,8 +132,11 @@ impl std::fmt::Debug for InlineBytes {
     }
 }
 
-/// Entries in a bucket past which it splits in two.
-const BUCKET_SPLIT_ENTRIES: usize = 2048;
+/// Entries at which a bucket splits in two: a full `hashbrown` table of 4,096 slots (7/8 of
+/// them usable), so that a bucket's table never grows past that size and each half starts in
+/// a table of the same size, about half full. Measured at 10 M keys: splitting at 2,048 instead
+/// left tables half empty (199 bytes of RSS per key against 162 for the B-tree before).
+const BUCKET_SPLIT_ENTRIES: usize = 3_584;
 
 /// Deepest a bucket splits: past it (keys whose 64-bit hashes share 40 leading bits, which
 /// random seeding makes unreachable) a bucket only grows.
@@ -174,9 +177,17 @@ struct Bucket {
 
 #[derive(Debug)]
 struct Stored {
-    hash: u64,
     key: InlineBytes,
     entry: Entry,
+}
+
+/// The hash a bucket's table is given for a key of hash `hash`. `hashbrown` takes a slot's
+/// 7-bit tag from the hash's top bits, which every key of a bucket shares (they chose the
+/// bucket): given as is, every tag in a bucket is equal, and each probe compares keys, a cache
+/// miss apiece (get 160 ns against 93 ns with this at 100,000 keys). Mixing the low bits into
+/// the top ones gives back distinct tags; the low bits, which choose the slot, stay.
+fn in_table(hash: u64) -> u64 {
+    hash ^ (hash << 57)
 }
 
 impl Keys {
@@ -193,14 +204,19 @@ impl Keys {
         let bucket = &self.buckets[self.bucket_of(hash)?];
         bucket
             .table
-            .find(hash, |stored| {
-                stored.hash == hash && stored.key.as_slice() == key
-            })
+            .find(in_table(hash), |stored| stored.key.as_slice() == key)
             .map(|stored| &stored.entry)
     }
 
-    /// Sets `key`; true if it is new.
-    fn insert(&mut self, hash: u64, key: InlineBytes, entry: Entry) -> bool {
+    /// Sets `key` (of hash `hash`; `hash_of` hashes any key, to move keys when a table grows or a
+    /// bucket splits); true if it is new.
+    fn insert(
+        &mut self,
+        hash: u64,
+        key: InlineBytes,
+        entry: Entry,
+        hash_of: &impl Fn(&[u8]) -> u64,
+    ) -> bool {
         if self.directory.is_empty() {
             self.directory.push(0);
             self.buckets.push(Bucket {
@@ -214,17 +230,19 @@ impl Keys {
         let bucket = &mut self.buckets[index];
         if let Some(stored) = bucket
             .table
-            .find_mut(hash, |stored| stored.hash == hash && stored.key == key)
+            .find_mut(in_table(hash), |stored| stored.key == key)
         {
             stored.entry = entry;
             return false;
         }
         bucket
             .table
-            .insert_unique(hash, Stored { hash, key, entry }, |stored| stored.hash);
+            .insert_unique(in_table(hash), Stored { key, entry }, |stored| {
+                in_table(hash_of(&stored.key))
+            });
         self.len += 1;
-        if bucket.table.len() > BUCKET_SPLIT_ENTRIES && bucket.depth < BUCKET_DEPTH_MAX {
-            self.split(index);
+        if bucket.table.len() >= BUCKET_SPLIT_ENTRIES && bucket.depth < BUCKET_DEPTH_MAX {
+            self.split(index, hash_of);
         }
         true
     }
@@ -233,9 +251,7 @@ impl Keys {
         let index = self.bucket_of(hash)?;
         let found = self.buckets[index]
             .table
-            .find_entry(hash, |stored| {
-                stored.hash == hash && stored.key.as_slice() == key
-            })
+            .find_entry(in_table(hash), |stored| stored.key.as_slice() == key)
             .ok()?;
         let (stored, _) = found.remove();
         self.len -= 1;
@@ -243,7 +259,7 @@ impl Keys {
     }
 
     /// Splits bucket `index` on the hash bit after its prefix.
-    fn split(&mut self, index: usize) {
+    fn split(&mut self, index: usize, hash_of: &impl Fn(&[u8]) -> u64) {
         let depth = self.buckets[index].depth;
         if depth == self.depth {
             // Slot `i` becomes slots `2i` and `2i + 1`: one more bit of the hash.
@@ -256,18 +272,20 @@ impl Keys {
         }
         let bit = 63 - depth;
         let old = std::mem::take(&mut self.buckets[index].table);
-        let half = old.len() / 2 + 1;
         let (mut low, mut high) = (
-            hashbrown::HashTable::with_capacity(half),
-            hashbrown::HashTable::with_capacity(half),
+            hashbrown::HashTable::with_capacity(BUCKET_SPLIT_ENTRIES),
+            hashbrown::HashTable::with_capacity(BUCKET_SPLIT_ENTRIES),
         );
         for stored in old {
-            let side = if (stored.hash >> bit) & 1 == 1 {
+            let hash = hash_of(&stored.key);
+            let side = if (hash >> bit) & 1 == 1 {
                 &mut high
             } else {
                 &mut low
             };
-            side.insert_unique(stored.hash, stored, |stored| stored.hash);
+            side.insert_unique(in_table(hash), stored, |stored| {
+                in_table(hash_of(&stored.key))
+            });
         }
         self.buckets[index] = Bucket {
             depth: depth + 1,
@@ -399,10 +417,15 @@ impl Index {
             self.create_collection(collection);
         }
         let hash = self.hash(&key);
+        let hasher = &self.hasher;
+        let hash_of = |key: &[u8]| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(key)
+        };
         let Some(keys) = self.collections.get_mut(collection) else {
             return;
         };
-        if keys.insert(hash, key, entry) {
+        if keys.insert(hash, key, entry, &hash_of) {
             self.keys += 1;
         }
     }
@@ -528,7 +551,7 @@ impl Index {
                     bucket
                         .table
                         .iter()
-                        .filter(|stored| within(stored.hash))
+                        .filter(|stored| within(self.hash(&stored.key)))
                         .map(|stored| {
                             let key = stored.key.to_bytes();
                             (name.clone(), key, stored.entry.clone())
@@ -565,38 +588,57 @@ mod tests {
         InlineBytes::copied(text.as_bytes())
     }
 
+    /// The test's hash: spread over the top bits for numbers, a run sharing 30 leading bits
+    /// for `run<n>`, and a collision of `other` with `3`.
+    fn test_hash(key: &[u8]) -> u64 {
+        let text = std::str::from_utf8(key).unwrap();
+        let mix = |n: u64| n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (n << 40);
+        match text.strip_prefix("run") {
+            Some(n) => 7 << 34 | n.parse::<u64>().unwrap(),
+            None if text == "other" => mix(3),
+            None => mix(text.parse().unwrap()),
+        }
+    }
+
     #[test]
     fn buckets_split_and_every_key_stays_found() {
         let mut keys = Keys::default();
         assert_eq!(keys.get(1, b"x"), None);
         assert_eq!(keys.remove(1, b"x"), None);
-        // Hashes spread over the top bits, and a run sharing 30 leading bits.
-        let hash = |n: u64| n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (n << 40);
+        let put = |keys: &mut Keys, text: &str, revision: u64| {
+            keys.insert(
+                test_hash(text.as_bytes()),
+                key(text),
+                entry(revision),
+                &test_hash,
+            )
+        };
+        fn get<'a>(keys: &'a Keys, text: &str) -> Option<&'a Entry> {
+            keys.get(test_hash(text.as_bytes()), text.as_bytes())
+        }
         let count = 5 * BUCKET_SPLIT_ENTRIES as u64;
         for n in 0..count {
-            assert!(keys.insert(hash(n), key(&n.to_string()), entry(n)));
+            assert!(put(&mut keys, &n.to_string(), n));
         }
         for n in 0..64 {
-            assert!(keys.insert(7 << 34 | n, key(&format!("run{n}")), entry(n)));
+            assert!(put(&mut keys, &format!("run{n}"), n));
         }
         assert!(keys.buckets.len() > 4, "{} buckets", keys.buckets.len());
         assert_eq!(keys.len as u64, count + 64);
         for n in 0..count {
-            assert_eq!(keys.get(hash(n), n.to_string().as_bytes()), Some(&entry(n)));
-            assert!(
-                !keys.insert(hash(n), key(&n.to_string()), entry(n + 1)),
-                "overwrite"
-            );
+            assert_eq!(get(&keys, &n.to_string()), Some(&entry(n)));
+            assert!(!put(&mut keys, &n.to_string(), n + 1), "overwrite");
         }
         // Two keys of one hash are two keys.
-        assert!(keys.insert(hash(3), key("other"), entry(9)));
-        assert_eq!(keys.get(hash(3), b"3"), Some(&entry(4)));
-        assert_eq!(keys.get(hash(3), b"other"), Some(&entry(9)));
-        assert_eq!(keys.remove(hash(3), b"other"), Some(entry(9)));
-        assert_eq!(keys.get(hash(3), b"other"), None);
+        assert!(put(&mut keys, "other", 9));
+        assert_eq!(get(&keys, "3"), Some(&entry(4)));
+        assert_eq!(get(&keys, "other"), Some(&entry(9)));
+        assert_eq!(keys.remove(test_hash(b"other"), b"other"), Some(entry(9)));
+        assert_eq!(get(&keys, "other"), None);
         for n in 0..count {
+            let text = n.to_string();
             assert_eq!(
-                keys.remove(hash(n), n.to_string().as_bytes()),
+                keys.remove(test_hash(text.as_bytes()), text.as_bytes()),
                 Some(entry(n + 1))
             );
         }
@@ -607,7 +649,7 @@ mod tests {
             assert!(bucket.depth <= keys.depth);
             for stored in bucket.table.iter().filter(|_| bucket.depth > 0) {
                 assert_eq!(
-                    stored.hash >> (64 - bucket.depth),
+                    test_hash(&stored.key) >> (64 - bucket.depth),
                     slot as u64 >> (keys.depth - bucket.depth),
                     "slot {slot} of depth {}, bucket of depth {}",
                     keys.depth,
@@ -633,6 +675,7 @@ mod tests {
         for n in 0..initial {
             put(&mut index, n);
         }
+        let buckets_before = index.collections["c"].buckets.len();
         let mut seen = std::collections::HashMap::new();
         let mut cursor = None;
         let mut added = initial;
@@ -664,7 +707,11 @@ mod tests {
         for n in (0..initial).filter(|n| !deleted.contains(n)) {
             assert_eq!(seen.get(format!("k{n}").as_bytes()), Some(&1), "k{n}");
         }
-        assert!(index.collections["c"].buckets.len() > 20);
+        let buckets_after = index.collections["c"].buckets.len();
+        assert!(
+            buckets_after > buckets_before,
+            "buckets split under the walk: {buckets_before} -> {buckets_after}"
+        );
     }
 
     proptest! {
