@@ -345,6 +345,11 @@ impl TestCluster {
         node.addresses[0]
     }
 
+    /// Node `index`'s control (UDP) address, on loopback: the fault-file network only.
+    pub fn control_address(&self, index: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.control_ports[index]))
+    }
+
     fn address(&self, index: usize) -> String {
         self.data_address(index).to_string()
     }
