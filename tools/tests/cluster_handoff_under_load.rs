@@ -63,6 +63,20 @@ fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// `Some` once a collection change is done (or was done before): a change may end
+/// `Unavailable` while the cluster is still settling, and is then tried again.
+fn created(
+    outcome: Result<coregrid_net::message::WriteResponse, coregrid_net::client::ClientError>,
+) -> Option<()> {
+    match outcome {
+        Ok(_) | Err(coregrid_net::client::ClientError::CollectionExists { .. }) => Some(()),
+        Err(error) => {
+            eprintln!("create the collection: {error}");
+            None
+        }
+    }
+}
+
 /// The statuses of `nodes` once they all name one controller and hold the same map, of an
 /// epoch at least `min_epoch`, in which every partition has a leader.
 fn agreed(nodes: &[&NodeProcess], min_epoch: u64) -> Option<Vec<ClusterStatusResponse>> {
@@ -226,11 +240,11 @@ fn a_restarted_leader_gets_its_partitions_back_by_handoff_while_clients_write() 
         agreed(&everyone, 1)
     })
     .remove(0);
-    // Collections follow leadership (docs/cluster.md): create it through every node.
-    for node in &nodes {
-        let _ = client(&node.addresses[..1]).create_collection(COLLECTION);
-    }
+    // Once, through any node: the client sends it to every partition's leader.
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
+    wait_until("the collection created", || {
+        created(client(&seeds).create_collection(COLLECTION))
+    });
     let load = Load::start(&seeds);
     load.wait_for_progress(200, "before the kill");
 

@@ -200,12 +200,17 @@ fn three_nodes_elect_one_controller_fence_writes_and_fail_over_a_killed_and_a_st
         assert!(status.term == first.term);
     }
 
-    // Collections are node-local until replication: create it on every node.
-    for node in &nodes {
-        let mut client = client(&node.addresses[..1]);
-        let _ = client.create_collection(COLLECTION);
-    }
+    // Once, through any node: the client sends it to every partition's leader.
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
+    wait_until("the collection created", || {
+        match client(&seeds).create_collection(COLLECTION) {
+            Ok(_) | Err(coregrid_net::client::ClientError::CollectionExists { .. }) => Some(()),
+            Err(error) => {
+                eprintln!("create the collection: {error}");
+                None
+            }
+        }
+    });
     write_every_key(&seeds, 1);
 
     // A node that does not lead a partition refuses its writes, naming the leader.

@@ -81,11 +81,15 @@ fn a_follower_the_log_no_longer_reaches_catches_up_by_snapshot() {
     let config = |seeds: &[SocketAddr]| {
         ClientConfig::new(seeds.to_vec(), ClusterId::from_name("coregrid").unwrap())
     };
-    for seed in &everyone {
-        let _ = BlockingClient::new(config(&[*seed]))
+    wait_until("the collection created", || {
+        match BlockingClient::new(config(&everyone))
             .expect("a client")
-            .create_collection(COLLECTION);
-    }
+            .create_collection(COLLECTION)
+        {
+            Ok(_) | Err(coregrid_net::client::ClientError::CollectionExists { .. }) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    });
     let seen = wait_until("agreement", || cluster.agreement(&[0, 1, 2]));
     let controller = cluster.index_of(seen[0].controller.expect("a controller"));
     let victim = (0..NODES)

@@ -124,12 +124,17 @@ fn two_configured_voters_bootstrap_alone_and_a_third_node_joins_without_a_vote()
         assert_eq!(status.term, before.term, "no new term");
     }
 
-    // The cluster takes writes through every node (collections follow leadership: create it
-    // through each).
-    for node in &nodes {
-        let _ = client(&node.addresses[..1]).create_collection(COLLECTION);
-    }
+    // The cluster takes writes through every node (the collection created once, through any).
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
+    wait_until("the collection created", || {
+        match client(&seeds).create_collection(COLLECTION) {
+            Ok(_) | Err(coregrid_net::client::ClientError::CollectionExists { .. }) => Some(()),
+            Err(error) => {
+                eprintln!("create the collection: {error}");
+                None
+            }
+        }
+    });
     let mut writer = client(&seeds);
     for index in 0..32 {
         let key = format!("key-{index}");

@@ -75,9 +75,12 @@ fn writes_wait_for_their_replicas_and_too_few_in_sync_are_refused_up_front() {
         ],
     );
     let everyone = seeds(&cluster, &[0, 1, 2]);
-    for seed in &everyone {
-        let _ = client(&[*seed], WriteConsistency::One, 4).create_collection(COLLECTION);
-    }
+    wait_until("the collection created", || {
+        match client(&everyone, WriteConsistency::One, 4).create_collection(COLLECTION) {
+            Ok(_) | Err(ClientError::CollectionExists { .. }) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    });
     // Every replica in sync: an `All` write to each partition goes through.
     let partitions = wait_until("agreement", || cluster.agreement(&[0, 1, 2])).remove(0);
     for partition in 0..partitions.leaders.len() {

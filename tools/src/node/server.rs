@@ -181,6 +181,36 @@ enum HandoffPhase {
     Backoff(Instant),
 }
 
+thread_local! {
+    /// This shard's server (one per shard thread), for work another shard of the node hands
+    /// it: a collection change checks and waits for the follower acks of each partition on the
+    /// shard that tracks them ([`on_owner`]).
+    static SHARD_SERVER: RefCell<std::rc::Weak<ShardServer>> =
+        const { RefCell::new(std::rc::Weak::new()) };
+}
+
+/// Runs `work` with the server of the shard that owns `partition` (through the engine's job
+/// channel to that shard, this one included).
+async fn on_owner<T, F, Fut>(engine: &Engine, partition: u32, work: F) -> Result<T, ErrorResponse>
+where
+    F: FnOnce(Rc<ShardServer>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, ErrorResponse>> + 'static,
+    T: Send + 'static,
+{
+    let shard = engine.shard_of(partition);
+    engine
+        .run_on_shard(shard, move |_local| async move {
+            match SHARD_SERVER.with(|current| current.borrow().upgrade()) {
+                Some(server) => work(server).await,
+                None => Err(ErrorResponse::unavailable(format!(
+                    "shard {shard} serves no requests (starting or stopping)"
+                ))),
+            }
+        })
+        .await
+        .unwrap_or_else(|error| Err(handler::map_engine_error(error, true)))
+}
+
 /// What a `Quorum` or `All` write waits for once its leader holds it: `needed` follower acks,
 /// from the replica set of `generation`.
 #[derive(Clone, Copy, Debug)]
@@ -242,6 +272,7 @@ async fn control_loop(
         started: Instant::now(),
         handoffs: RefCell::new(HashMap::new()),
     });
+    SHARD_SERVER.with(|current| *current.borrow_mut() = Rc::downgrade(&server));
     rt::spawn_detached(follow_cluster(server.clone(), watch));
     let stop_accepting = Doorbell::default();
     let accepting = rt::spawn_local(accept_loop(
@@ -1293,27 +1324,30 @@ impl ShardServer {
         let Some(engine) = engine else {
             return Answer::Error(ErrorResponse::ShuttingDown);
         };
-        let mut waits = Vec::with_capacity(scope.partitions.len());
-        for &partition in &scope.partitions {
-            match self.ack_wait_for(partition, consistency) {
-                Ok(wait) => waits.extend(wait),
-                Err(error) => return Answer::Error(error),
-            }
-        }
+        // Each partition's followers are tracked by its own shard's server.
+        let checks = scope.partitions.iter().map(|&partition| {
+            on_owner(&engine, partition, move |server| async move {
+                server.ack_wait_for(partition, consistency)
+            })
+        });
+        let waits: Vec<AckWait> = match futures::future::try_join_all(checks).await {
+            Ok(waits) => waits.into_iter().flatten().collect(),
+            Err(error) => return Answer::Error(error),
+        };
         let changed = match handler::change_collection(&engine, name, create, scope).await {
             Ok(changed) => changed,
             Err(error) => return Answer::Error(handler::map_engine_error(error, true)),
         };
-        // Followers copy every partition at once: waiting for each in turn takes as long as
-        // the slowest.
-        for (partition, lsn) in changed {
-            if let Some(wait) = waits.iter().find(|wait| wait.partition == partition) {
-                if let Err(error) = self.await_acks(*wait, lsn).await {
-                    return Answer::Error(error);
-                }
-            }
+        let acks = changed.into_iter().filter_map(|(partition, lsn)| {
+            let wait = *waits.iter().find(|wait| wait.partition == partition)?;
+            Some(on_owner(&engine, partition, move |server| async move {
+                server.await_acks(wait, lsn).await
+            }))
+        });
+        match futures::future::try_join_all(acks).await {
+            Ok(_) => handler::collection_changed(),
+            Err(error) => Answer::Error(error),
         }
-        handler::collection_changed()
     }
 
     /// Waits until `wait.needed` followers acknowledged `lsn`, at most the ack timeout. The

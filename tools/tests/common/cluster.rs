@@ -402,19 +402,25 @@ impl TestCluster {
         }
     }
 
-    /// Creates [`COLLECTION`] on every running node (collections are node-local).
+    /// Creates [`COLLECTION`] through the running nodes (the client sends it to every
+    /// partition's leader), again while the cluster is still settling.
     pub fn create_collection(&self) {
-        for index in 0..self.len() {
-            if self.nodes[index].is_some() {
-                let (code, json) = self.cli(&[
-                    "create-collection",
-                    COLLECTION,
-                    "--cluster",
-                    &self.address(index),
-                ]);
-                assert!(code == 0, "create the collection on node {index}: {json}");
+        let seeds: Vec<String> = (0..self.len())
+            .filter(|&index| self.nodes[index].is_some())
+            .map(|index| self.address(index))
+            .collect();
+        let seeds = seeds.join(",");
+        wait_until("the collection created", || {
+            let (code, json) = self.cli(&["create-collection", COLLECTION, "--cluster", &seeds]);
+            let exists = json["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("exists"));
+            if code == 0 || exists {
+                Ok(())
+            } else {
+                Err(format!("create the collection: {json}"))
             }
-        }
+        });
     }
 
     /// `coregrid put key value`, seeded with node `index` only.
