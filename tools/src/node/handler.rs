@@ -327,16 +327,28 @@ pub struct CollectionScope {
     pub epoch: u64,
 }
 
+/// What a collection change did in the partitions of its scope.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CollectionChange {
+    /// Per partition, the LSN its followers must hold for the change to be replicated: the
+    /// change's record, or, where the collection already was as asked, the partition's last
+    /// staged record (the earlier change that made it so is at or before it: a retry must not
+    /// be answered before that one is replicated either).
+    pub replicate_to: Vec<(u32, u64)>,
+    /// Whether any partition changed.
+    pub changed: bool,
+}
+
 /// Creates or drops `name` in every partition of `scope`, each beginning the scope's epoch
-/// first: the partitions it changed, each with the LSN of its record. `CollectionExists`
-/// (`NoSuchCollection`) if no partition changed and there was one to change; a node that leads
-/// no partition changes nothing and says so with `Ok`.
+/// first. `CollectionExists` (`NoSuchCollection`) if no partition changed and there was one to
+/// change; a node that leads no partition changes nothing and says so with `Ok`. The caller
+/// waits for [`CollectionChange::replicate_to`] either way.
 pub async fn change_collection(
     engine: &Engine,
     name: &str,
     create: bool,
     scope: &CollectionScope,
-) -> Result<Vec<(u32, u64)>, EngineError> {
+) -> Result<CollectionChange, EngineError> {
     let epoch = scope.epoch;
     let changes = scope.partitions.iter().map(|&partition| {
         let name = name.to_string();
@@ -358,25 +370,35 @@ pub async fn change_collection(
                 partition.drop_collection(&name).await
             };
             match changed {
-                Ok(lsn) => Ok(Some((partition.id(), lsn))),
+                Ok(lsn) => Ok((partition.id(), lsn, true)),
                 Err(EngineError::CollectionExists(_)) | Err(EngineError::NoSuchCollection(_)) => {
-                    Ok(None)
+                    Ok((partition.id(), partition.staged_lsn(), false))
                 }
                 Err(error) => Err(error),
             }
         })
     });
     let outcomes = futures::future::try_join_all(changes).await?;
-    let attempted = outcomes.len();
-    let changed: Vec<(u32, u64)> = outcomes.into_iter().flatten().collect();
-    if attempted == 0 || !changed.is_empty() {
-        return Ok(changed);
-    }
-    Err(if create {
-        EngineError::CollectionExists(name.to_string())
-    } else {
-        EngineError::NoSuchCollection(name.to_string())
-    })
+    let change = CollectionChange {
+        changed: outcomes.is_empty() || outcomes.iter().any(|&(_, _, changed)| changed),
+        replicate_to: outcomes
+            .into_iter()
+            .map(|(partition, lsn, _)| (partition, lsn))
+            .collect(),
+    };
+    Ok(change)
+}
+
+/// The refusal of a collection change that changed nothing.
+pub fn collection_unchanged(name: &str, create: bool) -> ErrorResponse {
+    map_engine_error(
+        if create {
+            EngineError::CollectionExists(name.to_string())
+        } else {
+            EngineError::NoSuchCollection(name.to_string())
+        },
+        true,
+    )
 }
 
 /// Runs `request` on this shard. `engine` is the node's engine handle, for collection changes
@@ -427,7 +449,8 @@ pub async fn execute(
                 return Answer::Error(ErrorResponse::ShuttingDown);
             };
             match change_collection(&engine, &name, create, scope).await {
-                Ok(_) => collection_changed(),
+                Ok(change) if change.changed => collection_changed(),
+                Ok(_) => Answer::Error(collection_unchanged(&name, create)),
                 Err(error) => Answer::Error(map_engine_error(error, true)),
             }
         }

@@ -1334,18 +1334,24 @@ impl ShardServer {
             Ok(waits) => waits.into_iter().flatten().collect(),
             Err(error) => return Answer::Error(error),
         };
-        let changed = match handler::change_collection(&engine, name, create, scope).await {
-            Ok(changed) => changed,
+        let change = match handler::change_collection(&engine, name, create, scope).await {
+            Ok(change) => change,
             Err(error) => return Answer::Error(handler::map_engine_error(error, true)),
         };
-        let acks = changed.into_iter().filter_map(|(partition, lsn)| {
-            let wait = *waits.iter().find(|wait| wait.partition == partition)?;
-            Some(on_owner(&engine, partition, move |server| async move {
-                server.await_acks(wait, lsn).await
-            }))
-        });
+        // Unchanged partitions wait too: the earlier change that made them so may be a first
+        // attempt of this one whose answer was lost.
+        let acks = change
+            .replicate_to
+            .into_iter()
+            .filter_map(|(partition, lsn)| {
+                let wait = *waits.iter().find(|wait| wait.partition == partition)?;
+                Some(on_owner(&engine, partition, move |server| async move {
+                    server.await_acks(wait, lsn).await
+                }))
+            });
         match futures::future::try_join_all(acks).await {
-            Ok(_) => handler::collection_changed(),
+            Ok(_) if change.changed => handler::collection_changed(),
+            Ok(_) => Answer::Error(handler::collection_unchanged(name, create)),
             Err(error) => Answer::Error(error),
         }
     }
