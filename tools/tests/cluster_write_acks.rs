@@ -4,7 +4,8 @@
 //! sync:
 //! - with both followers of a partition stopped (SIGSTOP: they hold their sockets and answer
 //!   nothing), a `Quorum` write to it is never acknowledged: it ends `Unknown` (or is refused),
-//!   (this fails at once when the leader answers once it alone holds the write);
+//!   (this fails at once when the leader answers once it alone holds the write), and neither
+//!   is a collection change sent to that leader at the same moment;
 //! - with one node killed for longer than `--replica-lag-ms`, an `All` write is refused with
 //!   `NotEnoughReplicas` and changes nothing, while `Quorum` writes go on; once the node is back
 //!   and caught up, `All` writes succeed again;
@@ -19,6 +20,9 @@ mod cluster;
 #[path = "common/node_process.rs"]
 #[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
 mod node_process;
+#[path = "common/wire_client.rs"]
+#[expect(dead_code, reason = "only a collection change is sent raw here")]
+mod wire_client;
 
 use cluster::{key_of_partition, wait_until, TestCluster};
 use coregrid_engine::{Engine, EngineConfig};
@@ -98,18 +102,34 @@ fn writes_wait_for_their_replicas_and_too_few_in_sync_are_refused_up_front() {
     let leader = cluster.index_of(leader_id);
     let followers: Vec<usize> = (0..NODES).filter(|&index| index != leader).collect();
     let key = key_of_partition(0, "unacknowledged");
+    // A collection change too, sent to the leader alone (the client would send it to every
+    // leader, the stopped ones included), at the same moment as the put: before the leader
+    // loses its write lease, which would refuse both whatever they waited for.
+    let mut raw = wire_client::WireClient::connect(
+        cluster.data_address(leader),
+        wire_client::default_cluster(),
+    );
     for &follower in &followers {
         cluster.pause(follower);
     }
+    let change =
+        std::thread::spawn(move || raw.create_collection_at("unacked", WriteConsistency::Quorum));
     let answer = client(&seeds(&cluster, &[leader]), WriteConsistency::Quorum, 0).put(
         COLLECTION,
         key.as_bytes(),
         b"held by the leader alone",
     );
+    let change = change.join().expect("the collection change's thread");
     for &follower in &followers {
         cluster.resume(follower);
     }
     println!("a Quorum write with both followers stopped: {answer:?}");
+    println!("a Quorum collection change with both followers stopped: {change:?}");
+    assert!(
+        matches!(change, wire_client::Answer::Error(_)),
+        "a Quorum collection change was acknowledged while both followers of the leader's \
+         partitions were stopped: {change:?}"
+    );
     // Any error will do (`Unknown` after the ack timeout, or a refusal if the leader lost
     // its lease meanwhile); an acknowledgement breaks the promise.
     if let Ok(revision) = answer {

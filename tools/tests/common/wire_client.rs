@@ -196,15 +196,21 @@ impl WireClient {
 
     /// Creates `name` (an existing one is fine).
     pub fn create_collection(&mut self, name: &str) {
-        let request = CreateCollectionRequest {
-            id: self.write_id(),
-            consistency: WriteConsistency::One,
-            name: name.into(),
-        };
-        match self.call(&request) {
+        match self.create_collection_at(name, WriteConsistency::One) {
             Answer::Write(_) | Answer::Error(ErrorResponse::CollectionExists { .. }) => {}
             other => panic!("create collection: {other:?}"),
         }
+    }
+
+    /// Asks this shard's node to create `name` in the partitions it leads, at `consistency`:
+    /// the answer as it comes.
+    pub fn create_collection_at(&mut self, name: &str, consistency: WriteConsistency) -> Answer {
+        let request = CreateCollectionRequest {
+            id: self.write_id(),
+            consistency,
+            name: name.into(),
+        };
+        self.call(&request)
     }
 
     /// The put request for `key`.
