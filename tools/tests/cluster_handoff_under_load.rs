@@ -14,13 +14,15 @@
 //!
 //! The times from the restart to every partition back are printed, not asserted.
 
+#[path = "common/cluster_client.rs"]
+mod cluster_client;
 #[path = "common/node_process.rs"]
 #[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
 mod node_process;
 
-use coregrid_net::client::{BlockingClient, ClientConfig};
-use coregrid_net::message::{ClusterStatusResponse, MemberState};
-use coregrid_net::{ClusterId, NodeId};
+use cluster_client::{agreed, client, wait_until, CONDITION_WAIT_MAX};
+use coregrid_net::message::MemberState;
+use coregrid_net::NodeId;
 use node_process::NodeProcess;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -32,72 +34,6 @@ const NODES: usize = 3;
 const SHARDS: usize = 2;
 const WRITERS: usize = 32;
 const COLLECTION: &str = "load";
-/// Longest a condition may take (failure detection and catch-up under load take seconds);
-/// only a bound for a hang.
-const CONDITION_WAIT_MAX: Duration = Duration::from_secs(90);
-
-fn client(seeds: &[SocketAddr]) -> BlockingClient {
-    BlockingClient::new(ClientConfig::new(
-        seeds.to_vec(),
-        ClusterId::from_name("coregrid").unwrap(),
-    ))
-    .expect("a client")
-}
-
-fn status(node: &NodeProcess) -> Option<ClusterStatusResponse> {
-    client(&node.addresses[..1]).cluster_status().ok()
-}
-
-/// Waits until `check` holds, polling; panics with `what` at the deadline.
-fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + CONDITION_WAIT_MAX;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {CONDITION_WAIT_MAX:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `Some` once a collection change is done (or was done before): a change may end
-/// `Unavailable` while the cluster is still settling, and is then tried again.
-fn created(
-    outcome: Result<coregrid_net::message::WriteResponse, coregrid_net::client::ClientError>,
-) -> Option<()> {
-    match outcome {
-        Ok(_) | Err(coregrid_net::client::ClientError::CollectionExists { .. }) => Some(()),
-        Err(error) => {
-            eprintln!("create the collection: {error}");
-            None
-        }
-    }
-}
-
-/// The statuses of `nodes` once they all name one controller and hold the same map, of an
-/// epoch at least `min_epoch`, in which every partition has a leader.
-fn agreed(nodes: &[&NodeProcess], min_epoch: u64) -> Option<Vec<ClusterStatusResponse>> {
-    let statuses: Vec<ClusterStatusResponse> = nodes
-        .iter()
-        .map(|node| status(node))
-        .collect::<Option<_>>()?;
-    let first = &statuses[0];
-    first.controller?;
-    let same = statuses.iter().all(|status| {
-        status.controller == first.controller
-            && status.epoch == first.epoch
-            && status.partitions == first.partitions
-    });
-    let led = !first.partitions.is_empty()
-        && first
-            .partitions
-            .iter()
-            .all(|partition| partition.leader.is_some());
-    (same && led && first.epoch.get() >= min_epoch).then_some(statuses)
-}
 
 /// A put that was acknowledged, and when.
 struct Acked {
@@ -242,9 +178,7 @@ fn a_restarted_leader_gets_its_partitions_back_by_handoff_while_clients_write() 
     .remove(0);
     // Once, through any node: the client sends it to every partition's leader.
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
-    wait_until("the collection created", || {
-        created(client(&seeds).create_collection(COLLECTION))
-    });
+    cluster_client::create_collection(&seeds, COLLECTION);
     let load = Load::start(&seeds);
     load.wait_for_progress(200, "before the kill");
 

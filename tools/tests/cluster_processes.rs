@@ -18,6 +18,8 @@
 //!   before the stop; restarted, it rejoins, gets them back by handoffs, and every value is
 //!   still there.
 
+#[path = "common/cluster_client.rs"]
+mod cluster_client;
 #[path = "common/node_process.rs"]
 #[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
 mod node_process;
@@ -25,74 +27,32 @@ mod node_process;
 #[expect(dead_code, reason = "this file uses only the routed put")]
 mod wire_client;
 
-use coregrid_net::client::{BlockingClient, ClientConfig};
+use cluster_client::{client, wait_until};
 use coregrid_net::message::{ClusterStatusResponse, ControlRole, ErrorResponse, MemberState};
-use coregrid_net::{ClusterId, NodeId};
+use coregrid_net::NodeId;
 use node_process::NodeProcess;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wire_client::{default_cluster, Answer};
 
 const NODES: usize = 3;
 const SHARDS: usize = 2;
 const COLLECTION: &str = "cluster";
 const KEYS: u32 = 64;
-/// Longest a condition may take (failure detection takes seconds); only a bound for a hang.
-const CONDITION_WAIT_MAX: Duration = Duration::from_secs(60);
 
-fn client(seeds: &[SocketAddr]) -> BlockingClient {
-    BlockingClient::new(ClientConfig::new(
-        seeds.to_vec(),
-        ClusterId::from_name("coregrid").unwrap(),
-    ))
-    .expect("a client")
-}
-
-fn status(node: &NodeProcess) -> Option<ClusterStatusResponse> {
-    client(&node.addresses[..1]).cluster_status().ok()
-}
-
-/// Waits until `check` holds, polling; panics with `what` at the deadline.
-fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + CONDITION_WAIT_MAX;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {CONDITION_WAIT_MAX:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The statuses of `nodes` once they all name the same controller (one of `alive`) and hold the
-/// same map, of an epoch at least `min_epoch`, in which every partition has a leader.
+/// The statuses of `nodes` once they agree ([`cluster_client::agreed`]) on a map of an epoch at least
+/// `min_epoch` and a controller among `alive`.
 fn agreed(
     nodes: &[&NodeProcess],
     alive: &BTreeSet<NodeId>,
     min_epoch: u64,
 ) -> Option<Vec<ClusterStatusResponse>> {
-    let statuses: Vec<ClusterStatusResponse> = nodes
-        .iter()
-        .map(|node| status(node))
-        .collect::<Option<_>>()?;
-    let first = &statuses[0];
-    let controller = first.controller?;
-    let same = statuses.iter().all(|status| {
-        status.controller == Some(controller)
-            && status.epoch == first.epoch
-            && status.partitions == first.partitions
-    });
-    let led = !first.partitions.is_empty()
-        && first
-            .partitions
-            .iter()
-            .all(|partition| partition.leader.is_some());
-    (same && led && first.epoch.get() >= min_epoch && alive.contains(&controller))
-        .then_some(statuses)
+    cluster_client::agreed(nodes, min_epoch).filter(|statuses| {
+        statuses[0]
+            .controller
+            .is_some_and(|controller| alive.contains(&controller))
+    })
 }
 
 /// Reads every key back through a client seeded with every node of `nodes`; each must hold
@@ -202,15 +162,7 @@ fn three_nodes_elect_one_controller_fence_writes_and_fail_over_a_killed_and_a_st
 
     // Once, through any node: the client sends it to every partition's leader.
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
-    wait_until("the collection created", || {
-        match client(&seeds).create_collection(COLLECTION) {
-            Ok(_) | Err(coregrid_net::client::ClientError::CollectionExists { .. }) => Some(()),
-            Err(error) => {
-                eprintln!("create the collection: {error}");
-                None
-            }
-        }
-    });
+    cluster_client::create_collection(&seeds, COLLECTION);
     write_every_key(&seeds, 1);
 
     // A node that does not lead a partition refuses its writes, naming the leader.

@@ -6,47 +6,21 @@
 //!   exactly the two configured voters, the controller is one of them, no new term begins,
 //!   and the cluster takes writes through every node.
 
+#[path = "common/cluster_client.rs"]
+#[expect(dead_code, reason = "no agreement of a whole map is waited for here")]
+mod cluster_client;
 #[path = "common/node_process.rs"]
 #[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
 mod node_process;
 
-use coregrid_net::client::{BlockingClient, ClientConfig};
+use cluster_client::{client, status, wait_until};
 use coregrid_net::message::ClusterStatusResponse;
-use coregrid_net::{ClusterId, NodeId};
+use coregrid_net::NodeId;
 use node_process::NodeProcess;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 const COLLECTION: &str = "voters";
-/// Longest a condition may take; only a bound for a hang.
-const CONDITION_WAIT_MAX: Duration = Duration::from_secs(60);
-
-fn client(seeds: &[SocketAddr]) -> BlockingClient {
-    BlockingClient::new(ClientConfig::new(
-        seeds.to_vec(),
-        ClusterId::from_name("coregrid").unwrap(),
-    ))
-    .expect("a client")
-}
-
-fn status(node: &NodeProcess) -> Option<ClusterStatusResponse> {
-    client(&node.addresses[..1]).cluster_status().ok()
-}
-
-fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + CONDITION_WAIT_MAX;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {CONDITION_WAIT_MAX:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The voters a status names.
 fn voters(status: &ClusterStatusResponse) -> BTreeSet<NodeId> {
@@ -126,15 +100,7 @@ fn two_configured_voters_bootstrap_alone_and_a_third_node_joins_without_a_vote()
 
     // The cluster takes writes through every node (the collection created once, through any).
     let seeds: Vec<SocketAddr> = nodes.iter().map(|node| node.addresses[0]).collect();
-    wait_until("the collection created", || {
-        match client(&seeds).create_collection(COLLECTION) {
-            Ok(_) | Err(coregrid_net::client::ClientError::CollectionExists { .. }) => Some(()),
-            Err(error) => {
-                eprintln!("create the collection: {error}");
-                None
-            }
-        }
-    });
+    cluster_client::create_collection(&seeds, COLLECTION);
     let mut writer = client(&seeds);
     for index in 0..32 {
         let key = format!("key-{index}");

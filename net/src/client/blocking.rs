@@ -183,12 +183,7 @@ impl BlockingClient {
                 Err(error) => return Err(error),
             }
         }
-        Err(ClientError::Unavailable {
-            reason: format!(
-                "a collection change needs one map's partition leaders for a moment; after \
-                 {COLLECTION_ROUNDS_MAX} rounds: {why}"
-            ),
-        })
+        Err(collections::gave_up(&why))
     }
 
     /// Sends `operation` to every leader of `plan`: `None` once all held its epoch throughout,
@@ -205,20 +200,8 @@ impl BlockingClient {
                 let answer = node.execute(operation.clone()).and_then(typed::written);
                 Ok((before, answer, node.cluster_status()?))
             });
-            match outcome {
-                Ok((before, answer, after)) => {
-                    answers.add(answer)?;
-                    if before.epoch != plan.epoch || after.epoch != plan.epoch {
-                        return Ok(Some(format!(
-                            "node {} moved from epoch {} to {} meanwhile",
-                            after.node, plan.epoch, after.epoch
-                        )));
-                    }
-                }
-                Err(error) if collections::ends_only_the_round(&error) => {
-                    return Ok(Some(error.to_string()))
-                }
-                Err(error) => return Err(error),
+            if let Some(reason) = collections::settle_leader(plan, outcome, answers)? {
+                return Ok(Some(reason));
             }
         }
         Ok(None)

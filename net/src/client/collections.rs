@@ -99,6 +99,52 @@ pub fn ends_only_the_round(error: &ClientError) -> bool {
     )
 }
 
+/// What one leader of a round said: its status before, its answer to the change, and its
+/// status after; or the error that ended the exchange.
+pub type LeaderOutcome = Result<
+    (
+        ClusterStatusResponse,
+        Result<WriteResponse, ClientError>,
+        ClusterStatusResponse,
+    ),
+    ClientError,
+>;
+
+/// Takes one leader's `outcome` into `answers`: `None` to go on with the round's next leader,
+/// why the round must be repeated (the leader's epoch moved, or it could not be reached), or
+/// the error that ends the change.
+pub fn settle_leader(
+    plan: &CollectionRound,
+    outcome: LeaderOutcome,
+    answers: &mut CollectionAnswers,
+) -> Result<Option<String>, ClientError> {
+    match outcome {
+        Ok((before, answer, after)) => {
+            answers.add(answer)?;
+            Ok(
+                (before.epoch != plan.epoch || after.epoch != plan.epoch).then(|| {
+                    format!(
+                        "node {} moved from epoch {} to {} meanwhile",
+                        after.node, plan.epoch, after.epoch
+                    )
+                }),
+            )
+        }
+        Err(error) if ends_only_the_round(&error) => Ok(Some(error.to_string())),
+        Err(error) => Err(error),
+    }
+}
+
+/// The error of a change whose rounds all had to be repeated; `why` the last one.
+pub fn gave_up(why: &str) -> ClientError {
+    ClientError::Unavailable {
+        reason: format!(
+            "a collection change needs one map's partition leaders for a moment; after \
+             {COLLECTION_ROUNDS_MAX} rounds: {why}"
+        ),
+    }
+}
+
 /// The nodes' answers to one collection change, over every round.
 #[derive(Debug, Default)]
 pub struct CollectionAnswers {
