@@ -181,6 +181,25 @@ struct Stored {
     entry: Entry,
 }
 
+/// Hints the CPU to load the cache lines of `value` (a hint only: it never faults and has no
+/// effect on what the program computes).
+fn prefetch_read<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let first = std::ptr::from_ref(value).cast::<i8>();
+        let last = first.wrapping_add(std::mem::size_of::<T>().saturating_sub(1));
+        // SAFETY: a prefetch reads nothing the program sees and does not fault, whatever the
+        // address; both addresses are within (or at the end of) a live reference's value.
+        unsafe {
+            _mm_prefetch(first, _MM_HINT_T0);
+            _mm_prefetch(last, _MM_HINT_T0);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// The hash a bucket's table is given for a key of hash `hash`. `hashbrown` takes a slot's
 /// 7-bit tag from the hash's top bits, which every key of a bucket shares (they chose the
 /// bucket): given as is, every tag in a bucket is equal, and each probe compares keys, a cache
@@ -245,6 +264,23 @@ impl Keys {
             self.split(index, hash_of);
         }
         true
+    }
+
+    /// Asks the CPU to bring in the table slots a lookup of `key` will read, without reading
+    /// them: the probe runs over the control bytes (small, mostly cached) and stops at each
+    /// candidate's address. See [`Index::prefetch`].
+    fn prefetch(&self, hash: u64) {
+        let Some(index) = self.bucket_of(hash) else {
+            return;
+        };
+        // The closure is given each slot whose tag matches and answers "not this one", so the
+        // probe goes on to the end without dereferencing a slot.
+        let _ = self.buckets[index]
+            .table
+            .find(in_table(hash), |stored: &Stored| {
+                prefetch_read(stored);
+                false
+            });
     }
 
     fn remove(&mut self, hash: u64, key: &[u8]) -> Option<Entry> {
@@ -380,6 +416,18 @@ impl Index {
     fn hash(&self, key: &[u8]) -> u64 {
         use std::hash::BuildHasher;
         self.hasher.hash_one(key)
+    }
+
+    /// Starts loading the memory a put or a read of `key` will touch, so that the cache miss
+    /// overlaps work done before it (encoding and checksumming the WAL record).
+    ///
+    /// Why: a durable 100-byte put among 100,000 keys spent 17% of its CPU stalled on the
+    /// one load of its key's table slot (`perf annotate` of `Index::put_key`, session 10);
+    /// issued before the record is staged, that load runs beside the staging.
+    pub fn prefetch(&self, collection: &str, key: &[u8]) {
+        if let Some(keys) = self.collections.get(collection) {
+            keys.prefetch(self.hash(key));
+        }
     }
 
     /// A key's entry; `None` if the collection or key is missing.
@@ -605,6 +653,7 @@ mod tests {
         let mut keys = Keys::default();
         assert_eq!(keys.get(1, b"x"), None);
         assert_eq!(keys.remove(1, b"x"), None);
+        keys.prefetch(1); // a hint: nothing to load in an empty directory
         let put = |keys: &mut Keys, text: &str, revision: u64| {
             keys.insert(
                 test_hash(text.as_bytes()),
@@ -631,6 +680,8 @@ mod tests {
         }
         // Two keys of one hash are two keys.
         assert!(put(&mut keys, "other", 9));
+        // A prefetch visits both slots of the shared hash and reads neither.
+        keys.prefetch(test_hash(b"other"));
         assert_eq!(get(&keys, "3"), Some(&entry(4)));
         assert_eq!(get(&keys, "other"), Some(&entry(9)));
         assert_eq!(keys.remove(test_hash(b"other"), b"other"), Some(entry(9)));

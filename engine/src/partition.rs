@@ -742,6 +742,7 @@ impl<S: Storage> Partition<S> {
             key: &key,
             value: &value,
         };
+        self.index.borrow().prefetch(collection, &key);
         let staged = self
             .stage(
                 request,
