@@ -78,24 +78,17 @@ fn measure(strategy: Strategy, nodes: usize, seeds: u64) -> Samples {
     samples
 }
 
+/// Controller failover figures from the deterministic simulator, as a Markdown table.
+#[derive(clap::Parser)]
+#[command(name = "election_figures")]
+struct Options {
+    /// Seeds (simulated clusters) per row.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
+}
+
 fn main() -> ExitCode {
-    let mut seeds = 1000u64;
-    let mut arguments = std::env::args().skip(1);
-    while let Some(argument) = arguments.next() {
-        match (argument.as_str(), arguments.next()) {
-            ("--seeds", Some(value)) => match value.parse() {
-                Ok(value) => seeds = value,
-                Err(_) => {
-                    eprintln!("--seeds takes a number");
-                    return ExitCode::from(2);
-                }
-            },
-            _ => {
-                eprintln!("usage: election_figures [--seeds N]");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let Options { seeds } = <Options as clap::Parser>::parse();
     let config = SimConfig::new(0, 3, Strategy::Vote);
     println!(
         "Simulated timings: election timeout T = {:?} (timers drawn from [T, 2T), backoff cap {:?}), heartbeat {:?}, one-way delay uniform in [1 ms, 10 ms], no loss; {seeds} seeds per row.",

@@ -40,43 +40,24 @@ struct Report {
     latency_us: LatencyUs,
 }
 
+/// A loopback TCP ping-pong: the floor under any request/answer protocol on this machine.
+#[derive(clap::Parser)]
+#[command(name = "tcp_pingpong")]
 struct Options {
+    /// Seconds to measure, after the warm-up.
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
     secs: f64,
-    bytes: usize,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    bytes: u32,
 }
 
-fn parse_args() -> Result<Options, String> {
-    let mut options = Options {
-        secs: 5.0,
-        bytes: 100,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--secs" => {
-                options.secs = value("--secs")?
-                    .parse()
-                    .map_err(|error| format!("--secs: {error}"))?;
-            }
-            "--bytes" => {
-                options.bytes = value("--bytes")?
-                    .parse()
-                    .map_err(|error| format!("--bytes: {error}"))?;
-            }
-            "-h" | "--help" => {
-                return Err("usage: tcp_pingpong [--secs S] [--bytes N]".into());
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
+fn positive_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
+        Ok(_) => Err("must be a positive number of seconds".into()),
+        Err(error) => Err(error.to_string()),
     }
-    if !(options.secs > 0.0 && options.secs.is_finite()) {
-        return Err("--secs must be positive".into());
-    }
-    if options.bytes == 0 {
-        return Err("--bytes must be at least 1".into());
-    }
-    Ok(options)
 }
 
 /// Echoes every `bytes`-byte message back until the peer closes.
@@ -95,7 +76,7 @@ fn echo(mut stream: TcpStream, bytes: usize) -> std::io::Result<()> {
 fn run(options: &Options) -> Result<Report, Box<dyn std::error::Error>> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let address = listener.local_addr()?;
-    let bytes = options.bytes;
+    let bytes = options.bytes as usize;
     let echoer = std::thread::Builder::new()
         .name("tcp-pingpong-echo".into())
         .spawn(move || -> std::io::Result<()> {
@@ -154,13 +135,7 @@ fn run(options: &Options) -> Result<Report, Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("tcp_pingpong: {message}");
-            return ExitCode::from(2);
-        }
-    };
+    let options = <Options as clap::Parser>::parse();
     match run(&options) {
         Ok(report) => match serde_json::to_string(&report) {
             Ok(json) => {
