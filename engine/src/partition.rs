@@ -967,6 +967,14 @@ impl<S: Storage> Partition<S> {
         let has_delete = writes
             .iter()
             .any(|write| matches!(write, BatchWrite::Delete { .. }));
+        {
+            // Every key's slot at once: the misses overlap each other and the staging
+            // ([`Index::prefetch`]).
+            let index = self.index.borrow();
+            for write in writes {
+                index.prefetch(write.collection(), write.key());
+            }
+        }
         let staged = self
             .stage(
                 request,
