@@ -20,7 +20,7 @@ mod cluster_client;
 #[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
 mod node_process;
 
-use cluster_client::{agreed, client, wait_until, CONDITION_WAIT_MAX};
+use cluster_client::{agreed, client, wait_until, Peers, CONDITION_WAIT_MAX};
 use coregrid_net::message::MemberState;
 use coregrid_net::NodeId;
 use node_process::NodeProcess;
@@ -144,29 +144,9 @@ impl Load {
 
 #[test]
 fn a_restarted_leader_gets_its_partitions_back_by_handoff_while_clients_write() {
-    let control_base = node_process::reserved_base_port(NODES);
-    let peers = (0..NODES)
-        .map(|index| format!("127.0.0.1:{}", control_base + index as u16))
-        .collect::<Vec<_>>()
-        .join(",");
-    let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
-    let spawn = |index: usize| {
-        let control_port = (control_base + index as u16).to_string();
-        NodeProcess::spawn(
-            dirs[index].path(),
-            SHARDS,
-            &[
-                "--control-port",
-                &control_port,
-                "--peers",
-                &peers,
-                "--election-timeout-ms",
-                "300",
-                "--heartbeat-interval-ms",
-                "50",
-            ],
-        )
-    };
+    let peers = Peers::new(NODES);
+    // Node `index` on its directory and control port (also its restart).
+    let spawn = |index: usize| peers.spawn(index, SHARDS, &[]);
     let mut nodes: Vec<NodeProcess> = (0..NODES).map(spawn).collect();
     for node in &mut nodes {
         node.wait_ready();

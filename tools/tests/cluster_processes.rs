@@ -27,7 +27,7 @@ mod node_process;
 #[expect(dead_code, reason = "this file uses only the routed put")]
 mod wire_client;
 
-use cluster_client::{client, wait_until};
+use cluster_client::{client, wait_until, Peers};
 use coregrid_net::message::{ClusterStatusResponse, ControlRole, ErrorResponse, MemberState};
 use coregrid_net::NodeId;
 use node_process::NodeProcess;
@@ -111,30 +111,9 @@ fn write_every_key(seeds: &[SocketAddr], round: u32) {
 
 #[test]
 fn three_nodes_elect_one_controller_fence_writes_and_fail_over_a_killed_and_a_stopped_leader() {
-    let control_base = node_process::reserved_base_port(NODES);
-    let peers = (0..NODES)
-        .map(|index| format!("127.0.0.1:{}", control_base + index as u16))
-        .collect::<Vec<_>>()
-        .join(",");
-    let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
+    let peers = Peers::new(NODES);
     // Node `index` on its directory and control port (also its restart).
-    let spawn = |index: usize| {
-        let control_port = (control_base + index as u16).to_string();
-        NodeProcess::spawn(
-            dirs[index].path(),
-            SHARDS,
-            &[
-                "--control-port",
-                &control_port,
-                "--peers",
-                &peers,
-                "--election-timeout-ms",
-                "300",
-                "--heartbeat-interval-ms",
-                "50",
-            ],
-        )
-    };
+    let spawn = |index: usize| peers.spawn(index, SHARDS, &[]);
     let mut nodes: Vec<NodeProcess> = (0..NODES).map(spawn).collect();
     for node in &mut nodes {
         node.wait_ready();
@@ -209,7 +188,7 @@ fn three_nodes_elect_one_controller_fence_writes_and_fail_over_a_killed_and_a_st
     let dead = nodes.remove(index);
     assert_eq!(
         dead.control_address.expect("a control address").port(),
-        control_base + index as u16,
+        peers.control_port(index),
         "the restart below reuses the control port it was started on"
     );
     let _ = dead.stop_with(libc::SIGKILL);

@@ -13,7 +13,7 @@ mod cluster_client;
 #[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
 mod node_process;
 
-use cluster_client::{client, status, wait_until};
+use cluster_client::{client, status, wait_until, Peers};
 use coregrid_net::message::ClusterStatusResponse;
 use coregrid_net::NodeId;
 use node_process::NodeProcess;
@@ -34,30 +34,13 @@ fn voters(status: &ClusterStatusResponse) -> BTreeSet<NodeId> {
 
 #[test]
 fn two_configured_voters_bootstrap_alone_and_a_third_node_joins_without_a_vote() {
-    let control_base = node_process::reserved_base_port(3);
-    let control = |index: usize| format!("127.0.0.1:{}", control_base + index as u16);
-    let peers = (0..3).map(control).collect::<Vec<_>>().join(",");
-    let voter_list = format!("{},{}", control(0), control(1));
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let spawn = |index: usize| {
-        let control_port = (control_base + index as u16).to_string();
-        NodeProcess::spawn(
-            dirs[index].path(),
-            1,
-            &[
-                "--control-port",
-                &control_port,
-                "--peers",
-                &peers,
-                "--voters",
-                &voter_list,
-                "--election-timeout-ms",
-                "300",
-                "--heartbeat-interval-ms",
-                "50",
-            ],
-        )
-    };
+    let peers = Peers::new(3);
+    let voter_list = format!(
+        "127.0.0.1:{},127.0.0.1:{}",
+        peers.control_port(0),
+        peers.control_port(1)
+    );
+    let spawn = |index: usize| peers.spawn(index, 1, &["--voters", &voter_list]);
     // The voters alone: ready (Joined, holding a map) although the third peer never answered.
     let mut nodes: Vec<NodeProcess> = (0..2).map(spawn).collect();
     for node in &mut nodes {

@@ -1,8 +1,9 @@
-//! What the tests of real node processes driven through the native client share: a client,
-//! a node's cluster status, waiting for a condition, agreement of several nodes, and the
-//! collection created once while the cluster settles.
+//! What the tests of real node processes driven through the native client share: peers
+//! started on reserved control ports, a client, a node's cluster status, waiting for a
+//! condition, agreement of several nodes, and the collection created once while the cluster
+//! settles.
 
-use super::node_process::NodeProcess;
+use super::node_process::{self, NodeProcess};
 use coregrid_net::client::{BlockingClient, ClientConfig, ClientError};
 use coregrid_net::message::ClusterStatusResponse;
 use coregrid_net::ClusterId;
@@ -12,6 +13,57 @@ use std::time::{Duration, Instant};
 /// Longest a condition may take (failure detection and catch-up under load take seconds);
 /// only a bound for a hang.
 pub const CONDITION_WAIT_MAX: Duration = Duration::from_secs(90);
+
+/// `count` peers of one cluster on reserved control ports, each node on a data directory of its
+/// own that outlives its process: a restart reuses both. Election timeout 300 ms, heartbeats
+/// every 50 ms.
+pub struct Peers {
+    control_base: u16,
+    list: String,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Peers {
+    /// Reserves the control ports and makes the data directories; starts nothing.
+    pub fn new(count: usize) -> Peers {
+        let control_base = node_process::reserved_base_port(count);
+        let list = (0..count)
+            .map(|index| format!("127.0.0.1:{}", control_base + index as u16))
+            .collect::<Vec<_>>()
+            .join(",");
+        let dirs = (0..count)
+            .map(|_| tempfile::tempdir().expect("a data directory"))
+            .collect();
+        Peers {
+            control_base,
+            list,
+            dirs,
+        }
+    }
+
+    /// Node `index`'s control port.
+    pub fn control_port(&self, index: usize) -> u16 {
+        self.control_base + index as u16
+    }
+
+    /// Starts node `index` with `shards` shards and `extra` flags: its first start and every
+    /// restart.
+    pub fn spawn(&self, index: usize, shards: usize, extra: &[&str]) -> NodeProcess {
+        let control_port = self.control_port(index).to_string();
+        let mut arguments = vec![
+            "--control-port",
+            &control_port,
+            "--peers",
+            &self.list,
+            "--election-timeout-ms",
+            "300",
+            "--heartbeat-interval-ms",
+            "50",
+        ];
+        arguments.extend_from_slice(extra);
+        NodeProcess::spawn(self.dirs[index].path(), shards, &arguments)
+    }
+}
 
 /// A client of the default cluster seeded with `seeds`.
 pub fn client(seeds: &[SocketAddr]) -> BlockingClient {
