@@ -15,6 +15,13 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+#[path = "common/skipped.rs"]
+mod skipped;
+use skipped::skipped;
+
+/// This file's name in the list of skipped tests.
+const TEST: &str = "ext4_shutdown";
+
 /// `_IOR('X', 125, __u32)`.
 const EXT4_IOC_SHUTDOWN: u64 = 0x8004_587d;
 /// Shut down without flushing the journal: what survives is what was committed.
@@ -135,35 +142,19 @@ struct Progress {
     errors: Vec<String>,
 }
 
-/// Says why the test did not run: on stdout (seen with `--nocapture`) and in
-/// `target/tmp/skipped-tests.txt`, which `.ci/run` prints after the tests, so that a machine
-/// that cannot run it is seen in CI's output rather than passing quietly.
-fn skipped(reason: &str) {
-    println!("skipped: {reason}");
-    let path = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(file, "ext4_shutdown: {reason}");
-    }
-}
-
 #[test]
 fn acknowledged_writes_survive_an_ext4_shutdown() {
     let mut mount = match Mount::create() {
         Ok(mount) => mount,
         Err(reason) => {
-            skipped(&reason);
+            skipped(TEST, &reason);
             return;
         }
     };
     let engine = match Engine::open(config(&mount.point)) {
         Ok(engine) => engine,
         Err(EngineError::Runtime(reason)) => {
-            skipped(&reason);
+            skipped(TEST, &reason);
             return;
         }
         Err(error) => panic!("open: {error}"),
@@ -223,7 +214,7 @@ fn acknowledged_writes_survive_an_ext4_shutdown() {
     }
     if let Err(error) = shutdown {
         drop(engine);
-        skipped(&format!("EXT4_IOC_SHUTDOWN failed: {error}"));
+        skipped(TEST, &format!("EXT4_IOC_SHUTDOWN failed: {error}"));
         return;
     }
     let progress = std::mem::take(&mut *progress.0.lock().unwrap());

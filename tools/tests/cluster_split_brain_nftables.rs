@@ -11,31 +11,21 @@ mod cluster;
 #[path = "common/node_process.rs"]
 #[expect(dead_code, reason = "a cluster's nodes are spawned, then waited for")]
 mod node_process;
+#[path = "../../engine/tests/common/skipped.rs"]
+mod skipped;
 #[path = "common/split_brain.rs"]
 mod split_brain;
+use skipped::skipped;
 
-/// Says why the test did not run: on stdout (seen with `--nocapture`) and in
-/// `target/tmp/skipped-tests.txt`, which `.ci/run` prints after the tests, so that a machine
-/// that cannot run it is seen in CI's output rather than passing quietly.
-fn skipped(reason: &str) {
-    println!("skipped: {reason}");
-    let path = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(file, "cluster_split_brain_nftables: {reason}");
-    }
-}
+/// This file's name in the list of skipped tests.
+const TEST: &str = "cluster_split_brain_nftables";
 
 #[test]
 fn a_two_three_split_by_nftables_in_a_network_namespace_elects_only_on_the_majority_side() {
     let namespace = match cluster::NetNamespace::create() {
         Ok(namespace) => namespace,
         Err(reason) => {
-            skipped(&reason);
+            skipped(TEST, &reason);
             return;
         }
     };
