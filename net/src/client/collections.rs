@@ -189,7 +189,7 @@ impl CollectionAnswers {
 mod tests {
     use super::*;
     use crate::ids::{Lsn, NodeId, Term};
-    use crate::message::{ControlRole, MemberState, MemberStatus, PartitionStatus};
+    use crate::message::{ControlRole, MemberStatus, PartitionStatus};
 
     fn status(leaders: &[Option<u64>], members: &[(u64, &str)]) -> ClusterStatusResponse {
         ClusterStatusResponse {
@@ -201,14 +201,7 @@ mod tests {
             lease: true,
             members: members
                 .iter()
-                .map(|&(node, address)| MemberStatus {
-                    node: NodeId(node),
-                    state: MemberState::Joined,
-                    suspected: false,
-                    voter: true,
-                    gossip_address: "127.0.0.1:7300".into(),
-                    data_address: address.into(),
-                })
+                .map(|&(node, address)| MemberStatus::joined(node, address))
                 .collect(),
             partitions: leaders
                 .iter()

@@ -1039,7 +1039,7 @@ mod tests {
 
     #[test]
     fn not_leader_naming_a_node_beyond_the_seeds_is_followed_through_the_members_addresses() {
-        use crate::message::{ClusterStatusResponse, ControlRole, MemberState, MemberStatus};
+        use crate::message::{ClusterStatusResponse, ControlRole, MemberStatus};
         let mut router = router(vec![SEED]);
         let mut call = put(&mut router, b"k");
         learn(&mut router, &mut call, 1);
@@ -1054,14 +1054,6 @@ mod tests {
         let step = router.next_step(&mut call);
         assert_eq!((step.address, step.kind), (SEED, StepKind::Members));
         assert_eq!(step.request(&call), &Request::ClusterStatus);
-        let member = |node: u64, address: &str| MemberStatus {
-            node: NodeId(node),
-            state: MemberState::Joined,
-            suspected: false,
-            voter: true,
-            gossip_address: "127.0.0.1:7300".into(),
-            data_address: address.into(),
-        };
         let status = ClusterStatusResponse {
             node: NodeId(1),
             term: crate::ids::Term(2),
@@ -1069,7 +1061,10 @@ mod tests {
             controller: Some(NodeId(2)),
             epoch: Epoch(2),
             lease: true,
-            members: vec![member(1, "127.0.0.1:7400"), member(2, "127.0.0.2:7400")],
+            members: vec![
+                MemberStatus::joined(1, "127.0.0.1:7400"),
+                MemberStatus::joined(2, "127.0.0.2:7400"),
+            ],
             partitions: vec![],
         };
         let verdict =
@@ -1105,7 +1100,7 @@ mod tests {
 
     #[test]
     fn a_node_that_refuses_connections_is_looked_up_again_when_next_named_leader() {
-        use crate::message::{ClusterStatusResponse, ControlRole, MemberState, MemberStatus};
+        use crate::message::{ClusterStatusResponse, ControlRole, MemberStatus};
         let mut router = router(vec![SEED]);
         let mut call = put(&mut router, b"k");
         learn(&mut router, &mut call, 1);
@@ -1116,14 +1111,6 @@ mod tests {
                 epoch: Epoch(2),
             })
         };
-        let member = |node: u64, address: &str| MemberStatus {
-            node: NodeId(node),
-            state: MemberState::Joined,
-            suspected: false,
-            voter: true,
-            gossip_address: "127.0.0.1:7300".into(),
-            data_address: address.into(),
-        };
         let status = |address: &str| ClusterStatusResponse {
             node: NodeId(1),
             term: crate::ids::Term(2),
@@ -1131,7 +1118,10 @@ mod tests {
             controller: Some(NodeId(2)),
             epoch: Epoch(2),
             lease: true,
-            members: vec![member(1, "127.0.0.1:7400"), member(2, address)],
+            members: vec![
+                MemberStatus::joined(1, "127.0.0.1:7400"),
+                MemberStatus::joined(2, address),
+            ],
             partitions: vec![],
         };
         // Node 2 leads; the client learns where it is and writes there.

@@ -469,6 +469,21 @@ impl MemberStatus {
     }
 }
 
+#[cfg(test)]
+impl MemberStatus {
+    /// A joined, unsuspected voter serving clients at `data_address` (test fixtures).
+    pub(crate) fn joined(node: u64, data_address: &str) -> MemberStatus {
+        MemberStatus {
+            node: NodeId(node),
+            state: MemberState::Joined,
+            suspected: false,
+            voter: true,
+            gossip_address: "127.0.0.1:7300".into(),
+            data_address: data_address.into(),
+        }
+    }
+}
+
 impl ArchivedMemberStatus {
     fn node_id(&self) -> NodeId {
         self.node.get()
