@@ -805,6 +805,22 @@ impl Driver {
         self.lease.as_ref()?.until(&status)
     }
 
+    /// Says, at most once per [`BOOTSTRAP_LOG_INTERVAL`], that a first start still waits to
+    /// hear from `expected` nodes (`who`), `seen` of them heard so far.
+    fn log_bootstrap_wait(&mut self, now: Time, seen: usize, expected: usize, who: &str) {
+        if self
+            .last_bootstrap_log
+            .is_none_or(|last| now >= last + BOOTSTRAP_LOG_INTERVAL)
+        {
+            self.last_bootstrap_log = Some(now);
+            tracing::info!(
+                seen,
+                expected,
+                "first start: waiting to hear from every {who}"
+            );
+        }
+    }
+
     /// Creates the election once the voters are known.
     fn maybe_start_election(&mut self) -> Result<(), String> {
         if self.controller.is_some() {
@@ -817,17 +833,8 @@ impl Driver {
             // More matches than voters (members announcing unspecified IPs on one port) is
             // ambiguous: wait, and say so, rather than give a vote to the wrong node.
             if heard.len() != self.settings.voters.len() {
-                if self
-                    .last_bootstrap_log
-                    .is_none_or(|last| now >= last + BOOTSTRAP_LOG_INTERVAL)
-                {
-                    self.last_bootstrap_log = Some(now);
-                    tracing::info!(
-                        seen = heard.len(),
-                        expected = self.settings.voters.len(),
-                        "first start: waiting to hear from every configured voter"
-                    );
-                }
+                let expected = self.settings.voters.len();
+                self.log_bootstrap_wait(now, heard.len(), expected, "configured voter");
                 return Ok(());
             }
             self.state.voters = heard;
@@ -845,17 +852,13 @@ impl Driver {
                 .collect();
             // Every static peer and this node.
             if alive.len() < self.peers.len() + 1 {
-                if self
-                    .last_bootstrap_log
-                    .is_none_or(|last| now >= last + BOOTSTRAP_LOG_INTERVAL)
-                {
-                    self.last_bootstrap_log = Some(now);
-                    tracing::info!(
-                        seen = alive.len(),
-                        expected = self.peers.len() + 1,
-                        "first start: waiting to hear from every static peer to fix the voters"
-                    );
-                }
+                let expected = self.peers.len() + 1;
+                self.log_bootstrap_wait(
+                    now,
+                    alive.len(),
+                    expected,
+                    "static peer to fix the voters",
+                );
                 return Ok(());
             }
             self.state.voters = election::Config::default_voters(alive);
