@@ -140,8 +140,14 @@ impl<T: Send + 'static> ShardThread<T> {
 }
 
 /// Starts shard `shard` on a thread of its own running a glommio executor, pinned to `cpu` if
-/// given, and runs `main` on it.
-pub fn spawn_shard<G, F, T>(shard: usize, cpu: Option<usize>, main: G) -> Result<ShardThread<T>>
+/// given, and runs `main` on it. With nothing to run, the executor polls its rings for
+/// `idle_spin` before it sleeps (glommio's `spin_before_park`).
+pub fn spawn_shard<G, F, T>(
+    shard: usize,
+    cpu: Option<usize>,
+    idle_spin: Duration,
+    main: G,
+) -> Result<ShardThread<T>>
 where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = T> + 'static,
@@ -151,6 +157,7 @@ where
         &format!("coregrid-shard-{shard}"),
         cpu,
         shard_io_memory_bytes(),
+        idle_spin,
         main,
     )
 }
@@ -164,13 +171,20 @@ where
     F: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    spawn_with_io_memory(name, cpu, SHARD_IO_MEMORY_BYTES_LIMITED, main)
+    spawn_with_io_memory(
+        name,
+        cpu,
+        SHARD_IO_MEMORY_BYTES_LIMITED,
+        Duration::ZERO,
+        main,
+    )
 }
 
 fn spawn_with_io_memory<G, F, T>(
     name: &str,
     cpu: Option<usize>,
     io_memory: usize,
+    idle_spin: Duration,
     main: G,
 ) -> Result<ShardThread<T>>
 where
@@ -182,11 +196,13 @@ where
         Some(cpu) => Placement::Fixed(cpu),
         None => Placement::Unbound,
     };
-    let handle = LocalExecutorBuilder::new(placement)
+    let mut builder = LocalExecutorBuilder::new(placement)
         .name(name)
-        .io_memory(io_memory)
-        .spawn(main)
-        .map_err(runtime_error)?;
+        .io_memory(io_memory);
+    if !idle_spin.is_zero() {
+        builder = builder.spin_before_park(idle_spin);
+    }
+    let handle = builder.spawn(main).map_err(runtime_error)?;
     Ok(ShardThread { handle })
 }
 
