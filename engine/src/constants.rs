@@ -120,8 +120,8 @@ pub const SHARD_QUEUE_DEPTH_DEFAULT: usize = 4096;
 /// machine its idle vCPU halts; the flush's completion then waits for the host to wake the vCPU
 /// before the next flush can be submitted, and the disk idles meanwhile. Polling through the
 /// gap between two flushes (about 20 µs with 256 puts in flight) keeps the vCPU running.
-/// Measured (docs/perf.md, session 11): durable 100 B puts +4-16% at 30-100 µs, 100 µs ahead
-/// of 50 µs in each of three pairs. The cost is CPU: a shard that gets work more often than
+/// Measured (docs/perf.md, session 11): durable 100 B puts +9-12% at 100 µs, +2-8% at 30 µs,
+/// and 100 µs ahead of 50 µs in each of three pairs. The cost is CPU: a shard that gets work more often than
 /// this interval never sleeps; 0 turns polling off.
 pub const IDLE_SPIN_DEFAULT: std::time::Duration = std::time::Duration::from_micros(100);
 

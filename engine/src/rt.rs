@@ -196,13 +196,13 @@ where
         Some(cpu) => Placement::Fixed(cpu),
         None => Placement::Unbound,
     };
-    let mut builder = LocalExecutorBuilder::new(placement)
+    // A zero spin is glommio's own default: park at once.
+    let handle = LocalExecutorBuilder::new(placement)
         .name(name)
-        .io_memory(io_memory);
-    if !idle_spin.is_zero() {
-        builder = builder.spin_before_park(idle_spin);
-    }
-    let handle = builder.spawn(main).map_err(runtime_error)?;
+        .io_memory(io_memory)
+        .spin_before_park(idle_spin)
+        .spawn(main)
+        .map_err(runtime_error)?;
     Ok(ShardThread { handle })
 }
 
