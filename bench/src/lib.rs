@@ -20,7 +20,8 @@ pub mod network;
 use bytes::Bytes;
 use coregrid_engine::partition::PartitionStats;
 use coregrid_engine::record::{encoded_len, Operation};
-use coregrid_engine::{rt, BatchWrite, Engine, EngineConfig, LocalShard};
+use coregrid_engine::rt::DmaStorage;
+use coregrid_engine::{rt, BatchWrite, Engine, EngineConfig, LocalShard, Partition};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -233,11 +234,22 @@ impl Workload {
     }
 }
 
-/// The generated key number `n`.
+/// The generated key number `n` (below 10^15, as [`Workload::validate`] requires): `k` and
+/// `n` in 15 decimal digits, the bytes of `format!("k{n:015}")`.
 pub fn key_for(n: u64) -> Bytes {
-    let key = format!("k{n:015}");
-    debug_assert_eq!(key.len(), KEY_BYTES);
-    Bytes::from(key)
+    Bytes::copy_from_slice(&key_bytes(n))
+}
+
+/// [`key_for`] computed in registers, without allocating.
+pub fn key_bytes(mut n: u64) -> [u8; KEY_BYTES] {
+    debug_assert!(n < 10u64.pow(15), "key numbers have 15 digits");
+    let mut key = [b'0'; KEY_BYTES];
+    key[0] = b'k';
+    for digit in key[1..].iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    key
 }
 
 /// Operations done so far, sampled once a second while a run goes on.
@@ -460,48 +472,54 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX * 1000, 3).expect("valid histogram bounds")
 }
 
-/// Keys of `0..key_space` whose partition `shard` owns, back to back in one buffer of
-/// [`KEY_BYTES`] each.
+/// The keys of `from..to` whose partition this shard owns, computed from their numbers.
 ///
-/// Why one buffer with no per-key handle: a put picks a key at random among 100,000, and a
-/// `Vec<Bytes>` of them cost a cache miss for the handle before the one for the key's bytes
-/// (10% of the 100 B put's CPU in session 9's profile, the benchmark's own cost, not the
-/// engine's). Here a key is computed from its index, and the clone a put takes of it touches one
-/// shared reference count, hot in cache.
+/// Why computed and not looked up: a put picks a key at random among 100,000, and a table of
+/// them (1.6 MB) cost a cache miss on the key's bytes per put, 11-12% of the 100 B put's CPU in
+/// session 12's profile (a `Vec<Bytes>` of them cost one more miss for the handle, session 9).
+/// That is the benchmark's own cost, not the engine's: a client has the key it writes in cache.
+/// A key is 16 digits computed in registers; with several shards, numbers are drawn until one
+/// falls in this shard (as many draws as shards, on average).
 struct OwnedKeys {
-    all: Bytes,
-    count: usize,
+    local: LocalShard,
+    from: u64,
+    to: u64,
+    count: u64,
 }
 
 impl OwnedKeys {
     fn new(local: &LocalShard, from: u64, to: u64) -> OwnedKeys {
-        let mut all = Vec::new();
-        for key in (from..to).map(key_for) {
-            if local.partition_for_key(&key).is_some() {
-                all.extend_from_slice(&key);
-            }
-        }
-        let count = all.len() / KEY_BYTES;
+        let count = (from..to)
+            .filter(|&n| local.partition_for_key(&key_bytes(n)).is_some())
+            .count() as u64;
         OwnedKeys {
-            all: Bytes::from(all),
+            local: local.clone(),
+            from,
+            to,
             count,
         }
-    }
-
-    fn len(&self) -> usize {
-        self.count
     }
 
     fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    fn get(&self, index: usize) -> Bytes {
-        self.all.slice(index * KEY_BYTES..(index + 1) * KEY_BYTES)
+    /// A key of this shard drawn uniformly at random, and its partition.
+    fn pick(&self, rng: &mut impl Rng) -> (Bytes, &Rc<Partition<DmaStorage>>) {
+        debug_assert!(!self.is_empty(), "a shard with keys");
+        loop {
+            let key = key_bytes(rng.gen_range(self.from..self.to));
+            if let Some(partition) = self.local.partition_for_key(&key) {
+                return (Bytes::copy_from_slice(&key), partition);
+            }
+        }
     }
 
     fn iter(&self) -> impl Iterator<Item = Bytes> + '_ {
-        (0..self.count).map(|index| self.get(index))
+        (self.from..self.to)
+            .map(key_bytes)
+            .filter(|key| self.local.partition_for_key(key).is_some())
+            .map(|key| Bytes::copy_from_slice(&key))
     }
 }
 
@@ -627,8 +645,7 @@ async fn shard_job(
                 if failed.get() > 0 {
                     return;
                 }
-                let key = keys.get(rng.gen_range(0..keys.len()));
-                let partition = local.partition_for_key(&key).expect("owned key").clone();
+                let (key, partition) = keys.pick(&mut rng);
                 let is_read = read_ratio > 0.0 && rng.gen_bool(read_ratio);
                 let begun = now;
                 let outcome = if is_read {
@@ -1051,5 +1068,74 @@ impl DataDir {
             let _kept = temporary.keep();
         }
         self.path.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn computed_keys_are_the_formatted_ones() {
+        for n in [0, 1, 9, 10, 12_345, 99_999, 10u64.pow(15) - 1] {
+            assert_eq!(&key_bytes(n)[..], format!("k{n:015}").as_bytes());
+            assert_eq!(key_for(n), format!("k{n:015}").as_bytes());
+        }
+    }
+
+    fn shards_here() -> usize {
+        std::thread::available_parallelism().map_or(1, |cores| cores.get().min(2))
+    }
+
+    /// A filled run writes every key of the key space once, each on the shard that owns it,
+    /// then its counted puts draw keys among those (computed from their numbers, not looked
+    /// up); reopened, the engine holds every key with the fill's or a put's value.
+    #[test]
+    fn a_filled_run_writes_every_key_on_its_shard() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let workload = Workload {
+            concurrency: 8,
+            value_bytes: 10,
+            key_space: 300,
+            ops: Some(600),
+            shards: shards_here(),
+            partitions: 4,
+            fill: Some(true),
+            ..Workload::default()
+        };
+        let report = run(&workload, dir.path(), |_| {}).expect("the run");
+        assert_eq!(report.writes, 600);
+        let engine = open_engine(&workload, dir.path()).expect("reopened");
+        for n in 0..workload.key_space {
+            let found = futures::executor::block_on(engine.get(&workload.collection, key_for(n)))
+                .expect("a get");
+            let value = found.map(|versioned| versioned.value);
+            // Written by the fill or, later, by a counted put.
+            assert!(
+                [b'f', b'v']
+                    .iter()
+                    .any(|&byte| value.as_deref() == Some(&[byte; 10][..])),
+                "key {n}: {value:?}"
+            );
+        }
+        engine.shutdown();
+    }
+
+    /// A shard that owns no key of the key space ends its part at once instead of drawing
+    /// keys forever.
+    #[test]
+    fn a_shard_without_keys_does_not_spin() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let workload = Workload {
+            concurrency: 4,
+            value_bytes: 10,
+            key_space: 1,
+            ops: Some(40),
+            shards: shards_here(),
+            partitions: 4,
+            ..Workload::default()
+        };
+        let report = run(&workload, dir.path(), |_| {}).expect("the run");
+        assert!(report.writes <= 40);
     }
 }
