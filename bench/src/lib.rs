@@ -484,24 +484,22 @@ struct OwnedKeys {
     local: LocalShard,
     from: u64,
     to: u64,
-    count: u64,
+    owns_any: bool,
 }
 
 impl OwnedKeys {
     fn new(local: &LocalShard, from: u64, to: u64) -> OwnedKeys {
-        let count = (from..to)
-            .filter(|&n| local.partition_for_key(&key_bytes(n)).is_some())
-            .count() as u64;
+        let owns_any = (from..to).any(|n| local.partition_for_key(&key_bytes(n)).is_some());
         OwnedKeys {
             local: local.clone(),
             from,
             to,
-            count,
+            owns_any,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.count == 0
+        !self.owns_any
     }
 
     /// A key of this shard drawn uniformly at random, and its partition.
@@ -968,7 +966,7 @@ pub fn measure_memory(
     let jobs = (0..shards).map(|shard| {
         let (collection, value_bytes) = (workload.collection.clone(), workload.value_bytes);
         engine.run_on_shard(shard, move |local| async move {
-            // Filled in slices so the key list itself never holds all keys at once.
+            // Filled in slices so the batches built from the keys never hold all at once.
             let value = Bytes::from(vec![b'm'; value_bytes]);
             let slice = 1u64 << 20;
             let mut from = 0;
