@@ -10,7 +10,7 @@
 
 use crate::budget::Budget;
 use crate::constants::{
-    BATCH_OPERATIONS_MAX, RECORD_BYTES_MAX, SNAPSHOT_WAL_TO_SNAPSHOT_RATIO, STAGED_BYTES_MAX,
+    BATCH_OPERATIONS_MAX, FLUSHES_IN_FLIGHT_MAX, RECORD_BYTES_MAX, SNAPSHOT_WAL_TO_SNAPSHOT_RATIO, STAGED_BYTES_MAX,
     WAL_RECYCLE_BYTES_DEFAULT,
 };
 use crate::error::{EngineError, Result};
@@ -27,7 +27,10 @@ use crate::snapshot::{self, SnapshotDownload, SnapshotFile, SnapshotInfo};
 use crate::wal::{self, RawChunk, RecycleBudget, Wal, WalPosition};
 use bytes::Bytes;
 use futures::channel::oneshot;
+use futures::stream::{FuturesOrdered, StreamExt};
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -413,80 +416,116 @@ impl<S: Storage> Partition<S> {
 
     /// The group-commit writer: every record staged while the previous flush ran goes out in
     /// the next one (or the oldest commit batch of them, see [`Wal::set_batch_fill_limit`]).
-    /// One task per partition, so flushes never overlap.
+    /// One task per partition. Up to [`FLUSHES_IN_FLIGHT_MAX`] flushes are in flight, the
+    /// later ones only where [`Wal::take_flush`] lets them go beside the earlier (no shared
+    /// block); they complete, and their writers are woken, in the order they were taken.
     ///
     /// When a flush completes and the next is staged already, the next one's I/O is handed to
     /// the kernel *before* the completed flush's writers are woken: the shard submits I/O only
     /// between runs of its tasks, so waking them first would keep the disk idle while they
     /// all run.
     async fn writer_loop(partition: Rc<Self>) {
+        type Flush<F> = (
+            wal::FlushPlan<F>,
+            std::io::Result<wal::FlushDone<F>>,
+            usize,
+            Option<Instant>,
+        );
         // Moving average of a flush's I/O time (real storage, measured limit only).
         let mut flush_time: Option<Duration> = None;
+        let timed = S::TIMED && partition.config.commit_batch_fill_limit.is_none();
+        let mut in_flight: FuturesOrdered<Pin<Box<dyn Future<Output = Flush<S::File>>>>> =
+            FuturesOrdered::new();
         // Durable LSN of a completed flush whose writers are woken once the next flush's I/O
         // has been submitted.
         let mut acknowledge_later: Option<u64> = None;
         loop {
-            partition.writer_bell.wait().await;
-            let mut next = partition.wal.borrow_mut().take_flush();
-            while let Some(plan) = next.take() {
-                let flushed_bytes = plan.staged_bytes();
-                let began = (S::TIMED && partition.config.commit_batch_fill_limit.is_none())
-                    .then(Instant::now);
-                let mut write = Box::pin(wal::write_flush(&partition.wal, plan));
-                let result = match futures::poll!(write.as_mut()) {
-                    Poll::Ready(result) => result,
-                    Poll::Pending => {
-                        // This flush's I/O is queued: let the shard submit it, then wake the
-                        // writers of the previous flush, whose work overlaps this one's I/O.
-                        if let Some(durable_lsn) = acknowledge_later.take() {
-                            rt::submit_queued_io().await;
-                            partition.complete_waiters(durable_lsn);
-                        }
-                        write.await
-                    }
+            let mut queued = false;
+            while in_flight.len() < FLUSHES_IN_FLIGHT_MAX {
+                let Some(plan) = partition.wal.borrow_mut().take_flush() else {
+                    break;
                 };
-                if let Some(began) = began {
-                    let average = moving_average(flush_time, began.elapsed());
-                    flush_time = Some(average);
-                    // Commit batches close after a flush's worth of staging, so that staging
-                    // overlaps the previous flush's I/O.
-                    partition
-                        .wal
-                        .borrow_mut()
-                        .set_batch_fill_limit(Some(average));
-                }
-                if let Some(durable_lsn) = acknowledge_later.take() {
-                    partition.complete_waiters(durable_lsn);
-                }
-                match result {
-                    Ok(durable_lsn) => {
-                        // Their bytes may be staged again. Given back only now, not when the
-                        // flush took them: otherwise, under a load larger than the budget, the
-                        // writes left waiting would form a small flush of their own while a big
-                        // one ran, and flushes would alternate small and big.
-                        partition.staging_budget.release(flushed_bytes);
-                        partition.flushes.set(partition.flushes.get() + 1);
-                        next = partition.wal.borrow_mut().take_flush();
-                        if next.is_some() {
-                            acknowledge_later = Some(durable_lsn);
-                        } else {
-                            partition.complete_waiters(durable_lsn);
+                let bytes = plan.staged_bytes();
+                let began = timed.then(Instant::now);
+                let mut io = Box::pin(wal::flush_io(&partition.wal, plan));
+                // Polled once here, so that its I/O is queued before the writers are woken.
+                let flush: Pin<Box<dyn Future<Output = Flush<S::File>>>> =
+                    match futures::poll!(io.as_mut()) {
+                        Poll::Ready((plan, result)) => {
+                            Box::pin(std::future::ready((plan, result, bytes, began)))
                         }
-                        partition.maybe_snapshot();
-                    }
-                    Err(error) => {
-                        partition.shard.poison(format!(
-                            "partition {}: WAL write or sync failed: {error}",
-                            partition.id
-                        ));
-                        partition.fail_waiters();
-                        partition.staging_budget.close();
-                        return;
-                    }
-                }
+                        Poll::Pending => {
+                            queued = true;
+                            Box::pin(async move {
+                                let (plan, result) = io.await;
+                                (plan, result, bytes, began)
+                            })
+                        }
+                    };
+                in_flight.push_back(flush);
             }
-            if partition.closed.get() {
-                return;
+            if let Some(durable_lsn) = acknowledge_later.take() {
+                if queued {
+                    // This flush's I/O is queued: let the shard submit it, then wake the
+                    // writers of the previous flush, whose work overlaps this one's I/O.
+                    rt::submit_queued_io().await;
+                }
+                partition.complete_waiters(durable_lsn);
+            }
+            if in_flight.is_empty() {
+                if partition.closed.get() {
+                    return;
+                }
+                partition.writer_bell.wait().await;
+                continue;
+            }
+            // The oldest flush's completion; or, while another may go beside it, a ring (a
+            // record staged).
+            let completed = if in_flight.len() < FLUSHES_IN_FLIGHT_MAX {
+                let bell = std::pin::pin!(partition.writer_bell.wait());
+                match futures::future::select(in_flight.next(), bell).await {
+                    futures::future::Either::Left((completed, _)) => completed,
+                    futures::future::Either::Right(((), _)) => continue,
+                }
+            } else {
+                in_flight.next().await
+            };
+            let (plan, result, flushed_bytes, began) =
+                completed.expect("a flush is in flight");
+            if let Some(began) = began {
+                let average = moving_average(flush_time, began.elapsed());
+                flush_time = Some(average);
+                // Commit batches close after a flush's worth of staging, so that staging
+                // overlaps the previous flush's I/O.
+                partition
+                    .wal
+                    .borrow_mut()
+                    .set_batch_fill_limit(Some(average));
+            }
+            match result {
+                Ok(done) => {
+                    let durable_lsn = partition.wal.borrow_mut().complete_flush(plan, done);
+                    // Their bytes may be staged again. Given back only now, not when the flush
+                    // took them: otherwise, under a load larger than the budget, the writes
+                    // left waiting would form a small flush of their own while a big one ran,
+                    // and flushes would alternate small and big.
+                    partition.staging_budget.release(flushed_bytes);
+                    partition.flushes.set(partition.flushes.get() + 1);
+                    acknowledge_later = Some(durable_lsn);
+                    partition.maybe_snapshot();
+                }
+                Err(error) => {
+                    partition.shard.poison(format!(
+                        "partition {}: WAL write or sync failed: {error}",
+                        partition.id
+                    ));
+                    partition.fail_waiters();
+                    partition.staging_budget.close();
+                    // A flush beside the failed one is never acknowledged; its I/O ends
+                    // before the writer does, so nothing writes the files after it.
+                    while in_flight.next().await.is_some() {}
+                    return;
+                }
             }
         }
     }

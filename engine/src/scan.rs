@@ -15,11 +15,19 @@
 //!   sync covered it), so it is cut off: later segments are removed and the rest of this
 //!   segment is zeroed.
 //!
-//! What this cannot tell apart: a bit flip inside the very last synced group (no later record
-//! vouches for it) looks like a torn write and is cut off. Every WAL that commits a group
-//! with one write and one sync has this window; docs/storage.md says so.
+//!
+//! One shape is not a stop: zeros from the position to the end of its block, then the expected
+//! LSN at the next block. The writer leaves such a gap when a flush ends mid-block and the next
+//! flush starts on a fresh block, so that two flushes in flight never write the same block
+//! (docs/storage.md, "Two flushes in flight"). Nothing of the log can be in the gap: the record
+//! expected there is the one at the block boundary.
+//!
+//! What this cannot tell apart: a bit flip inside the last groups written while no later record
+//! was staged (no later record vouches for them: the last flush, or the last two when two were
+//! in flight) looks like a torn write and is cut off. Every WAL that commits a group with one
+//! write and one sync has this window; docs/storage.md says so.
 
-use crate::constants::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::constants::{ALIGNMENT_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::record::{RecordError, RecordRef, RECORD_MAGIC};
 use crate::segment::SegmentHeader;
 
@@ -235,8 +243,14 @@ impl Scanner {
                 }
                 // A record whose crcs hold but whose body does not decode was never written by
                 // this engine: it is as bad as a failed crc, and replay must not meet it.
-                let validated = RecordRef::validate(&bytes[offset..])
+                let mut validated = RecordRef::validate(&bytes[offset..])
                     .and_then(|record| record.operation().map(|_| record));
+                if validated.is_err() {
+                    if let Some(next) = after_gap(bytes, offset, self.expected) {
+                        offset = next;
+                        validated = RecordRef::validate(&bytes[offset..]);
+                    }
+                }
                 match validated {
                     Ok(record) => {
                         let meta = record.header.meta();
@@ -338,6 +352,21 @@ impl Scanner {
         self.outcome.next_lsn = self.expected.max(self.first_lsn);
         self.outcome
     }
+}
+
+/// Where the log goes on after a gap at `offset`: the next block boundary, if `bytes` hold
+/// zeros from `offset` to it and the record expected (LSN `expected`, valid and decoding)
+/// there. `None` at a boundary: a flush never leaves an empty block.
+pub fn after_gap(bytes: &[u8], offset: usize, expected: u64) -> Option<usize> {
+    let boundary = offset.next_multiple_of(ALIGNMENT_BYTES_MAX);
+    if boundary == offset || boundary >= bytes.len() {
+        return None;
+    }
+    if bytes[offset..boundary].iter().any(|&byte| byte != 0) {
+        return None;
+    }
+    let record = RecordRef::validate(&bytes[boundary..]).ok()?;
+    (record.header.meta().lsn == expected && record.operation().is_ok()).then_some(boundary)
 }
 
 /// Looks past `from` in segment `index`'s `bytes` for a valid record whose `durable_lsn` is at

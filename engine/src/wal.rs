@@ -13,7 +13,8 @@
 //! off (see [`crate::scan`]).
 
 use crate::constants::{
-    ALIGNMENT_BYTES_MAX, GROUP_WRITE_BYTES_MAX, LSN_INDEX_STRIDE_BYTES, READ_CHUNK_BYTES,
+    ALIGNMENT_BYTES_MAX, FLUSHES_IN_FLIGHT_MAX, GROUP_WRITE_BYTES_MAX, LSN_INDEX_STRIDE_BYTES,
+    READ_CHUNK_BYTES,
     RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, STAGED_BYTES_MAX,
     ZERO_AHEAD_BYTES, ZERO_AHEAD_GROUP_BYTES_MAX,
 };
@@ -147,6 +148,9 @@ struct StagedGroup<B> {
     samples: Vec<(u64, u64)>,
     /// The commit batch the records belong to (see [`Wal::set_batch_fill_limit`]).
     batch: u64,
+    /// Zeros to write past the records, `[from, to)` of the segment (set when a flush takes
+    /// the group; see [`ZERO_AHEAD_BYTES`]).
+    zero: Option<(u64, u64)>,
 }
 
 /// A commit batch closes only once it holds at least this many records…
@@ -159,9 +163,8 @@ pub struct FlushPlan<F: StorageFile> {
     groups: Vec<StagedGroup<F::Buffer>>,
     staged_bytes: usize,
     active: Option<Rc<F>>,
+    /// What precedes the first record in its block (empty if it starts a block).
     tail: Vec<u8>,
-    /// The active segment's [`Wal::written_until`].
-    written_until: u64,
 }
 
 impl<F: StorageFile> FlushPlan<F> {
@@ -172,10 +175,17 @@ impl<F: StorageFile> FlushPlan<F> {
 }
 
 /// What a flush's I/O leaves behind for the WAL's state.
-struct FlushDone<F> {
+pub struct FlushDone<F> {
     created: Vec<Rc<F>>,
     tail: Vec<u8>,
-    written_until: u64,
+}
+
+/// A flush taken and not yet completed.
+struct InFlight {
+    /// It creates a segment (a flush beside it could not write into that segment yet).
+    creates_segment: bool,
+    /// Where its zeros ahead start in the active segment (`u64::MAX`: it writes none).
+    zero_from: u64,
 }
 
 /// Why a record could not be staged now.
@@ -214,13 +224,20 @@ pub struct Wal<S: Storage> {
     segments: Vec<Segment<S::File>>,
     /// Bytes `[align_down(end), end)` of the active (last) segment.
     tail: Vec<u8>,
-    /// How far the active segment's blocks are known to have been written (records or zeros).
-    /// Writes below it overwrite written extents, which `fdatasync` commits without a
-    /// file-system journal commit; see [`ZERO_AHEAD_BYTES`].
+    /// How far the active segment's blocks are known to have been written (records or zeros),
+    /// counting flushes taken and not yet completed. Writes below it overwrite written
+    /// extents, which `fdatasync` commits without a file-system journal commit; see
+    /// [`ZERO_AHEAD_BYTES`].
     written_until: u64,
     staged: Vec<StagedGroup<<S::File as StorageFile>::Buffer>>,
     staged_bytes: usize,
-    flush_in_flight: bool,
+    /// Flushes taken and not yet completed, oldest first: at most
+    /// [`FLUSHES_IN_FLIGHT_MAX`].
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// A record was staged while a flush was in flight, since the last flush was taken: the
+    /// next flush taken ends its block (see [`Wal::take_flush`]).
+    staged_beside_flush: bool,
+
     /// Where the next staged record goes: segment base LSN (0: no segment yet) and offset.
     append_segment_base_lsn: u64,
     append_offset: u64,
@@ -481,7 +498,9 @@ impl<S: Storage> Wal<S> {
             written_until: 0,
             staged: Vec::new(),
             staged_bytes: 0,
-            flush_in_flight: false,
+            in_flight: Default::default(),
+            staged_beside_flush: false,
+
             append_segment_base_lsn: 0,
             append_offset: 0,
             append_last_sample_offset: None,
@@ -608,11 +627,29 @@ impl<S: Storage> Wal<S> {
     /// only then is the next flush written (the CPU idle, the disk busy). With 256 puts in
     /// flight that cycle was 428 µs of CPU then 257 µs of I/O per 256 records. A batch closed
     /// after one flush's worth of CPU splits the writers into two cohorts: one stages while
-    /// the other's flush is on the disk. Flushes still run one at a time, so no two writes
-    /// ever share a block. `None` (the default, and always on the simulated disk, whose runs
-    /// must not depend on timing) turns it off.
+    /// the other's flush is on the disk. A closed batch ends its block, so that its flush and
+    /// the next batch's may be in flight together. `None` (the default, and always on the
+    /// simulated disk, whose runs must not depend on timing) turns it off.
     pub fn set_batch_fill_limit(&mut self, limit: Option<Duration>) {
         self.batch_fill_limit = limit;
+    }
+
+    /// Closes the open batch: later records form the next one, from a fresh block.
+    fn close_batch(&mut self, now: Instant) {
+        self.open_batch += 1;
+        self.open_batch_records = 0;
+        self.open_batch_started = Some(now);
+        self.end_block();
+    }
+
+    /// Makes the next record start a block, so that the flush holding it never writes the block
+    /// of the records before it, and may be in flight beside theirs. The rest of the block
+    /// stays as the flush before writes it: zeros, which recovery skips (see
+    /// [`crate::scan::after_gap`]).
+    fn end_block(&mut self) {
+        if self.append_segment_base_lsn != 0 {
+            self.append_offset = align_up(self.append_offset);
+        }
     }
 
     /// Closes the open batch if it has been filling for longer than the limit.
@@ -634,9 +671,7 @@ impl<S: Storage> Wal<S> {
             .open_batch_started
             .is_some_and(|started| now.duration_since(started) >= limit)
         {
-            self.open_batch += 1;
-            self.open_batch_records = 0;
-            self.open_batch_started = Some(now);
+            self.close_batch(now);
         }
     }
 
@@ -705,6 +740,7 @@ impl<S: Storage> Wal<S> {
             return Err(StageError::Full);
         }
         self.close_batch_if_full();
+        self.staged_beside_flush |= !self.in_flight.is_empty();
         let lsn = self.next_lsn;
         let needs_segment = self.append_segment_base_lsn == 0
             || self.append_offset + len as u64 > self.segment_bytes;
@@ -741,6 +777,7 @@ impl<S: Storage> Wal<S> {
                 last_lsn: 0,
                 samples: Vec::new(),
                 batch: self.open_batch,
+                zero: None,
             });
         }
         let storage = &self.storage;
@@ -769,13 +806,24 @@ impl<S: Storage> Wal<S> {
         Ok(lsn)
     }
 
-    /// Takes the oldest batch of staged records for a flush (to hand to [`write_flush`]):
-    /// every staged record unless [`Wal::set_batch_fill_limit`] closed batches. `None` if
-    /// nothing is staged.
+    /// Takes the oldest batch of staged records for a flush (to hand to [`flush_io`], then
+    /// [`Wal::complete_flush`]): every staged record unless [`Wal::set_batch_fill_limit`]
+    /// closed batches. `None` if nothing is staged, or if a flush is in flight and this one
+    /// may not go beside it ([`Wal::may_go_beside`]).
+    ///
+    /// A flush taken while records were being staged beside an earlier one ends its block:
+    /// the records after it start a fresh one, so that their flush may be in flight beside
+    /// it. Under a single writer nothing is staged beside a flush, and each flush keeps
+    /// rewriting the block the last one ended in.
     pub fn take_flush(&mut self) -> Option<FlushPlan<S::File>> {
-        assert!(!self.flush_in_flight, "one flush at a time");
+        assert!(
+            self.in_flight.len() < FLUSHES_IN_FLIGHT_MAX,
+            "at most {FLUSHES_IN_FLIGHT_MAX} flushes in flight"
+        );
         let batch = self.staged.first()?.batch;
-        self.flush_in_flight = true;
+        if !self.in_flight.is_empty() && !self.may_go_beside() {
+            return None;
+        }
         let count = self
             .staged
             .iter()
@@ -795,26 +843,132 @@ impl<S: Storage> Wal<S> {
             self.open_batch += 1;
             self.open_batch_records = 0;
             self.open_batch_started = None;
+            if std::mem::take(&mut self.staged_beside_flush) {
+                self.end_block();
+            }
         }
-        if let Some(active) = self.segments.last() {
+        if let (Some(active), true) = (self.segments.last(), self.in_flight.is_empty()) {
             if !groups[0].new_segment {
-                assert_eq!(
-                    groups[0].start_offset, active.end_offset,
+                let start = groups[0].start_offset;
+                assert!(
+                    start == active.end_offset || start == align_up(active.end_offset),
                     "flushes are sequential"
                 );
             }
         }
+        let tail = if groups[0].new_segment || groups[0].start_offset % BLOCK_BYTES == 0 {
+            Vec::new()
+        } else {
+            assert!(self.in_flight.is_empty(), "a flush beside another starts a block");
+            self.tail.clone()
+        };
+        let zero_from = self.plan_zero_ahead(&mut groups);
+        self.in_flight.push_back(InFlight {
+            creates_segment: groups.iter().any(|group| group.new_segment),
+            zero_from,
+        });
         Some(FlushPlan {
             groups,
             staged_bytes,
             active: self.segments.last().map(|segment| segment.file.clone()),
-            tail: self.tail.clone(),
-            written_until: self.written_until,
+            tail,
         })
     }
 
-    fn complete_flush(&mut self, plan: FlushPlan<S::File>, done: FlushDone<S::File>) -> u64 {
-        self.flush_in_flight = false;
+    /// Whether the oldest staged batch may be flushed while the flush in flight runs: that one
+    /// created no segment (its file is not the WAL's yet), and the batch starts a block (or a
+    /// segment) and ends before the zeros the flush in flight writes ahead. Then the two
+    /// writes share no block, and land in whatever order without harm: a crash that keeps the
+    /// later one and not the earlier leaves a gap that recovery reads as the end of the log,
+    /// since the later records were staged before the earlier ones were durable (their
+    /// `durable_lsn` says so) and none of them was acknowledged (docs/storage.md, "Two
+    /// flushes in flight").
+    fn may_go_beside(&self) -> bool {
+        if self.in_flight.len() != 1 {
+            return false;
+        }
+        let in_flight = &self.in_flight[0];
+        let Some(first) = self.staged.first() else {
+            return false;
+        };
+        if in_flight.creates_segment {
+            return false;
+        }
+        if first.new_segment {
+            return true;
+        }
+        if first.start_offset % BLOCK_BYTES != 0 {
+            return false;
+        }
+        let end = self
+            .staged
+            .iter()
+            .take_while(|group| group.batch == first.batch && !group.new_segment)
+            .map(|group| align_up(group.start_offset + group.bytes.len as u64))
+            .max()
+            .unwrap_or(0);
+        end <= in_flight.zero_from
+    }
+
+    /// Whether a flush could be taken now (something is staged, and no flush is in flight or
+    /// the next may go beside it).
+    pub fn flush_ready(&self) -> bool {
+        !self.staged.is_empty()
+            && (self.in_flight.is_empty()
+                || (self.in_flight.len() < FLUSHES_IN_FLIGHT_MAX && self.may_go_beside()))
+    }
+
+    /// Flushes taken and not yet completed.
+    pub fn flushes_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Decides the zeros each group of a flush writes ahead (see [`ZERO_AHEAD_BYTES`]), as the
+    /// flush is taken, so that a flush taken beside it knows what it writes. Returns where the
+    /// zeros start in the last segment the flush writes (`u64::MAX`: none).
+    ///
+    /// A small group zero-fills ahead once the written blocks come within half of
+    /// [`ZERO_AHEAD_BYTES`] of its end, from the first block not yet written: the next groups
+    /// then write into written blocks, and (since the zeros start well past this group's end)
+    /// the next flush can usually go beside this one. Large groups pay the journal commit
+    /// themselves, amortized over their size.
+    fn plan_zero_ahead(&mut self, groups: &mut [StagedGroup<<S::File as StorageFile>::Buffer>]) -> u64 {
+        let mut zero_from = u64::MAX;
+        for group in groups {
+            if group.new_segment {
+                // A recycled file was written up to where its previous life was sealed, at
+                // least one record short of its end (a hint for zero-ahead only: never needed
+                // for correctness).
+                self.written_until = if group.recycled.is_some() {
+                    align_down(self.segment_bytes.saturating_sub(RECORD_BYTES_MAX as u64))
+                } else {
+                    0
+                };
+                zero_from = u64::MAX;
+            }
+            let end = align_up(group.start_offset + group.bytes.len as u64);
+            if group.bytes.len <= ZERO_AHEAD_GROUP_BYTES_MAX
+                && end + ZERO_AHEAD_BYTES / 2 > self.written_until
+            {
+                let from = end.max(self.written_until);
+                let to = (end + ZERO_AHEAD_BYTES).min(self.segment_bytes);
+                if to > from {
+                    group.zero = Some((from, to));
+                    zero_from = zero_from.min(from);
+                    self.written_until = to;
+                }
+            }
+            self.written_until = self.written_until.max(end);
+        }
+        zero_from
+    }
+
+    /// Records a completed flush (in the order flushes were taken); returns the new durable
+    /// LSN.
+    pub fn complete_flush(&mut self, plan: FlushPlan<S::File>, done: FlushDone<S::File>) -> u64 {
+        self.in_flight
+            .pop_front()
+            .expect("a flush completes only once taken");
         let mut created = done.created.into_iter();
         for group in plan.groups {
             if group.new_segment {
@@ -828,8 +982,12 @@ impl<S: Storage> Wal<S> {
             }
             let segment = self.segments.last_mut().expect("active segment");
             assert_eq!(segment.base_lsn, group.segment_base_lsn);
-            assert_eq!(segment.end_offset, group.start_offset);
-            segment.end_offset += group.bytes.len as u64;
+            assert!(
+                group.start_offset == segment.end_offset
+                    || group.start_offset == align_up(segment.end_offset),
+                "flushes complete in order"
+            );
+            segment.end_offset = group.start_offset + group.bytes.len as u64;
             segment.last_lsn = group.last_lsn;
             segment.samples.extend(group.samples);
             self.durable_bytes_written += group.bytes.len as u64;
@@ -838,7 +996,6 @@ impl<S: Storage> Wal<S> {
             self.last_group_bytes = group.bytes.len;
         }
         self.tail = done.tail;
-        self.written_until = done.written_until;
         self.durable_lsn
     }
 
@@ -890,30 +1047,42 @@ pub async fn flush<S: Storage>(wal: &RefCell<Wal<S>>) -> io::Result<Option<u64>>
     write_flush(wal, plan).await.map(Some)
 }
 
-/// Writes and syncs the records of `plan` (from [`Wal::take_flush`]); returns the new durable
-/// LSN.
+/// Writes and syncs the records of `plan` (from [`Wal::take_flush`], the only flush in
+/// flight); returns the new durable LSN.
 ///
 /// On error nothing is retried: the caller must poison the partition (style.md rule 9).
 pub async fn write_flush<S: Storage>(
     wal: &RefCell<Wal<S>>,
     plan: FlushPlan<S::File>,
 ) -> io::Result<u64> {
+    let (plan, result) = flush_io(wal, plan).await;
+    // Nothing is retried: on error the flush stays in flight, so no later flush can be
+    // taken beside it, and the caller poisons the partition; a restart recovers from the disk.
+    Ok(wal.borrow_mut().complete_flush(plan, result?))
+}
+
+/// The I/O of a flush taken by [`Wal::take_flush`]: its records written and synced. Returns the
+/// plan with the outcome, for [`Wal::complete_flush`], which must see flushes in the order
+/// they were taken (a later one may finish first when two are in flight).
+///
+/// On error nothing is retried: the caller must poison the partition (style.md rule 9).
+pub fn flush_io<S: Storage + 'static>(
+    wal: &RefCell<Wal<S>>,
+    plan: FlushPlan<S::File>,
+) -> impl std::future::Future<Output = (FlushPlan<S::File>, io::Result<FlushDone<S::File>>)> + 'static
+{
     let (storage, partition, segment_bytes) = {
         let wal = wal.borrow();
         (wal.storage.clone(), wal.partition, wal.segment_bytes)
     };
-    let mut plan = plan;
-    let result = flush_io(&mut plan, &storage, partition, segment_bytes).await;
-    let mut wal = wal.borrow_mut();
-    match result {
-        Ok(done) => Ok(wal.complete_flush(plan, done)),
-        // Nothing is retried: `flush_in_flight` stays set, so no later flush can run (it would
-        // assert), and the caller poisons the partition; a restart recovers from the disk.
-        Err(error) => Err(error),
+    async move {
+        let mut plan = plan;
+        let result = write_groups(&mut plan, &storage, partition, segment_bytes).await;
+        (plan, result)
     }
 }
 
-async fn flush_io<S: Storage>(
+async fn write_groups<S: Storage>(
     plan: &mut FlushPlan<S::File>,
     storage: &S,
     partition: u32,
@@ -923,12 +1092,10 @@ async fn flush_io<S: Storage>(
     let mut touched: Vec<Rc<S::File>> = Vec::new();
     let mut tail = Vec::new();
     let mut active = plan.active.clone();
-    let mut prefix_for_active = plan.tail.clone();
-    let mut written_until = plan.written_until;
+    let mut prefix_for_active = std::mem::take(&mut plan.tail);
     for group in &mut plan.groups {
         let (file, prefix, write_from) = if group.new_segment {
             let name = segment_name(group.segment_base_lsn);
-            let file_is_recycled = group.recycled.is_some();
             let file = match group.recycled.take() {
                 Some(recycled) => {
                     storage.rename(&recycled, &name).await?;
@@ -954,14 +1121,6 @@ async fn flush_io<S: Storage>(
             );
             created.push(file.clone());
             active = Some(file.clone());
-            // A recycled file was written up to where its previous life was sealed, at least
-            // one record short of its end (a hint for zero-ahead only: never needed for
-            // correctness).
-            written_until = if file_is_recycled {
-                align_down(segment_bytes.saturating_sub(RECORD_BYTES_MAX as u64))
-            } else {
-                0
-            };
             (file, header_block, 0u64)
         } else {
             let file = active.clone().expect("an active segment");
@@ -988,28 +1147,17 @@ async fn flush_io<S: Storage>(
         let tail_from = (align_down(end) - write_from) as usize;
         tail = buffer[tail_from..data_end].to_vec();
         buffer.truncate(write_len);
-        // Zero ahead: a small group that would write into never-written blocks writes zeros
-        // ZERO_AHEAD_BYTES past itself too, so the next groups overwrite written extents and
-        // their fdatasync needs no journal commit. Large groups pay that commit themselves,
-        // amortized over their size.
-        let mut pad_to = align_up(end);
-        if pad_to > written_until && len <= ZERO_AHEAD_GROUP_BYTES_MAX {
-            pad_to = (pad_to + ZERO_AHEAD_BYTES)
-                .min(segment_bytes)
-                .max(align_up(end));
-        }
         // Both writes are handed to the kernel at once (segments are opened `O_DSYNC`, so in
         // a row they would wait for two device flushes); a crash between their completions
         // leaves zeros or a torn tail, which recovery cuts off (nothing after it was
         // acknowledged).
         let records = file.write_at(buffer, write_from);
-        if pad_to > align_up(end) {
-            let zeros = write_stream(&*file, align_up(end), &[], &[], pad_to);
+        if let Some((from, to)) = group.zero {
+            let zeros = write_stream(&*file, from, &[], &[], to);
             futures::future::try_join(records, zeros).await?;
         } else {
             records.await?;
         }
-        written_until = written_until.max(pad_to);
         if !touched.iter().any(|seen| Rc::ptr_eq(seen, &file)) {
             touched.push(file);
         }
@@ -1020,11 +1168,7 @@ async fn flush_io<S: Storage>(
     if !created.is_empty() {
         storage.sync_dir().await?;
     }
-    Ok(FlushDone {
-        created,
-        tail,
-        written_until,
-    })
+    Ok(FlushDone { created, tail })
 }
 
 /// Writes `prefix ++ bytes` at `offset` (aligned), then zeros up to `pad_to` (at least the next
@@ -1157,8 +1301,25 @@ pub async fn read_raw<S: Storage>(
     }
     let read = file.read_at(position.offset, want).await?;
     let mut used = 0usize;
+    // Where the bytes not yet copied into the chunk begin: records are copied in runs, without
+    // the gaps between flushes (zeros to a block boundary, see `Wal::align_next_flush`).
+    let mut run_from = 0usize;
     while used + RECORD_HEADER_BYTES <= read.len() {
-        let Ok(header) = RecordHeader::validate(&read[used..]) else {
+        let header = match RecordHeader::validate(&read[used..]) {
+            Ok(header) => Ok(header),
+            Err(error) => match gap_end(&read, position.offset, used) {
+                // The gap ends past what was read: the next read starts at it.
+                Some(boundary) if boundary + RECORD_HEADER_BYTES > read.len() => break,
+                Some(boundary) => {
+                    chunk.bytes.extend_from_slice(&read[run_from..used]);
+                    used = boundary;
+                    run_from = boundary;
+                    continue;
+                }
+                None => Err(error),
+            },
+        };
+        let Ok(header) = header else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -1177,10 +1338,21 @@ pub async fn read_raw<S: Storage>(
         chunk.last_lsn = header.lsn();
         used += header.record_len();
     }
-    chunk.bytes = read[..used].to_vec();
+    chunk.bytes.extend_from_slice(&read[run_from..used]);
     position.offset += used as u64;
     chunk.next = position;
     Ok(chunk)
+}
+
+/// Where a gap between two flushes that begins at `at` in `bytes` (read from file offset
+/// `base`) ends, as an index into `bytes`: the next block boundary, if `bytes` hold only zeros
+/// up to it (or up to their end). `None` if `at` is a boundary or a byte before the next one is
+/// not zero. Only for durable records, which recovery checked: a gap there can only be one the
+/// writer left.
+fn gap_end(bytes: &[u8], base: u64, at: usize) -> Option<usize> {
+    let boundary = (align_up(base + at as u64) - base) as usize;
+    let checked = boundary.min(bytes.len());
+    (boundary > at && bytes[at..checked].iter().all(|&byte| byte == 0)).then_some(boundary)
 }
 
 /// The exact position of durable record `lsn`, found from the sparse samples by walking headers.
@@ -1194,7 +1366,27 @@ pub async fn position_of<S: Storage>(
     let file = wal.borrow().segments[index].file.clone();
     loop {
         let read = file.read_at(position.offset, RECORD_HEADER_BYTES).await?;
-        let header = RecordHeader::validate(&read).map_err(|error| {
+        let header = match RecordHeader::validate(&read) {
+            Ok(header) => Ok(header),
+            Err(error) => {
+                // A gap between two flushes: zeros to the block boundary.
+                let boundary = align_up(position.offset);
+                if boundary == position.offset {
+                    Err(error)
+                } else {
+                    let gap = file
+                        .read_at(position.offset, (boundary - position.offset) as usize)
+                        .await?;
+                    if gap_end(&gap, position.offset, 0).is_none() {
+                        Err(error)
+                    } else {
+                        position.offset = boundary;
+                        continue;
+                    }
+                }
+            }
+        };
+        let header = header.map_err(|error| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("seeking LSN {lsn}: {error}"),
@@ -1217,7 +1409,7 @@ pub async fn truncate_after<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::
     {
         let wal = wal.borrow();
         assert!(
-            !wal.flush_in_flight && wal.staged.is_empty(),
+            wal.in_flight.is_empty() && wal.staged.is_empty(),
             "truncate with writes paused"
         );
         if lsn >= wal.durable_lsn {
@@ -1345,7 +1537,7 @@ pub async fn reset_after_install<S: Storage>(
     {
         let wal = wal.borrow();
         assert!(
-            !wal.flush_in_flight && wal.staged.is_empty(),
+            wal.in_flight.is_empty() && wal.staged.is_empty(),
             "an install runs with nothing staged or in flight"
         );
     }
