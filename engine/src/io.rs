@@ -21,11 +21,6 @@ pub trait Storage: Clone + 'static {
     /// The file type.
     type File: StorageFile;
 
-    /// Whether I/O takes real time, so that timing it may steer group commits
-    /// ([`crate::wal::Wal::set_batch_fill_limit`]). False for the simulated disk, whose runs
-    /// must replay the same way from a seed.
-    const TIMED: bool = false;
-
     /// Creates (or truncates) `name`, preallocated to `size_bytes`, open for reads and writes.
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<Self::File>;
     /// Opens an existing file for reads and writes.

@@ -33,19 +33,22 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Weight of a new sample in the moving average of flush I/O time: 1/8.
-const FLUSH_TIME_WEIGHT: u32 = 8;
+/// A flush's outcome, as the writer task receives it: the plan, the I/O's result and the
+/// bytes staged.
+type FlushOutcome<F> = (
+    wal::FlushPlan<F>,
+    std::io::Result<wal::FlushDone<F>>,
+    usize,
+);
 
-/// The moving average of flush I/O times after a flush that took `took`.
-fn moving_average(average: Option<Duration>, took: Duration) -> Duration {
-    match average {
-        None => took,
-        Some(average) if took >= average => average + (took - average) / FLUSH_TIME_WEIGHT,
-        Some(average) => average - (average - took) / FLUSH_TIME_WEIGHT,
-    }
-}
+/// The writer task's flushes in flight, completing in the order they were taken.
+type FlushesInFlight<F> = FuturesOrdered<Pin<Box<dyn Future<Output = FlushOutcome<F>>>>>;
+
+/// Writers completed at once are woken in two halves (two flushes) from this many on, when no
+/// other flush is in flight ([`Partition::wake_in_two_flushes`]).
+const SPLIT_WRITERS_MIN: usize = 64;
 
 /// Identifies a partition.
 pub type PartitionId = u32;
@@ -110,11 +113,11 @@ pub struct PartitionConfig {
     /// WAL bytes since the last snapshot that trigger a new one, or the last snapshot's size if
     /// that is larger (0: never automatically).
     pub snapshot_wal_bytes: u64,
-    /// When a commit batch closes ([`Wal::set_batch_fill_limit`]). `None`, the default: once
-    /// filling it took as long as a flush's I/O, measured on real storage (never on the
-    /// simulated disk, whose runs must replay from a seed). `Some(limit)` fixes the limit:
-    /// tests drive the pipelined group commit on the simulated disk with `Duration::ZERO`,
-    /// which closes a batch every 32 records.
+    /// When a commit batch closes ([`Wal::set_batch_fill_limit`]). `None`, the default: only
+    /// when a flush takes it (the writer splits writers into two flushes itself, see
+    /// `Partition::wake_in_two_flushes`). `Some(limit)` closes it once filling it took
+    /// `limit`: tests drive batches on the simulated disk with `Duration::ZERO`, which closes
+    /// a batch every 32 records.
     pub commit_batch_fill_limit: Option<Duration>,
 }
 
@@ -425,52 +428,25 @@ impl<S: Storage> Partition<S> {
     /// between runs of its tasks, so waking them first would keep the disk idle while they
     /// all run.
     async fn writer_loop(partition: Rc<Self>) {
-        type Flush<F> = (
-            wal::FlushPlan<F>,
-            std::io::Result<wal::FlushDone<F>>,
-            usize,
-            Option<Instant>,
-        );
-        // Moving average of a flush's I/O time (real storage, measured limit only).
-        let mut flush_time: Option<Duration> = None;
-        let timed = S::TIMED && partition.config.commit_batch_fill_limit.is_none();
-        let mut in_flight: FuturesOrdered<Pin<Box<dyn Future<Output = Flush<S::File>>>>> =
-            FuturesOrdered::new();
+        let mut in_flight: FlushesInFlight<S::File> = FuturesOrdered::new();
         // Durable LSN of a completed flush whose writers are woken once the next flush's I/O
         // has been submitted.
         let mut acknowledge_later: Option<u64> = None;
         loop {
-            let mut queued = false;
-            while in_flight.len() < FLUSHES_IN_FLIGHT_MAX {
-                let Some(plan) = partition.wal.borrow_mut().take_flush() else {
-                    break;
-                };
-                let bytes = plan.staged_bytes();
-                let began = timed.then(Instant::now);
-                let mut io = Box::pin(wal::flush_io(&partition.wal, plan));
-                // Polled once here, so that its I/O is queued before the writers are woken.
-                let flush: Pin<Box<dyn Future<Output = Flush<S::File>>>> =
-                    match futures::poll!(io.as_mut()) {
-                        Poll::Ready((plan, result)) => {
-                            Box::pin(std::future::ready((plan, result, bytes, began)))
-                        }
-                        Poll::Pending => {
-                            queued = true;
-                            Box::pin(async move {
-                                let (plan, result) = io.await;
-                                (plan, result, bytes, began)
-                            })
-                        }
-                    };
-                in_flight.push_back(flush);
-            }
+            let queued = partition.queue_flushes(&mut in_flight, false).await;
             if let Some(durable_lsn) = acknowledge_later.take() {
                 if queued {
                     // This flush's I/O is queued: let the shard submit it, then wake the
                     // writers of the previous flush, whose work overlaps this one's I/O.
                     rt::submit_queued_io().await;
                 }
-                partition.complete_waiters(durable_lsn);
+                if in_flight.is_empty() {
+                    partition
+                        .wake_in_two_flushes(durable_lsn, &mut in_flight)
+                        .await;
+                } else {
+                    partition.complete_waiters(durable_lsn);
+                }
             }
             if in_flight.is_empty() {
                 if partition.closed.get() {
@@ -490,18 +466,7 @@ impl<S: Storage> Partition<S> {
             } else {
                 in_flight.next().await
             };
-            let (plan, result, flushed_bytes, began) =
-                completed.expect("a flush is in flight");
-            if let Some(began) = began {
-                let average = moving_average(flush_time, began.elapsed());
-                flush_time = Some(average);
-                // Commit batches close after a flush's worth of staging, so that staging
-                // overlaps the previous flush's I/O.
-                partition
-                    .wal
-                    .borrow_mut()
-                    .set_batch_fill_limit(Some(average));
-            }
+            let (plan, result, flushed_bytes) = completed.expect("a flush is in flight");
             match result {
                 Ok(done) => {
                     let durable_lsn = partition.wal.borrow_mut().complete_flush(plan, done);
@@ -530,15 +495,97 @@ impl<S: Storage> Partition<S> {
         }
     }
 
+    /// Takes every flush that may go now and queues its I/O (each flush future is polled
+    /// once, which hands its writes to the shard's ring); true if any I/O was queued.
+    /// `end_block`: the last flush taken ends its block (see [`Wal::end_block`]).
+    async fn queue_flushes(
+        &self,
+        in_flight: &mut FlushesInFlight<S::File>,
+        end_block: bool,
+    ) -> bool {
+        let mut queued = false;
+        while in_flight.len() < FLUSHES_IN_FLIGHT_MAX {
+            let Some(plan) = self.wal.borrow_mut().take_flush() else {
+                break;
+            };
+            if end_block {
+                self.wal.borrow_mut().end_block();
+            }
+            let bytes = plan.staged_bytes();
+            let mut io = Box::pin(wal::flush_io(&self.wal, plan));
+            let flush: Pin<Box<dyn Future<Output = FlushOutcome<S::File>>>> =
+                match futures::poll!(io.as_mut()) {
+                    Poll::Ready((plan, result)) => {
+                        Box::pin(std::future::ready((plan, result, bytes)))
+                    }
+                    Poll::Pending => {
+                        queued = true;
+                        Box::pin(async move {
+                            let (plan, result) = io.await;
+                            (plan, result, bytes)
+                        })
+                    }
+                };
+            in_flight.push_back(flush);
+        }
+        queued
+    }
+
+    /// Wakes the writers `durable_lsn` completed when no flush is in flight, in two halves
+    /// if they are many: the first half stages, its records go out as a flush that ends its
+    /// block, and only then is the second half woken, to stage beside that flush's I/O.
+    ///
+    /// Why: the shard hands I/O to the kernel only between runs of its tasks, so writers
+    /// woken together all stage before any of their records is written, and form one flush
+    /// again and again, with the disk idle while they stage. Split once, the two halves stay
+    /// apart: each stages while the other's flush is in flight.
+    async fn wake_in_two_flushes(
+        &self,
+        durable_lsn: u64,
+        in_flight: &mut FlushesInFlight<S::File>,
+    ) {
+        let done = self
+            .waiters
+            .borrow()
+            .iter()
+            .filter(|(lsn, _)| *lsn <= durable_lsn)
+            .count();
+        if done < SPLIT_WRITERS_MIN {
+            self.complete_waiters(durable_lsn);
+            return;
+        }
+        self.complete_some_waiters(durable_lsn, done / 2);
+        // Parks until the shard's next turn: the woken writers stage meanwhile.
+        rt::submit_queued_io().await;
+        if self.queue_flushes(in_flight, true).await {
+            rt::submit_queued_io().await;
+        }
+        self.complete_waiters(durable_lsn);
+    }
+
     fn complete_waiters(&self, durable_lsn: u64) {
+        self.complete_some_waiters(durable_lsn, usize::MAX);
+    }
+
+    /// Wakes at most `most` of the waiters `durable_lsn` completes, the longest waiting first;
+    /// returns how many it left waiting.
+    fn complete_some_waiters(&self, durable_lsn: u64, most: usize) -> usize {
+        let mut woken = 0;
+        let mut left = 0;
         // Waking only schedules the tasks: none runs while the list is borrowed.
         self.waiters.borrow_mut().retain(|(lsn, waker)| {
-            let done = *lsn <= durable_lsn;
-            if done {
-                waker.wake_by_ref();
+            if *lsn > durable_lsn {
+                return true;
             }
-            !done
+            if woken == most {
+                left += 1;
+                return true;
+            }
+            woken += 1;
+            waker.wake_by_ref();
+            false
         });
+        left
     }
 
     /// Wakes every waiter: the shard is poisoned, which each of them reports.

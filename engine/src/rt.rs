@@ -373,7 +373,6 @@ impl Deref for DmaRead {
 }
 
 impl Storage for DmaStorage {
-    const TIMED: bool = true;
     type File = DmaStorageFile;
 
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<DmaStorageFile> {

@@ -646,8 +646,13 @@ impl<S: Storage> Wal<S> {
     /// of the records before it, and may be in flight beside theirs. The rest of the block
     /// stays as the flush before writes it: zeros, which recovery skips (see
     /// [`crate::scan::after_gap`]).
-    fn end_block(&mut self) {
-        if self.append_segment_base_lsn != 0 {
+    /// Does nothing while the open batch holds records (they lie in the block already).
+    pub fn end_block(&mut self) {
+        let open_batch_has_records = self
+            .staged
+            .last()
+            .is_some_and(|group| group.batch == self.open_batch);
+        if self.append_segment_base_lsn != 0 && !open_batch_has_records {
             self.append_offset = align_up(self.append_offset);
         }
     }
@@ -884,10 +889,12 @@ impl<S: Storage> Wal<S> {
     /// `durable_lsn` says so) and none of them was acknowledged (docs/storage.md, "Two
     /// flushes in flight").
     fn may_go_beside(&self) -> bool {
-        if self.in_flight.len() != 1 {
+        let Some(in_flight) = self.in_flight.back() else {
+            return false;
+        };
+        if self.in_flight.iter().any(|f| f.creates_segment) {
             return false;
         }
-        let in_flight = &self.in_flight[0];
         let Some(first) = self.staged.first() else {
             return false;
         };
