@@ -314,6 +314,8 @@ pub struct GroupCommit {
     pub snapshots: u64,
     /// New WAL segments that reused a pruned segment's file during the run.
     pub segments_reused: u64,
+    /// Flushes written while an earlier flush of their partition was in flight.
+    pub flushes_beside: u64,
 }
 
 /// The outcome of [`run`].
@@ -698,17 +700,19 @@ async fn shard_job(
     }
 }
 
-/// Flushes, snapshots and reused segments, summed over partitions.
-fn sum_stats(stats: &[PartitionStats]) -> (u64, u64, u64) {
-    stats
-        .iter()
-        .fold((0, 0, 0), |(flushes, snapshots, reused), stat| {
+/// Flushes, snapshots, reused segments and flushes beside another, summed over partitions.
+fn sum_stats(stats: &[PartitionStats]) -> (u64, u64, u64, u64) {
+    stats.iter().fold(
+        (0, 0, 0, 0),
+        |(flushes, snapshots, reused, beside), stat| {
             (
                 flushes + stat.flushes,
                 snapshots + stat.snapshots,
                 reused + stat.segments_reused,
+                beside + stat.flushes_beside,
             )
-        })
+        },
+    )
 }
 
 /// Runs the workload's timed phase on an open engine (the collection must exist), calling
@@ -811,8 +815,8 @@ pub fn run_on(
         &merged.latency_reads,
     );
     let ops = writes + reads;
-    let (flushes_before, snapshots_before, reused_before) = sum_stats(&stats_before);
-    let (flushes_after, snapshots_after, reused_after) = sum_stats(&stats_after);
+    let (flushes_before, snapshots_before, reused_before, beside_before) = sum_stats(&stats_before);
+    let (flushes_after, snapshots_after, reused_after, beside_after) = sum_stats(&stats_after);
     let flushes = flushes_after - flushes_before;
     let record_bytes = workload.record_bytes_per_put() as u64;
     let wal_bytes_written = writes * record_bytes;
@@ -855,6 +859,7 @@ pub fn run_on(
             },
             snapshots: snapshots_after - snapshots_before,
             segments_reused: reused_after - reused_before,
+            flushes_beside: beside_after - beside_before,
         },
         fill_secs,
     })

@@ -10,8 +10,8 @@
 
 use crate::budget::Budget;
 use crate::constants::{
-    BATCH_OPERATIONS_MAX, FLUSHES_IN_FLIGHT_MAX, RECORD_BYTES_MAX, SNAPSHOT_WAL_TO_SNAPSHOT_RATIO, STAGED_BYTES_MAX,
-    WAL_RECYCLE_BYTES_DEFAULT,
+    BATCH_OPERATIONS_MAX, FLUSHES_IN_FLIGHT_MAX, RECORD_BYTES_MAX, SNAPSHOT_WAL_TO_SNAPSHOT_RATIO,
+    STAGED_BYTES_MAX, WAL_RECYCLE_BYTES_DEFAULT,
 };
 use crate::error::{EngineError, Result};
 use crate::hlc::Hlc;
@@ -37,11 +37,7 @@ use std::time::Duration;
 
 /// A flush's outcome, as the writer task receives it: the plan, the I/O's result and the
 /// bytes staged.
-type FlushOutcome<F> = (
-    wal::FlushPlan<F>,
-    std::io::Result<wal::FlushDone<F>>,
-    usize,
-);
+type FlushOutcome<F> = (wal::FlushPlan<F>, std::io::Result<wal::FlushDone<F>>, usize);
 
 /// The writer task's flushes in flight, completing in the order they were taken.
 type FlushesInFlight<F> = FuturesOrdered<Pin<Box<dyn Future<Output = FlushOutcome<F>>>>>;
@@ -214,6 +210,8 @@ pub struct PartitionStats {
     pub snapshots: u64,
     /// New WAL segments that reused a pruned segment's file since open.
     pub segments_reused: u64,
+    /// Flushes written while an earlier one was in flight, since open.
+    pub flushes_beside: u64,
 }
 
 /// A partition on its shard.
@@ -414,6 +412,7 @@ impl<S: Storage> Partition<S> {
             flushes: self.flushes.get(),
             snapshots: self.snapshots.get(),
             segments_reused: wal.segments_reused(),
+            flushes_beside: wal.flushes_beside(),
         }
     }
 

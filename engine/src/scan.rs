@@ -243,12 +243,18 @@ impl Scanner {
                 }
                 // A record whose crcs hold but whose body does not decode was never written by
                 // this engine: it is as bad as a failed crc, and replay must not meet it.
-                let mut validated = RecordRef::validate(&bytes[offset..])
-                    .and_then(|record| record.operation().map(|_| record));
+                let validate = |offset: usize| {
+                    RecordRef::validate(&bytes[offset..])
+                        .and_then(|record| record.operation().map(|_| record))
+                };
+                let mut validated = validate(offset);
                 if validated.is_err() {
-                    if let Some(next) = after_gap(bytes, offset, self.expected) {
-                        offset = next;
-                        validated = RecordRef::validate(&bytes[offset..]);
+                    // Zeros to the end of the block: a gap the writer left between two flushes,
+                    // or zeros. What decides is the record at the next block (and a stop is
+                    // reported there, where the record expected would start).
+                    if let Some(boundary) = zeros_to_block_end(bytes, offset) {
+                        offset = boundary;
+                        validated = validate(offset);
                     }
                 }
                 match validated {
@@ -354,19 +360,17 @@ impl Scanner {
     }
 }
 
-/// Where the log goes on after a gap at `offset`: the next block boundary, if `bytes` hold
-/// zeros from `offset` to it and the record expected (LSN `expected`, valid and decoding)
-/// there. `None` at a boundary: a flush never leaves an empty block.
-pub fn after_gap(bytes: &[u8], offset: usize, expected: u64) -> Option<usize> {
+/// The next block boundary after `offset`, if `bytes` hold only zeros up to it and a record
+/// header fits after it. `None` at a boundary.
+fn zeros_to_block_end(bytes: &[u8], offset: usize) -> Option<usize> {
     let boundary = offset.next_multiple_of(ALIGNMENT_BYTES_MAX);
-    if boundary == offset || boundary >= bytes.len() {
+    if boundary == offset || boundary + RECORD_HEADER_BYTES > bytes.len() {
         return None;
     }
-    if bytes[offset..boundary].iter().any(|&byte| byte != 0) {
-        return None;
-    }
-    let record = RecordRef::validate(&bytes[boundary..]).ok()?;
-    (record.header.meta().lsn == expected && record.operation().is_ok()).then_some(boundary)
+    bytes[offset..boundary]
+        .iter()
+        .all(|&byte| byte == 0)
+        .then_some(boundary)
 }
 
 /// Looks past `from` in segment `index`'s `bytes` for a valid record whose `durable_lsn` is at

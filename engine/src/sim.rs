@@ -45,6 +45,8 @@ struct SimState {
     fail_writes_after: Option<u64>,
     fail_syncs_after: Option<u64>,
     writes: u64,
+    /// Writes begun, for how long each stays in flight.
+    writes_begun: u64,
 }
 
 impl SimState {
@@ -388,8 +390,18 @@ impl StorageFile for SimHandle {
     async fn write_at(&self, buffer: SimBuffer, offset: u64) -> io::Result<()> {
         // A real write is in flight for a while, and other tasks run meanwhile: so here too,
         // so that what the engine does while a write is in flight (the pipelined group
-        // commit wakes the previous flush's writers then) runs on the simulated disk.
-        yield_now().await;
+        // commit wakes the previous flush's writers then, and writes the next flush beside
+        // it) runs on the simulated disk. Writes stay in flight for one to eight turns of the
+        // other tasks, so writes handed over in one order may land in another; the length
+        // follows from the count of writes begun, so a run replays the same way.
+        let turns = {
+            let mut state = self.disk.state.borrow_mut();
+            state.writes_begun += 1;
+            1 + (state.writes_begun.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 61)
+        };
+        for _ in 0..turns {
+            yield_now().await;
+        }
         self.disk.check_power()?;
         let mut state = self.disk.state.borrow_mut();
         state.writes += 1;

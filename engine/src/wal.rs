@@ -14,9 +14,8 @@
 
 use crate::constants::{
     ALIGNMENT_BYTES_MAX, FLUSHES_IN_FLIGHT_MAX, GROUP_WRITE_BYTES_MAX, LSN_INDEX_STRIDE_BYTES,
-    READ_CHUNK_BYTES,
-    RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, STAGED_BYTES_MAX,
-    ZERO_AHEAD_BYTES, ZERO_AHEAD_GROUP_BYTES_MAX,
+    READ_CHUNK_BYTES, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    STAGED_BYTES_MAX, ZERO_AHEAD_BYTES, ZERO_AHEAD_GROUP_BYTES_MAX,
 };
 use crate::error::{EngineError, Result};
 use crate::io::{Storage, StorageFile, WriteBuffer};
@@ -265,6 +264,8 @@ pub struct Wal<S: Storage> {
     recycle_budget: RecycleBudget,
     /// New segments that reused a recycled file, since open.
     segments_reused: u64,
+    /// Flushes taken while another was in flight, since open.
+    flushes_beside: u64,
 }
 
 /// Bytes of pruned segment files a shard's partitions may keep for reuse, shared by them (the
@@ -516,6 +517,7 @@ impl<S: Storage> Wal<S> {
             recycled,
             recycle_budget,
             segments_reused: 0,
+            flushes_beside: 0,
         };
         for scanned in outcome.segments {
             if outcome.remove.contains(&scanned.index) {
@@ -644,8 +646,7 @@ impl<S: Storage> Wal<S> {
 
     /// Makes the next record start a block, so that the flush holding it never writes the block
     /// of the records before it, and may be in flight beside theirs. The rest of the block
-    /// stays as the flush before writes it: zeros, which recovery skips (see
-    /// [`crate::scan::after_gap`]).
+    /// stays as the flush before writes it: zeros, which recovery skips (see [`crate::scan`]).
     /// Does nothing while the open batch holds records (they lie in the block already).
     pub fn end_block(&mut self) {
         let open_batch_has_records = self
@@ -864,10 +865,16 @@ impl<S: Storage> Wal<S> {
         let tail = if groups[0].new_segment || groups[0].start_offset % BLOCK_BYTES == 0 {
             Vec::new()
         } else {
-            assert!(self.in_flight.is_empty(), "a flush beside another starts a block");
+            assert!(
+                self.in_flight.is_empty(),
+                "a flush beside another starts a block"
+            );
             self.tail.clone()
         };
         let zero_from = self.plan_zero_ahead(&mut groups);
+        if !self.in_flight.is_empty() {
+            self.flushes_beside += 1;
+        }
         self.in_flight.push_back(InFlight {
             creates_segment: groups.iter().any(|group| group.new_segment),
             zero_from,
@@ -930,6 +937,11 @@ impl<S: Storage> Wal<S> {
         self.in_flight.len()
     }
 
+    /// Flushes taken while another was in flight, since open.
+    pub fn flushes_beside(&self) -> u64 {
+        self.flushes_beside
+    }
+
     /// Decides the zeros each group of a flush writes ahead (see [`ZERO_AHEAD_BYTES`]), as the
     /// flush is taken, so that a flush taken beside it knows what it writes. Returns where the
     /// zeros start in the last segment the flush writes (`u64::MAX`: none).
@@ -939,7 +951,10 @@ impl<S: Storage> Wal<S> {
     /// then write into written blocks, and (since the zeros start well past this group's end)
     /// the next flush can usually go beside this one. Large groups pay the journal commit
     /// themselves, amortized over their size.
-    fn plan_zero_ahead(&mut self, groups: &mut [StagedGroup<<S::File as StorageFile>::Buffer>]) -> u64 {
+    fn plan_zero_ahead(
+        &mut self,
+        groups: &mut [StagedGroup<<S::File as StorageFile>::Buffer>],
+    ) -> u64 {
         let mut zero_from = u64::MAX;
         for group in groups {
             if group.new_segment {

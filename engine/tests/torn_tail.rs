@@ -8,7 +8,11 @@
 //! - every single flipped bit of a middle record is corruption, of the last record a cut tail.
 //!
 //! Each case runs on the pure `scan::scan` over hand-built segment images (records carrying the
-//! `durable_lsn` a group-committing writer would give them) and end to end through
+//! `durable_lsn` a group-committing writer would give them), both as one flush at a time
+//! leaves them and as two flushes in flight do (each group ends its block, zeros fill the rest,
+//! and a group's records were staged while the two before it were in flight); the latter adds
+//! a later flush that landed without the one before it (cut, never accepted) and a damaged gap
+//! (never skipped). And end to end through
 //! `Partition::open` on a `SimDisk`, checking which keys survive and that the reopened
 //! partition takes new writes that a second reopen finds.
 
@@ -16,7 +20,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{open, record_spans, segment_names, value, PARTITION};
-use coregrid_engine::constants::SEGMENT_HEADER_BYTES;
+use coregrid_engine::constants::{ALIGNMENT_BYTES_MAX, SEGMENT_HEADER_BYTES};
 use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::record::{encode_record, Operation, RecordMeta, RecordRef};
 use coregrid_engine::rt;
@@ -31,6 +35,9 @@ const IMAGE_BYTES: usize = 64 * 1024;
 const RECORDS_PER_SEGMENT: u64 = 24;
 /// Records per group commit of the simulated writer.
 const GROUP_RECORDS: u64 = 4;
+
+/// Both shapes, for every scan test.
+const SHAPES: [Flushes; 2] = [Flushes::OneAtATime, Flushes::TwoInFlight];
 
 /// One record of a hand-built log.
 #[derive(Clone, Copy, Debug)]
@@ -52,9 +59,25 @@ struct Log {
     spans: Vec<Span>,
 }
 
+/// The two shapes a writer leaves.
+#[derive(Clone, Copy, Debug)]
+enum Flushes {
+    /// One at a time: groups follow each other byte for byte; a group's records carry the
+    /// durable LSN of the group before the previous one (the last record: of the previous).
+    OneAtATime,
+    /// Two in flight: each group ends its block (zeros to the boundary), and its records were
+    /// staged while the two groups before it were in flight (the last record: one of them
+    /// had completed).
+    TwoInFlight,
+}
+
 impl Log {
-    fn build() -> Log {
+    fn build(flushes: Flushes) -> Log {
         let group_end = |group: u64| group * GROUP_RECORDS; // last LSN of group `group` (1-based)
+        let back = match flushes {
+            Flushes::OneAtATime => 1,
+            Flushes::TwoInFlight => 2,
+        };
         let mut images = Vec::new();
         let mut bases = Vec::new();
         let mut spans = Vec::new();
@@ -67,9 +90,9 @@ impl Log {
                 let group = (lsn - 1) / GROUP_RECORDS + 1;
                 let last_of_group = lsn == group_end(group);
                 let durable_lsn = if last_of_group {
-                    group_end(group - 1)
+                    group_end(group.saturating_sub(back))
                 } else {
-                    group_end(group.saturating_sub(2))
+                    group_end(group.saturating_sub(back + 1))
                 };
                 let key = format!("key-{lsn}");
                 let body: Vec<u8> = (0..(lsn * 7 % 61) as u8).map(|byte| byte ^ 0xa5).collect();
@@ -95,6 +118,9 @@ impl Log {
                     lsn,
                     durable_lsn,
                 });
+                if last_of_group && matches!(flushes, Flushes::TwoInFlight) {
+                    image.resize(image.len().next_multiple_of(ALIGNMENT_BYTES_MAX), 0);
+                }
                 lsn += 1;
             }
             image.resize(IMAGE_BYTES, 0);
@@ -183,94 +209,188 @@ fn check_scan(
 
 #[test]
 fn scan_ends_a_torn_last_record_at_every_byte_offset() {
-    let log = Log::build();
-    let last = *log.spans.last().unwrap();
-    // The intact log first: everything is the log, nothing to cut.
-    let (whole, visited) = log.scan(&log.images);
-    let whole = whole.expect("intact log");
-    assert_eq!(whole.next_lsn, last.lsn + 1);
-    assert_eq!(visited, (1..=last.lsn).collect::<Vec<_>>());
-    assert_eq!((whole.zero, whole.remove.len()), (None, 0));
-    for cut in 0..last.len {
-        let mut images = log.images.clone();
-        images[last.segment][last.offset + cut..last.offset + last.len].fill(0);
-        let outcome = check_scan(
-            &log,
-            &images,
-            &Expected::EndsBefore(last.lsn),
-            &format!("cut at {cut}"),
-        )
-        .expect("torn tail is not corruption");
-        let kept = outcome.segments.last().unwrap();
-        assert_eq!(kept.end_offset, last.offset as u64, "cut at {cut}");
-        if cut == 0 {
-            assert_eq!(outcome.zero, None, "nothing left to zero");
-        } else {
-            let (index, from, to) = outcome.zero.expect("torn bytes must be zeroed");
-            assert_eq!(
-                (index, from),
-                (last.segment, last.offset as u64),
-                "cut at {cut}"
-            );
-            assert!(
-                to > from && to <= (last.offset + cut) as u64,
-                "cut at {cut}: zero to {to}"
-            );
+    for flushes in SHAPES {
+        let log = Log::build(flushes);
+        let last = *log.spans.last().unwrap();
+        // The intact log first: everything is the log, nothing to cut.
+        let (whole, visited) = log.scan(&log.images);
+        let whole = whole.expect("intact log");
+        assert_eq!(whole.next_lsn, last.lsn + 1);
+        assert_eq!(visited, (1..=last.lsn).collect::<Vec<_>>());
+        assert_eq!((whole.zero, whole.remove.len()), (None, 0));
+        for cut in 0..last.len {
+            let mut images = log.images.clone();
+            images[last.segment][last.offset + cut..last.offset + last.len].fill(0);
+            let outcome = check_scan(
+                &log,
+                &images,
+                &Expected::EndsBefore(last.lsn),
+                &format!("cut at {cut}"),
+            )
+            .expect("torn tail is not corruption");
+            let kept = outcome.segments.last().unwrap();
+            assert_eq!(kept.end_offset, last.offset as u64, "cut at {cut}");
+            if cut == 0 {
+                assert_eq!(outcome.zero, None, "nothing left to zero");
+            } else {
+                let (index, from, to) = outcome.zero.expect("torn bytes must be zeroed");
+                assert_eq!(
+                    (index, from),
+                    (last.segment, last.offset as u64),
+                    "cut at {cut}"
+                );
+                assert!(
+                    to > from && to <= (last.offset + cut) as u64,
+                    "cut at {cut}: zero to {to}"
+                );
+            }
         }
     }
 }
 
 #[test]
 fn scan_ends_a_torn_last_record_with_garbage_after_it() {
-    // A torn write may leave non-zero garbage (an older file's blocks) after the cut.
-    let log = Log::build();
-    let last = *log.spans.last().unwrap();
-    for cut in (0..last.len).step_by(3) {
-        let mut images = log.images.clone();
-        let garbage = &mut images[last.segment][last.offset + cut..last.offset + last.len + 700];
-        for (index, byte) in garbage.iter_mut().enumerate() {
-            *byte = (index as u8).wrapping_mul(31).wrapping_add(7);
+    for flushes in SHAPES {
+        // A torn write may leave non-zero garbage (an older file's blocks) after the cut.
+        let log = Log::build(flushes);
+        let last = *log.spans.last().unwrap();
+        for cut in (0..last.len).step_by(3) {
+            let mut images = log.images.clone();
+            let garbage =
+                &mut images[last.segment][last.offset + cut..last.offset + last.len + 700];
+            for (index, byte) in garbage.iter_mut().enumerate() {
+                *byte = (index as u8).wrapping_mul(31).wrapping_add(7);
+            }
+            let outcome = check_scan(
+                &log,
+                &images,
+                &Expected::EndsBefore(last.lsn),
+                &format!("garbage at {cut}"),
+            )
+            .expect("torn tail");
+            let (_, from, to) = outcome.zero.expect("garbage is zeroed");
+            assert_eq!(from, last.offset as u64);
+            assert_eq!(to, (last.offset + last.len + 700) as u64);
         }
-        let outcome = check_scan(
-            &log,
-            &images,
-            &Expected::EndsBefore(last.lsn),
-            &format!("garbage at {cut}"),
-        )
-        .expect("torn tail");
-        let (_, from, to) = outcome.zero.expect("garbage is zeroed");
-        assert_eq!(from, last.offset as u64);
-        assert_eq!(to, (last.offset + last.len + 700) as u64);
     }
 }
 
 #[test]
 fn scan_reports_or_cuts_a_zeroed_sector_never_accepts_it() {
-    let log = Log::build();
-    let mut corruptions = 0;
-    let mut cuts = 0;
-    for segment in 0..log.images.len() {
-        let records_end = log
-            .spans
-            .iter()
-            .filter(|span| span.segment == segment)
-            .map(|span| span.offset + span.len)
-            .max()
-            .unwrap();
-        for sector_start in (SEGMENT_HEADER_BYTES..records_end).step_by(SIM_SECTOR_BYTES) {
-            let mut images = log.images.clone();
-            images[segment][sector_start..sector_start + SIM_SECTOR_BYTES].fill(0);
-            let damaged: Vec<u64> = log
+    for flushes in SHAPES {
+        let log = Log::build(flushes);
+        let mut corruptions = 0;
+        let mut cuts = 0;
+        for segment in 0..log.images.len() {
+            let records_end = log
                 .spans
                 .iter()
-                .filter(|span| {
-                    span.segment == segment
-                        && images[segment][span.offset..span.offset + span.len]
-                            != log.images[segment][span.offset..span.offset + span.len]
-                })
+                .filter(|span| span.segment == segment)
+                .map(|span| span.offset + span.len)
+                .max()
+                .unwrap();
+            for sector_start in (SEGMENT_HEADER_BYTES..records_end).step_by(SIM_SECTOR_BYTES) {
+                let mut images = log.images.clone();
+                images[segment][sector_start..sector_start + SIM_SECTOR_BYTES].fill(0);
+                let damaged: Vec<u64> = log
+                    .spans
+                    .iter()
+                    .filter(|span| {
+                        span.segment == segment
+                            && images[segment][span.offset..span.offset + span.len]
+                                != log.images[segment][span.offset..span.offset + span.len]
+                    })
+                    .map(|span| span.lsn)
+                    .collect();
+                if damaged.is_empty() {
+                    // The sector lies wholly in a gap between two groups: nothing to find.
+                    continue;
+                }
+                let expected = log.expected(&damaged);
+                match expected {
+                    Expected::Corruption { .. } => corruptions += 1,
+                    Expected::EndsBefore(_) => cuts += 1,
+                }
+                check_scan(
+                    &log,
+                    &images,
+                    &expected,
+                    &format!("segment {segment} sector at {sector_start}"),
+                )
+                .ok();
+            }
+        }
+        // Both outcomes must have been exercised, or the test proves less than it says.
+        assert!(
+            corruptions > 0 && cuts > 0,
+            "corruptions {corruptions}, cuts {cuts}"
+        );
+    }
+}
+
+#[test]
+fn scan_never_accepts_a_flipped_bit() {
+    for flushes in SHAPES {
+        let log = Log::build(flushes);
+        let middle = log.spans[9];
+        let end_of_first_segment = log.spans[RECORDS_PER_SEGMENT as usize - 1];
+        let last = *log.spans.last().unwrap();
+        for span in [middle, end_of_first_segment, last] {
+            let expected = log.expected(&[span.lsn]);
+            if span.lsn != last.lsn {
+                assert!(
+                    matches!(expected, Expected::Corruption { .. }),
+                    "LSN {} is vouched for",
+                    span.lsn
+                );
+            } else {
+                assert_eq!(expected, Expected::EndsBefore(last.lsn));
+            }
+            for bit in 0..span.len * 8 {
+                let mut images = log.images.clone();
+                images[span.segment][span.offset + bit / 8] ^= 1 << (bit % 8);
+                check_scan(
+                    &log,
+                    &images,
+                    &expected,
+                    &format!("LSN {} bit {bit}", span.lsn),
+                )
+                .ok();
+            }
+        }
+    }
+}
+
+/// Two flushes in flight land in any order: a crash may keep a later group and lose the one
+/// before it (its blocks never written, or torn). Recovery must cut there when nothing vouches
+/// for the lost group (it was never acknowledged, and neither was the later one), and report
+/// corruption when a later record says it had been durable; it never accepts the later group.
+#[test]
+fn scan_cuts_a_later_flush_that_landed_without_the_one_before() {
+    let log = Log::build(Flushes::TwoInFlight);
+    let groups = log.spans.len() as u64 / GROUP_RECORDS;
+    let mut cuts = 0;
+    let mut corruptions = 0;
+    for group in 1..=groups {
+        let first = (group - 1) * GROUP_RECORDS + 1;
+        let spans: Vec<Span> =
+            log.spans[first as usize - 1..(first + GROUP_RECORDS) as usize - 1].to_vec();
+        // Lost entirely (zeros, as never-written blocks read back), or only its first block.
+        for whole in [true, false] {
+            let mut images = log.images.clone();
+            let start = spans[0].offset;
+            let end = if whole {
+                let last = spans[spans.len() - 1];
+                last.offset + last.len
+            } else {
+                (start / ALIGNMENT_BYTES_MAX + 1) * ALIGNMENT_BYTES_MAX
+            };
+            images[spans[0].segment][start..end].fill(0);
+            let damaged: Vec<u64> = spans
+                .iter()
+                .filter(|span| span.offset < end)
                 .map(|span| span.lsn)
                 .collect();
-            assert!(!damaged.is_empty());
             let expected = log.expected(&damaged);
             match expected {
                 Expected::Corruption { .. } => corruptions += 1,
@@ -280,47 +400,55 @@ fn scan_reports_or_cuts_a_zeroed_sector_never_accepts_it() {
                 &log,
                 &images,
                 &expected,
-                &format!("segment {segment} sector at {sector_start}"),
+                &format!("group {group} lost (whole: {whole})"),
             )
             .ok();
         }
     }
-    // Both outcomes must have been exercised, or the test proves less than it says.
     assert!(
-        corruptions > 0 && cuts > 0,
+        corruptions > 0 && cuts > 2,
         "corruptions {corruptions}, cuts {cuts}"
     );
 }
 
+/// The gap a group leaves before the next block is skipped only if it is all zeros and the
+/// next LSN starts the next block: a stray byte in it stops the scan there, whatever follows.
 #[test]
-fn scan_never_accepts_a_flipped_bit() {
-    let log = Log::build();
-    let middle = log.spans[9];
-    let end_of_first_segment = log.spans[RECORDS_PER_SEGMENT as usize - 1];
-    let last = *log.spans.last().unwrap();
-    for span in [middle, end_of_first_segment, last] {
-        let expected = log.expected(&[span.lsn]);
-        if span.lsn != last.lsn {
-            assert!(
-                matches!(expected, Expected::Corruption { .. }),
-                "LSN {} is vouched for",
-                span.lsn
-            );
-        } else {
-            assert_eq!(expected, Expected::EndsBefore(last.lsn));
+fn scan_never_skips_a_damaged_gap() {
+    let log = Log::build(Flushes::TwoInFlight);
+    let mut gaps = 0;
+    for pair in log.spans.windows(2) {
+        let (before, after) = (pair[0], pair[1]);
+        let end = before.offset + before.len;
+        if before.segment != after.segment || after.offset == end {
+            continue;
         }
-        for bit in 0..span.len * 8 {
+        gaps += 1;
+        assert_eq!(
+            after.offset % ALIGNMENT_BYTES_MAX,
+            0,
+            "a group ends its block"
+        );
+        for at in [end, (end + after.offset) / 2, after.offset - 1] {
             let mut images = log.images.clone();
-            images[span.segment][span.offset + bit / 8] ^= 1 << (bit % 8);
-            check_scan(
-                &log,
-                &images,
-                &expected,
-                &format!("LSN {} bit {bit}", span.lsn),
-            )
-            .ok();
+            images[before.segment][at] = 0x5a;
+            let (result, visited) = log.scan(&images);
+            assert_eq!(
+                visited,
+                (1..=before.lsn).collect::<Vec<_>>(),
+                "byte at {at}: the scan went past a damaged gap"
+            );
+            match result {
+                Ok(outcome) => assert_eq!(outcome.next_lsn, after.lsn, "byte at {at}"),
+                Err(corruption) => assert_eq!(
+                    (corruption.offset, corruption.lsn),
+                    (end as u64, after.lsn),
+                    "byte at {at}"
+                ),
+            }
         }
     }
+    assert!(gaps > 4, "the log must have gaps: {gaps}");
 }
 
 // ---- end to end through Partition::open on a SimDisk ----
