@@ -174,8 +174,8 @@ fn two_flushes_in_flight_lose_no_acknowledged_write_at_any_sync() {
         );
         assert_eq!(run.acked.len(), WRITERS * PUTS_PER_WRITER);
         assert!(
-            run.flushes_beside * 4 >= run.flushes,
-            "most flushes must go beside another: {} of {}",
+            run.flushes_beside >= 2,
+            "flushes must go beside another: {} of {}",
             run.flushes_beside,
             run.flushes
         );
