@@ -5,12 +5,15 @@
 //! Records are *staged* (encoded into memory, LSN assigned) by any task of the shard; the
 //! partition's single writer task *flushes*: every record staged since the last flush goes to
 //! disk in one aligned write per segment touched (normally one) and one `fdatasync` per file,
-//! after which their LSNs are durable. Nothing is durable before that sync returns.
+//! after which their LSNs are durable. Nothing is durable before that sync returns. Up to
+//! [`FLUSHES_IN_FLIGHT_MAX`] flushes are in flight; they complete in the order taken.
 //!
-//! O_DIRECT and the tail block: writes start at the 4 KiB block holding the durable end, so
-//! the partial last block is rewritten (from a copy kept in memory) with the new records after
-//! it, zero-padded. A crash mid-write leaves at worst a torn or zero tail, which recovery cuts
-//! off (see [`crate::scan`]).
+//! O_DIRECT and the tail block: a flush's write starts at the 4 KiB block holding its first
+//! record, so a partial block is rewritten (from a copy kept in memory) with the new records
+//! after it, zero-padded. A flush that goes beside another never shares a block with it: the
+//! one before ended its block, leaving zeros to the boundary, which recovery steps over. A crash
+//! mid-write leaves at worst a torn or zero tail, which recovery cuts off (see [`crate::scan`]);
+//! docs/storage.md, "Two flushes in flight".
 
 use crate::constants::{
     ALIGNMENT_BYTES_MAX, FLUSHES_IN_FLIGHT_MAX, GROUP_WRITE_BYTES_MAX, LSN_INDEX_STRIDE_BYTES,
