@@ -949,11 +949,14 @@ impl<S: Storage> Wal<S> {
     /// flush is taken, so that a flush taken beside it knows what it writes. Returns where the
     /// zeros start in the last segment the flush writes (`u64::MAX`: none).
     ///
-    /// A small group zero-fills ahead once the written blocks come within half of
-    /// [`ZERO_AHEAD_BYTES`] of its end, from the first block not yet written: the next groups
-    /// then write into written blocks, and (since the zeros start well past this group's end)
-    /// the next flush can usually go beside this one. Large groups pay the journal commit
-    /// themselves, amortized over their size.
+    /// A small group zero-fills ahead once the written blocks come within [`ZERO_AHEAD_BYTES`]
+    /// of its end, from the first block not yet written to twice that past its end: the next
+    /// groups then write into written blocks, and (since the zeros start well past this
+    /// group's end) the next flush can usually go beside this one. The zeros are written once
+    /// per `ZERO_AHEAD_BYTES` of log, as when they started at the group's end: the group that
+    /// writes them completes later, and at half that spacing those groups reached the 99th
+    /// percentile of 100 B puts (p99 731-812 µs against 418-462 µs, alternating runs). Large
+    /// groups pay the journal commit themselves, amortized over their size.
     fn plan_zero_ahead(
         &mut self,
         groups: &mut [StagedGroup<<S::File as StorageFile>::Buffer>],
@@ -973,10 +976,10 @@ impl<S: Storage> Wal<S> {
             }
             let end = align_up(group.start_offset + group.bytes.len as u64);
             if group.bytes.len <= ZERO_AHEAD_GROUP_BYTES_MAX
-                && end + ZERO_AHEAD_BYTES / 2 > self.written_until
+                && end + ZERO_AHEAD_BYTES > self.written_until
             {
                 let from = end.max(self.written_until);
-                let to = (end + ZERO_AHEAD_BYTES).min(self.segment_bytes);
+                let to = (end + 2 * ZERO_AHEAD_BYTES).min(self.segment_bytes);
                 if to > from {
                     group.zero = Some((from, to));
                     zero_from = zero_from.min(from);
