@@ -566,25 +566,18 @@ impl<S: Storage> Partition<S> {
         self.complete_some_waiters(durable_lsn, usize::MAX);
     }
 
-    /// Wakes at most `most` of the waiters `durable_lsn` completes, the longest waiting first;
-    /// returns how many it left waiting.
-    fn complete_some_waiters(&self, durable_lsn: u64, most: usize) -> usize {
+    /// Wakes at most `most` of the waiters `durable_lsn` completes, the longest waiting first.
+    fn complete_some_waiters(&self, durable_lsn: u64, most: usize) {
         let mut woken = 0;
-        let mut left = 0;
         // Waking only schedules the tasks: none runs while the list is borrowed.
         self.waiters.borrow_mut().retain(|(lsn, waker)| {
-            if *lsn > durable_lsn {
-                return true;
-            }
-            if woken == most {
-                left += 1;
+            if *lsn > durable_lsn || woken == most {
                 return true;
             }
             woken += 1;
             waker.wake_by_ref();
             false
         });
-        left
     }
 
     /// Wakes every waiter: the shard is poisoned, which each of them reports.

@@ -239,7 +239,6 @@ pub struct Wal<S: Storage> {
     /// A record was staged while a flush was in flight, since the last flush was taken: the
     /// next flush taken ends its block (see [`Wal::take_flush`]).
     staged_beside_flush: bool,
-
     /// Where the next staged record goes: segment base LSN (0: no segment yet) and offset.
     append_segment_base_lsn: u64,
     append_offset: u64,
@@ -504,7 +503,6 @@ impl<S: Storage> Wal<S> {
             staged_bytes: 0,
             in_flight: Default::default(),
             staged_beside_flush: false,
-
             append_segment_base_lsn: 0,
             append_offset: 0,
             append_last_sample_offset: None,
@@ -890,25 +888,19 @@ impl<S: Storage> Wal<S> {
         })
     }
 
-    /// Whether the oldest staged batch may be flushed while the flush in flight runs: that one
-    /// created no segment (its file is not the WAL's yet), and the batch starts a block (or a
-    /// segment) and ends before the zeros the flush in flight writes ahead. Then the two
+    /// Whether the oldest staged batch may be flushed while the flushes in flight run: they
+    /// create no segment (its file is not the WAL's yet), and the batch starts a block (or a
+    /// segment) and ends before the zeros they write ahead. Then the two
     /// writes share no block, and land in whatever order without harm: a crash that keeps the
     /// later one and not the earlier leaves a gap that recovery reads as the end of the log,
     /// since the later records were staged before the earlier ones were durable (their
     /// `durable_lsn` says so) and none of them was acknowledged (docs/storage.md, "Two
     /// flushes in flight").
     fn may_go_beside(&self) -> bool {
-        let Some(in_flight) = self.in_flight.back() else {
-            return false;
-        };
-        if self.in_flight.iter().any(|f| f.creates_segment) {
-            return false;
-        }
         let Some(first) = self.staged.first() else {
             return false;
         };
-        if in_flight.creates_segment {
+        if self.in_flight.iter().any(|flush| flush.creates_segment) {
             return false;
         }
         if first.new_segment {
@@ -924,20 +916,7 @@ impl<S: Storage> Wal<S> {
             .map(|group| align_up(group.start_offset + group.bytes.len as u64))
             .max()
             .unwrap_or(0);
-        end <= in_flight.zero_from
-    }
-
-    /// Whether a flush could be taken now (something is staged, and no flush is in flight or
-    /// the next may go beside it).
-    pub fn flush_ready(&self) -> bool {
-        !self.staged.is_empty()
-            && (self.in_flight.is_empty()
-                || (self.in_flight.len() < FLUSHES_IN_FLIGHT_MAX && self.may_go_beside()))
-    }
-
-    /// Flushes taken and not yet completed.
-    pub fn flushes_in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.iter().all(|flush| end <= flush.zero_from)
     }
 
     /// Flushes taken while another was in flight, since open.
