@@ -252,7 +252,9 @@ impl Scanner {
                     // Zeros to the end of the block: a gap the writer left between two flushes,
                     // or zeros. What decides is the record at the next block (and a stop is
                     // reported there, where the record expected would start).
-                    if let Some(boundary) = zeros_to_block_end(bytes, offset) {
+                    if let Some(boundary) = zero_gap_end(bytes, 0, offset)
+                        .filter(|boundary| boundary + RECORD_HEADER_BYTES <= bytes.len())
+                    {
                         offset = boundary;
                         validated = validate(offset);
                     }
@@ -360,17 +362,15 @@ impl Scanner {
     }
 }
 
-/// The next block boundary after `offset`, if `bytes` hold only zeros up to it and a record
-/// header fits after it. `None` at a boundary.
-fn zeros_to_block_end(bytes: &[u8], offset: usize) -> Option<usize> {
-    let boundary = offset.next_multiple_of(ALIGNMENT_BYTES_MAX);
-    if boundary == offset || boundary + RECORD_HEADER_BYTES > bytes.len() {
-        return None;
-    }
-    bytes[offset..boundary]
-        .iter()
-        .all(|&byte| byte == 0)
-        .then_some(boundary)
+/// Where a gap a flush leaves before the next block ends, if one begins at `at` in `bytes`
+/// (read from file offset `base`): the next block boundary, as an index into `bytes`, if the
+/// bytes from `at` up to it (or up to their end) are zeros. `None` if `at` is a boundary or a
+/// byte before the next one is not zero. Recovery and the readers of durable records share it.
+pub(crate) fn zero_gap_end(bytes: &[u8], base: u64, at: usize) -> Option<usize> {
+    let block = ALIGNMENT_BYTES_MAX as u64;
+    let boundary = ((base + at as u64).next_multiple_of(block) - base) as usize;
+    let checked = boundary.min(bytes.len());
+    (boundary > at && bytes[at..checked].iter().all(|&byte| byte == 0)).then_some(boundary)
 }
 
 /// Looks past `from` in segment `index`'s `bytes` for a valid record whose `durable_lsn` is at

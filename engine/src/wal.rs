@@ -28,7 +28,7 @@ use crate::record::{
 };
 use crate::requests::RequestId;
 use crate::rt;
-use crate::scan::{Fed, ScanCorruption, Scanner};
+use crate::scan::{zero_gap_end, Fed, ScanCorruption, Scanner};
 use crate::segment::{
     is_recycled_name, parse_segment_name, recycled_name, segment_name, SegmentHeader,
 };
@@ -1309,12 +1309,12 @@ pub async fn read_raw<S: Storage>(
     let read = file.read_at(position.offset, want).await?;
     let mut used = 0usize;
     // Where the bytes not yet copied into the chunk begin: records are copied in runs, without
-    // the gaps between flushes (zeros to a block boundary, see `Wal::align_next_flush`).
+    // the gaps between flushes (zeros to a block boundary, see `Wal::end_block`).
     let mut run_from = 0usize;
     while used + RECORD_HEADER_BYTES <= read.len() {
         let header = match RecordHeader::validate(&read[used..]) {
             Ok(header) => Ok(header),
-            Err(error) => match gap_end(&read, position.offset, used) {
+            Err(error) => match zero_gap_end(&read, position.offset, used) {
                 // The gap ends past what was read: the next read starts at it.
                 Some(boundary) if boundary + RECORD_HEADER_BYTES > read.len() => break,
                 Some(boundary) => {
@@ -1351,17 +1351,6 @@ pub async fn read_raw<S: Storage>(
     Ok(chunk)
 }
 
-/// Where a gap between two flushes that begins at `at` in `bytes` (read from file offset
-/// `base`) ends, as an index into `bytes`: the next block boundary, if `bytes` hold only zeros
-/// up to it (or up to their end). `None` if `at` is a boundary or a byte before the next one is
-/// not zero. Only for durable records, which recovery checked: a gap there can only be one the
-/// writer left.
-fn gap_end(bytes: &[u8], base: u64, at: usize) -> Option<usize> {
-    let boundary = (align_up(base + at as u64) - base) as usize;
-    let checked = boundary.min(bytes.len());
-    (boundary > at && bytes[at..checked].iter().all(|&byte| byte == 0)).then_some(boundary)
-}
-
 /// The exact position of durable record `lsn`, found from the sparse samples by walking headers.
 pub async fn position_of<S: Storage>(
     wal: &RefCell<Wal<S>>,
@@ -1384,7 +1373,7 @@ pub async fn position_of<S: Storage>(
                     let gap = file
                         .read_at(position.offset, (boundary - position.offset) as usize)
                         .await?;
-                    if gap_end(&gap, position.offset, 0).is_none() {
+                    if zero_gap_end(&gap, position.offset, 0).is_none() {
                         Err(error)
                     } else {
                         position.offset = boundary;

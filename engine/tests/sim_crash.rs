@@ -358,30 +358,13 @@ fn no_acknowledged_write_is_lost_at_any_sync() {
             "the workload must reuse a pruned segment's file"
         );
         recover_and_check(&clean.crash(CrashMode::LoseUnsynced), &history, "clean run").await;
-        let modes = [
-            CrashMode::LoseUnsynced,
-            CrashMode::KeepUnsynced,
-            CrashMode::Torn(seed),
-            CrashMode::Torn(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1)),
-        ];
-        // Scheduling is not fully deterministic (time slices, automatic snapshots), so the
-        // sync count may differ by a few between runs: go on until a run ends without
-        // reaching its crash point, which means every sync point of that run was covered.
-        let mut crash_at = 1;
-        loop {
-            let disk = SimDisk::new();
-            disk.crash_at_sync(crash_at);
-            let history = workload(&disk).await;
-            for mode in modes {
-                let what = format!("crash at sync {crash_at} (clean run: {syncs}), {mode:?}");
-                recover_and_check(&disk.crash(mode), &history, &what).await;
-            }
-            if !disk.is_frozen() {
-                break;
-            }
-            crash_at += 1;
-            assert!(crash_at <= 2 * syncs, "the workload never ends");
-        }
+        let crash_at = common::crash_at_every_sync(
+            syncs,
+            seed,
+            |disk| async move { workload(&disk).await },
+            |disk, history, what| async move { recover_and_check(&disk, &history, &what).await },
+        )
+        .await;
         assert!(
             crash_at > syncs - 3,
             "only {crash_at} of ~{syncs} sync points were reached"

@@ -171,6 +171,38 @@ impl Log {
     }
 }
 
+/// How many damaged logs a test found to be corruption, and how many a cut tail.
+#[derive(Default)]
+struct Tally {
+    corruptions: usize,
+    cuts: usize,
+}
+
+impl Log {
+    /// LSNs of the records whose bytes in `images` differ from the intact log's.
+    fn damaged(&self, images: &[Vec<u8>]) -> Vec<u64> {
+        self.spans
+            .iter()
+            .filter(|span| {
+                let range = span.offset..span.offset + span.len;
+                images[span.segment][range.clone()] != self.images[span.segment][range]
+            })
+            .map(|span| span.lsn)
+            .collect()
+    }
+
+    /// Checks the scan of `images`, whose `damaged` records no longer validate, against what
+    /// recovery must decide ([`Log::expected`]), and counts the outcome in `tally`.
+    fn check_damaged(&self, images: &[Vec<u8>], damaged: &[u64], what: &str, tally: &mut Tally) {
+        let expected = self.expected(damaged);
+        match expected {
+            Expected::Corruption { .. } => tally.corruptions += 1,
+            Expected::EndsBefore(_) => tally.cuts += 1,
+        }
+        check_scan(self, images, &expected, what).ok();
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Expected {
     Corruption { index: usize, offset: u64, lsn: u64 },
@@ -279,8 +311,7 @@ fn scan_ends_a_torn_last_record_with_garbage_after_it() {
 fn scan_reports_or_cuts_a_zeroed_sector_never_accepts_it() {
     for flushes in SHAPES {
         let log = Log::build(flushes);
-        let mut corruptions = 0;
-        let mut cuts = 0;
+        let mut tally = Tally::default();
         for segment in 0..log.images.len() {
             let records_end = log
                 .spans
@@ -292,38 +323,21 @@ fn scan_reports_or_cuts_a_zeroed_sector_never_accepts_it() {
             for sector_start in (SEGMENT_HEADER_BYTES..records_end).step_by(SIM_SECTOR_BYTES) {
                 let mut images = log.images.clone();
                 images[segment][sector_start..sector_start + SIM_SECTOR_BYTES].fill(0);
-                let damaged: Vec<u64> = log
-                    .spans
-                    .iter()
-                    .filter(|span| {
-                        span.segment == segment
-                            && images[segment][span.offset..span.offset + span.len]
-                                != log.images[segment][span.offset..span.offset + span.len]
-                    })
-                    .map(|span| span.lsn)
-                    .collect();
+                let damaged = log.damaged(&images);
                 if damaged.is_empty() {
                     // The sector lies wholly in a gap between two groups: nothing to find.
                     continue;
                 }
-                let expected = log.expected(&damaged);
-                match expected {
-                    Expected::Corruption { .. } => corruptions += 1,
-                    Expected::EndsBefore(_) => cuts += 1,
-                }
-                check_scan(
-                    &log,
-                    &images,
-                    &expected,
-                    &format!("segment {segment} sector at {sector_start}"),
-                )
-                .ok();
+                let what = format!("segment {segment} sector at {sector_start}");
+                log.check_damaged(&images, &damaged, &what, &mut tally);
             }
         }
         // Both outcomes must have been exercised, or the test proves less than it says.
         assert!(
-            corruptions > 0 && cuts > 0,
-            "corruptions {corruptions}, cuts {cuts}"
+            tally.corruptions > 0 && tally.cuts > 0,
+            "corruptions {}, cuts {}",
+            tally.corruptions,
+            tally.cuts
         );
     }
 }
@@ -369,8 +383,7 @@ fn scan_never_accepts_a_flipped_bit() {
 fn scan_cuts_a_later_flush_that_landed_without_the_one_before() {
     let log = Log::build(Flushes::TwoInFlight);
     let groups = log.spans.len() as u64 / GROUP_RECORDS;
-    let mut cuts = 0;
-    let mut corruptions = 0;
+    let mut tally = Tally::default();
     for group in 1..=groups {
         let first = (group - 1) * GROUP_RECORDS + 1;
         let spans: Vec<Span> =
@@ -386,28 +399,16 @@ fn scan_cuts_a_later_flush_that_landed_without_the_one_before() {
                 (start / ALIGNMENT_BYTES_MAX + 1) * ALIGNMENT_BYTES_MAX
             };
             images[spans[0].segment][start..end].fill(0);
-            let damaged: Vec<u64> = spans
-                .iter()
-                .filter(|span| span.offset < end)
-                .map(|span| span.lsn)
-                .collect();
-            let expected = log.expected(&damaged);
-            match expected {
-                Expected::Corruption { .. } => corruptions += 1,
-                Expected::EndsBefore(_) => cuts += 1,
-            }
-            check_scan(
-                &log,
-                &images,
-                &expected,
-                &format!("group {group} lost (whole: {whole})"),
-            )
-            .ok();
+            let damaged = log.damaged(&images);
+            let what = format!("group {group} lost (whole: {whole})");
+            log.check_damaged(&images, &damaged, &what, &mut tally);
         }
     }
     assert!(
-        corruptions > 0 && cuts > 2,
-        "corruptions {corruptions}, cuts {cuts}"
+        tally.corruptions > 0 && tally.cuts > 2,
+        "corruptions {}, cuts {}",
+        tally.corruptions,
+        tally.cuts
     );
 }
 
