@@ -143,6 +143,13 @@ pub const MEMBER_STATUS_ARCHIVE_BYTES_MAX: usize = 32;
 /// in `message`.
 pub const PARTITION_STATUS_ARCHIVE_BYTES_MAX: usize = 32;
 
+/// How long a shard keeps polling its sockets' readiness set after the last event before it
+/// hands the set to its watcher thread and stops polling (`transport::readiness`): a request
+/// that arrives within it is seen at the shard's next turn, one after it costs the watcher's
+/// wake-up (a thread wake, some microseconds). The engine's shards poll their rings as long
+/// before they sleep (its `IDLE_SPIN_DEFAULT`).
+pub const READINESS_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// Bytes a [`crate::decoder::FrameDecoder`] allocates before it knows the size of the frame it
 /// is reading, and the most it asks a socket read for beyond the current frame.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;

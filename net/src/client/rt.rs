@@ -21,9 +21,8 @@ use super::router::{Call, Failure, Outcome, Step, Verdict};
 use super::{typed, ClientConfig, ClientError, Operation, Router, Topology, Value};
 use crate::ids::{Lsn, RequestId};
 use crate::message::{ClusterStatusResponse, DeleteResponse, Hello, HelloAccepted, WriteResponse};
+use crate::transport::{Connection as Socket, SocketReader};
 use futures::channel::oneshot;
-use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
-use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
@@ -502,7 +501,7 @@ impl AsyncClient {
 /// outbox whenever woken, until the connection closes.
 async fn run_writer(connection: Rc<Connection>, client: Weak<Inner>, connect_timeout: Duration) {
     let address = connection.address;
-    let stream = match TcpStream::connect_timeout(address, connect_timeout).await {
+    let stream = match Socket::connect(address, connect_timeout).await {
         Ok(stream) => stream,
         Err(error) => {
             connection.close(|_| Failure::Connect {
@@ -513,10 +512,8 @@ async fn run_writer(connection: Rc<Connection>, client: Weak<Inner>, connect_tim
             return;
         }
     };
-    // Nagle off: requests are written whole, and latency matters more than segments. A
-    // failure only costs latency.
-    let _nodelay = stream.set_nodelay(true);
-    let (reader, mut writer) = stream.split();
+    // `connect` turned Nagle off: requests are written whole, and latency matters more.
+    let (reader, mut writer) = stream.into_halves();
     let hello = {
         let mut shared = connection.shared.borrow_mut();
         shared.connected = true;
@@ -525,7 +522,7 @@ async fn run_writer(connection: Rc<Connection>, client: Weak<Inner>, connect_tim
     spawn_detached(run_reader(connection.clone(), client.clone(), reader));
     let mut buffer = hello;
     // Only the hello goes out until the server accepted it: requests queued meanwhile wait.
-    if let Err(error) = writer.write_all(&buffer).await {
+    if let Err(error) = writer.write_all(&buffer, None).await {
         connection.lost(format!("send: {error}"), false);
         forget(&client, &connection);
         return;
@@ -538,7 +535,7 @@ async fn run_writer(connection: Rc<Connection>, client: Weak<Inner>, connect_tim
             (shared.state, shared.closing)
         };
         if closing || state == State::Closed {
-            let _closed = writer.close().await;
+            let _closed = writer.close();
             connection.lost("the client closed the connection".into(), false);
             forget(&client, &connection);
             return;
@@ -550,7 +547,7 @@ async fn run_writer(connection: Rc<Connection>, client: Weak<Inner>, connect_tim
         if buffer.is_empty() {
             continue;
         }
-        if let Err(error) = writer.write_all(&buffer).await {
+        if let Err(error) = writer.write_all(&buffer, None).await {
             connection.lost(format!("send: {error}"), false);
             forget(&client, &connection);
             return;
@@ -561,18 +558,14 @@ async fn run_writer(connection: Rc<Connection>, client: Weak<Inner>, connect_tim
 }
 
 /// Reads answers and hands each to its waiter, until the connection breaks.
-async fn run_reader(
-    connection: Rc<Connection>,
-    client: Weak<Inner>,
-    mut reader: ReadHalf<TcpStream>,
-) {
+async fn run_reader(connection: Rc<Connection>, client: Weak<Inner>, mut reader: SocketReader) {
     let mut inbox = Inbox::new();
     let failure = loop {
         let buffer = match inbox.read_buf() {
             Ok(buffer) => buffer,
             Err(error) => break (error.to_string(), true),
         };
-        let bytes = match reader.read(buffer).await {
+        let bytes = match reader.read(buffer, None).await {
             Ok(0) => {
                 let reason = match inbox.finish() {
                     Ok(()) => "closed by the server".to_string(),

@@ -1,39 +1,46 @@
-//! TCP and UDP on glommio: the one module of this crate that calls the runtime (style.md
-//! rule 3).
+//! TCP and UDP on a glommio shard: the one module of this crate that calls the runtime
+//! (style.md rule 3).
 //!
-//! What it offers: a [`Listener`] bound on a shard, the [`Connection`]s it accepts, split into
-//! a [`ConnectionReader`] (which reads straight into the connection's [`FrameDecoder`]) and a
-//! [`ConnectionWriter`] (which writes encoded frames), each read and write bounded by a
-//! timeout; and a [`DatagramSocket`] for the control plane's datagrams between nodes (gossip,
-//! votes, maps), whose sends and receives are bounded the same way. Everything here is
-//! `!Send`: a listener, its connections and their halves, and a datagram socket live on the
-//! shard (thread) that created them.
+//! What it offers: a [`Listener`] bound on a shard, the [`Connection`]s it accepts (or that
+//! [`Connection::connect`] makes), split into a [`ConnectionReader`] (which reads straight into
+//! the connection's [`FrameDecoder`]) and a [`ConnectionWriter`] (which writes encoded frames),
+//! or into a [`SocketReader`] and [`SocketWriter`] that move bytes only, each read and write
+//! bounded by a timeout; and a [`DatagramSocket`] for the control plane's datagrams between
+//! nodes (gossip, votes, maps), whose sends and receives are bounded the same way. Everything
+//! here is `!Send`: a listener, its connections and their halves, and a datagram socket live on
+//! the shard (thread) that created them.
+//!
+//! TCP sockets are non-blocking `std` sockets whose readiness comes from the shard's epoll set
+//! (`readiness`, which says why not glommio's own sockets); datagram sockets are glommio's.
 //!
 //! What it does not do: decide anything. Frames, messages, the handshake and every limit on
 //! what a peer may send are the sans-IO rest of the crate; a server or client drives them and
 //! uses this module only to move bytes.
 //!
-//! **Cancel safety.** [`ConnectionReader::read`] may be dropped before it completes (a server
-//! races it against its shutdown signal): glommio's non-buffered stream waits for readiness
-//! and then reads with a non-blocking `recv`, so a dropped read loses no bytes. A dropped
-//! [`ConnectionWriter::write_all`] may have written part of its bytes: the connection's
-//! framing is then lost, so a writer whose write failed or was dropped must be closed.
-//! A [`DatagramSocket::recv_from`] dropped while its receive is in flight in io_uring may lose
-//! the one datagram that completed it; datagrams are lossy anyway, and the protocols over them
-//! (SWIM gossip, elections) are built to tolerate loss. Its own timeout does not drop it: the
-//! kernel cancels the receive (an io_uring linked timeout), so a timed-out receive loses
-//! nothing.
+//! **Cancel safety.** A read may be dropped before it completes (a server races it against
+//! its shutdown signal): it waits for readiness and then reads with a non-blocking `recv`, so
+//! a dropped read loses no bytes. A dropped write may have written part of its bytes: the
+//! connection's framing is then lost, so a writer whose write failed or was dropped must be
+//! closed. A [`DatagramSocket::recv_from`] dropped while its receive is in flight in io_uring
+//! may lose the one datagram that completed it; datagrams are lossy anyway, and the protocols
+//! over them (SWIM gossip, elections) are built to tolerate loss. Its own timeout does not drop
+//! it: the kernel cancels the receive (an io_uring linked timeout), so a timed-out receive
+//! loses nothing.
 
 use crate::constants::UDP_PAYLOAD_BYTES_MAX;
 use crate::decoder::FrameDecoder;
 use crate::error::FrameError;
 use crate::kind::ChannelKind;
-use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use glommio::net::{TcpListener, TcpStream, UdpSocket};
+use glommio::net::UdpSocket;
+use readiness::{Direction, Registered};
 use std::future::Future;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::Duration;
+
+mod readiness;
 
 /// Why a read or write of a connection ended without moving bytes. The connection is not
 /// usable after any of them except [`TransportError::TimedOut`] on a read (nothing was
@@ -54,6 +61,20 @@ pub enum TransportError {
     Io(#[from] io::Error),
 }
 
+impl TransportError {
+    /// As an `io::Error`, for callers that report only that.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            TransportError::TimedOut(duration) => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {duration:?}"),
+            ),
+            TransportError::Frame(error) => io::Error::new(io::ErrorKind::InvalidData, error),
+            TransportError::Io(error) => error,
+        }
+    }
+}
+
 /// Runs `future` for at most `duration`, on the shard's timer.
 async fn with_timeout<T>(
     duration: Duration,
@@ -71,30 +92,25 @@ async fn with_timeout<T>(
 /// A listening TCP socket on the current shard.
 #[derive(Debug)]
 pub struct Listener {
-    inner: TcpListener,
+    inner: Registered<std::net::TcpListener>,
     local_addr: SocketAddr,
 }
 
 impl Listener {
-    /// Binds `address` (port 0: any free port; [`Listener::local_addr`] tells which).
+    /// Binds `address` (port 0: any free port; [`Listener::local_addr`] tells which). Must run
+    /// on a glommio executor, which the listener then belongs to.
     ///
-    /// The socket is made by `std` (`SO_REUSEADDR`, no `SO_REUSEPORT`) and handed to glommio.
-    /// glommio's own `bind` sets `SO_REUSEPORT` and not `SO_REUSEADDR`: a second process could
-    /// then bind the same port and take half its connections, and a restarted node could not
-    /// bind its port while connections of its previous run linger in `TIME_WAIT`.
+    /// The socket is made by `std` (`SO_REUSEADDR`, no `SO_REUSEPORT`): a second process
+    /// cannot bind the same port and take half its connections, and a restarted node can bind
+    /// its port while connections of its previous run linger in `TIME_WAIT`.
     pub fn bind(address: SocketAddr) -> io::Result<Listener> {
-        use std::os::fd::{FromRawFd, IntoRawFd};
         let listener = std::net::TcpListener::bind(address)?;
+        listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let fd = listener.into_raw_fd();
-        #[expect(
-            unsafe_code,
-            reason = "glommio takes a listening socket only as a raw fd; `into_raw_fd` gave up \
-                      ownership of this bound, listening one, so it is owned exactly once"
-        )]
-        // SAFETY: `fd` is a valid, bound, listening TCP socket that nothing else owns.
-        let inner = unsafe { TcpListener::from_raw_fd(fd) };
-        Ok(Listener { inner, local_addr })
+        Ok(Listener {
+            inner: Registered::new(listener)?,
+            local_addr,
+        })
     }
 
     /// The address it listens on.
@@ -105,30 +121,62 @@ impl Listener {
     /// Waits for the next connection. Errors are per accept (a peer that reset before it was
     /// accepted, too many open files): the listener stays usable.
     pub async fn accept(&self) -> io::Result<Connection> {
-        let stream = self.inner.accept().await.map_err(io::Error::from)?;
-        let peer_addr = stream.peer_addr().map_err(io::Error::from)?;
+        let (stream, peer_addr) = self
+            .inner
+            .io(Direction::Read, None, |listener| listener.accept())
+            .await
+            .map_err(TransportError::into_io)?;
+        stream.set_nonblocking(true)?;
         // Answers are small and pipelined; Nagle's delay would add latency to each.
-        stream.set_nodelay(true).map_err(io::Error::from)?;
-        Ok(Connection { stream, peer_addr })
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            socket: Registered::new(stream)?,
+            peer_addr,
+        })
     }
 }
 
 /// An accepted (or connected) TCP connection on the current shard.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    socket: Registered<std::net::TcpStream>,
     peer_addr: SocketAddr,
 }
 
 impl Connection {
-    /// Connects to `address` within `timeout` (the client side; tests use it too).
+    /// Connects to `address` within `timeout` (the client side; tests use it too), without
+    /// blocking the shard: the connect is non-blocking and the shard waits for it to finish.
     pub async fn connect(address: SocketAddr, timeout: Duration) -> io::Result<Connection> {
-        let stream = TcpStream::connect_timeout(address, timeout)
-            .await
-            .map_err(io::Error::from)?;
-        stream.set_nodelay(true).map_err(io::Error::from)?;
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage};
+        let family = if address.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let fd = nix::sys::socket::socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let stream = std::net::TcpStream::from(fd);
+        stream.set_nodelay(true)?;
+        let socket = Registered::new(stream)?;
+        match nix::sys::socket::connect(
+            socket.socket().as_raw_fd(),
+            &SockaddrStorage::from(address),
+        ) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EINPROGRESS) => {
+                socket
+                    .io(Direction::Write, Some(timeout), connected)
+                    .await
+                    .map_err(TransportError::into_io)?;
+            }
+            Err(errno) => return Err(errno.into()),
+        }
         Ok(Connection {
-            stream,
+            socket,
             peer_addr: address,
         })
     }
@@ -142,14 +190,108 @@ impl Connection {
     /// task can read requests while another writes answers. The socket closes when both halves
     /// are dropped.
     pub fn split(self, channel: ChannelKind) -> (ConnectionReader, ConnectionWriter) {
-        let (read, write) = self.stream.split();
+        let (reader, writer) = self.into_halves();
         (
             ConnectionReader {
-                half: read,
+                half: reader,
                 decoder: FrameDecoder::new(channel),
             },
-            ConnectionWriter { half: write },
+            ConnectionWriter { half: writer },
         )
+    }
+
+    /// Splits into halves that move bytes only, for a caller with its own framing (the
+    /// client's). The socket closes when both halves are dropped.
+    pub fn into_halves(self) -> (SocketReader, SocketWriter) {
+        let socket = Rc::new(self.socket);
+        (
+            SocketReader {
+                socket: socket.clone(),
+            },
+            SocketWriter { socket },
+        )
+    }
+}
+
+/// Whether a non-blocking connect has finished: `WouldBlock` while it is under way, its error
+/// if it failed.
+fn connected(stream: &std::net::TcpStream) -> io::Result<()> {
+    if let Some(error) = stream.take_error()? {
+        return Err(error);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(()),
+        Err(error) if error.raw_os_error() == Some(libc_enotconn()) => {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn libc_enotconn() -> i32 {
+    nix::errno::Errno::ENOTCONN as i32
+}
+
+/// The reading half of a connection, moving bytes only.
+#[derive(Debug)]
+pub struct SocketReader {
+    socket: Rc<Registered<std::net::TcpStream>>,
+}
+
+impl SocketReader {
+    /// Reads what has arrived into `buffer`, waiting at most `timeout` (`None`: as long as it
+    /// takes) for something to arrive; 0 means the peer closed its side. Cancel-safe: a read
+    /// dropped while it waits has consumed nothing.
+    pub async fn read(
+        &mut self,
+        buffer: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<usize, TransportError> {
+        self.socket
+            .io(Direction::Read, timeout, |mut stream| stream.read(buffer))
+            .await
+    }
+}
+
+/// The writing half of a connection, moving bytes only.
+#[derive(Debug)]
+pub struct SocketWriter {
+    socket: Rc<Registered<std::net::TcpStream>>,
+}
+
+impl SocketWriter {
+    /// Writes all of `bytes`. `timeout` bounds each step that makes no progress (a peer that
+    /// stops reading), not the whole write; `None`: no bound. On error, part may have been
+    /// written: close the connection.
+    pub async fn write_all(
+        &mut self,
+        bytes: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<(), TransportError> {
+        let mut written = 0;
+        while written < bytes.len() {
+            // `std` sends with `MSG_NOSIGNAL`: a peer that closed is an error, not a SIGPIPE.
+            let count = self
+                .socket
+                .io(Direction::Write, timeout, |mut stream| {
+                    stream.write(&bytes[written..])
+                })
+                .await?;
+            if count == 0 {
+                return Err(TransportError::Io(io::ErrorKind::WriteZero.into()));
+            }
+            written += count;
+        }
+        Ok(())
+    }
+
+    /// Shuts the sending direction down: the peer reads end of stream once it has read what
+    /// was written.
+    pub fn close(&mut self) -> Result<(), TransportError> {
+        self.socket
+            .socket()
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(TransportError::Io)
     }
 }
 
@@ -165,7 +307,7 @@ pub enum ReadOutcome {
 /// The reading half of a connection, with the connection's frame decoder.
 #[derive(Debug)]
 pub struct ConnectionReader {
-    half: ReadHalf<TcpStream>,
+    half: SocketReader,
     decoder: FrameDecoder,
 }
 
@@ -183,8 +325,7 @@ impl ConnectionReader {
         if buffer.is_empty() {
             return Ok(ReadOutcome::Received(0));
         }
-        let half = &mut self.half;
-        let bytes = with_timeout(timeout, half.read(buffer)).await?;
+        let bytes = self.half.read(buffer, Some(timeout)).await?;
         if bytes == 0 {
             return Ok(ReadOutcome::Closed);
         }
@@ -196,7 +337,7 @@ impl ConnectionReader {
 /// The writing half of a connection.
 #[derive(Debug)]
 pub struct ConnectionWriter {
-    half: WriteHalf<TcpStream>,
+    half: SocketWriter,
 }
 
 impl ConnectionWriter {
@@ -208,23 +349,13 @@ impl ConnectionWriter {
         bytes: &[u8],
         timeout: Duration,
     ) -> Result<(), TransportError> {
-        let mut written = 0;
-        while written < bytes.len() {
-            let half = &mut self.half;
-            let count = with_timeout(timeout, half.write(&bytes[written..])).await?;
-            if count == 0 {
-                return Err(TransportError::Io(io::ErrorKind::WriteZero.into()));
-            }
-            written += count;
-        }
-        Ok(())
+        self.half.write_all(bytes, Some(timeout)).await
     }
 
     /// Shuts the sending direction down (the peer reads end of stream once it has read what
-    /// was written), waiting at most `timeout`.
-    pub async fn close(&mut self, timeout: Duration) -> Result<(), TransportError> {
-        let half = &mut self.half;
-        with_timeout(timeout, half.close()).await
+    /// was written). It does not wait: the kernel sends what is queued, then the end.
+    pub async fn close(&mut self, _timeout: Duration) -> Result<(), TransportError> {
+        self.half.close()
     }
 }
 

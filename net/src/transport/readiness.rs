@@ -1,0 +1,838 @@
+//! Readiness of a shard's TCP sockets: one edge-triggered epoll set per executor, read between
+//! task runs while the shard is busy, and watched by a sleeping thread only while it is quiet.
+//!
+//! **Why not glommio's sockets.** glommio waits for a socket with an io_uring `POLL_ADD` per
+//! socket and per wait, on rings made without `IORING_SETUP_COOP_TASKRUN`. Every such
+//! completion is task work the kernel signals to the ring's thread, and when that thread is
+//! running on another core, with a reschedule IPI. Measured in session 10 (docs/perf.md):
+//! 1.3 IPIs per request at 64 clients, and a third of the node's CPU in the sending side's
+//! wake-up of the peer's waiter. An epoll set costs nothing of the kind while its thread is
+//! busy: the kernel only queues the ready socket on the set's ready list, and
+//! `epoll_wait(.., 0)` collects every ready socket of the shard in one call.
+//!
+//! **How a wait works.** A socket operation is tried first, always (a non-blocking `recv`,
+//! `send` or `accept`). Only when it would block does the task leave its waker in the socket's
+//! slot. The shard's driver task calls `epoll_wait` with a zero timeout once per turn of the
+//! executor (a timer that is due at once is processed when glommio polls its rings, after the
+//! tasks that were runnable have run), and wakes the waiters of every ready socket. Sockets
+//! are registered edge-triggered, which needs no re-arming: an edge comes whenever new bytes
+//! (or room) appear after an operation that would block, and an edge that comes early only
+//! wakes a task that tries again.
+//!
+//! **How a quiet shard sleeps.** After [`READINESS_SPIN`] without an event, the driver hands
+//! the set to a watcher thread (one per executor that has sockets, started on first need) and
+//! stops polling. The watcher sleeps in `poll(2)` on the epoll descriptor, which reports
+//! readiness without taking any event off the set, and wakes the driver through glommio's
+//! cross-thread waker (an eventfd write only if the executor sleeps), then sleeps until handed
+//! the set again. A busy shard never hands it over, so the watcher costs nothing under load;
+//! a quiet shard pays one thread wake-up more for its first request.
+
+use super::with_timeout;
+use super::TransportError;
+use crate::constants::READINESS_SPIN;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::eventfd::{eventfd, EfdFlags};
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Events taken from the set per `epoll_wait`; more wait for the next turn.
+const EVENTS_PER_WAIT: usize = 256;
+
+/// Which way a task waits on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Direction {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    live: bool,
+    read: Option<Waker>,
+    write: Option<Waker>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    entries: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    /// Wakers left in slots: while there are none the driver has nothing to poll for.
+    waiters: usize,
+}
+
+impl Slots {
+    fn insert(&mut self) -> u64 {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.entries.push(Slot::default());
+                u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 sockets")
+            }
+        };
+        let slot = &mut self.entries[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.live = true;
+        self.live += 1;
+        token(index, slot.generation)
+    }
+
+    fn slot(&mut self, token: u64) -> Option<&mut Slot> {
+        let (index, generation) = untoken(token);
+        self.entries
+            .get_mut(index as usize)
+            .filter(|slot| slot.live && slot.generation == generation)
+    }
+
+    fn remove(&mut self, token: u64) {
+        let mut dropped = 0;
+        if let Some(slot) = self.slot(token) {
+            slot.live = false;
+            dropped += usize::from(slot.read.take().is_some());
+            dropped += usize::from(slot.write.take().is_some());
+            self.free.push(untoken(token).0);
+            self.live -= 1;
+        }
+        self.waiters -= dropped;
+    }
+
+    /// Leaves `waker` in the slot; false if the slot is gone.
+    fn wait(&mut self, token: u64, direction: Direction, waker: &Waker) -> bool {
+        let Some(slot) = self.slot(token) else {
+            return false;
+        };
+        let place = match direction {
+            Direction::Read => &mut slot.read,
+            Direction::Write => &mut slot.write,
+        };
+        let added = match place {
+            Some(current) if current.will_wake(waker) => false,
+            Some(current) => {
+                current.clone_from(waker);
+                false
+            }
+            None => {
+                *place = Some(waker.clone());
+                true
+            }
+        };
+        self.waiters += usize::from(added);
+        true
+    }
+
+    /// Takes the wakers an event with `flags` on `token` ends.
+    fn ready(&mut self, token: u64, flags: EpollFlags, woken: &mut Vec<Waker>) {
+        let readable = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLHUP
+            | EpollFlags::EPOLLERR;
+        let writable = EpollFlags::EPOLLOUT | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+        let Some(slot) = self.slot(token) else {
+            return;
+        };
+        let mut taken = 0;
+        if flags.intersects(readable) {
+            if let Some(waker) = slot.read.take() {
+                woken.push(waker);
+                taken += 1;
+            }
+        }
+        if flags.intersects(writable) {
+            if let Some(waker) = slot.write.take() {
+                woken.push(waker);
+                taken += 1;
+            }
+        }
+        self.waiters -= taken;
+    }
+
+    fn wake_all(&mut self, woken: &mut Vec<Waker>) {
+        for slot in &mut self.entries {
+            woken.extend(slot.read.take());
+            woken.extend(slot.write.take());
+        }
+        self.waiters = 0;
+    }
+}
+
+fn token(index: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(index)
+}
+
+fn untoken(token: u64) -> (u32, u32) {
+    // Truncations on purpose: the token is the two halves side by side.
+    (token as u32, (token >> 32) as u32)
+}
+
+/// The epoll set of one executor and the wakers of the tasks waiting on its sockets.
+pub(super) struct Poller {
+    executor: usize,
+    epoll: Arc<Epoll>,
+    slots: RefCell<Slots>,
+    /// A driver task is running (or about to).
+    driving: Cell<bool>,
+    /// The driver, parked because no task waits on any socket.
+    driver_parked: RefCell<Option<Waker>>,
+    /// `epoll_wait` failed: every wait ends with this error from then on.
+    failed: Cell<Option<Errno>>,
+    watcher: RefCell<Option<Watcher>>,
+    /// Times the driver handed the set to the watcher (the quiet path).
+    handovers: Cell<u64>,
+}
+
+thread_local! {
+    static POLLER: RefCell<Option<Rc<Poller>>> = const { RefCell::new(None) };
+}
+
+impl Poller {
+    /// The current executor's poller, made on first use. A thread may run several executors
+    /// one after another (tests do): each gets its own set and driver.
+    pub(super) fn current() -> io::Result<Rc<Poller>> {
+        let executor = glommio::executor().id();
+        POLLER.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if let Some(poller) = cell.as_ref().filter(|poller| poller.executor == executor) {
+                return Ok(poller.clone());
+            }
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+            let poller = Rc::new(Poller {
+                executor,
+                epoll: Arc::new(epoll),
+                slots: RefCell::default(),
+                driving: Cell::new(false),
+                driver_parked: RefCell::new(None),
+                failed: Cell::new(None),
+                watcher: RefCell::new(None),
+                handovers: Cell::new(0),
+            });
+            *cell = Some(poller.clone());
+            Ok(poller)
+        })
+    }
+
+    /// Adds `fd` (non-blocking) to the set; the token names it in [`Poller::wait`].
+    pub(super) fn register(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
+        let token = self.slots.borrow_mut().insert();
+        let flags = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLOUT
+            | EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLET;
+        if let Err(errno) = self.epoll.add(fd, EpollEvent::new(flags, token)) {
+            self.slots.borrow_mut().remove(token);
+            return Err(errno.into());
+        }
+        Ok(token)
+    }
+
+    /// Forgets `token`. Its socket leaves the set when it is closed, right after (the
+    /// descriptor is never duplicated).
+    pub(super) fn deregister(&self, token: u64) {
+        self.slots.borrow_mut().remove(token);
+    }
+
+    /// Leaves the task's waker for `direction` on `token`'s socket, after an operation on it
+    /// would have blocked. An error if the poller failed.
+    fn wait(self: &Rc<Self>, token: u64, direction: Direction, waker: &Waker) -> io::Result<()> {
+        if let Some(errno) = self.failed.get() {
+            return Err(io::Error::other(format!(
+                "the shard's socket readiness set failed: {errno}"
+            )));
+        }
+        if !self.slots.borrow_mut().wait(token, direction, waker) {
+            return Err(io::Error::other("the socket was deregistered"));
+        }
+        if let Some(driver) = self.driver_parked.borrow_mut().take() {
+            driver.wake();
+        }
+        if !self.driving.replace(true) {
+            glommio::spawn_local(drive(self.clone())).detach();
+        }
+        Ok(())
+    }
+
+    /// Takes every ready event from the set (without waiting) and wakes its waiters; how many
+    /// events there were.
+    fn collect(&self, events: &mut [EpollEvent], woken: &mut Vec<Waker>) -> usize {
+        let count = loop {
+            match self.epoll.wait(events, 0) {
+                Ok(count) => break count,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    // Only a broken descriptor gets here; end every wait rather than hang.
+                    self.failed.set(Some(errno));
+                    self.slots.borrow_mut().wake_all(woken);
+                    return 0;
+                }
+            }
+        };
+        {
+            let mut slots = self.slots.borrow_mut();
+            for event in &events[..count] {
+                slots.ready(event.data(), event.events(), woken);
+            }
+        }
+        count
+    }
+
+    fn watcher(&self) -> io::Result<std::cell::RefMut<'_, Watcher>> {
+        let mut watcher = self.watcher.borrow_mut();
+        if watcher.is_none() {
+            *watcher = Some(Watcher::start(self.epoll.clone())?);
+        }
+        Ok(std::cell::RefMut::map(watcher, |watcher| {
+            watcher.as_mut().expect("set above")
+        }))
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        if let Some(watcher) = self.watcher.get_mut().take() {
+            watcher.stop();
+        }
+    }
+}
+
+/// Resets [`Poller::driving`] however the driver ends (its executor may drop it).
+struct Driving(Rc<Poller>);
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        self.0.driving.set(false);
+        self.0.driver_parked.borrow_mut().take();
+    }
+}
+
+/// The driver: polls the set once per executor turn while tasks wait on sockets; parks while
+/// none does; hands the set to the watcher after [`READINESS_SPIN`] without an event; ends when
+/// the set is empty.
+async fn drive(poller: Rc<Poller>) {
+    let driving = Driving(poller);
+    let poller = &driving.0;
+    let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
+    let mut woken = Vec::new();
+    let mut last_event = Instant::now();
+    loop {
+        let count = poller.collect(&mut events, &mut woken);
+        for waker in woken.drain(..) {
+            waker.wake();
+        }
+        if count > 0 {
+            last_event = Instant::now();
+        }
+        let (live, waiters) = {
+            let slots = poller.slots.borrow();
+            (slots.live, slots.waiters)
+        };
+        if live == 0 || poller.failed.get().is_some() {
+            return;
+        }
+        if waiters == 0 {
+            // Woken by the next wait on any socket.
+            poll_fn(|context| {
+                let mut parked = poller.driver_parked.borrow_mut();
+                if parked.is_none() && poller.slots.borrow().waiters == 0 {
+                    *parked = Some(context.waker().clone());
+                    Poll::Pending
+                } else {
+                    parked.take();
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            last_event = Instant::now();
+            continue;
+        }
+        if count == events.len() || last_event.elapsed() < READINESS_SPIN {
+            next_turn().await;
+            continue;
+        }
+        // Quiet: the watcher wakes this task when any socket of the set is ready.
+        let mut handed = false;
+        let watched = poll_fn(|context| {
+            if handed {
+                return Poll::Ready(Ok(()));
+            }
+            handed = true;
+            poller.handovers.set(poller.handovers.get() + 1);
+            match poller.watcher() {
+                Ok(mut watcher) => {
+                    watcher.watch(context.waker().clone());
+                    Poll::Pending
+                }
+                Err(error) => Poll::Ready(Err(error)),
+            }
+        })
+        .await;
+        if watched.is_err() {
+            // No thread to watch with: keep polling, at a cost in CPU, rather than stall.
+            next_turn().await;
+        }
+        last_event = Instant::now();
+    }
+}
+
+/// Completes after glommio has polled its rings once more: a timer due a microsecond from now
+/// is still pending when first polled, and the reactor fires it at its next turn.
+async fn next_turn() {
+    glommio::timer::sleep(Duration::from_micros(1)).await;
+}
+
+/// The watcher thread of one executor's set (see the module docs).
+struct Watcher {
+    shared: Arc<WatchShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct WatchShared {
+    state: Mutex<WatchState>,
+    handed: Condvar,
+    /// Written to stop the thread out of `poll`.
+    stop_fd: OwnedFd,
+}
+
+#[derive(Default)]
+struct WatchState {
+    waker: Option<Waker>,
+    stop: bool,
+}
+
+impl Watcher {
+    fn start(epoll: Arc<Epoll>) -> io::Result<Watcher> {
+        let stop_fd = eventfd(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let shared = Arc::new(WatchShared {
+            state: Mutex::new(WatchState::default()),
+            handed: Condvar::new(),
+            stop_fd,
+        });
+        let thread = std::thread::Builder::new()
+            .name("coregrid-readiness".into())
+            .spawn({
+                let shared = shared.clone();
+                move || watch(&epoll, &shared)
+            })?;
+        Ok(Watcher {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands the set over: `waker` is woken once any socket of it is ready.
+    fn watch(&mut self, waker: Waker) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.waker = Some(waker);
+        self.shared.handed.notify_one();
+    }
+
+    fn stop(mut self) {
+        {
+            let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.stop = true;
+            self.shared.handed.notify_one();
+        }
+        let one = 1u64.to_ne_bytes();
+        // Fails only if the counter would overflow, which one write cannot make it.
+        let _ = nix::unistd::write(self.shared.stop_fd.as_raw_fd(), &one);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The watcher thread: waits to be handed the set, sleeps until it is ready, wakes the driver.
+fn watch(epoll: &Epoll, shared: &WatchShared) {
+    loop {
+        {
+            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            while state.waker.is_none() && !state.stop {
+                state = shared
+                    .handed
+                    .wait(state)
+                    .unwrap_or_else(|error| error.into_inner());
+            }
+            if state.stop {
+                return;
+            }
+        }
+        let mut fds = [
+            PollFd::new(&epoll.0, PollFlags::POLLIN),
+            PollFd::new(&shared.stop_fd, PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, -1) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => {
+                // Cannot happen with two valid descriptors; wake the driver, which polls.
+            }
+        }
+        let waker = {
+            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.stop {
+                return;
+            }
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// A non-blocking socket in the current executor's set, with what its waiting tasks need.
+/// Dropping it closes the descriptor, which takes it out of the set.
+pub(super) struct Registered<S: AsFd> {
+    token: u64,
+    poller: Rc<Poller>,
+    socket: S,
+}
+
+impl<S: AsFd> std::fmt::Debug for Registered<S> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Registered")
+            .field("fd", &self.socket.as_fd().as_raw_fd())
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl<S: AsFd> Registered<S> {
+    /// Registers `socket`, which must be non-blocking, with the current executor's set.
+    pub(super) fn new(socket: S) -> io::Result<Registered<S>> {
+        let poller = Poller::current()?;
+        let token = poller.register(socket.as_fd())?;
+        Ok(Registered {
+            token,
+            poller,
+            socket,
+        })
+    }
+
+    /// The socket.
+    pub(super) fn socket(&self) -> &S {
+        &self.socket
+    }
+
+    /// Runs `operation` until it does not report [`io::ErrorKind::WouldBlock`], waiting for
+    /// the socket to be ready for `direction` in between, for at most `timeout` in all. The
+    /// first try makes no timer: one is set only if the task has to wait.
+    pub(super) async fn io<T>(
+        &self,
+        direction: Direction,
+        timeout: Option<Duration>,
+        mut operation: impl FnMut(&S) -> io::Result<T>,
+    ) -> Result<T, TransportError> {
+        match attempt(&self.socket, &mut operation) {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let waited = poll_fn(|context| self.poll_io(context, direction, &mut operation));
+        match timeout {
+            Some(timeout) => with_timeout(timeout, waited).await,
+            None => waited.await.map_err(Into::into),
+        }
+    }
+
+    fn poll_io<T>(
+        &self,
+        context: &Context<'_>,
+        direction: Direction,
+        operation: &mut impl FnMut(&S) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        match attempt(&self.socket, operation) {
+            Ok(Some(value)) => Poll::Ready(Ok(value)),
+            Ok(None) => match self.poller.wait(self.token, direction, context.waker()) {
+                Ok(()) => Poll::Pending,
+                Err(error) => Poll::Ready(Err(error)),
+            },
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+}
+
+/// One try of `operation`: `None` if it would block. Retries when a signal interrupted it.
+fn attempt<S, T>(
+    socket: &S,
+    operation: &mut impl FnMut(&S) -> io::Result<T>,
+) -> io::Result<Option<T>> {
+    loop {
+        match operation(socket) {
+            Ok(value) => return Ok(Some(value)),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+impl<S: AsFd> Drop for Registered<S> {
+    fn drop(&mut self) {
+        self.poller.deregister(self.token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The readiness set under the transport's own API: waits that end on the busy path and on
+    //! the quiet one (handed to the watcher thread), timeouts and dropped reads that lose
+    //! nothing, more ready sockets than one `epoll_wait` takes, a writer held back by a slow
+    //! reader, and executors one after another on one thread.
+
+    use super::Poller;
+    use crate::transport::{Connection, Listener, SocketReader, SocketWriter, TransportError};
+    use futures::future::{select, Either};
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::pin::pin;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn on_executor<T>(test: impl std::future::Future<Output = T> + 'static) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(512 * 1024)
+            .make()
+            .expect("a glommio executor (io_uring and locked memory)")
+            .run(test)
+    }
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    /// Accepts connections and echoes every byte back, each connection on its own task.
+    fn echo_server(listener: Listener) {
+        glommio::spawn_local(async move {
+            while let Ok(connection) = listener.accept().await {
+                glommio::spawn_local(async move {
+                    let (mut reader, mut writer) = connection.into_halves();
+                    let mut buffer = vec![0u8; 4096];
+                    loop {
+                        match reader.read(&mut buffer, Some(TIMEOUT)).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(count) => {
+                                if writer
+                                    .write_all(&buffer[..count], Some(TIMEOUT))
+                                    .await
+                                    .is_err()
+                                {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+
+    async fn read_exactly(reader: &mut SocketReader, mut buffer: &mut [u8]) {
+        while !buffer.is_empty() {
+            let count = reader.read(buffer, Some(TIMEOUT)).await.expect("read");
+            assert_ne!(count, 0, "the peer closed early");
+            buffer = &mut buffer[count..];
+        }
+    }
+
+    #[test]
+    fn echoes_through_busy_and_quiet_periods() {
+        // Clients are plain threads with blocking sockets, so the shard is quiet whenever they
+        // pause: its waits must then end through the watcher thread.
+        let (address_out, address_in) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            on_executor(async move {
+                let listener = Listener::bind(loopback()).unwrap();
+                address_out.send(listener.local_addr()).unwrap();
+                let poller = Poller::current().unwrap();
+                echo_server(listener);
+                // Serves until the clients are done: they connect to this one to say so.
+                let stop = Listener::bind(loopback()).unwrap();
+                address_out.send(stop.local_addr()).unwrap();
+                let _last = stop.accept().await.unwrap();
+                poller.handovers.get()
+            })
+        });
+        let address = address_in.recv().unwrap();
+        let stop = address_in.recv().unwrap();
+        let clients: Vec<_> = (0..16u8)
+            .map(|client| {
+                std::thread::spawn(move || {
+                    let mut stream = std::net::TcpStream::connect(address).unwrap();
+                    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                    for round in 0..40u8 {
+                        let message = vec![client ^ round; 1 + usize::from(round) * 37];
+                        stream.write_all(&message).unwrap();
+                        let mut echoed = vec![0u8; message.len()];
+                        stream.read_exact(&mut echoed).unwrap();
+                        assert_eq!(echoed, message, "client {client} round {round}");
+                        if round % 8 == 7 {
+                            // A quiet shard: well past the spin before it hands the set over.
+                            std::thread::sleep(super::READINESS_SPIN * 20);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        std::net::TcpStream::connect(stop).unwrap();
+        let handovers = server.join().unwrap();
+        assert!(
+            handovers > 0,
+            "the shard never handed its set to the watcher, so the quiet path went untested"
+        );
+    }
+
+    #[test]
+    fn a_timed_out_or_dropped_read_loses_nothing() {
+        on_executor(async {
+            let listener = Listener::bind(loopback()).unwrap();
+            let client = Connection::connect(listener.local_addr(), TIMEOUT)
+                .await
+                .unwrap();
+            let server = listener.accept().await.unwrap();
+            let (mut reader, _writer) = server.into_halves();
+            let (_client_reader, mut client_writer) = client.into_halves();
+            let mut buffer = [0u8; 16];
+            let timed_out = reader
+                .read(&mut buffer, Some(Duration::from_millis(5)))
+                .await;
+            assert!(matches!(timed_out, Err(TransportError::TimedOut(_))));
+            // A read dropped while it waits (raced against a timer that wins).
+            {
+                let read = pin!(reader.read(&mut buffer, None));
+                let timer = pin!(glommio::timer::sleep(Duration::from_millis(5)));
+                assert!(matches!(select(read, timer).await, Either::Right(_)));
+            }
+            client_writer
+                .write_all(b"after", Some(TIMEOUT))
+                .await
+                .unwrap();
+            let mut got = [0u8; 5];
+            read_exactly(&mut reader, &mut got).await;
+            assert_eq!(&got, b"after");
+        });
+    }
+
+    #[test]
+    fn more_ready_sockets_than_one_wait_takes() {
+        let count = super::EVENTS_PER_WAIT + 44;
+        on_executor(async move {
+            let listener = Listener::bind(loopback()).unwrap();
+            let address = listener.local_addr();
+            echo_server(listener);
+            let mut halves = Vec::new();
+            for _ in 0..count {
+                let connection = Connection::connect(address, TIMEOUT).await.unwrap();
+                halves.push(connection.into_halves());
+            }
+            // Every client writes, then every client reads: all sockets are ready at once.
+            for (index, (_, writer)) in halves.iter_mut().enumerate() {
+                writer
+                    .write_all(&(index as u32).to_le_bytes(), Some(TIMEOUT))
+                    .await
+                    .unwrap();
+            }
+            let readers: Vec<_> = halves
+                .into_iter()
+                .enumerate()
+                .map(|(index, (mut reader, writer))| {
+                    glommio::spawn_local(async move {
+                        let mut got = [0u8; 4];
+                        read_exactly(&mut reader, &mut got).await;
+                        assert_eq!(u32::from_le_bytes(got), index as u32);
+                        drop(writer);
+                    })
+                })
+                .collect();
+            for reader in readers {
+                reader.await;
+            }
+        });
+    }
+
+    #[test]
+    fn a_writer_waits_for_a_slow_reader_and_a_closed_peer_is_an_error() {
+        on_executor(async {
+            let listener = Listener::bind(loopback()).unwrap();
+            let client = Connection::connect(listener.local_addr(), TIMEOUT)
+                .await
+                .unwrap();
+            let server = listener.accept().await.unwrap();
+            let (mut reader, _) = server.into_halves();
+            let (_, mut writer): (SocketReader, SocketWriter) = client.into_halves();
+            // Far more than the socket buffers hold: the writer must wait for room.
+            let sent: Rc<Vec<u8>> = Rc::new((0..16 << 20).map(|byte| (byte % 251) as u8).collect());
+            let writing = glommio::spawn_local({
+                let sent = sent.clone();
+                async move {
+                    writer.write_all(&sent, Some(TIMEOUT)).await.unwrap();
+                    writer
+                }
+            });
+            let mut received = vec![0u8; sent.len()];
+            read_exactly(&mut reader, &mut received).await;
+            assert!(received == *sent, "the stream arrived changed");
+            let mut writer = writing.await;
+            // The reading side goes away: writing on is an error (no SIGPIPE), not a hang.
+            drop(reader);
+            let mut failed = false;
+            for _ in 0..64 {
+                if writer
+                    .write_all(&[7u8; 65536], Some(TIMEOUT))
+                    .await
+                    .is_err()
+                {
+                    failed = true;
+                    break;
+                }
+            }
+            assert!(failed, "writes to a closed peer kept succeeding");
+        });
+    }
+
+    #[test]
+    fn executors_one_after_another_on_one_thread() {
+        for round in 0..3u8 {
+            on_executor(async move {
+                let listener = Listener::bind(loopback()).unwrap();
+                let address = listener.local_addr();
+                echo_server(listener);
+                let (mut reader, mut writer) = Connection::connect(address, TIMEOUT)
+                    .await
+                    .unwrap()
+                    .into_halves();
+                writer.write_all(&[round; 3], Some(TIMEOUT)).await.unwrap();
+                let mut got = [0u8; 3];
+                read_exactly(&mut reader, &mut got).await;
+                assert_eq!(got, [round; 3]);
+            });
+        }
+    }
+
+    #[test]
+    fn connecting_to_a_closed_port_fails() {
+        on_executor(async {
+            let address = {
+                let listener = std::net::TcpListener::bind(loopback()).unwrap();
+                listener.local_addr().unwrap()
+            };
+            let error = Connection::connect(address, TIMEOUT).await.unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+        });
+    }
+}
