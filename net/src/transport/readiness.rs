@@ -188,6 +188,10 @@ pub(super) struct Poller {
     watcher: RefCell<Option<Watcher>>,
     /// Times the driver handed the set to the watcher (the quiet path).
     handovers: Cell<u64>,
+    /// Socket operations that moved bytes (or a connection): a shard that just wrote an
+    /// answer is about to read the next request, so the spin counts from its last operation
+    /// as well as from its last event.
+    operations: Cell<u64>,
 }
 
 thread_local! {
@@ -214,6 +218,7 @@ impl Poller {
                 failed: Cell::new(None),
                 watcher: RefCell::new(None),
                 handovers: Cell::new(0),
+                operations: Cell::new(0),
             });
             *cell = Some(poller.clone());
             Ok(poller)
@@ -322,12 +327,14 @@ async fn drive(poller: Rc<Poller>) {
     let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
     let mut woken = Vec::new();
     let mut last_event = Instant::now();
+    let mut operations = poller.operations.get();
     loop {
         let count = poller.collect(&mut events, &mut woken);
         for waker in woken.drain(..) {
             waker.wake();
         }
-        if count > 0 {
+        if count > 0 || poller.operations.get() != operations {
+            operations = poller.operations.get();
             last_event = Instant::now();
         }
         let (live, waiters) = {
@@ -531,6 +538,16 @@ impl<S: AsFd> Registered<S> {
         timeout: Option<Duration>,
         mut operation: impl FnMut(&S) -> io::Result<T>,
     ) -> Result<T, TransportError> {
+        let poller = &self.poller;
+        let mut operation = |socket: &S| {
+            let done = operation(socket);
+            if done.is_ok() {
+                poller
+                    .operations
+                    .set(poller.operations.get().wrapping_add(1));
+            }
+            done
+        };
         match attempt(&self.socket, &mut operation) {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => {}
