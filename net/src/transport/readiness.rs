@@ -19,12 +19,12 @@
 //! (or room) appear after an operation that would block, and an edge that comes early only
 //! wakes a task that tries again.
 //!
-//! **How a quiet shard sleeps.** After [`READINESS_SPIN`] without an event, the driver hands
-//! the set to a watcher thread (one per executor that has sockets, started on first need) and
-//! stops polling. The watcher sleeps in `poll(2)` on the epoll descriptor, which reports
-//! readiness without taking any event off the set, and wakes the driver through glommio's
-//! cross-thread waker (an eventfd write only if the executor sleeps), then sleeps until handed
-//! the set again. A busy shard never hands it over, so the watcher costs nothing under load;
+//! **How a quiet shard sleeps.** After [`READINESS_SPIN`] without a socket operation or an
+//! event that ends a wait, the driver hands the set to a watcher thread (one per executor that
+//! has sockets, started on first need) and stops polling. The watcher sleeps in `poll(2)` on
+//! the epoll descriptor, which reports readiness without taking any event off the set, and
+//! wakes the driver through glommio's cross-thread waker (an eventfd write only if the
+//! executor sleeps), then sleeps until handed the set again. A busy shard never hands it over, so the watcher costs nothing under load;
 //! a quiet shard pays one thread wake-up more for its first request.
 
 use super::with_timeout;
@@ -330,10 +330,13 @@ async fn drive(poller: Rc<Poller>) {
     let mut operations = poller.operations.get();
     loop {
         let count = poller.collect(&mut events, &mut woken);
+        // Only events that end a wait count as activity: a socket reports room to write
+        // whenever its peer reads, with nobody waiting for it.
+        let activity = !woken.is_empty();
         for waker in woken.drain(..) {
             waker.wake();
         }
-        if count > 0 || poller.operations.get() != operations {
+        if activity || poller.operations.get() != operations {
             operations = poller.operations.get();
             last_event = Instant::now();
         }
