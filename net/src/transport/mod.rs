@@ -221,15 +221,11 @@ fn connected(stream: &std::net::TcpStream) -> io::Result<()> {
     }
     match stream.peer_addr() {
         Ok(_) => Ok(()),
-        Err(error) if error.raw_os_error() == Some(libc_enotconn()) => {
+        Err(error) if error.raw_os_error() == Some(nix::errno::Errno::ENOTCONN as i32) => {
             Err(io::ErrorKind::WouldBlock.into())
         }
         Err(error) => Err(error),
     }
-}
-
-fn libc_enotconn() -> i32 {
-    nix::errno::Errno::ENOTCONN as i32
 }
 
 /// The reading half of a connection, moving bytes only.
@@ -354,7 +350,7 @@ impl ConnectionWriter {
 
     /// Shuts the sending direction down (the peer reads end of stream once it has read what
     /// was written). It does not wait: the kernel sends what is queued, then the end.
-    pub async fn close(&mut self, _timeout: Duration) -> Result<(), TransportError> {
+    pub fn close(&mut self) -> Result<(), TransportError> {
         self.half.close()
     }
 }

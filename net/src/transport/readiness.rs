@@ -659,6 +659,15 @@ mod tests {
         .detach();
     }
 
+    /// Both ends of one loopback connection: (connected, accepted).
+    async fn connected_pair() -> (Connection, Connection) {
+        let listener = Listener::bind(loopback()).unwrap();
+        let client = Connection::connect(listener.local_addr(), TIMEOUT)
+            .await
+            .unwrap();
+        (client, listener.accept().await.unwrap())
+    }
+
     async fn read_exactly(reader: &mut SocketReader, mut buffer: &mut [u8]) {
         while !buffer.is_empty() {
             let count = reader.read(buffer, Some(TIMEOUT)).await.expect("read");
@@ -720,11 +729,7 @@ mod tests {
     #[test]
     fn a_timed_out_or_dropped_read_loses_nothing() {
         on_executor(async {
-            let listener = Listener::bind(loopback()).unwrap();
-            let client = Connection::connect(listener.local_addr(), TIMEOUT)
-                .await
-                .unwrap();
-            let server = listener.accept().await.unwrap();
+            let (client, server) = connected_pair().await;
             let (mut reader, _writer) = server.into_halves();
             let (_client_reader, mut client_writer) = client.into_halves();
             let mut buffer = [0u8; 16];
@@ -788,11 +793,7 @@ mod tests {
     #[test]
     fn a_writer_waits_for_a_slow_reader_and_a_closed_peer_is_an_error() {
         on_executor(async {
-            let listener = Listener::bind(loopback()).unwrap();
-            let client = Connection::connect(listener.local_addr(), TIMEOUT)
-                .await
-                .unwrap();
-            let server = listener.accept().await.unwrap();
+            let (client, server) = connected_pair().await;
             let (mut reader, _) = server.into_halves();
             let (_, mut writer): (SocketReader, SocketWriter) = client.into_halves();
             // Far more than the socket buffers hold: the writer must wait for room.

@@ -34,9 +34,6 @@ pub const REFUSALS_IN_PROGRESS_MAX: usize = 64;
 /// How long a refusal may take to send, in milliseconds.
 pub const REFUSAL_WRITE_TIMEOUT_MS: u64 = 1000;
 
-/// How long the writer waits to shut its direction of a closing connection, in milliseconds.
-pub const CLOSE_TIMEOUT_MS: u64 = 1000;
-
 /// Pause after a failed accept (out of file descriptors, say), so the loop does not spin, in
 /// milliseconds.
 pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;

@@ -552,7 +552,7 @@ async fn leader_shards(target: &SessionTarget) -> Result<Vec<(u16, ShardId, Vec<
             .collect())
     })
     .await?;
-    let _closing = writer.close(timeout).await;
+    let _closing = writer.close();
     Ok(shards)
 }
 
@@ -775,9 +775,7 @@ async fn pull(
             .await
             .map_err(|error| format!("sending a request to the leader: {error}"))?;
     }
-    let _closing = writer
-        .close(Duration::from_millis(SYNC_CONNECT_TIMEOUT_MS))
-        .await;
+    let _closing = writer.close();
     Ok(())
 }
 

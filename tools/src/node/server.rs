@@ -21,8 +21,8 @@
 
 use super::config::ReplicaSettings;
 use super::constants::{
-    ACCEPT_ERROR_PAUSE_MS, CLOSE_TIMEOUT_MS, DRAIN_POLL_MS, HANDOFF_BACKOFF_MS, HANDOFF_DRAIN_MS,
-    HANDOFF_POLL_MS, HANDOFF_WRITE_HOLD_MS, REFUSALS_IN_PROGRESS_MAX, REFUSAL_WRITE_TIMEOUT_MS,
+    ACCEPT_ERROR_PAUSE_MS, DRAIN_POLL_MS, HANDOFF_BACKOFF_MS, HANDOFF_DRAIN_MS, HANDOFF_POLL_MS,
+    HANDOFF_WRITE_HOLD_MS, REFUSALS_IN_PROGRESS_MAX, REFUSAL_WRITE_TIMEOUT_MS,
     REQUEST_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES,
 };
 use super::control::{ClusterFeed, ClusterView, ShardPositions};
@@ -411,7 +411,7 @@ fn refuse(server: &Rc<ShardServer>, connection: Connection, refusal: Refusal) {
         if handler::encode_answer(&mut out, FrameMeta::default(), &answer).is_ok() {
             let timeout = Duration::from_millis(REFUSAL_WRITE_TIMEOUT_MS);
             if writer.write_all(&out, timeout).await.is_ok() {
-                let _closing = writer.close(timeout).await;
+                let _closing = writer.close();
             }
         }
         server.refusals.set(server.refusals.get() - 1);
@@ -1454,6 +1454,6 @@ async fn write_answers(
         settle(counted);
     }
     if !state.writer_failed.get() {
-        let _closing = writer.close(Duration::from_millis(CLOSE_TIMEOUT_MS)).await;
+        let _closing = writer.close();
     }
 }
