@@ -12,7 +12,7 @@ use coregrid_engine::hlc::{Hlc, SystemTime};
 use coregrid_engine::partition::{PartitionConfig, ShardState};
 use coregrid_engine::record::Operation;
 use coregrid_engine::sim::SimDisk;
-use coregrid_engine::wal::{self, RecycleBudget, StageError, Wal};
+use coregrid_engine::wal::{self, StageError, Wal, WalShard};
 use coregrid_engine::{rt, Partition};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::cell::RefCell;
@@ -38,7 +38,7 @@ fn stage(iters: u64) -> Duration {
             disk,
             0,
             SEGMENT_BYTES,
-            RecycleBudget::default(),
+            WalShard::default(),
             0,
             Vec::new(),
             |_| {},

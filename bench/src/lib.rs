@@ -80,6 +80,8 @@ pub struct Workload {
     pub snapshot_wal_bytes: Option<u64>,
     /// WAL segment size (`None`: the engine's default).
     pub segment_bytes: Option<u64>,
+    /// Whether a shard's partitions share device flushes (`None`: the engine's default).
+    pub shared_sync: Option<bool>,
     /// Seed of the key and operation choices.
     pub seed: u64,
 }
@@ -99,6 +101,7 @@ impl Default for Workload {
             fill: None,
             snapshot_wal_bytes: None,
             segment_bytes: None,
+            shared_sync: None,
             seed: 1,
         }
     }
@@ -215,6 +218,9 @@ impl Workload {
         if let Some(bytes) = self.segment_bytes {
             config.segment_bytes = bytes;
         }
+        if let Some(shared) = self.shared_sync {
+            config.shared_sync = shared;
+        }
         config
     }
 
@@ -316,6 +322,8 @@ pub struct GroupCommit {
     pub segments_reused: u64,
     /// Flushes written while an earlier flush of their partition was in flight.
     pub flushes_beside: u64,
+    /// Flushes made durable by a device flush shared with other flushes of the shard.
+    pub flushes_shared: u64,
 }
 
 /// The outcome of [`run`].
@@ -700,16 +708,18 @@ async fn shard_job(
     }
 }
 
-/// Flushes, snapshots, reused segments and flushes beside another, summed over partitions.
-fn sum_stats(stats: &[PartitionStats]) -> (u64, u64, u64, u64) {
+/// Flushes, snapshots, reused segments, flushes beside another and shared flushes, summed
+/// over partitions.
+fn sum_stats(stats: &[PartitionStats]) -> (u64, u64, u64, u64, u64) {
     stats.iter().fold(
-        (0, 0, 0, 0),
-        |(flushes, snapshots, reused, beside), stat| {
+        (0, 0, 0, 0, 0),
+        |(flushes, snapshots, reused, beside, shared), stat| {
             (
                 flushes + stat.flushes,
                 snapshots + stat.snapshots,
                 reused + stat.segments_reused,
                 beside + stat.flushes_beside,
+                shared + stat.flushes_shared,
             )
         },
     )
@@ -815,8 +825,10 @@ pub fn run_on(
         &merged.latency_reads,
     );
     let ops = writes + reads;
-    let (flushes_before, snapshots_before, reused_before, beside_before) = sum_stats(&stats_before);
-    let (flushes_after, snapshots_after, reused_after, beside_after) = sum_stats(&stats_after);
+    let (flushes_before, snapshots_before, reused_before, beside_before, shared_before) =
+        sum_stats(&stats_before);
+    let (flushes_after, snapshots_after, reused_after, beside_after, shared_after) =
+        sum_stats(&stats_after);
     let flushes = flushes_after - flushes_before;
     let record_bytes = workload.record_bytes_per_put() as u64;
     let wal_bytes_written = writes * record_bytes;
@@ -860,6 +872,7 @@ pub fn run_on(
             snapshots: snapshots_after - snapshots_before,
             segments_reused: reused_after - reused_before,
             flushes_beside: beside_after - beside_before,
+            flushes_shared: shared_after - shared_before,
         },
         fill_secs,
     })

@@ -26,6 +26,7 @@ use crate::partition::{
     Versioned,
 };
 use crate::rt::{self, DmaStorage, ShardThread};
+use crate::shared_sync::SharedSync;
 use crate::snapshot::SnapshotInfo;
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -92,6 +93,10 @@ pub struct EngineConfig {
     /// Bytes of pruned WAL segment files each shard keeps for its partitions' new segments to
     /// reuse (0: none; see [`crate::wal::RecycleBudget`]).
     pub wal_recycle_bytes: u64,
+    /// Whether a shard's partitions share one device flush per round of WAL flushes where
+    /// their writes allow it ([`crate::shared_sync`]); false: each partition syncs its own
+    /// log.
+    pub shared_sync: bool,
     /// Pin shard `i` to CPU `i` (only when there are at least as many CPUs as shards).
     pub pin_shards: bool,
     /// Requests queued and in flight per shard from other threads.
@@ -119,6 +124,7 @@ impl Default for EngineConfig {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
             wal_recycle_bytes: WAL_RECYCLE_BYTES_DEFAULT,
+            shared_sync: true,
             pin_shards: true,
             shard_queue_depth: SHARD_QUEUE_DEPTH_DEFAULT,
             lock_wait: Duration::from_secs(10),
@@ -405,11 +411,13 @@ impl Engine {
             let depth = config.shard_queue_depth;
             let partition_count = config.partitions;
             let recycle_bytes = config.wal_recycle_bytes;
+            let shared_sync = config.shared_sync;
             let idle_spin = config.idle_spin;
             let thread = rt::spawn_shard(shard, pin.then_some(shard), idle_spin, move || {
                 shard_main(ShardSetup {
                     shard,
                     recycle_bytes,
+                    shared_sync,
                     shard_count,
                     partition_count,
                     owned,
@@ -673,6 +681,7 @@ impl Engine {
 struct ShardSetup {
     shard: usize,
     recycle_bytes: u64,
+    shared_sync: bool,
     shard_count: usize,
     partition_count: u32,
     owned: Vec<PartitionId>,
@@ -699,11 +708,15 @@ impl Drop for DrainOnExit {
 
 async fn shard_main(setup: ShardSetup) {
     let receiver = DrainOnExit(setup.receiver.clone());
-    let state = Rc::new(ShardState::with_recycle_bytes(
+    let mut state = ShardState::with_recycle_bytes(
         setup.shard,
         Hlc::new(setup.clock.0.clone()),
         setup.recycle_bytes,
-    ));
+    );
+    if !setup.shared_sync {
+        state.wal.shared_sync = SharedSync::disabled();
+    }
+    let state = Rc::new(state);
     if let Err(error) = rt::settle_iopoll_support(&setup.data_dir, setup.shard).await {
         let _gone = setup.ready.send(Err(error));
         return;

@@ -4,7 +4,8 @@
 //! driven through io_uring. In tests it is [`crate::sim::SimDisk`]: an in-memory directory that
 //! knows which bytes are written and which are durable, and can crash at any sync.
 //!
-//! Contract: a `write_at` is durable only after a later `sync` of the same file returns; a
+//! Contract: a `write_at` is durable only after a later `sync` of the same file returns (or,
+//! for an overwrite of synced blocks, a later `sync_device` of any file of its flush domain); a
 //! created, renamed or removed name is durable only after `sync_dir`. Offsets and lengths of
 //! writes are multiples of [`StorageFile::alignment`].
 
@@ -38,6 +39,13 @@ pub trait Storage: Clone + 'static {
     /// An aligned buffer of `len` bytes (`len` a multiple of the alignment), contents
     /// unspecified, for any file of this storage: the WAL encodes records straight into it.
     fn alloc_buffer(&self, len: usize) -> <Self::File as StorageFile>::Buffer;
+    /// The flush domain of this storage's files (one per device), if a sync of any one file
+    /// flushes the device for all of them: after [`StorageFile::sync_device`] of a file of the
+    /// domain, every write of any file of the domain that completed before that sync began is
+    /// durable, provided it went into blocks that were written and then synced by their own
+    /// file's sync before (an overwrite: no file metadata to commit). `None`: every file must
+    /// be synced on its own (see [`crate::shared_sync`]).
+    fn flush_domain(&self) -> Option<u64>;
 }
 
 /// An aligned buffer that [`StorageFile::write_at`] writes whole.
@@ -62,12 +70,23 @@ pub trait StorageFile: 'static {
     /// An aligned buffer of `len` bytes (`len` a multiple of the alignment) whose contents are
     /// unspecified: the caller sets every byte it hands to `write_at`.
     fn alloc_buffer(&self, len: usize) -> Self::Buffer;
-    /// Writes the whole buffer at `offset`; a short write is an error.
+    /// Writes the whole buffer at `offset`; a short write is an error. Durable only after a
+    /// later sync.
     async fn write_at(&self, buffer: Self::Buffer, offset: u64) -> io::Result<()>;
+    /// Writes the whole buffer at `offset` and returns once it is durable, with the metadata
+    /// needed to read it back (`O_DSYNC`: a sync of its own, in one round trip). A crash
+    /// before it returns leaves any subset of its sectors.
+    async fn write_durable_at(&self, buffer: Self::Buffer, offset: u64) -> io::Result<()>;
+    /// The file will take no more [`StorageFile::write_durable_at`]: what serves them may be
+    /// released (a sealed WAL segment).
+    fn end_durable_writes(&self);
     /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Self::Read>;
     /// `fdatasync`: every completed write becomes durable.
     async fn sync(&self) -> io::Result<()>;
+    /// The same sync, relied upon to flush the device for every file of the storage's
+    /// [`Storage::flush_domain`] as well (see there for what it makes durable).
+    async fn sync_device(&self) -> io::Result<()>;
     /// Size of the file in bytes.
     async fn size(&self) -> io::Result<u64>;
     /// Closes the file now. Dropping it instead defers the close to the runtime's next I/O

@@ -38,6 +38,7 @@ pub mod requests;
 pub mod rt;
 pub mod scan;
 pub mod segment;
+pub mod shared_sync;
 pub mod sim;
 pub mod snapshot;
 pub mod wal;

@@ -23,8 +23,9 @@ use crate::record::{
 };
 use crate::requests::{Lookup, RequestId};
 use crate::rt::{self, Doorbell};
+use crate::shared_sync::SharedSync;
 use crate::snapshot::{self, SnapshotDownload, SnapshotFile, SnapshotInfo};
-use crate::wal::{self, RawChunk, RecycleBudget, Wal, WalPosition};
+use crate::wal::{self, RawChunk, RecycleBudget, Wal, WalPosition, WalShard};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -55,8 +56,9 @@ pub struct ShardState {
     pub shard: usize,
     /// The shard's hybrid logical clock.
     pub hlc: Hlc,
-    /// Pruned WAL segment files the shard's partitions may keep for reuse.
-    pub recycle_budget: RecycleBudget,
+    /// What the logs of the shard's partitions share: pruned segment files kept for reuse,
+    /// device flushes.
+    pub wal: WalShard,
     poisoned: RefCell<Option<String>>,
 }
 
@@ -72,7 +74,10 @@ impl ShardState {
         Self {
             shard,
             hlc,
-            recycle_budget: RecycleBudget::new(recycle_bytes),
+            wal: WalShard {
+                recycle_budget: RecycleBudget::new(recycle_bytes),
+                shared_sync: SharedSync::default(),
+            },
             poisoned: RefCell::new(None),
         }
     }
@@ -212,6 +217,9 @@ pub struct PartitionStats {
     pub segments_reused: u64,
     /// Flushes written while an earlier one was in flight, since open.
     pub flushes_beside: u64,
+    /// Flushes made durable by a device flush shared with other partitions' flushes, since
+    /// open.
+    pub flushes_shared: u64,
 }
 
 /// A partition on its shard.
@@ -284,7 +292,7 @@ impl<S: Storage> Partition<S> {
             storage.clone(),
             id,
             config.segment_bytes,
-            shard.recycle_budget.clone(),
+            shard.wal.clone(),
             snapshot_lsn,
             epochs,
             |record| {
@@ -413,6 +421,7 @@ impl<S: Storage> Partition<S> {
             snapshots: self.snapshots.get(),
             segments_reused: wal.segments_reused(),
             flushes_beside: wal.flushes_beside(),
+            flushes_shared: wal.flushes_shared(),
         }
     }
 

@@ -313,6 +313,7 @@ impl Doorbell {
 #[derive(Clone)]
 pub struct DmaStorage {
     dir: Rc<PathBuf>,
+    domain: Option<u64>,
 }
 
 impl DmaStorage {
@@ -320,15 +321,78 @@ impl DmaStorage {
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         // Absolute: glommio 0.9's `Directory::open` fails with EBADF on a relative path.
+        let dir = std::fs::canonicalize(dir)?;
         Ok(Self {
-            dir: Rc::new(std::fs::canonicalize(dir)?),
+            domain: device_flush_domain(&dir)?,
+            dir: Rc::new(dir),
         })
     }
+}
+
+/// The flush domain of the file system holding `dir` (its device number), if a sync of any
+/// one of its files flushes the device's write cache for all: ext4 and XFS issue the flush in
+/// `fdatasync` even for a file with nothing of its own to commit (ext4: `ext4_sync_file`
+/// flushes unless the journal commit it waits for flushes after the call began; XFS:
+/// `xfs_file_fsync` flushes when its log force was a no-op), and tmpfs has no cache to flush.
+/// Other file systems (btrfs skips the flush for an inode already in its log tree, network and
+/// FUSE file systems promise nothing) get `None`: each file is synced on its own. Checked on
+/// the disk by `engine/tests/device_flush.rs`.
+pub fn device_flush_domain(dir: &Path) -> io::Result<Option<u64>> {
+    use nix::sys::statfs::{statfs, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC};
+    use std::os::unix::fs::MetadataExt;
+    let kind = statfs(dir).map_err(io::Error::from)?.filesystem_type();
+    let flushes_for_all = [EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC, TMPFS_MAGIC].contains(&kind);
+    flushes_for_all
+        .then(|| std::fs::metadata(dir).map(|meta| meta.dev()))
+        .transpose()
 }
 
 /// An O_DIRECT file.
 pub struct DmaStorageFile {
     file: DmaFile,
+    path: PathBuf,
+    /// The same file opened `O_DIRECT | O_DSYNC`, for durable writes: opened at the first one,
+    /// dropped by [`StorageFile::end_durable_writes`].
+    dsync: std::cell::RefCell<Option<Rc<DmaFile>>>,
+}
+
+impl DmaStorageFile {
+    fn new(file: DmaFile, path: PathBuf) -> Self {
+        Self {
+            file,
+            path,
+            dsync: Default::default(),
+        }
+    }
+
+    /// The file's `O_DSYNC` descriptor, opened if need be.
+    async fn dsync(&self) -> io::Result<Rc<DmaFile>> {
+        if let Some(file) = &*self.dsync.borrow() {
+            return Ok(file.clone());
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .dma_open(&self.path)
+            .await?;
+        // Another write may have opened one meanwhile: keep the first.
+        let mut slot = self.dsync.borrow_mut();
+        Ok(slot.get_or_insert_with(|| Rc::new(file)).clone())
+    }
+}
+
+/// Writes all of `buffer` at `offset` through `file`; a short write is an error.
+async fn write_whole(file: &DmaFile, buffer: DmaBuf, offset: u64) -> io::Result<()> {
+    let len = buffer.len();
+    let written = file.write_at(buffer.0, offset).await?;
+    if written != len {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {written} of {len} bytes at {offset}"),
+        ));
+    }
+    Ok(())
 }
 
 /// An aligned buffer from glommio's allocator.
@@ -376,30 +440,30 @@ impl Storage for DmaStorage {
     type File = DmaStorageFile;
 
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<DmaStorageFile> {
+        let path = self.dir.join(name);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .custom_flags(libc::O_DSYNC)
-            .dma_open(self.dir.join(name))
+            .dma_open(&path)
             .await?;
         if size_bytes > 0 {
             file.pre_allocate(size_bytes, false).await?;
             // The allocation (size and extents) is durable before any write lands in it.
             file.fdatasync().await?;
         }
-        Ok(DmaStorageFile { file })
+        Ok(DmaStorageFile::new(file, path))
     }
 
     async fn open(&self, name: &str) -> io::Result<DmaStorageFile> {
+        let path = self.dir.join(name);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_DSYNC)
-            .dma_open(self.dir.join(name))
+            .dma_open(&path)
             .await?;
-        Ok(DmaStorageFile { file })
+        Ok(DmaStorageFile::new(file, path))
     }
 
     fn list(&self) -> io::Result<Vec<String>> {
@@ -440,6 +504,10 @@ impl Storage for DmaStorage {
         assert_eq!(len % ALIGNMENT_BYTES_MAX, 0, "unaligned buffer");
         DmaBuf::new(len)
     }
+
+    fn flush_domain(&self) -> Option<u64> {
+        self.domain
+    }
 }
 
 impl StorageFile for DmaStorageFile {
@@ -457,27 +525,41 @@ impl StorageFile for DmaStorageFile {
 
     async fn write_at(&self, buffer: DmaBuf, offset: u64) -> io::Result<()> {
         assert_eq!(offset % self.alignment() as u64, 0, "unaligned write");
-        let len = buffer.len();
-        let written = self.file.write_at(buffer.0, offset).await?;
-        if written != len {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write: {written} of {len} bytes at {offset}"),
-            ));
-        }
-        Ok(())
+        write_whole(&self.file, buffer, offset).await
+    }
+
+    /// Through the file's `O_DSYNC` descriptor: the kernel syncs the write as it completes
+    /// (on this virtio disk, which has no FUA, a device flush after the write), without a
+    /// second round trip through io_uring.
+    async fn write_durable_at(&self, buffer: DmaBuf, offset: u64) -> io::Result<()> {
+        assert_eq!(offset % self.alignment() as u64, 0, "unaligned write");
+        let dsync = self.dsync().await?;
+        write_whole(&dsync, buffer, offset).await
+    }
+
+    fn end_durable_writes(&self) {
+        // Closed by glommio on drop (the shard is running: its next I/O cycle closes it), or
+        // by a durable write still in flight once it ends.
+        self.dsync.borrow_mut().take();
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<DmaRead> {
         Ok(DmaRead(self.file.read_at(offset, len).await?))
     }
 
-    /// Nothing to do: files are opened `O_DSYNC | O_DIRECT`, so a write completes only once
-    /// its data, and the metadata needed to read it back, are durable (as if `fdatasync`
-    /// followed it). That saves the separate sync round trip per group commit (fio here:
-    /// 10,775 `O_DSYNC` writes/s of 4 KiB against 8,653 write + `fdatasync`).
+    /// `fdatasync` through io_uring. Plain writes are not `O_DSYNC` (since session 15), so
+    /// that the flushes of a shard's partitions can share one device flush
+    /// ([`crate::shared_sync`]); a write that must be durable alone goes through
+    /// [`StorageFile::write_durable_at`] instead, one round trip rather than two (fio: 10,775
+    /// `O_DSYNC` writes of 4 KiB per second against 8,653 write + `fdatasync`).
     async fn sync(&self) -> io::Result<()> {
-        Ok(())
+        Ok(self.file.fdatasync().await?)
+    }
+
+    /// `fdatasync`, which on the file systems [`device_flush_domain`] accepts always flushes
+    /// the device.
+    async fn sync_device(&self) -> io::Result<()> {
+        self.sync().await
     }
 
     async fn size(&self) -> io::Result<u64> {
@@ -485,6 +567,10 @@ impl StorageFile for DmaStorageFile {
     }
 
     async fn close(self) -> io::Result<()> {
+        let dsync = self.dsync.borrow_mut().take();
+        if let Some(dsync) = dsync.and_then(|file| Rc::try_unwrap(file).ok()) {
+            dsync.close().await?;
+        }
         Ok(self.file.close().await?)
     }
 }

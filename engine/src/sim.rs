@@ -28,6 +28,56 @@ struct SimFile {
     durable: Vec<u8>,
     /// Sectors written since the last sync.
     dirty_sectors: BTreeSet<usize>,
+    /// Sectors whose extent a sync of this file found written (`true`): an overwrite of them
+    /// needs no metadata, so a device flush through any file makes it durable. Fallocated
+    /// sectors are unwritten until then, as on ext4.
+    committed: Vec<bool>,
+}
+
+impl SimFile {
+    /// A file of `len` preallocated, never-written bytes.
+    fn preallocated(len: usize) -> SimFile {
+        SimFile {
+            volatile: vec![0; len],
+            // Preallocation is metadata: durable at once here, as a file system's fallocate
+            // is once the file's metadata is synced; the directory entry is not.
+            durable: vec![0; len],
+            dirty_sectors: BTreeSet::new(),
+            committed: Vec::new(),
+        }
+    }
+
+    /// Marks `sector`'s extent written and synced.
+    fn commit(&mut self, sector: usize) {
+        if self.committed.len() <= sector {
+            self.committed.resize(sector + 1, false);
+        }
+        self.committed[sector] = true;
+    }
+
+    fn is_committed(&self, sector: usize) -> bool {
+        self.committed.get(sector).copied().unwrap_or(false)
+    }
+
+    /// Makes `sector` durable with `bytes` (its volatile bytes when it was captured).
+    fn make_durable(&mut self, sector: usize, bytes: &[u8]) {
+        let start = sector * SIM_SECTOR_BYTES;
+        let end = start + bytes.len();
+        if self.durable.len() < end {
+            self.durable.resize(end, 0);
+        }
+        self.durable[start..end].copy_from_slice(bytes);
+        if self.volatile[start..end] == *bytes {
+            self.dirty_sectors.remove(&sector);
+        }
+    }
+
+    /// The volatile bytes of a sector.
+    fn sector_bytes(&self, sector: usize) -> Vec<u8> {
+        let start = sector * SIM_SECTOR_BYTES;
+        let end = (start + SIM_SECTOR_BYTES).min(self.volatile.len());
+        self.volatile[start..end].to_vec()
+    }
 }
 
 #[derive(Clone, Default)]
@@ -47,6 +97,8 @@ struct SimState {
     writes: u64,
     /// Writes begun, for how long each stays in flight.
     writes_begun: u64,
+    /// Device flushes (`sync_device`) so far.
+    device_syncs: u64,
 }
 
 impl SimState {
@@ -105,6 +157,11 @@ impl SimDisk {
     /// Number of syncs (of files and of directories) so far.
     pub fn syncs(&self) -> u64 {
         self.state.borrow().syncs
+    }
+
+    /// Number of device flushes ([`StorageFile::sync_device`]) so far, of any file.
+    pub fn device_syncs(&self) -> u64 {
+        self.state.borrow().device_syncs
     }
 
     /// The `n`-th file sync (1-based) and every operation after it fail; [`SimDisk::crash`]
@@ -198,6 +255,9 @@ impl SimDisk {
                     volatile: durable.clone(),
                     durable,
                     dirty_sectors: BTreeSet::new(),
+                    // Sectors that survived unsynced are not counted as committed: the next
+                    // writer must sync them on its own before a device flush covers them.
+                    committed: file.committed.clone(),
                 },
             );
             after.names.insert(name.clone(), *inode);
@@ -221,6 +281,7 @@ impl SimDisk {
         let mut state = self.state.borrow_mut();
         let inode = state.names[&format!("{}{name}", self.prefix)];
         let file = state.inodes.get_mut(&inode).expect("inode");
+        file.committed = vec![true; bytes.len().div_ceil(SIM_SECTOR_BYTES)];
         file.volatile = bytes.clone();
         file.durable = bytes;
         file.dirty_sectors.clear();
@@ -283,16 +344,9 @@ impl Storage for SimDisk {
         let mut state = self.state.borrow_mut();
         let inode = state.next_inode;
         state.next_inode += 1;
-        state.inodes.insert(
-            inode,
-            SimFile {
-                volatile: vec![0; size_bytes as usize],
-                // Preallocation is metadata: durable at once here, as a file system's fallocate
-                // is once the file's metadata is synced; the directory entry is not.
-                durable: vec![0; size_bytes as usize],
-                dirty_sectors: BTreeSet::new(),
-            },
-        );
+        state
+            .inodes
+            .insert(inode, SimFile::preallocated(size_bytes as usize));
         state.names.insert(self.full(name), inode);
         Ok(SimHandle {
             disk: self.clone(),
@@ -373,21 +427,21 @@ impl Storage for SimDisk {
     fn alloc_buffer(&self, len: usize) -> SimBuffer {
         SimBuffer::garbage(len)
     }
+
+    /// One domain per simulated disk (its state's address): a device flush through any of
+    /// its files, in any subdirectory, covers them all.
+    fn flush_domain(&self) -> Option<u64> {
+        Some(Rc::as_ptr(&self.state) as usize as u64)
+    }
 }
 
-impl StorageFile for SimHandle {
-    type Buffer = SimBuffer;
-    type Read = Vec<u8>;
-
-    fn alignment(&self) -> usize {
-        SIM_SECTOR_BYTES
-    }
-
-    fn alloc_buffer(&self, len: usize) -> SimBuffer {
-        SimBuffer::garbage(len)
-    }
-
-    async fn write_at(&self, buffer: SimBuffer, offset: u64) -> io::Result<()> {
+impl SimHandle {
+    /// A write into the file's volatile image; returns the sectors written.
+    async fn write_volatile(
+        &self,
+        buffer: SimBuffer,
+        offset: u64,
+    ) -> io::Result<std::ops::Range<usize>> {
         // A real write is in flight for a while, and other tasks run meanwhile: so here too,
         // so that what the engine does while a write is in flight (the pipelined group
         // commit wakes the previous flush's writers then, and writes the next flush beside
@@ -419,11 +473,53 @@ impl StorageFile for SimHandle {
             file.volatile.resize(end, 0);
         }
         file.volatile[offset..end].copy_from_slice(&buffer);
-        for sector in offset / SIM_SECTOR_BYTES..end / SIM_SECTOR_BYTES {
-            file.dirty_sectors.insert(sector);
+        let sectors = offset / SIM_SECTOR_BYTES..end / SIM_SECTOR_BYTES;
+        file.dirty_sectors.extend(sectors.clone());
+        Ok(sectors)
+    }
+}
+
+impl StorageFile for SimHandle {
+    type Buffer = SimBuffer;
+    type Read = Vec<u8>;
+
+    fn alignment(&self) -> usize {
+        SIM_SECTOR_BYTES
+    }
+
+    fn alloc_buffer(&self, len: usize) -> SimBuffer {
+        SimBuffer::garbage(len)
+    }
+
+    async fn write_at(&self, buffer: SimBuffer, offset: u64) -> io::Result<()> {
+        self.write_volatile(buffer, offset).await.map(|_| ())
+    }
+
+    async fn write_durable_at(&self, buffer: SimBuffer, offset: u64) -> io::Result<()> {
+        let sectors = self.write_volatile(buffer, offset).await?;
+        // The write's own sync: a crash point like any sync.
+        let mut state = self.disk.state.borrow_mut();
+        state.count_sync()?;
+        let failed = state
+            .fail_syncs_after
+            .is_some_and(|limit| state.syncs > limit);
+        let file = state.inodes.get_mut(&self.inode).expect("inode");
+        for sector in sectors {
+            if failed {
+                file.dirty_sectors.remove(&sector);
+                continue;
+            }
+            let bytes = file.sector_bytes(sector);
+            file.make_durable(sector, &bytes);
+            file.commit(sector);
+        }
+        if failed {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         Ok(())
     }
+
+    fn end_durable_writes(&self) {}
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         self.disk.check_power()?;
@@ -447,13 +543,58 @@ impl StorageFile for SimHandle {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let file = state.inodes.get_mut(&self.inode).expect("inode");
-        if file.durable.len() < file.volatile.len() {
-            file.durable.resize(file.volatile.len(), 0);
+        for sector in file.dirty_sectors.clone() {
+            let bytes = file.sector_bytes(sector);
+            file.make_durable(sector, &bytes);
+            file.commit(sector);
         }
-        for sector in std::mem::take(&mut file.dirty_sectors) {
-            let start = sector * SIM_SECTOR_BYTES;
-            let end = (start + SIM_SECTOR_BYTES).min(file.volatile.len());
-            file.durable[start..end].copy_from_slice(&file.volatile[start..end]);
+        Ok(())
+    }
+
+    /// This file's sync, and a device flush for every file of the disk: their completed
+    /// overwrites of committed sectors become durable, their writes into never-synced sectors
+    /// do not (the extent conversion is this file's metadata only). The flush stays in flight
+    /// for a few turns of the other tasks, and covers only what completed before it began.
+    async fn sync_device(&self) -> io::Result<()> {
+        let (captured, turns) = {
+            self.disk.check_power()?;
+            let mut state = self.disk.state.borrow_mut();
+            state.count_sync()?;
+            state.device_syncs += 1;
+            if state
+                .fail_syncs_after
+                .is_some_and(|limit| state.syncs > limit)
+            {
+                for file in state.inodes.values_mut() {
+                    file.dirty_sectors.clear();
+                }
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let mut captured = Vec::new();
+            for (inode, file) in &state.inodes {
+                for &sector in &file.dirty_sectors {
+                    if *inode == self.inode || file.is_committed(sector) {
+                        captured.push((*inode, sector, file.sector_bytes(sector)));
+                    }
+                }
+            }
+            let turns = 1 + (state.device_syncs.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 62);
+            (captured, turns)
+        };
+        for _ in 0..turns {
+            yield_now().await;
+        }
+        // Power lost while the flush was in flight: it never completed.
+        self.disk.check_power()?;
+        let mut state = self.disk.state.borrow_mut();
+        for (inode, sector, bytes) in captured {
+            let Some(file) = state.inodes.get_mut(&inode) else {
+                continue;
+            };
+            file.make_durable(sector, &bytes);
+            if inode == self.inode {
+                file.commit(sector);
+            }
         }
         Ok(())
     }

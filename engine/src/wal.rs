@@ -32,6 +32,7 @@ use crate::scan::{zero_gap_end, Fed, ScanCorruption, Scanner};
 use crate::segment::{
     is_recycled_name, parse_segment_name, recycled_name, segment_name, SegmentHeader,
 };
+use crate::shared_sync::{FlushInFlight, SharedSync};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
@@ -143,7 +144,7 @@ struct StagedGroup<B> {
     new_segment: bool,
     /// For a new segment: the recycled file it reuses, if the pool had one (set when a flush
     /// takes the group).
-    recycled: Option<String>,
+    recycled: Option<Recycled>,
     start_offset: u64,
     bytes: StagedBytes<B>,
     last_lsn: u64,
@@ -167,6 +168,30 @@ pub struct FlushPlan<F: StorageFile> {
     active: Option<Rc<F>>,
     /// What precedes the first record in its block (empty if it starts a block).
     tail: Vec<u8>,
+    /// How its writes become durable.
+    sync: PlanSync,
+    /// Counts it among the shard's flushes in flight while it lives.
+    _counted: FlushInFlight,
+}
+
+/// How a flush's writes become durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PlanSync {
+    /// Every block it writes was written and synced before: a shared device flush of this
+    /// domain covers it ([`crate::shared_sync`]).
+    Shared(u64),
+    /// Its own file's sync, which also commits the extents it wrote: afterwards the active
+    /// segment is committed up to `committed_until` (the flushes taken before it included).
+    Own { committed_until: u64 },
+}
+
+/// A pruned segment file kept for reuse.
+#[derive(Clone, Debug)]
+struct Recycled {
+    name: String,
+    /// How far its blocks are known written and synced (its previous life's end; 0 when
+    /// found at open, where that is not known).
+    committed_until: u64,
 }
 
 impl<F: StorageFile> FlushPlan<F> {
@@ -231,6 +256,14 @@ pub struct Wal<S: Storage> {
     /// extents, which `fdatasync` commits without a file-system journal commit; see
     /// [`ZERO_AHEAD_BYTES`].
     written_until: u64,
+    /// How far the active segment's blocks are known written *and synced* by the segment's
+    /// own sync, counting completed flushes only: a flush that writes only below it needs no
+    /// metadata committed, so it may share a device flush with other partitions.
+    committed_until: u64,
+    /// The shard's shared device flushes, and this storage's flush domain (`None`: every
+    /// flush syncs its own file).
+    shared_sync: SharedSync,
+    flush_domain: Option<u64>,
     staged: Vec<StagedGroup<<S::File as StorageFile>::Buffer>>,
     staged_bytes: usize,
     /// Flushes taken and not yet completed, oldest first: at most
@@ -262,12 +295,14 @@ pub struct Wal<S: Storage> {
     last_group_bytes: usize,
     /// Pruned segment files kept for new segments to reuse (their extents are written, so
     /// writing into them converts nothing), within the shard's [`RecycleBudget`].
-    recycled: Vec<String>,
+    recycled: Vec<Recycled>,
     recycle_budget: RecycleBudget,
     /// New segments that reused a recycled file, since open.
     segments_reused: u64,
     /// Flushes taken while another was in flight, since open.
     flushes_beside: u64,
+    /// Flushes that shared a device flush, since open.
+    flushes_shared: u64,
 }
 
 /// Bytes of pruned segment files a shard's partitions may keep for reuse, shared by them (the
@@ -300,6 +335,15 @@ impl RecycleBudget {
     }
 }
 
+/// What the logs of a shard's partitions share.
+#[derive(Clone, Default)]
+pub struct WalShard {
+    /// Pruned segment files they may keep for reuse.
+    pub recycle_budget: RecycleBudget,
+    /// Their device flushes.
+    pub shared_sync: SharedSync,
+}
+
 /// Smallest buffer a group starts with.
 const GROUP_BUFFER_BYTES_MIN: usize = 8 * 1024;
 
@@ -313,11 +357,15 @@ impl<S: Storage> Wal<S> {
         storage: S,
         partition: u32,
         segment_bytes: u64,
-        recycle_budget: RecycleBudget,
+        shard: WalShard,
         snapshot_lsn: u64,
         epochs: Vec<(u64, u64)>,
         mut visit: impl FnMut(RecordRef<'_>),
     ) -> Result<Self> {
+        let WalShard {
+            recycle_budget,
+            shared_sync,
+        } = shard;
         let list_error = |error| EngineError::io(format!("list {:?}", storage.path("")), error);
         let mut names: Vec<(u64, String)> = storage
             .list()
@@ -345,7 +393,10 @@ impl<S: Storage> Wal<S> {
                 .map_err(|error| EngineError::io(format!("close {path:?}"), error))?;
             // Another segment size (a configuration change), or more than the budget holds.
             if size.ok() == Some(segment_bytes) && recycle_budget.take(segment_bytes) {
-                recycled.push(name);
+                recycled.push(Recycled {
+                    name,
+                    committed_until: 0,
+                });
             } else {
                 storage
                     .remove(&name)
@@ -492,6 +543,7 @@ impl<S: Storage> Wal<S> {
             tracing::warn!(file = ?storage.path(name), offset = from, "cut off a torn WAL tail");
         }
 
+        let flush_domain = storage.flush_domain();
         let mut wal = Wal {
             storage,
             partition,
@@ -499,6 +551,9 @@ impl<S: Storage> Wal<S> {
             segments: Vec::new(),
             tail: Vec::new(),
             written_until: 0,
+            committed_until: 0,
+            shared_sync,
+            flush_domain,
             staged: Vec::new(),
             staged_bytes: 0,
             in_flight: Default::default(),
@@ -519,6 +574,7 @@ impl<S: Storage> Wal<S> {
             recycle_budget,
             segments_reused: 0,
             flushes_beside: 0,
+            flushes_shared: 0,
         };
         for scanned in outcome.segments {
             if outcome.remove.contains(&scanned.index) {
@@ -546,6 +602,23 @@ impl<S: Storage> Wal<S> {
             wal.append_offset = last.end_offset;
             wal.append_last_sample_offset = last.samples.last().map(|(_, at)| *at);
         }
+        // What the log holds may have reached the disk without a sync (a process killed
+        // between a write's completion and its sync): sync it before anything is served from
+        // it. Only the last two segments can hold such writes (the flushes in flight at a
+        // crash span at most two). Then the active segment's blocks are committed up to its
+        // end.
+        for segment in wal.segments.iter().rev().take(2) {
+            segment.file.sync().await.map_err(|error| {
+                EngineError::io(
+                    format!(
+                        "sync {:?}",
+                        wal.storage.path(&segment_name(segment.base_lsn))
+                    ),
+                    error,
+                )
+            })?;
+        }
+        wal.committed_until = wal.written_until;
         Ok(wal)
     }
 
@@ -876,6 +949,22 @@ impl<S: Storage> Wal<S> {
         if !self.in_flight.is_empty() {
             self.flushes_beside += 1;
         }
+        // Shared only while other partitions of the shard flush too: alone, a durable write
+        // is one round trip where a plain write and a sync are two.
+        let others_flushing = self.shared_sync.flushes_in_flight() > self.in_flight.len();
+        let sync = match self.flush_domain {
+            Some(domain)
+                if self.shared_sync.enabled()
+                    && others_flushing
+                    && self.overwrites_only(&groups) =>
+            {
+                self.flushes_shared += 1;
+                PlanSync::Shared(domain)
+            }
+            _ => PlanSync::Own {
+                committed_until: self.written_until,
+            },
+        };
         self.in_flight.push_back(InFlight {
             creates_segment: groups.iter().any(|group| group.new_segment),
             zero_from,
@@ -885,7 +974,25 @@ impl<S: Storage> Wal<S> {
             staged_bytes,
             active: self.segments.last().map(|segment| segment.file.clone()),
             tail,
+            sync,
+            _counted: self.shared_sync.count_flush(),
         })
+    }
+
+    /// Whether a flush of `groups` only overwrites blocks of the active segment that its own
+    /// syncs committed: no new segment, no zeros ahead, nothing past [`Wal::committed_until`].
+    /// Such a flush needs no file metadata committed, so any device flush covers it.
+    fn overwrites_only(&self, groups: &[StagedGroup<<S::File as StorageFile>::Buffer>]) -> bool {
+        groups.iter().all(|group| {
+            !group.new_segment
+                && group.zero.is_none()
+                && align_up(group.start_offset + group.bytes.len as u64) <= self.committed_until
+        })
+    }
+
+    /// Flushes that shared a device flush with other partitions' flushes, since open.
+    pub fn flushes_shared(&self) -> u64 {
+        self.flushes_shared
     }
 
     /// Whether the oldest staged batch may be flushed while the flushes in flight run: they
@@ -943,14 +1050,12 @@ impl<S: Storage> Wal<S> {
         let mut zero_from = u64::MAX;
         for group in groups {
             if group.new_segment {
-                // A recycled file was written up to where its previous life was sealed, at
-                // least one record short of its end (a hint for zero-ahead only: never needed
-                // for correctness).
-                self.written_until = if group.recycled.is_some() {
-                    align_down(self.segment_bytes.saturating_sub(RECORD_BYTES_MAX as u64))
-                } else {
-                    0
-                };
+                // A recycled file was written and synced up to where its previous life ended
+                // (when that is known: not for files found at open).
+                self.written_until = group
+                    .recycled
+                    .as_ref()
+                    .map_or(0, |recycled| recycled.committed_until);
                 zero_from = u64::MAX;
             }
             let end = align_up(group.start_offset + group.bytes.len as u64);
@@ -976,9 +1081,23 @@ impl<S: Storage> Wal<S> {
         self.in_flight
             .pop_front()
             .expect("a flush completes only once taken");
+        if let PlanSync::Own { committed_until } = plan.sync {
+            // Every flush taken before this one has completed, so every block below its
+            // `written_until` was written, and synced by this flush's sync or an earlier one
+            // (in a new segment, the count starts again).
+            if plan.groups.iter().any(|group| group.new_segment) {
+                self.committed_until = committed_until;
+            } else {
+                self.committed_until = self.committed_until.max(committed_until);
+            }
+        }
         let mut created = done.created.into_iter();
         for group in plan.groups {
             if group.new_segment {
+                // The segment before is sealed: no durable write goes to it any more.
+                if let Some(sealed) = self.segments.last() {
+                    sealed.file.end_durable_writes();
+                }
                 self.segments.push(Segment {
                     base_lsn: group.segment_base_lsn,
                     file: created.next().expect("created file"),
@@ -1078,13 +1197,29 @@ pub fn flush_io<S: Storage + 'static>(
     plan: FlushPlan<S::File>,
 ) -> impl std::future::Future<Output = (FlushPlan<S::File>, io::Result<FlushDone<S::File>>)> + 'static
 {
-    let (storage, partition, segment_bytes) = {
+    let (storage, partition, segment_bytes, shared_sync) = {
         let wal = wal.borrow();
-        (wal.storage.clone(), wal.partition, wal.segment_bytes)
+        (
+            wal.storage.clone(),
+            wal.partition,
+            wal.segment_bytes,
+            wal.shared_sync.clone(),
+        )
     };
     async move {
         let mut plan = plan;
         let result = write_groups(&mut plan, &storage, partition, segment_bytes).await;
+        let result = match (result, plan.sync) {
+            (Ok(done), PlanSync::Shared(domain)) => {
+                let file = plan
+                    .active
+                    .clone()
+                    .expect("a shared flush writes the active segment");
+                let flush = Box::pin(async move { file.sync_device().await });
+                shared_sync.cover(domain, flush).await.map(|()| done)
+            }
+            (result, _) => result,
+        };
         (plan, result)
     }
 }
@@ -1095,8 +1230,10 @@ async fn write_groups<S: Storage>(
     partition: u32,
     segment_bytes: u64,
 ) -> io::Result<FlushDone<S::File>> {
+    // A flush that syncs on its own writes durably (`O_DSYNC`: no second round trip); one
+    // that shares a device flush writes plainly, and the round makes it durable.
+    let durable = matches!(plan.sync, PlanSync::Own { .. });
     let mut created = Vec::new();
-    let mut touched: Vec<Rc<S::File>> = Vec::new();
     let mut tail = Vec::new();
     let mut active = plan.active.clone();
     let mut prefix_for_active = std::mem::take(&mut plan.tail);
@@ -1105,7 +1242,7 @@ async fn write_groups<S: Storage>(
             let name = segment_name(group.segment_base_lsn);
             let file = match group.recycled.take() {
                 Some(recycled) => {
-                    storage.rename(&recycled, &name).await?;
+                    storage.rename(&recycled.name, &name).await?;
                     // Durable before the first write into it: otherwise a crash could leave
                     // the recycled file holding records of an aborted life, for a later reuse
                     // at a lower base LSN to meet (docs/storage.md, recycled segments).
@@ -1154,23 +1291,17 @@ async fn write_groups<S: Storage>(
         let tail_from = (align_down(end) - write_from) as usize;
         tail = buffer[tail_from..data_end].to_vec();
         buffer.truncate(write_len);
-        // Both writes are handed to the kernel at once (segments are opened `O_DSYNC`, so in
-        // a row they would wait for two device flushes); a crash between their completions
+        // Both writes are handed to the kernel at once (durable writes each wait for a device
+        // flush of their own, so in a row they would wait for two); a crash between their completions
         // leaves zeros or a torn tail, which recovery cuts off (nothing after it was
         // acknowledged).
-        let records = file.write_at(buffer, write_from);
+        let records = write_block(&*file, buffer, write_from, durable);
         if let Some((from, to)) = group.zero {
-            let zeros = write_stream(&*file, from, &[], &[], to);
+            let zeros = write_stream(&*file, from, &[], &[], to, durable);
             futures::future::try_join(records, zeros).await?;
         } else {
             records.await?;
         }
-        if !touched.iter().any(|seen| Rc::ptr_eq(seen, &file)) {
-            touched.push(file);
-        }
-    }
-    for file in &touched {
-        file.sync().await?;
     }
     if !created.is_empty() {
         storage.sync_dir().await?;
@@ -1178,22 +1309,38 @@ async fn write_groups<S: Storage>(
     Ok(FlushDone { created, tail })
 }
 
+/// A write that is durable when it returns (`durable`) or after a later sync.
+async fn write_block<F: StorageFile>(
+    file: &F,
+    buffer: F::Buffer,
+    offset: u64,
+    durable: bool,
+) -> io::Result<()> {
+    if durable {
+        file.write_durable_at(buffer, offset).await
+    } else {
+        file.write_at(buffer, offset).await
+    }
+}
+
 /// Writes `prefix ++ bytes` at `offset` (aligned), then zeros up to `pad_to` (at least the next
-/// block boundary), in writes of at most [`GROUP_WRITE_BYTES_MAX`].
+/// block boundary), in writes of at most [`GROUP_WRITE_BYTES_MAX`], each durable when it
+/// returns if `durable`.
 async fn write_stream<F: StorageFile>(
     file: &F,
     offset: u64,
     prefix: &[u8],
     bytes: &[u8],
     pad_to: u64,
+    durable: bool,
 ) -> io::Result<()> {
     assert_eq!(offset % BLOCK_BYTES, 0);
     assert_eq!(pad_to % BLOCK_BYTES, 0);
     let data = prefix.len() + bytes.len();
     let total = (pad_to - offset) as usize;
     assert!(total >= data, "padding ends before the data");
-    // Every chunk is handed to the kernel at once: segments are opened `O_DSYNC`, so each
-    // write waits for its own device cache flush, and one after another they would add those
+    // Every chunk is handed to the kernel at once: a durable write waits for its own device
+    // cache flush, and one after another they would add those
     // waits up (a 16 MiB group of 64 KiB puts was three flushes in a row). The chunks cover
     // disjoint blocks; the group is acknowledged once all of them completed, and a crash
     // between their completions leaves a gap that recovery cuts off as a torn tail (no record
@@ -1217,7 +1364,7 @@ async fn write_stream<F: StorageFile>(
             filled += take;
         }
         buffer[filled..].fill(0);
-        writes.push(file.write_at(buffer, offset + done as u64));
+        writes.push(write_block(file, buffer, offset + done as u64, durable));
         done += chunk;
     }
     futures::future::try_join_all(writes).await?;
@@ -1259,7 +1406,7 @@ async fn zero_range<F: StorageFile>(file: &F, image: &[u8], from: u64, to: u64) 
     let start = align_down(from);
     let end = align_up(to).min(align_up(image.len() as u64));
     let keep = &image[start as usize..from as usize];
-    write_stream(file, start, keep, &[], end).await?;
+    write_stream(file, start, keep, &[], end, false).await?;
     file.sync().await
 }
 
@@ -1465,6 +1612,16 @@ pub async fn truncate_after<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::
         new_tail = Some(head);
     }
     let mut wal = wal.borrow_mut();
+    if let Some((index, _)) = cut {
+        if index + 1 < wal.segments.len() {
+            // An earlier segment becomes the active one: its blocks were written up to its
+            // old end (records, then the zeros just written and synced), and nothing past it
+            // is known.
+            let end = align_up(wal.segments[index].end_offset);
+            wal.written_until = end;
+            wal.committed_until = end;
+        }
+    }
     wal.segments.truncate(keep_segments);
     if let (Some((_, offset)), Some(segment)) = (cut, wal.segments.last_mut()) {
         segment.end_offset = offset;
@@ -1540,6 +1697,7 @@ pub async fn reset_after_install<S: Storage>(
     close_files(wal).await?;
     let mut wal = wal.borrow_mut();
     wal.written_until = 0;
+    wal.committed_until = 0;
     wal.append_segment_base_lsn = 0;
     wal.append_offset = 0;
     wal.append_last_sample_offset = None;
@@ -1555,10 +1713,10 @@ pub async fn prune_through<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::R
     let (storage, doomed) = {
         let wal = wal.borrow();
         let sealed = wal.segments.len().saturating_sub(1);
-        let doomed: Vec<u64> = wal.segments[..sealed]
+        let doomed: Vec<(u64, u64)> = wal.segments[..sealed]
             .iter()
             .take_while(|segment| segment.last_lsn <= lsn)
-            .map(|segment| segment.base_lsn)
+            .map(|segment| (segment.base_lsn, segment.end_offset))
             .collect();
         (wal.storage.clone(), doomed)
     };
@@ -1572,22 +1730,27 @@ pub async fn prune_through<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::R
         (wal.recycle_budget.clone(), wal.segment_bytes)
     };
     let mut kept = Vec::new();
-    for base in &doomed {
+    for &(base, end_offset) in &doomed {
         if budget.take(segment_bytes) {
-            let name = recycled_name(*base);
-            if let Err(error) = storage.rename(&segment_name(*base), &name).await {
+            let name = recycled_name(base);
+            if let Err(error) = storage.rename(&segment_name(base), &name).await {
                 budget.give(segment_bytes);
                 return Err(error);
             }
-            kept.push(name);
+            // A sealed segment's flushes all completed: every block up to its end was written
+            // and synced.
+            kept.push(Recycled {
+                name,
+                committed_until: align_up(end_offset),
+            });
         } else {
-            storage.remove(&segment_name(*base)).await?;
+            storage.remove(&segment_name(base)).await?;
         }
     }
     storage.sync_dir().await?;
     let mut wal = wal.borrow_mut();
     wal.segments
-        .retain(|segment| !doomed.contains(&segment.base_lsn));
+        .retain(|segment| !doomed.iter().any(|(base, _)| *base == segment.base_lsn));
     // Offered for reuse only now, once no segment of the log refers to them any more.
     wal.recycled.extend(kept);
     Ok(doomed.len())

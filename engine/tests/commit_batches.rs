@@ -18,7 +18,7 @@ use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::record::Operation;
 use coregrid_engine::rt;
 use coregrid_engine::sim::{CrashMode, SimDisk};
-use coregrid_engine::wal::{write_flush, RecycleBudget, Wal};
+use coregrid_engine::wal::{write_flush, Wal, WalShard};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ async fn open(disk: &SimDisk) -> (Wal<SimDisk>, Vec<u64>) {
         disk.clone(),
         0,
         SEGMENT_BYTES,
-        RecycleBudget::default(),
+        WalShard::default(),
         0,
         Vec::new(),
         |record| lsns.push(record.header.meta().lsn),

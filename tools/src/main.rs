@@ -76,6 +76,9 @@ struct BenchArgs {
     /// WAL segment file size in bytes [default: the engine's].
     #[arg(long)]
     segment_bytes: Option<u64>,
+    /// Let a shard's partitions share device flushes [default: the engine's, true].
+    #[arg(long)]
+    shared_sync: Option<bool>,
     /// Seed of the key and operation choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -132,6 +135,7 @@ impl BenchArgs {
             fill: self.fill,
             snapshot_wal_bytes: self.snapshot_wal_bytes.or(self.recovery.then_some(0)),
             segment_bytes: self.segment_bytes,
+            shared_sync: self.shared_sync,
             seed: self.seed,
         }
     }

@@ -88,6 +88,10 @@ pub struct NodeArgs {
     /// Bytes of pruned WAL segment files each shard keeps for reuse (0: none) [default: 4 GiB].
     #[arg(long)]
     pub wal_recycle_bytes: Option<u64>,
+    /// Let a shard's partitions share one device flush per round of WAL flushes; false: each
+    /// partition syncs its own log [default: true].
+    #[arg(long)]
+    pub shared_sync: Option<bool>,
     /// Pin shard i to CPU i when there are enough CPUs [default: true].
     #[arg(long)]
     pub pin_shards: Option<bool>,
@@ -219,6 +223,8 @@ pub struct NodeConfig {
     pub snapshot_wal_bytes: u64,
     /// Pruned WAL segment bytes each shard keeps for reuse.
     pub wal_recycle_bytes: u64,
+    /// A shard's partitions share device flushes.
+    pub shared_sync: bool,
     /// Pin shards to CPUs.
     pub pin_shards: bool,
     /// Microseconds an idle data shard polls before it sleeps.
@@ -271,6 +277,7 @@ impl Default for NodeConfig {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
             wal_recycle_bytes: WAL_RECYCLE_BYTES_DEFAULT,
+            shared_sync: true,
             pin_shards: true,
             idle_spin_us: IDLE_SPIN_DEFAULT.as_micros() as u64,
             connections_per_shard: CONNECTIONS_PER_SHARD_DEFAULT,
@@ -336,6 +343,7 @@ impl NodeConfig {
         set(&mut self.segment_bytes, &args.segment_bytes);
         set(&mut self.snapshot_wal_bytes, &args.snapshot_wal_bytes);
         set(&mut self.wal_recycle_bytes, &args.wal_recycle_bytes);
+        set(&mut self.shared_sync, &args.shared_sync);
         set(&mut self.pin_shards, &args.pin_shards);
         set(&mut self.idle_spin_us, &args.idle_spin_us);
         set(&mut self.connections_per_shard, &args.connections_per_shard);
@@ -541,6 +549,7 @@ impl NodeConfig {
             segment_bytes: self.segment_bytes,
             snapshot_wal_bytes: self.snapshot_wal_bytes,
             wal_recycle_bytes: self.wal_recycle_bytes,
+            shared_sync: self.shared_sync,
             pin_shards: self.pin_shards,
             idle_spin: Duration::from_micros(self.idle_spin_us),
             ..EngineConfig::default()
