@@ -578,7 +578,8 @@ impl StorageFile for SimHandle {
                     }
                 }
             }
-            let turns = 1 + (state.device_syncs.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 62);
+            // Longer than a write (one to eight turns), as a device flush is.
+            let turns = 4 + (state.device_syncs.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 61);
             (captured, turns)
         };
         for _ in 0..turns {

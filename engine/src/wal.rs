@@ -199,6 +199,12 @@ impl<F: StorageFile> FlushPlan<F> {
     pub fn staged_bytes(&self) -> usize {
         self.staged_bytes
     }
+
+    /// Whether its writes become durable by a device flush shared with other partitions'
+    /// flushes, rather than by its own durable writes.
+    pub fn shares_device_flush(&self) -> bool {
+        matches!(self.sync, PlanSync::Shared(_))
+    }
 }
 
 /// What a flush's I/O leaves behind for the WAL's state.
