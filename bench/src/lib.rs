@@ -324,6 +324,8 @@ pub struct GroupCommit {
     pub flushes_beside: u64,
     /// Flushes made durable by a device flush shared with other flushes of the shard.
     pub flushes_shared: u64,
+    /// The device flushes those shared flushes waited for, all shards.
+    pub shared_sync_rounds: u64,
 }
 
 /// The outcome of [`run`].
@@ -725,6 +727,14 @@ fn sum_stats(stats: &[PartitionStats]) -> (u64, u64, u64, u64, u64) {
     )
 }
 
+/// Shared device flushes so far, all shards.
+fn sync_rounds(engine: &Engine) -> Result<u64> {
+    Ok(futures::executor::block_on(engine.health())?
+        .iter()
+        .map(|shard| shard.shared_sync.rounds)
+        .sum())
+}
+
 /// Runs the workload's timed phase on an open engine (the collection must exist), calling
 /// `progress` about once a second from the calling thread.
 pub fn run_on(
@@ -761,6 +771,7 @@ pub fn run_on(
         0.0
     };
     let stats_before = futures::executor::block_on(engine.stats())?;
+    let rounds_before = sync_rounds(engine)?;
     let counters: Vec<Arc<AtomicU64>> = (0..shards).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let deadline_after = Duration::from_secs_f64(workload.duration_secs);
     let (sender, receiver) = std::sync::mpsc::channel();
@@ -812,6 +823,7 @@ pub fn run_on(
     };
     let _joined = driver.join();
     let stats_after = futures::executor::block_on(engine.stats())?;
+    let rounds_after = sync_rounds(engine)?;
 
     let merged = merge_outcomes(
         outcomes
@@ -873,6 +885,7 @@ pub fn run_on(
             segments_reused: reused_after - reused_before,
             flushes_beside: beside_after - beside_before,
             flushes_shared: shared_after - shared_before,
+            shared_sync_rounds: rounds_after - rounds_before,
         },
         fill_secs,
     })

@@ -26,7 +26,7 @@ use crate::partition::{
     Versioned,
 };
 use crate::rt::{self, DmaStorage, ShardThread};
-use crate::shared_sync::SharedSync;
+use crate::shared_sync::{SharedSync, SharedSyncStats};
 use crate::snapshot::SnapshotInfo;
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -307,6 +307,10 @@ impl LocalShard {
     pub fn poisoned(&self) -> Option<String> {
         self.state.poisoned()
     }
+    /// Its partitions' shared device flushes since it started.
+    pub fn shared_sync(&self) -> SharedSyncStats {
+        self.state.wal.shared_sync.stats()
+    }
 }
 
 type ShardJob = Box<dyn FnOnce(LocalShard) -> LocalBoxFuture<'static, ()> + Send>;
@@ -374,6 +378,8 @@ pub struct ShardHealth {
     pub shard: usize,
     /// Why it stopped taking writes, if it did.
     pub poisoned: Option<String>,
+    /// Its partitions' shared device flushes since it started.
+    pub shared_sync: SharedSyncStats,
 }
 
 /// A handle to a running engine; cheap to clone, usable from any thread. The engine stops when
@@ -664,6 +670,7 @@ impl Engine {
                 ShardHealth {
                     shard: local.shard(),
                     poisoned: local.poisoned(),
+                    shared_sync: local.shared_sync(),
                 }
             })
         });
