@@ -568,10 +568,15 @@ impl StorageFile for DmaStorageFile {
 
     async fn close(self) -> io::Result<()> {
         let dsync = self.dsync.borrow_mut().take();
-        if let Some(dsync) = dsync.and_then(|file| Rc::try_unwrap(file).ok()) {
-            dsync.close().await?;
-        }
-        Ok(self.file.close().await?)
+        // Both are closed even if one fails; the first error is returned. A durable write
+        // still in flight holds the `O_DSYNC` descriptor, which then closes on drop.
+        let dsync_closed = match dsync.and_then(|file| Rc::try_unwrap(file).ok()) {
+            Some(dsync) => dsync.close().await,
+            None => Ok(()),
+        };
+        let closed = self.file.close().await;
+        dsync_closed?;
+        Ok(closed?)
     }
 }
 

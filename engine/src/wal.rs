@@ -4,8 +4,10 @@
 //! Ownership: one [`Wal`] per partition, owned by the partition's shard and used only there.
 //! Records are *staged* (encoded into memory, LSN assigned) by any task of the shard; the
 //! partition's single writer task *flushes*: every record staged since the last flush goes to
-//! disk in one aligned write per segment touched (normally one) and one `fdatasync` per file,
-//! after which their LSNs are durable. Nothing is durable before that sync returns. Up to
+//! disk in one aligned write per segment touched (normally one), after which their LSNs are
+//! durable. The writes are durable when they return (`O_DSYNC`), or, for a flush that only
+//! overwrites committed blocks while other partitions of the shard flush, once the shard's
+//! next shared device flush ends ([`crate::shared_sync`]); nothing is durable before. Up to
 //! [`FLUSHES_IN_FLIGHT_MAX`] flushes are in flight; they complete in the order taken.
 //!
 //! O_DIRECT and the tail block: a flush's write starts at the 4 KiB block holding its first
@@ -1167,9 +1169,9 @@ impl<S: Storage> Wal<S> {
     }
 }
 
-/// Flushes every staged record: one aligned write per segment touched, one `fdatasync` per file,
-/// a directory sync if a segment was created. Returns the new durable LSN, or `None` if nothing
-/// was staged.
+/// Flushes every staged record: one aligned write per segment touched, made durable by itself or
+/// by a shared device flush, and a directory sync if a segment was created. Returns the new
+/// durable LSN, or `None` if nothing was staged.
 ///
 /// On error nothing is retried: the caller must poison the partition (style.md rule 9).
 pub async fn flush<S: Storage>(wal: &RefCell<Wal<S>>) -> io::Result<Option<u64>> {
@@ -1298,9 +1300,9 @@ async fn write_groups<S: Storage>(
         tail = buffer[tail_from..data_end].to_vec();
         buffer.truncate(write_len);
         // Both writes are handed to the kernel at once (durable writes each wait for a device
-        // flush of their own, so in a row they would wait for two); a crash between their completions
-        // leaves zeros or a torn tail, which recovery cuts off (nothing after it was
-        // acknowledged).
+        // flush of their own, so in a row they would wait for two); a crash between their
+        // completions leaves zeros or a torn tail, which recovery cuts off (nothing after it
+        // was acknowledged).
         let records = write_block(&*file, buffer, write_from, durable);
         if let Some((from, to)) = group.zero {
             let zeros = write_stream(&*file, from, &[], &[], to, durable);

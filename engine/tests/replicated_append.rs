@@ -109,6 +109,15 @@ async fn write_leader(leader: &Partition<SimDisk>, rng: &mut StdRng) {
             }
         }
     }
+    // How many big values the steps above wrote depends on the seed (deletes write none):
+    // top the log up so that it spans several segments whatever the seed (a seed once left
+    // it at two).
+    let mut step = 120;
+    while leader.stats().segments < 3 {
+        step += 6;
+        let index = rng.gen_range(0..KEYS);
+        leader.put("c", key(index), value(step, rng)).await.unwrap();
+    }
 }
 
 /// Copies the leader's log into the follower from the follower's next LSN on: raw chunks
