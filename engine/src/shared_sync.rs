@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 /// A device flush, not yet begun.
-type Flush = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+pub type Flush = Pin<Box<dyn Future<Output = io::Result<()>>>>;
 
 /// What a round's waiters learn: `Ok`, or the sync's error (an `io::Error` is not `Clone`).
 type RoundOutcome = Result<(), (io::ErrorKind, String)>;
@@ -65,7 +65,7 @@ pub struct SharedSync {
     domains: Rc<RefCell<Vec<Domain>>>,
     rounds: Rc<Cell<u64>>,
     flushes: Rc<Cell<u64>>,
-    disabled: Rc<Cell<bool>>,
+    disabled: bool,
     in_flight: Rc<Cell<usize>>,
 }
 
@@ -83,14 +83,15 @@ impl SharedSync {
     /// A coordinator that never shares: every flush syncs its own file (the engine's
     /// `shared_sync = false`).
     pub fn disabled() -> Self {
-        let sync = Self::default();
-        sync.disabled.set(true);
-        sync
+        Self {
+            disabled: true,
+            ..Self::default()
+        }
     }
 
     /// Whether flushes may share rounds at all.
     pub fn enabled(&self) -> bool {
-        !self.disabled.get()
+        !self.disabled
     }
 
     /// Counts a flush in flight until the returned token is dropped.
@@ -114,9 +115,9 @@ impl SharedSync {
 
     /// Returns once a device flush of `domain` that began after this call has ended: every
     /// write into written, synced blocks of the domain's files that completed before the
-    /// call is then durable. `flush` is the sync to issue if this call opens a round (a sync
-    /// of the caller's own file); it is dropped unused otherwise.
-    pub async fn cover(&self, domain: u64, flush: Flush) -> io::Result<()> {
+    /// call is then durable. `flush` makes the sync to issue if this call opens a round (a
+    /// sync of the caller's own file); it is not called otherwise.
+    pub async fn cover(&self, domain: u64, flush: impl FnOnce() -> Flush) -> io::Result<()> {
         let (sender, receiver) = oneshot::channel();
         let opens = {
             let mut domains = self.domains.borrow_mut();
@@ -136,7 +137,7 @@ impl SharedSync {
             if state.running < SYNC_ROUNDS_IN_FLIGHT_MAX {
                 state.running += 1;
                 Some(Pending {
-                    flush,
+                    flush: flush(),
                     waiters: vec![sender],
                 })
             } else {
@@ -144,7 +145,7 @@ impl SharedSync {
                     Some(pending) => pending.waiters.push(sender),
                     None => {
                         state.pending = Some(Pending {
-                            flush,
+                            flush: flush(),
                             waiters: vec![sender],
                         })
                     }
@@ -236,7 +237,7 @@ mod tests {
                 let flush = logged(&log, name, 20, false);
                 let log = log.clone();
                 tasks.push(rt::spawn_local(async move {
-                    sync.cover(7, flush).await.expect("sync");
+                    sync.cover(7, move || flush).await.expect("sync");
                     log.borrow_mut().push(format!("covered {name}"));
                 }));
                 yield_now().await;
@@ -273,7 +274,7 @@ mod tests {
                 let sync = sync.clone();
                 let flush = logged(&log, name, 2, fail);
                 tasks.push(rt::spawn_local(async move {
-                    (name, sync.cover(1, flush).await)
+                    (name, sync.cover(1, move || flush).await)
                 }));
                 yield_now().await;
             }
@@ -294,7 +295,7 @@ mod tests {
                 let sync = sync.clone();
                 let flush = logged(&log, name, 2, false);
                 tasks.push(rt::spawn_local(async move {
-                    sync.cover(domain, flush).await.expect("sync")
+                    sync.cover(domain, move || flush).await.expect("sync")
                 }));
             }
             for task in tasks {

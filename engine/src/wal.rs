@@ -34,7 +34,7 @@ use crate::scan::{zero_gap_end, Fed, ScanCorruption, Scanner};
 use crate::segment::{
     is_recycled_name, parse_segment_name, recycled_name, segment_name, SegmentHeader,
 };
-use crate::shared_sync::{FlushInFlight, SharedSync};
+use crate::shared_sync::{Flush, FlushInFlight, SharedSync};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
@@ -1223,7 +1223,7 @@ pub fn flush_io<S: Storage + 'static>(
                     .active
                     .clone()
                     .expect("a shared flush writes the active segment");
-                let flush = Box::pin(async move { file.sync_device().await });
+                let flush = || -> Flush { Box::pin(async move { file.sync_device().await }) };
                 shared_sync.cover(domain, flush).await.map(|()| done)
             }
             (result, _) => result,
