@@ -65,6 +65,11 @@ pub struct Workload {
     pub key_space: u64,
     /// Run for this long (ignored when `ops` is set).
     pub duration_secs: f64,
+    /// Run the workload this long before the measured `duration_secs`, unmeasured (0: no
+    /// warm-up; not with `ops`, nor over the network). For figures of a steady state, such as
+    /// sustained writes into recycled WAL segments, which a fresh directory has none of until
+    /// its first snapshots prune the log.
+    pub warmup_secs: f64,
     /// Run exactly this many operations in total, split evenly over the shards.
     pub ops: Option<u64>,
     /// Data shards (0: one per available core).
@@ -94,6 +99,7 @@ impl Default for Workload {
             read_ratio: 0.0,
             key_space: 100_000,
             duration_secs: 10.0,
+            warmup_secs: 0.0,
             ops: None,
             shards: 0,
             partitions: coregrid_engine::constants::PARTITIONS_DEFAULT,
@@ -203,6 +209,15 @@ impl Workload {
         }
         if self.ops == Some(0) {
             return fail("ops must be at least 1".into());
+        }
+        if !(0.0..=DURATION_SECS_MAX).contains(&self.warmup_secs) {
+            return fail(format!(
+                "warmup_secs must be in [0, {DURATION_SECS_MAX}], got {}",
+                self.warmup_secs
+            ));
+        }
+        if self.warmup_secs > 0.0 && self.ops.is_some() {
+            return fail("a warm-up runs for a time: give a duration, not ops".into());
         }
         Ok(())
     }
@@ -596,6 +611,7 @@ async fn shard_job(
     local: LocalShard,
     workload: Workload,
     shard_ops: Option<u64>,
+    warmup: Duration,
     deadline_after: Duration,
     done: Arc<AtomicU64>,
 ) -> JobOutcome {
@@ -607,7 +623,8 @@ async fn shard_job(
     let failed = Rc::new(Cell::new(0u64));
     let first_error: Rc<RefCell<Option<String>>> = Rc::default();
     let remaining = Rc::new(Cell::new(shard_ops.unwrap_or(0)));
-    let started = Instant::now();
+    // Operations that begin before `started` are the warm-up: done, not measured.
+    let started = Instant::now() + warmup;
     if keys.is_empty() {
         return JobOutcome {
             latency_writes: new_histogram(),
@@ -676,10 +693,12 @@ async fn shard_job(
                         } else {
                             &latency_writes
                         };
-                        histogram
-                            .borrow_mut()
-                            .record(took_ns)
-                            .expect("clamped into bounds");
+                        if begun >= started {
+                            histogram
+                                .borrow_mut()
+                                .record(took_ns)
+                                .expect("clamped into bounds");
+                        }
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(error) => {
@@ -770,12 +789,21 @@ pub fn run_on(
     } else {
         0.0
     };
-    let stats_before = futures::executor::block_on(engine.stats())?;
-    let rounds_before = sync_rounds(engine)?;
     let counters: Vec<Arc<AtomicU64>> = (0..shards).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let warmup = Duration::from_secs_f64(workload.warmup_secs);
     let deadline_after = Duration::from_secs_f64(workload.duration_secs);
     let (sender, receiver) = std::sync::mpsc::channel();
     let started = Instant::now();
+    // The engine's counters over the measured run: read as the warm-up ends (they run on, so
+    // a flush in flight then counts for the run).
+    let mut before = if warmup.is_zero() {
+        Some((
+            futures::executor::block_on(engine.stats())?,
+            sync_rounds(engine)?,
+        ))
+    } else {
+        None
+    };
     let driver = {
         let engine = engine.clone();
         let workload = workload.clone();
@@ -789,7 +817,7 @@ pub fn run_on(
                     });
                     let (workload, done) = (workload.clone(), counters[shard].clone());
                     engine.run_on_shard(shard, move |local| {
-                        shard_job(local, workload, shard_ops, deadline_after, done)
+                        shard_job(local, workload, shard_ops, warmup, deadline_after, done)
                     })
                 });
                 let outcomes = futures::executor::block_on(futures::future::join_all(jobs));
@@ -798,8 +826,22 @@ pub fn run_on(
     };
     let mut last = (0u64, Instant::now());
     let outcomes = loop {
-        match receiver.recv_timeout(Duration::from_secs(1)) {
+        let wait = match before {
+            None => (started + warmup)
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1)),
+            Some(_) => Duration::from_secs(1),
+        };
+        match receiver.recv_timeout(wait) {
             Ok(outcomes) => break outcomes,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                if before.is_none() && started.elapsed() >= warmup =>
+            {
+                before = Some((
+                    futures::executor::block_on(engine.stats())?,
+                    sync_rounds(engine)?,
+                ));
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let ops: u64 = counters
                     .iter()
@@ -822,6 +864,8 @@ pub fn run_on(
         }
     };
     let _joined = driver.join();
+    let (stats_before, rounds_before) =
+        before.ok_or_else(|| BenchError::Config("the run ended before its warm-up did".into()))?;
     let stats_after = futures::executor::block_on(engine.stats())?;
     let rounds_after = sync_rounds(engine)?;
 
@@ -1151,6 +1195,49 @@ mod tests {
             );
         }
         engine.shutdown();
+    }
+
+    /// A warm-up's puts are made but not measured: the partitions' logs hold more records
+    /// beyond the measured writes than a run without a warm-up leaves (the collection's
+    /// creation records), and the group-commit counters cover the measured run only.
+    #[test]
+    fn a_warm_up_is_done_but_not_measured() {
+        // (records in the logs beyond the measured writes, flushes since open, the report)
+        let run_with = |warmup_secs: f64| {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let workload = Workload {
+                ops: None,
+                warmup_secs,
+                duration_secs: 0.3,
+                ..two_shards(1000, 0)
+            };
+            let engine = open_engine(&workload, dir.path()).expect("opened");
+            let report = run_on(&engine, &workload, |_| {}).expect("the run");
+            let stats = futures::executor::block_on(engine.stats()).expect("stats");
+            engine.shutdown();
+            let records: u64 = stats.iter().map(|stat| stat.durable_lsn).sum();
+            let flushes: u64 = stats.iter().map(|stat| stat.flushes).sum();
+            assert!(report.writes > 0, "the measured run wrote");
+            (records - report.writes, flushes, report)
+        };
+        let (unmeasured_without, flushes, report) = run_with(0.0);
+        let unmeasured_flushes_without = flushes - report.group_commit.flushes;
+        let (unmeasured_with, flushes, report) = run_with(0.3);
+        assert!(
+            unmeasured_with > unmeasured_without,
+            "{unmeasured_with} records beyond the measured writes against \
+             {unmeasured_without} without a warm-up: the warm-up wrote none"
+        );
+        assert!(flushes - report.group_commit.flushes > unmeasured_flushes_without);
+    }
+
+    #[test]
+    fn a_warm_up_needs_a_duration() {
+        let workload = Workload {
+            warmup_secs: 1.0,
+            ..two_shards(10, 10)
+        };
+        assert!(matches!(workload.validate(), Err(BenchError::Config(_))));
     }
 
     /// A shard that owns no key of the key space (one key, two shards) ends its part at once

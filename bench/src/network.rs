@@ -126,6 +126,11 @@ pub fn run_network(
 ) -> Result<(RunReport, NetworkReport)> {
     workload.validate()?;
     options.validate()?;
+    if workload.warmup_secs > 0.0 {
+        return Err(BenchError::Config(
+            "a warm-up applies to embedded runs, not over the network".into(),
+        ));
+    }
     // Topology and collection, from a short-lived executor on this thread.
     let config = options.client_config();
     let collection = workload.collection.clone();

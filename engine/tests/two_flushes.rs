@@ -21,6 +21,7 @@ use common::{open, shard};
 use coregrid_engine::record::RecordRef;
 use coregrid_engine::rt;
 use coregrid_engine::sim::{CrashMode, SimDisk};
+use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::{EngineError, Partition};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -221,5 +222,46 @@ fn two_flushes_in_flight_lose_no_acknowledged_write_at_any_sync() {
         )
         .await;
         assert!(crash_at > syncs / 2, "crash points covered: {crash_at}");
+    });
+}
+
+/// A flush of megabytes has no flush beside it (`BESIDE_IN_FLIGHT_BYTES_MAX`): its time is the
+/// transfer, and a second write beside it only slowed both on a real disk. The same writers
+/// with small values do write beside each other (the test above), so what stops them here is
+/// the flush's size.
+#[test]
+fn no_flush_goes_beside_a_flush_of_megabytes() {
+    rt::run_local(|| async move {
+        let disk = SimDisk::new();
+        let config = PartitionConfig {
+            segment_bytes: 64 * 1024 * 1024,
+            ..common::config(0)
+        };
+        let partition = open(&disk, config).await.expect("open");
+        partition.create_collection("c").await.expect("collection");
+        let value = Bytes::from(vec![b'v'; 64 * 1024]);
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let (partition, value) = (partition.clone(), value.clone());
+                rt::spawn_local(async move {
+                    for put in 0..4 {
+                        let key = Bytes::from(key(writer, put));
+                        partition.put("c", key, value.clone()).await?;
+                    }
+                    Ok::<(), EngineError>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("a put");
+        }
+        let stats = partition.stats();
+        println!(
+            "{} flushes, {} of them beside another",
+            stats.flushes, stats.flushes_beside
+        );
+        assert!(stats.flushes >= 2, "the writers made several flushes");
+        assert_eq!(stats.flushes_beside, 0);
+        partition.close().await.expect("close");
     });
 }

@@ -54,6 +54,10 @@ struct BenchArgs {
     /// Seconds to run (ignored with --ops).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Seconds to run the workload first, unmeasured (embedded runs only): for steady-state
+    /// figures, such as sustained writes once pruned WAL segments are being reused.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
     /// Run exactly this many operations instead of a fixed time.
     #[arg(long)]
     ops: Option<u64>,
@@ -128,6 +132,7 @@ impl BenchArgs {
             read_ratio: self.read_ratio,
             key_space: self.key_space,
             duration_secs: self.duration,
+            warmup_secs: self.warmup,
             ops: self.ops,
             shards: self.shards.unwrap_or(0),
             partitions: self.partitions,
