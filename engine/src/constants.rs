@@ -66,9 +66,9 @@ pub const FLUSHES_IN_FLIGHT_MAX: usize = 2;
 /// Largest flush (record bytes) another may go beside. Two flushes in flight pay off while a
 /// flush's time is the device's round trip (100 B puts: a ~40 KB flush); a flush of megabytes
 /// is bound by the transfer, and a second one beside it only slows both: sustained 64 KiB puts
-/// (9.5 MB flushes, 44% of them beside another) made 2,431-2,537 MiB/s with flushes beside and
-/// 2,714-2,729 without, in alternating runs (session 16; docs/storage.md, "Two flushes in
-/// flight").
+/// (9.5 MB flushes, 44% of them beside another) made 2,217-2,246 MiB/s with flushes beside and
+/// 2,800-2,938 with this limit, in alternating runs (session 16; docs/storage.md, "Two flushes
+/// in flight").
 pub const BESIDE_IN_FLIGHT_BYTES_MAX: usize = 1024 * 1024;
 
 /// Most device flushes a shard's shared sync runs at once ([`crate::shared_sync`]). Two, as

@@ -18,10 +18,10 @@ mod common;
 
 use bytes::Bytes;
 use common::{open, shard};
+use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::record::RecordRef;
 use coregrid_engine::rt;
 use coregrid_engine::sim::{CrashMode, SimDisk};
-use coregrid_engine::partition::PartitionConfig;
 use coregrid_engine::{EngineError, Partition};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
