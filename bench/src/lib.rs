@@ -87,6 +87,9 @@ pub struct Workload {
     pub segment_bytes: Option<u64>,
     /// Whether a shard's partitions share device flushes (`None`: the engine's default).
     pub shared_sync: Option<bool>,
+    /// Whether a shard's partitions write small rounds through a shard journal (`None`: the
+    /// engine's default).
+    pub journal: Option<bool>,
     /// Seed of the key and operation choices.
     pub seed: u64,
 }
@@ -108,6 +111,7 @@ impl Default for Workload {
             snapshot_wal_bytes: None,
             segment_bytes: None,
             shared_sync: None,
+            journal: None,
             seed: 1,
         }
     }
@@ -235,6 +239,9 @@ impl Workload {
         }
         if let Some(shared) = self.shared_sync {
             config.shared_sync = shared;
+        }
+        if let Some(journal) = self.journal {
+            config.journal = journal;
         }
         config
     }

@@ -170,3 +170,24 @@ const _: () = assert!(ZERO_AHEAD_GROUP_BYTES_MAX as u64 <= ZERO_AHEAD_BYTES);
 const _: () = assert!(READ_CHUNK_BYTES >= RECORD_BYTES_MAX);
 const _: () = assert!(KEY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(COLLECTION_NAME_BYTES_MAX <= u8::MAX as usize);
+
+/// Slot files of a shard journal (engine/src/journal.rs): one takes the chunks while the
+/// others wait to be retired, so a partition slow to write its own log does not stop the rest.
+pub const JOURNAL_FILES: usize = 4;
+
+/// Bytes of one journal slot file. At 64 partitions and ~70k puts/s of 100 B (chunks of one
+/// block, ~5k a second) a slot fills in about 0.4 s, and a partition writes its own log every
+/// [`JOURNAL_FILE_FLUSH_BYTES`], about every 0.5 s there, so the journal rarely has to ask;
+/// four slots take 32 MiB per shard.
+pub const JOURNAL_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Journal chunks written at once: the next round gathers while one is on the disk.
+pub const JOURNAL_WRITES_IN_FLIGHT_MAX: usize = 2;
+
+/// A partition in journal mode writes its own log once this many bytes are staged: its
+/// flushes then carry many records each instead of one.
+pub const JOURNAL_FILE_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Records staged since the last copy go to the journal only up to this many bytes; more go
+/// straight to the partition's own log (large writes would otherwise be written twice).
+pub const JOURNAL_ENTRY_BYTES_MAX: usize = 16 * 1024;

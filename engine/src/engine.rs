@@ -14,6 +14,7 @@
 //! the shard count may change between runs.
 
 use crate::checksum;
+use crate::constants::JOURNAL_FILE_BYTES;
 use crate::constants::{
     IDLE_SPIN_DEFAULT, IDLE_SPIN_MAX, PARTITIONS_DEFAULT, PARTITIONS_MAX, SEGMENT_BYTES_DEFAULT,
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SHARD_QUEUE_DEPTH_DEFAULT, SHARD_TICK_MS,
@@ -21,9 +22,10 @@ use crate::constants::{
 };
 use crate::error::{EngineError, Result};
 use crate::hlc::{Hlc, SystemTime, TimeSource};
+use crate::journal::{self, Journal};
 use crate::partition::{
-    BatchWrite, CasMismatch, Partition, PartitionConfig, PartitionId, PartitionStats, ShardState,
-    Versioned,
+    replay_journal_entries, BatchWrite, CasMismatch, Partition, PartitionConfig, PartitionId,
+    PartitionStats, ShardState, Versioned,
 };
 use crate::rt::{self, DmaStorage, ShardThread};
 use crate::shared_sync::{SharedSync, SharedSyncStats};
@@ -97,6 +99,10 @@ pub struct EngineConfig {
     /// their writes allow it ([`crate::shared_sync`]); false: each partition syncs its own
     /// log.
     pub shared_sync: bool,
+    /// Whether a shard's partitions write small rounds of records through one shard journal
+    /// (one durable write per round for all of them) and their own logs later, in larger
+    /// flushes ([`crate::journal`]); false: each partition writes its own log every round.
+    pub journal: bool,
     /// Pin shard `i` to CPU `i` (only when there are at least as many CPUs as shards).
     pub pin_shards: bool,
     /// Requests queued and in flight per shard from other threads.
@@ -125,6 +131,7 @@ impl Default for EngineConfig {
             snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
             wal_recycle_bytes: WAL_RECYCLE_BYTES_DEFAULT,
             shared_sync: true,
+            journal: true,
             pin_shards: true,
             shard_queue_depth: SHARD_QUEUE_DEPTH_DEFAULT,
             lock_wait: Duration::from_secs(10),
@@ -276,9 +283,30 @@ pub struct LocalShard {
     partitions: Rc<BTreeMap<PartitionId, Rc<Partition<DmaStorage>>>>,
     partition_count: u32,
     shard_count: usize,
+    /// This shard's journal directory and the highest journal life found in it at open.
+    journal_dir: Rc<PathBuf>,
+    journal_file_no: Rc<std::cell::Cell<u64>>,
+    /// The shard's journal once started.
+    journal: Rc<std::cell::RefCell<Option<Rc<Journal<DmaStorage>>>>>,
 }
 
 impl LocalShard {
+    /// Creates this shard's journal (emptying what an earlier run left, which open replayed)
+    /// and lets its partitions write through it.
+    async fn start_journal(&self) -> Result<()> {
+        let dir = self.journal_dir.as_path();
+        let io = |error| EngineError::io(format!("create the journal in {dir:?}"), error);
+        let storage = DmaStorage::open(dir).map_err(io)?;
+        let journal = Journal::create(storage, self.journal_file_no.get(), JOURNAL_FILE_BYTES)
+            .await
+            .map_err(io)?;
+        for partition in self.partitions.values() {
+            partition.attach_journal(journal.clone());
+        }
+        *self.journal.borrow_mut() = Some(journal);
+        Ok(())
+    }
+
     /// This shard's index.
     pub fn shard(&self) -> usize {
         self.state.shard
@@ -456,6 +484,20 @@ impl Engine {
                 Err(oneshot::Canceled) => {
                     return Err(EngineError::Runtime("a shard died while opening".into()))
                 }
+            }
+        }
+        // Every shard replayed every journal and made it durable in the logs: journals no
+        // shard writes go, and each shard starts its own afresh.
+        let journal = engine.inner.config.journal;
+        remove_old_journals(
+            &engine.inner.config.data_dir,
+            journal.then_some(shard_count),
+        )?;
+        if journal {
+            for shard in 0..shard_count {
+                futures::executor::block_on(
+                    engine.run_on_shard(shard, |local| async move { local.start_journal().await }),
+                )??;
             }
         }
         Ok(engine)
@@ -713,6 +755,83 @@ impl Drop for DrainOnExit {
     }
 }
 
+/// Where the shards' journals live.
+fn journal_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("journal")
+}
+
+/// Shard `shard`'s journal directory.
+fn journal_dir(data_dir: &Path, shard: usize) -> PathBuf {
+    journal_root(data_dir).join(format!("shard-{shard:03}"))
+}
+
+/// Replays what every shard journal in the data directory holds for this shard's partitions
+/// (journals of any shard: the shard count may have changed since they were written) and
+/// makes it durable in their logs. Returns the highest journal life found in `own`, this
+/// shard's journal directory.
+async fn replay_journals(
+    data_dir: &Path,
+    own: &Path,
+    partitions: &BTreeMap<PartitionId, Rc<Partition<DmaStorage>>>,
+) -> Result<u64> {
+    let root = journal_root(data_dir);
+    let mut dirs: Vec<PathBuf> = match std::fs::read_dir(&root) {
+        Ok(entries) => entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.is_dir())
+            .collect(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => return Err(EngineError::io(format!("list {root:?}"), error)),
+    };
+    dirs.sort();
+    let mut own_file_no = 0;
+    for dir in dirs {
+        let storage = DmaStorage::open(&dir)
+            .map_err(|error| EngineError::io(format!("open {dir:?}"), error))?;
+        let recovered = journal::recover(&storage)
+            .await
+            .map_err(|error| EngineError::io(format!("read the journal in {dir:?}"), error))?;
+        if dir.file_name() == own.file_name() {
+            own_file_no = recovered.last_file_no;
+        }
+        replay_journal_entries(&recovered.entries, partitions).await?;
+    }
+    Ok(own_file_no)
+}
+
+/// Removes the journals no shard writes any more (every shard replayed them at open): all of
+/// them without `keep`, else those of shards `keep..`.
+fn remove_old_journals(data_dir: &Path, keep: Option<usize>) -> Result<()> {
+    let root = journal_root(data_dir);
+    let io = |what: &str, error| EngineError::io(format!("{what} {root:?}"), error);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(io("list", error)),
+    };
+    let kept: Vec<PathBuf> = keep
+        .map(|shards| {
+            (0..shards)
+                .map(|shard| journal_dir(data_dir, shard))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut removed = false;
+    for entry in entries {
+        let path = entry.map_err(|error| io("list", error))?.path();
+        if !kept.contains(&path) {
+            std::fs::remove_dir_all(&path).map_err(|error| io("clean", error))?;
+            removed = true;
+        }
+    }
+    if removed {
+        std::fs::File::open(&root)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|error| io("sync", error))?;
+    }
+    Ok(())
+}
+
 async fn shard_main(setup: ShardSetup) {
     let receiver = DrainOnExit(setup.receiver.clone());
     let mut state = ShardState::with_recycle_bytes(
@@ -747,11 +866,22 @@ async fn shard_main(setup: ShardSetup) {
             }
         }
     }
+    let journal_dir = journal_dir(&setup.data_dir, setup.shard);
+    let journal_file_no = match replay_journals(&setup.data_dir, &journal_dir, &partitions).await {
+        Ok(file_no) => file_no,
+        Err(error) => {
+            let _gone = setup.ready.send(Err(error));
+            return;
+        }
+    };
     let local = LocalShard {
         state,
         partitions: Rc::new(partitions),
         partition_count: setup.partition_count,
         shard_count: setup.shard_count,
+        journal_dir: Rc::new(journal_dir),
+        journal_file_no: Rc::new(std::cell::Cell::new(journal_file_no)),
+        journal: Rc::default(),
     };
     let _gone = setup.ready.send(Ok(()));
     let running = Rc::new(std::cell::Cell::new(true));
@@ -778,6 +908,12 @@ async fn shard_main(setup: ShardSetup) {
                 for partition in local.partitions() {
                     if let Err(error) = partition.close().await {
                         result = Err(error);
+                    }
+                }
+                let journal = local.journal.borrow_mut().take();
+                if let Some(journal) = journal {
+                    if let Err(error) = journal.close().await {
+                        result = result.and(Err(EngineError::io("close the shard journal", error)));
                     }
                 }
                 running.set(false);

@@ -32,6 +32,7 @@ pub mod error;
 pub mod hlc;
 pub mod index;
 pub mod io;
+pub mod journal;
 pub mod partition;
 pub mod record;
 pub mod requests;

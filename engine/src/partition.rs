@@ -10,13 +10,14 @@
 
 use crate::budget::Budget;
 use crate::constants::{
-    BATCH_OPERATIONS_MAX, FLUSHES_IN_FLIGHT_MAX, RECORD_BYTES_MAX, SNAPSHOT_WAL_TO_SNAPSHOT_RATIO,
-    STAGED_BYTES_MAX, WAL_RECYCLE_BYTES_DEFAULT,
+    BATCH_OPERATIONS_MAX, FLUSHES_IN_FLIGHT_MAX, JOURNAL_ENTRY_BYTES_MAX, JOURNAL_FILE_FLUSH_BYTES,
+    RECORD_BYTES_MAX, SNAPSHOT_WAL_TO_SNAPSHOT_RATIO, STAGED_BYTES_MAX, WAL_RECYCLE_BYTES_DEFAULT,
 };
 use crate::error::{EngineError, Result};
 use crate::hlc::Hlc;
 use crate::index::{Index, ReplaySource};
 use crate::io::Storage;
+use crate::journal::{Journal, JournalClient};
 use crate::record::{
     encoded_len_with_request, validate_collection_name, validate_key_value, BatchOperation,
     Operation, OperationKind, RecordRef,
@@ -201,7 +202,7 @@ impl BatchWrite {
 /// Counters of one partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PartitionStats {
-    /// The LSN of the last durable record.
+    /// The LSN of the last durable record (in the log itself or in the shard journal).
     pub durable_lsn: u64,
     /// LSN of the newest snapshot (0: none).
     pub snapshot_lsn: u64,
@@ -269,6 +270,19 @@ pub struct Partition<S: Storage> {
     resume_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     flushes: Cell<u64>,
     snapshots: Cell<u64>,
+    /// The shard journal, once the partition writes through it (see [`crate::journal`]).
+    journal: RefCell<Option<Rc<Journal<S>>>>,
+    /// Every record through this LSN is durable, in the log itself or in the journal (0 after
+    /// a truncation or an install, when everything is durable in the log itself).
+    journaled_lsn: Cell<u64>,
+    /// Ranges of records durable in the journal above [`Partition::journaled_lsn`], waiting
+    /// for the records before them (taken by a flush of the log not yet complete).
+    journaled_ranges: RefCell<std::collections::VecDeque<(u64, u64)>>,
+    /// Records through this LSN must become durable in the log itself (the journal wants a
+    /// slot back, a replica reads, a snapshot publishes, the log is cut or closed).
+    file_flush_target: Cell<u64>,
+    /// Tasks waiting for the log itself to be durable further.
+    file_waiters: RefCell<Vec<Waker>>,
 }
 
 impl<S: Storage> Partition<S> {
@@ -352,6 +366,11 @@ impl<S: Storage> Partition<S> {
             resume_waiters: RefCell::new(Vec::new()),
             flushes: Cell::new(0),
             snapshots: Cell::new(0),
+            journal: RefCell::new(None),
+            journaled_lsn: Cell::new(0),
+            journaled_ranges: RefCell::new(std::collections::VecDeque::new()),
+            file_flush_target: Cell::new(0),
+            file_waiters: RefCell::new(Vec::new()),
         });
         rt::spawn_detached(Self::writer_loop(partition.clone()));
         Ok(partition)
@@ -362,9 +381,184 @@ impl<S: Storage> Partition<S> {
         self.id
     }
 
-    /// The highest durable LSN.
+    /// The highest durable LSN: in the log itself or in the shard journal.
     pub fn durable_lsn(&self) -> u64 {
+        self.wal
+            .borrow()
+            .durable_lsn()
+            .max(self.journaled_lsn.get())
+    }
+
+    /// The highest LSN durable in the partition's own log.
+    pub fn file_durable_lsn(&self) -> u64 {
         self.wal.borrow().durable_lsn()
+    }
+
+    /// Writes small rounds of records through the shard's journal from now on (see
+    /// [`crate::journal`]). Call after any replay of the journal that preceded it.
+    pub fn attach_journal(self: &Rc<Self>, journal: Rc<Journal<S>>) {
+        let client: Rc<dyn JournalClient> = self.clone();
+        journal.register(self.id, Rc::downgrade(&client));
+        *self.journal.borrow_mut() = Some(journal);
+        self.writer_bell.ring();
+    }
+
+    /// Replays journal entries of this partition (every one after its last barrier, in
+    /// order) into its log and waits until they are durable there. Records the log holds
+    /// already are skipped; replay ends at a gap between the log's end and the journal's next
+    /// record (the records after it were never acknowledged). Call before
+    /// [`Partition::attach_journal`].
+    pub async fn replay_journal(&self, entries: &[(u64, &[u8])]) -> Result<()> {
+        assert!(
+            self.journal.borrow().is_none(),
+            "a journal is replayed before partitions write through one"
+        );
+        for (first_lsn, bytes) in entries {
+            let next = self.wal.borrow().next_lsn();
+            let (mut lsn, mut rest) = (*first_lsn, *bytes);
+            while lsn < next && !rest.is_empty() {
+                let record = RecordRef::validate(rest).map_err(|error| {
+                    self.journal_corruption(lsn, format!("a record does not validate: {error}"))
+                })?;
+                rest = &rest[record.len()..];
+                lsn += 1;
+            }
+            if rest.is_empty() {
+                continue;
+            }
+            if lsn > next {
+                // The records between went to the log by a flush that never completed, so
+                // nothing from here on was acknowledged (a journaled record is acknowledged
+                // only once every record before it is durable): the log ends here.
+                tracing::warn!(
+                    partition = self.id,
+                    log_end = next - 1,
+                    journal_resumes = lsn,
+                    "the shard journal resumes past the log's end; its later records were never acknowledged"
+                );
+                return Ok(());
+            }
+            self.append_replicated(rest)
+                .await
+                .map_err(|error| match error {
+                    EngineError::InvalidReplication(reason) => self.journal_corruption(lsn, reason),
+                    other => other,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn journal_corruption(&self, lsn: u64, reason: String) -> EngineError {
+        EngineError::Corruption {
+            file: self.storage.path(""),
+            offset: 0,
+            lsn,
+            reason: format!("shard journal: {reason}"),
+        }
+    }
+
+    /// Waits until `lsn` is durable in the partition's own log (not only in the journal).
+    async fn wait_file_durable(&self, lsn: u64) -> Result<()> {
+        if self.file_durable_lsn() >= lsn {
+            return Ok(());
+        }
+        self.file_flush_target
+            .set(self.file_flush_target.get().max(lsn));
+        self.writer_bell.ring();
+        std::future::poll_fn(|context| {
+            if self.file_durable_lsn() >= lsn {
+                return Poll::Ready(Ok(()));
+            }
+            self.shard.check()?;
+            self.file_waiters.borrow_mut().push(context.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Makes records of the journal's reach (a replica's read, a seek) durable in the log.
+    async fn write_journaled(&self, through: u64) -> Result<()> {
+        let journaled = self.journaled_lsn.get().min(through);
+        if journaled > self.file_durable_lsn() {
+            self.wait_file_durable(journaled).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the writer should take flushes of the log now: always without a journal; with
+    /// one, once enough is staged or something needs the log itself durable.
+    fn file_flush_due(&self) -> bool {
+        let journal = self.journal.borrow();
+        let Some(journal) = journal.as_ref() else {
+            return true;
+        };
+        if journal.is_failed() || self.closed.get() || self.writes_paused.get() {
+            return true;
+        }
+        let wal = self.wal.borrow();
+        self.file_flush_target.get() > wal.durable_lsn()
+            || wal.staged_bytes() >= JOURNAL_FILE_FLUSH_BYTES
+    }
+
+    /// Copies the records staged since the last copy to the journal's open chunk, if they are
+    /// few and the journal is in use by others (a partition alone writes its own log durably:
+    /// one write either way, and no second one later); large ones go to the log itself.
+    fn journal_staged(&self) {
+        let journal = self.journal.borrow();
+        let Some(journal) = journal.as_ref() else {
+            return;
+        };
+        if journal.is_failed() || self.closed.get() || self.writes_paused.get() {
+            return;
+        }
+        let mut wal = self.wal.borrow_mut();
+        let bytes = wal.unjournaled_bytes();
+        if bytes == 0 {
+            return;
+        }
+        let others = journal.busy() || self.shard.wal.shared_sync.flushes_in_flight() > 0;
+        if bytes > JOURNAL_ENTRY_BYTES_MAX || !others {
+            let last = wal.next_lsn() - 1;
+            self.file_flush_target
+                .set(self.file_flush_target.get().max(last));
+            return;
+        }
+        let mut out = Vec::with_capacity(bytes);
+        if let Some((first, last)) = wal.copy_unjournaled(&mut out) {
+            journal.append_records(self.id, first, last, &out);
+        }
+    }
+
+    /// Poisons the shard and stops its journal, which wakes the waiters of every partition
+    /// that writes through it (each then learns the shard is poisoned).
+    fn poison_shard(&self, reason: String) {
+        self.shard.poison(reason.clone());
+        let journal = self.journal.borrow().clone();
+        if let Some(journal) = journal {
+            journal.stop(reason);
+        }
+    }
+
+    /// Moves [`Partition::journaled_lsn`] over the journaled ranges that now continue what is
+    /// durable (in the log or the journal); returns the durable LSN.
+    fn advance_journaled(&self) -> u64 {
+        let mut durable = self.journaled_lsn.get().max(self.file_durable_lsn());
+        let mut ranges = self.journaled_ranges.borrow_mut();
+        while let Some(&(first, last)) = ranges.front() {
+            if first > durable + 1 {
+                break;
+            }
+            durable = durable.max(last);
+            ranges.pop_front();
+        }
+        self.journaled_lsn.set(durable);
+        durable
+    }
+
+    fn wake_file_waiters(&self) {
+        for waker in self.file_waiters.take() {
+            waker.wake();
+        }
     }
 
     /// Refuses every new write of this partition with `reason` (`WritesRefused`), or takes
@@ -413,7 +607,7 @@ impl<S: Storage> Partition<S> {
     pub fn stats(&self) -> PartitionStats {
         let wal = self.wal.borrow();
         PartitionStats {
-            durable_lsn: wal.durable_lsn(),
+            durable_lsn: wal.durable_lsn().max(self.journaled_lsn.get()),
             snapshot_lsn: self.snapshot_lsn.get(),
             keys: self.index.borrow().len() as u64,
             segments: wal.segment_base_lsns().len() as u64,
@@ -441,6 +635,16 @@ impl<S: Storage> Partition<S> {
         // has been submitted.
         let mut acknowledge_later: Option<u64> = None;
         loop {
+            if partition.shard.check().is_err() {
+                // A poisoned shard writes nothing more (its journal may have failed with
+                // records staged here, and a close may have closed the files since): every
+                // waiter learns it, and the writer ends once its I/O has.
+                partition.fail_waiters();
+                partition.staging_budget.close();
+                while in_flight.next().await.is_some() {}
+                return;
+            }
+            partition.journal_staged();
             let queued = partition.queue_flushes(&mut in_flight, false).await;
             if let Some(durable_lsn) = acknowledge_later.take() {
                 if queued {
@@ -484,11 +688,17 @@ impl<S: Storage> Partition<S> {
                     // and flushes would alternate small and big.
                     partition.staging_budget.release(flushed_bytes);
                     partition.flushes.set(partition.flushes.get() + 1);
+                    // Journaled records after the ones this flush wrote may now count too.
+                    let durable_lsn = durable_lsn.max(partition.advance_journaled());
+                    partition.wake_file_waiters();
+                    if let Some(journal) = partition.journal.borrow().as_ref() {
+                        journal.file_flushed();
+                    }
                     acknowledge_later = Some(durable_lsn);
                     partition.maybe_snapshot();
                 }
                 Err(error) => {
-                    partition.shard.poison(format!(
+                    partition.poison_shard(format!(
                         "partition {}: WAL write or sync failed: {error}",
                         partition.id
                     ));
@@ -512,7 +722,7 @@ impl<S: Storage> Partition<S> {
         end_block: bool,
     ) -> bool {
         let mut queued = false;
-        while in_flight.len() < FLUSHES_IN_FLIGHT_MAX {
+        while in_flight.len() < FLUSHES_IN_FLIGHT_MAX && self.file_flush_due() {
             let Some(plan) = self.wal.borrow_mut().take_flush() else {
                 break;
             };
@@ -594,6 +804,7 @@ impl<S: Storage> Partition<S> {
         for (_, waker) in self.waiters.take() {
             waker.wake();
         }
+        self.wake_file_waiters();
     }
 
     /// Waits until `lsn` is durable.
@@ -1166,6 +1377,7 @@ impl<S: Storage> Partition<S> {
 
     /// Reads up to `max_bytes` of whole durable records at `from`, as they lie on disk.
     pub async fn read_raw(&self, from: WalPosition, max_bytes: usize) -> Result<RawChunk> {
+        self.write_journaled(u64::MAX).await?;
         wal::read_raw(&self.wal, from, max_bytes)
             .await
             .map_err(|error| EngineError::io(format!("partition {}: raw read", self.id), error))
@@ -1173,6 +1385,7 @@ impl<S: Storage> Partition<S> {
 
     /// Where durable record `lsn` lies, if the WAL still holds it.
     pub async fn position_of(&self, lsn: u64) -> Result<Option<WalPosition>> {
+        self.write_journaled(lsn).await?;
         wal::position_of(&self.wal, lsn)
             .await
             .map_err(|error| EngineError::io(format!("partition {}: seek", self.id), error))
@@ -1222,7 +1435,7 @@ impl<S: Storage> Partition<S> {
         )
         .await
         .map_err(io_error)?;
-        self.wait_durable(unpublished.info.covers_lsn).await?;
+        self.wait_file_durable(unpublished.info.covers_lsn).await?;
         let info = unpublished.publish(&self.storage).await.map_err(io_error)?;
         let previous = SnapshotFile {
             lsn: self.snapshot_lsn.replace(snapshot_lsn),
@@ -1302,7 +1515,7 @@ impl<S: Storage> Partition<S> {
                 "partition {}: truncating after LSN {lsn} failed: {error}",
                 self.id
             );
-            self.shard.poison(reason);
+            self.poison_shard(reason);
             self.fail_waiters();
             return Err(EngineError::io(
                 format!("partition {}: truncate", self.id),
@@ -1422,7 +1635,7 @@ impl<S: Storage> Partition<S> {
         }
         .await;
         if let Err(error) = finished {
-            self.shard.poison(format!(
+            self.poison_shard(format!(
                 "partition {}: installing the snapshot at LSN {} failed: {error}",
                 self.id, loaded.snapshot_lsn
             ));
@@ -1472,11 +1685,22 @@ impl<S: Storage> Partition<S> {
         let resume = ResumeWritesOnDrop(self);
         loop {
             let staged_up_to = self.wal.borrow().next_lsn() - 1;
-            self.wait_durable(staged_up_to).await?;
-            if self.durable_lsn() == self.wal.borrow().next_lsn() - 1 {
-                return Ok(resume);
+            self.wait_file_durable(staged_up_to).await?;
+            if self.file_durable_lsn() == self.wal.borrow().next_lsn() - 1 {
+                break;
             }
         }
+        // The journal's entries of this partition so far must never be replayed over what
+        // the caller does to the log next.
+        let journal = self.journal.borrow().clone();
+        if let Some(journal) = journal {
+            journal.barrier(self.id).await.map_err(|error| {
+                EngineError::io(format!("partition {}: journal barrier", self.id), error)
+            })?;
+        }
+        self.journaled_lsn.set(0);
+        self.journaled_ranges.borrow_mut().clear();
+        Ok(resume)
     }
 
     fn resume_writes(&self) {
@@ -1504,8 +1728,8 @@ impl<S: Storage> Partition<S> {
         // flight (or the shard is poisoned), so no flush can still use the files.
         let flushed = loop {
             let staged_up_to = self.wal.borrow().next_lsn() - 1;
-            let flushed = self.wait_durable(staged_up_to).await;
-            if flushed.is_err() || self.durable_lsn() == self.wal.borrow().next_lsn() - 1 {
+            let flushed = self.wait_file_durable(staged_up_to).await;
+            if flushed.is_err() || self.file_durable_lsn() == self.wal.borrow().next_lsn() - 1 {
                 break flushed;
             }
         };
@@ -1597,4 +1821,64 @@ impl<S: Storage> Drop for ResumeWritesOnDrop<'_, S> {
     fn drop(&mut self) {
         self.0.resume_writes();
     }
+}
+
+impl<S: Storage> JournalClient for Partition<S> {
+    fn journaled(&self, ranges: &[(u64, u64)]) {
+        // Records a truncation or an install is cutting are not the log's any more; nothing of
+        // theirs is waited for (the drain made them durable in the log first).
+        if self.writes_paused.get() {
+            return;
+        }
+        self.journaled_ranges
+            .borrow_mut()
+            .extend(ranges.iter().copied());
+        let before = self.durable_lsn();
+        let durable = self.advance_journaled();
+        if durable > before {
+            self.complete_waiters(durable);
+        }
+    }
+
+    fn file_durable_lsn(&self) -> u64 {
+        Partition::file_durable_lsn(self)
+    }
+
+    fn want_file_flush(&self, lsn: u64) {
+        self.file_flush_target
+            .set(self.file_flush_target.get().max(lsn));
+        self.writer_bell.ring();
+    }
+
+    fn journal_failed(&self, reason: String) {
+        self.shard.poison(reason);
+        self.fail_waiters();
+    }
+}
+
+/// Replays recovered journal entries into the partitions they belong to (entries of other
+/// partitions are left alone): for each partition, the records after its last barrier, in
+/// order ([`Partition::replay_journal`]).
+pub async fn replay_journal_entries<S: Storage>(
+    entries: &[crate::journal::JournalEntry],
+    partitions: &std::collections::BTreeMap<PartitionId, Rc<Partition<S>>>,
+) -> Result<()> {
+    let mut by_partition: std::collections::BTreeMap<PartitionId, Vec<(u64, &[u8])>> =
+        std::collections::BTreeMap::new();
+    for entry in entries {
+        if !partitions.contains_key(&entry.partition) {
+            continue;
+        }
+        let list = by_partition.entry(entry.partition).or_default();
+        match &entry.kind {
+            crate::journal::EntryKind::Barrier => list.clear(),
+            crate::journal::EntryKind::Records { first_lsn, bytes } => {
+                list.push((*first_lsn, bytes.as_slice()))
+            }
+        }
+    }
+    for (id, list) in by_partition {
+        partitions[&id].replay_journal(&list).await?;
+    }
+    Ok(())
 }

@@ -316,6 +316,9 @@ pub struct Wal<S: Storage> {
     flushes_beside: u64,
     /// Flushes that shared a device flush, since open.
     flushes_shared: u64,
+    /// The last record copied to the shard journal or taken by a flush, and where its bytes
+    /// end: `(lsn, segment_base_lsn, offset)` (see [`Wal::copy_unjournaled`]).
+    journal_cursor: (u64, u64, u64),
 }
 
 /// Bytes of pruned segment files a shard's partitions may keep for reuse, shared by them (the
@@ -588,6 +591,7 @@ impl<S: Storage> Wal<S> {
             segments_reused: 0,
             flushes_beside: 0,
             flushes_shared: 0,
+            journal_cursor: (0, 0, 0),
         };
         for scanned in outcome.segments {
             if outcome.remove.contains(&scanned.index) {
@@ -632,7 +636,77 @@ impl<S: Storage> Wal<S> {
             })?;
         }
         wal.committed_until = wal.written_until;
+        wal.reset_journal_cursor();
         Ok(wal)
+    }
+
+    /// Starts the journal cursor at the log's end: nothing is staged (after open, a
+    /// truncation or an install).
+    pub fn reset_journal_cursor(&mut self) {
+        debug_assert!(self.staged.is_empty(), "nothing staged");
+        self.journal_cursor = (
+            self.next_lsn - 1,
+            self.append_segment_base_lsn,
+            self.append_offset,
+        );
+    }
+
+    /// The staged bytes of every group after the journal cursor, as `(group, from)`: `from` is
+    /// the first of its record bytes (counted from its first record) not yet copied or taken.
+    fn unjournaled_groups(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let (_, cursor_base, cursor_offset) = self.journal_cursor;
+        self.staged
+            .iter()
+            .enumerate()
+            .filter_map(move |(index, group)| {
+                let end = group.start_offset + group.bytes.len as u64;
+                if (group.segment_base_lsn, end) <= (cursor_base, cursor_offset) {
+                    return None;
+                }
+                let from = if group.segment_base_lsn == cursor_base {
+                    cursor_offset.saturating_sub(group.start_offset) as usize
+                } else {
+                    0
+                };
+                Some((index, from))
+            })
+    }
+
+    /// Bytes of the records staged and neither copied to the journal nor taken by a flush.
+    pub fn unjournaled_bytes(&self) -> usize {
+        self.unjournaled_groups()
+            .map(|(index, from)| self.staged[index].bytes.len - from)
+            .sum()
+    }
+
+    /// Appends to `out` the records staged and neither copied to the journal nor taken by a
+    /// flush (whole records, as the log will hold them) and moves the cursor past them;
+    /// returns their first and last LSN, or `None` if there are none.
+    pub fn copy_unjournaled(&mut self, out: &mut Vec<u8>) -> Option<(u64, u64)> {
+        let last_lsn = self.next_lsn - 1;
+        if last_lsn == self.journal_cursor.0 {
+            return None;
+        }
+        let first_lsn = self.journal_cursor.0 + 1;
+        let groups: Vec<(usize, usize)> = self.unjournaled_groups().collect();
+        for (index, from) in groups {
+            let group = &self.staged[index];
+            let buffer = group
+                .bytes
+                .buffer
+                .as_ref()
+                .expect("a staged group holds its buffer");
+            out.extend_from_slice(
+                &buffer[group.bytes.head + from..group.bytes.head + group.bytes.len],
+            );
+        }
+        let last = self.staged.last().expect("records are staged");
+        self.journal_cursor = (
+            last_lsn,
+            last.segment_base_lsn,
+            last.start_offset + last.bytes.len as u64,
+        );
+        Some((first_lsn, last_lsn))
     }
 
     /// Through which LSN a snapshot at `snapshot_lsn` may prune, given a replica hold
@@ -932,6 +1006,15 @@ impl<S: Storage> Wal<S> {
         }
         let staged_bytes: usize = groups.iter().map(|group| group.bytes.len).sum();
         self.staged_bytes -= staged_bytes;
+        if let Some(last) = groups.last() {
+            let end = (
+                last.segment_base_lsn,
+                last.start_offset + last.bytes.len as u64,
+            );
+            if end > (self.journal_cursor.1, self.journal_cursor.2) {
+                self.journal_cursor = (last.last_lsn, end.0, end.1);
+            }
+        }
         if batch == self.open_batch {
             self.open_batch += 1;
             self.open_batch_records = 0;
@@ -1677,6 +1760,7 @@ pub async fn truncate_after<S: Storage>(wal: &RefCell<Wal<S>>, lsn: u64) -> io::
     wal.next_lsn = lsn + 1;
     wal.durable_lsn = lsn;
     wal.epochs.retain(|(_, first)| *first <= lsn);
+    wal.reset_journal_cursor();
     Ok(())
 }
 
@@ -1726,6 +1810,7 @@ pub async fn reset_after_install<S: Storage>(
     wal.next_lsn = snapshot_lsn + 1;
     wal.durable_lsn = snapshot_lsn;
     wal.epochs = epochs;
+    wal.reset_journal_cursor();
     Ok(())
 }
 

@@ -138,6 +138,8 @@ struct Shape {
     writers: usize,
     /// Flushes that must have shared a device flush before the shutdown.
     shared_before_shutdown: u64,
+    /// Whether the shard journal is on (it takes the small rounds that would share flushes).
+    journal: bool,
 }
 
 fn config(point: &Path, shape: Shape) -> EngineConfig {
@@ -147,6 +149,7 @@ fn config(point: &Path, shape: Shape) -> EngineConfig {
         partitions: shape.partitions,
         pin_shards: false,
         segment_bytes: shape.segment_bytes,
+        journal: shape.journal,
         ..EngineConfig::default()
     }
 }
@@ -172,6 +175,18 @@ fn acknowledged_writes_survive_an_ext4_shutdown() {
         segment_bytes: SEGMENT_BYTES_MIN,
         writers: 4,
         shared_before_shutdown: 0,
+        journal: true,
+    });
+}
+
+#[test]
+fn acknowledged_journaled_writes_survive_an_ext4_shutdown() {
+    survive_shutdown(Shape {
+        partitions: 8,
+        segment_bytes: 16 * 1024 * 1024,
+        writers: 16,
+        shared_before_shutdown: 0,
+        journal: true,
     });
 }
 
@@ -182,6 +197,7 @@ fn acknowledged_shared_flushes_survive_an_ext4_shutdown() {
         segment_bytes: 16 * 1024 * 1024,
         writers: 16,
         shared_before_shutdown: 200,
+        journal: false,
     });
 }
 

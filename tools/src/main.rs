@@ -83,6 +83,10 @@ struct BenchArgs {
     /// Let a shard's partitions share device flushes [default: the engine's, true].
     #[arg(long)]
     shared_sync: Option<bool>,
+    /// Write small rounds of a shard's partitions through one shard journal [default: the
+    /// engine's, true].
+    #[arg(long)]
+    journal: Option<bool>,
     /// Seed of the key and operation choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -141,6 +145,7 @@ impl BenchArgs {
             snapshot_wal_bytes: self.snapshot_wal_bytes.or(self.recovery.then_some(0)),
             segment_bytes: self.segment_bytes,
             shared_sync: self.shared_sync,
+            journal: self.journal,
             seed: self.seed,
         }
     }

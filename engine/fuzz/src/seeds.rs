@@ -2,6 +2,7 @@
 //! the door): `cargo run --bin seeds` from engine/fuzz.
 
 use coregrid_engine::constants::SEGMENT_HEADER_BYTES;
+use coregrid_engine::journal;
 use coregrid_engine::record::{
     encode_record, encode_record_with_request, BatchOperation, Operation, RecordMeta,
 };
@@ -107,5 +108,17 @@ fn main() -> std::io::Result<()> {
     let mut input = vec![0u8];
     input.extend_from_slice(&segment);
     std::fs::write("corpus/scan/seed-0", &input)?;
+    // One journal slot holding one chunk of two entries (records and a barrier), as a journal
+    // scan input (count byte 0 = one slot); cut after the chunk's payload.
+    std::fs::create_dir_all("corpus/journal")?;
+    let mut payload = Vec::new();
+    journal::encode_records(&mut payload, 3, 1, &segment[SEGMENT_HEADER_BYTES..]);
+    journal::encode_barrier(&mut payload, 4);
+    let mut chunk = vec![0u8; journal::chunk_len(payload.len())];
+    journal::encode_chunk(&mut chunk, 1, 1, &payload);
+    chunk.truncate(journal::CHUNK_HEADER_BYTES + payload.len());
+    let mut input = vec![0u8];
+    input.extend_from_slice(&chunk);
+    std::fs::write("corpus/journal/seed-0", &input)?;
     Ok(())
 }

@@ -92,6 +92,10 @@ pub struct NodeArgs {
     /// partition syncs its own log [default: true].
     #[arg(long)]
     pub shared_sync: Option<bool>,
+    /// Write small rounds of records of a shard's partitions through one shard journal, and
+    /// each partition's own log later, in larger flushes [default: true].
+    #[arg(long)]
+    pub journal: Option<bool>,
     /// Pin shard i to CPU i when there are enough CPUs [default: true].
     #[arg(long)]
     pub pin_shards: Option<bool>,
@@ -225,6 +229,8 @@ pub struct NodeConfig {
     pub wal_recycle_bytes: u64,
     /// A shard's partitions share device flushes.
     pub shared_sync: bool,
+    /// A shard's partitions write small rounds through one shard journal.
+    pub journal: bool,
     /// Pin shards to CPUs.
     pub pin_shards: bool,
     /// Microseconds an idle data shard polls before it sleeps.
@@ -278,6 +284,7 @@ impl Default for NodeConfig {
             snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
             wal_recycle_bytes: WAL_RECYCLE_BYTES_DEFAULT,
             shared_sync: true,
+            journal: true,
             pin_shards: true,
             idle_spin_us: IDLE_SPIN_DEFAULT.as_micros() as u64,
             connections_per_shard: CONNECTIONS_PER_SHARD_DEFAULT,
@@ -344,6 +351,7 @@ impl NodeConfig {
         set(&mut self.snapshot_wal_bytes, &args.snapshot_wal_bytes);
         set(&mut self.wal_recycle_bytes, &args.wal_recycle_bytes);
         set(&mut self.shared_sync, &args.shared_sync);
+        set(&mut self.journal, &args.journal);
         set(&mut self.pin_shards, &args.pin_shards);
         set(&mut self.idle_spin_us, &args.idle_spin_us);
         set(&mut self.connections_per_shard, &args.connections_per_shard);
@@ -550,6 +558,7 @@ impl NodeConfig {
             snapshot_wal_bytes: self.snapshot_wal_bytes,
             wal_recycle_bytes: self.wal_recycle_bytes,
             shared_sync: self.shared_sync,
+            journal: self.journal,
             pin_shards: self.pin_shards,
             idle_spin: Duration::from_micros(self.idle_spin_us),
             ..EngineConfig::default()
