@@ -191,3 +191,11 @@ pub const JOURNAL_FILE_FLUSH_BYTES: usize = 64 * 1024;
 /// Records staged since the last copy go to the journal only up to this many bytes; more go
 /// straight to the partition's own log (large writes would otherwise be written twice).
 pub const JOURNAL_ENTRY_BYTES_MAX: usize = 16 * 1024;
+
+/// Records go to a journal chunk only while it stays under this many bytes (or half a slot,
+/// if less; the rest is left for barriers): a chunk never outgrows a slot, however many
+/// partitions copy into it while the disk stalls. Past it, partitions write their own logs.
+pub const JOURNAL_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+
+const _: () = assert!(JOURNAL_ENTRY_BYTES_MAX <= JOURNAL_CHUNK_BYTES_MAX);
+const _: () = assert!(JOURNAL_CHUNK_BYTES_MAX as u64 <= JOURNAL_FILE_BYTES / 2);

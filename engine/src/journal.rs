@@ -29,7 +29,9 @@
 //! emptied (each slot's first block zeroed, durably) and started again.
 
 use crate::checksum::crc32c;
-use crate::constants::{JOURNAL_FILES, JOURNAL_FILE_BYTES, JOURNAL_WRITES_IN_FLIGHT_MAX};
+use crate::constants::{
+    JOURNAL_CHUNK_BYTES_MAX, JOURNAL_FILES, JOURNAL_FILE_BYTES, JOURNAL_WRITES_IN_FLIGHT_MAX,
+};
 use crate::io::{Storage, StorageFile};
 use crate::rt::{self, Doorbell};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -123,7 +125,14 @@ pub enum ChunkError {
     PayloadChecksum,
     /// An entry that does not decode.
     Entry(String),
+    /// A life or sequence number no journal reaches (above [`NUMBER_MAX`]).
+    Number,
 }
+
+/// The largest life and sequence number a chunk may carry: far above any a journal reaches
+/// (one a microsecond takes 8 years), and far enough below `u64::MAX` that no count can wrap,
+/// whatever bytes the slots hold (a user's value may hold a forged header on a block).
+pub const NUMBER_MAX: u64 = 1 << 48;
 
 fn align_up(len: usize) -> usize {
     len.div_ceil(JOURNAL_BLOCK_BYTES) * JOURNAL_BLOCK_BYTES
@@ -199,6 +208,9 @@ pub fn decode_chunk(bytes: &[u8], file_no: Option<u64>) -> Result<DecodedChunk, 
     }
     if crc32c(&header.as_bytes()[8..]) != header.header_crc.get() {
         return Err(ChunkError::HeaderChecksum);
+    }
+    if header.file_no.get() > NUMBER_MAX || header.seq.get() > NUMBER_MAX {
+        return Err(ChunkError::Number);
     }
     if file_no.is_some_and(|file_no| file_no != header.file_no.get()) {
         return Err(ChunkError::OtherFile);
@@ -304,8 +316,9 @@ pub fn scan(images: &[Vec<u8>]) -> Recovered {
         .filter_map(|block| {
             let (header, _) = ChunkHeader::ref_from_prefix(block).ok()?;
             (header.magic.get() == CHUNK_MAGIC
-                && crc32c(&header.as_bytes()[8..]) == header.header_crc.get())
-            .then(|| header.file_no.get())
+                && crc32c(&header.as_bytes()[8..]) == header.header_crc.get()
+                && header.file_no.get() <= NUMBER_MAX)
+                .then(|| header.file_no.get())
         })
         .max()
         .unwrap_or(0);
@@ -511,6 +524,14 @@ impl<S: Storage> Journal<S> {
         self.state.borrow().failed.is_some()
     }
 
+    /// Whether the open chunk takes `bytes` more of records (see
+    /// [`JOURNAL_CHUNK_BYTES_MAX`]).
+    pub fn has_room(&self, bytes: usize) -> bool {
+        let state = self.state.borrow();
+        let max = JOURNAL_CHUNK_BYTES_MAX.min(state.slot_bytes as usize / 2);
+        CHUNK_HEADER_BYTES + state.payload.len() + ENTRY_HEADER_BYTES + bytes <= max
+    }
+
     /// Whether other partitions use the journal now: a chunk is open or being written.
     pub fn busy(&self) -> bool {
         let state = self.state.borrow();
@@ -688,6 +709,17 @@ impl<S: Storage> Journal<S> {
                     break;
                 }
                 let len = chunk_len(state.payload.len()) as u64;
+                if len > state.slot_bytes {
+                    // Records stop at half a slot (`has_room`): only barriers of thousands
+                    // of partitions at once could fill the rest.
+                    let reason = format!(
+                        "journal: a chunk of {len} bytes outgrew its slot of {} bytes",
+                        state.slot_bytes
+                    );
+                    drop(state);
+                    this.fail(reason);
+                    break;
+                }
                 if state.offset + len > state.slot_bytes {
                     drop(state);
                     if !this.next_slot_retired() {
@@ -879,7 +911,7 @@ mod tests {
         let mut torn = b_chunks.to_vec();
         torn[1][CHUNK_HEADER_BYTES + 3] ^= 1;
         let b = slot(&torn, 4 * JOURNAL_BLOCK_BYTES);
-        // An older life (3), retired, in a third slot: read first, harmless.
+        // An older life (4), retired, in a third slot: read first, harmless.
         let c = slot(&[chunk(4, 0, &[(9, Some((1, b"x")))])], JOURNAL_BLOCK_BYTES);
         let recovered = scan(&[b, a.clone(), c]);
         let partitions: Vec<u32> = recovered.entries.iter().map(|e| e.partition).collect();
@@ -903,5 +935,62 @@ mod tests {
                 kind: EntryKind::Barrier
             }]
         );
+    }
+
+    #[test]
+    fn numbers_no_journal_reaches_are_refused_and_never_wrap() {
+        let forged = chunk(u64::MAX, 1, &[(1, Some((1, b"f")))]);
+        assert_eq!(decode_chunk(&forged, None).unwrap_err(), ChunkError::Number);
+        let forged_seq = chunk(2, u64::MAX, &[(1, Some((1, b"f")))]);
+        assert_eq!(
+            decode_chunk(&forged_seq, None).unwrap_err(),
+            ChunkError::Number
+        );
+        // A forged header on a block inside a real life (a user's value may hold one) neither
+        // raises the next life past the bound nor stops the real chunks being read.
+        let image = slot(
+            &[chunk(3, 1, &[(1, Some((1, b"r1")))]), forged, forged_seq],
+            4 * JOURNAL_BLOCK_BYTES,
+        );
+        let recovered = scan(&[image]);
+        assert_eq!(recovered.last_file_no, 3);
+        assert_eq!(recovered.entries.len(), 1);
+        // The largest numbers allowed still leave room to count on.
+        let last = chunk(NUMBER_MAX, NUMBER_MAX, &[(1, Some((1, b"r")))]);
+        let recovered = scan(&[slot(&[last], JOURNAL_BLOCK_BYTES)]);
+        assert_eq!(recovered.last_file_no, NUMBER_MAX);
+        assert_eq!(recovered.entries.len(), 1);
+    }
+
+    #[test]
+    fn records_stop_at_half_a_slot_and_a_chunk_past_its_slot_fails_the_journal() {
+        crate::rt::run_local(|| async {
+            let slot_bytes = 4 * JOURNAL_BLOCK_BYTES as u64;
+            let journal = Journal::create(crate::sim::SimDisk::new(), 0, slot_bytes)
+                .await
+                .expect("create");
+            let records = vec![7u8; 6000];
+            assert!(journal.has_room(records.len()));
+            journal.append_records(1, 1, 1, &records);
+            // Half a slot is 8 KiB: another 6000 bytes would not fit, a few more would.
+            assert!(!journal.has_room(records.len()));
+            assert!(journal.has_room(100));
+            journal
+                .barrier(1)
+                .await
+                .expect("a chunk of half a slot is written");
+            assert!(journal.has_room(records.len()));
+            // Appended regardless of `has_room` (a caller's bug): the writer refuses the chunk
+            // with a clear reason instead of looking for a slot it fits forever.
+            for lsn in 2..5 {
+                journal.append_records(1, lsn, lsn, &records);
+            }
+            let error = journal
+                .barrier(1)
+                .await
+                .expect_err("the chunk outgrew its slot");
+            assert!(error.to_string().contains("outgrew its slot"), "{error}");
+            assert!(journal.is_failed());
+        });
     }
 }

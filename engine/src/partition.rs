@@ -420,6 +420,12 @@ impl<S: Storage> Partition<S> {
                 let record = RecordRef::validate(rest).map_err(|error| {
                     self.journal_corruption(lsn, format!("a record does not validate: {error}"))
                 })?;
+                if record.header.lsn() != lsn {
+                    return Err(self.journal_corruption(
+                        lsn,
+                        format!("the record in its place holds LSN {}", record.header.lsn()),
+                    ));
+                }
                 rest = &rest[record.len()..];
                 lsn += 1;
             }
@@ -517,7 +523,7 @@ impl<S: Storage> Partition<S> {
             return;
         }
         let others = journal.busy() || self.shard.wal.shared_sync.flushes_in_flight() > 0;
-        if bytes > JOURNAL_ENTRY_BYTES_MAX || !others {
+        if bytes > JOURNAL_ENTRY_BYTES_MAX || !others || !journal.has_room(bytes) {
             let last = wal.next_lsn() - 1;
             self.file_flush_target
                 .set(self.file_flush_target.get().max(last));
@@ -1700,6 +1706,9 @@ impl<S: Storage> Partition<S> {
         }
         self.journaled_lsn.set(0);
         self.journaled_ranges.borrow_mut().clear();
+        // A target past what the caller leaves in the log would have every later round
+        // written twice, to the journal and the log, until the log passes it again.
+        self.file_flush_target.set(0);
         Ok(resume)
     }
 

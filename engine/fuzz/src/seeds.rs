@@ -120,5 +120,12 @@ fn main() -> std::io::Result<()> {
     let mut input = vec![0u8];
     input.extend_from_slice(&chunk);
     std::fs::write("corpus/journal/seed-0", &input)?;
+    // A built journal (top bit of the first byte; two slots): three proper chunks of one
+    // records entry each, the last spilling into the second slot's life.
+    let mut input = vec![0x81u8];
+    for first_lsn in [1u8, 2, 3] {
+        input.extend_from_slice(&[0, 1, 0, 31, first_lsn]);
+    }
+    std::fs::write("corpus/journal/built-0", &input)?;
     Ok(())
 }
