@@ -123,7 +123,12 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<Connection> {
         let (stream, peer_addr) = self
             .inner
-            .io(Direction::Read, None, |listener| listener.accept())
+            .io(
+                Direction::Read,
+                None,
+                |listener| listener.accept(),
+                |_| false,
+            )
             .await
             .map_err(TransportError::into_io)?;
         stream.set_nonblocking(true)?;
@@ -169,7 +174,7 @@ impl Connection {
             Ok(()) => {}
             Err(nix::errno::Errno::EINPROGRESS) => {
                 socket
-                    .io(Direction::Write, Some(timeout), connected)
+                    .io(Direction::Write, Some(timeout), connected, |_| false)
                     .await
                     .map_err(TransportError::into_io)?;
             }
@@ -243,8 +248,16 @@ impl SocketReader {
         buffer: &mut [u8],
         timeout: Option<Duration>,
     ) -> Result<usize, TransportError> {
+        let len = buffer.len();
+        // A short read drained the socket's queue (see readiness.rs, "Known not ready"); 0 is
+        // the end of the stream, which stays readable.
         self.socket
-            .io(Direction::Read, timeout, |mut stream| stream.read(buffer))
+            .io(
+                Direction::Read,
+                timeout,
+                |mut stream| stream.read(buffer),
+                |&count| count > 0 && count < len,
+            )
             .await
     }
 }
@@ -269,9 +282,13 @@ impl SocketWriter {
             // `std` sends with `MSG_NOSIGNAL`: a peer that closed is an error, not a SIGPIPE.
             let count = self
                 .socket
-                .io(Direction::Write, timeout, |mut stream| {
-                    stream.write(&bytes[written..])
-                })
+                .io(
+                    Direction::Write,
+                    timeout,
+                    |mut stream| stream.write(&bytes[written..]),
+                    // A short write filled the socket's buffer.
+                    |&count| count < bytes.len() - written,
+                )
                 .await?;
             if count == 0 {
                 return Err(TransportError::Io(io::ErrorKind::WriteZero.into()));
