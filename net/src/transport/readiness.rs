@@ -12,12 +12,12 @@
 //!
 //! **How a wait works.** A socket operation is tried first (a non-blocking `recv`, `send` or
 //! `accept`) unless the socket is known not to be ready for it. Only when it would block does
-//! the task leave its waker in the socket's slot. The shard's driver task calls `epoll_wait` with a zero timeout once per turn of the
-//! executor (a timer that is due at once is processed when glommio polls its rings, after the
-//! tasks that were runnable have run), and wakes the waiters of every ready socket. Sockets
-//! are registered edge-triggered, which needs no re-arming: an edge comes whenever new bytes
-//! (or room) appear after an operation that would block, and an edge that comes early only
-//! wakes a task that tries again.
+//! the task leave its waker in the socket's slot. The shard's driver task calls `epoll_wait`
+//! with a zero timeout once per turn of the executor (a timer that is due at once is processed
+//! when glommio polls its rings, after the tasks that were runnable have run), and wakes the
+//! waiters of every ready socket. Sockets are registered edge-triggered, which needs no
+//! re-arming: an edge comes whenever new bytes (or room) appear, and an edge that comes early
+//! only wakes a task that tries again.
 //!
 //! **Known not ready.** Each slot remembers, per direction, whether the socket may be ready: set
 //! by every event of the set that says so, cleared when an operation would block, and cleared
