@@ -27,7 +27,9 @@
 //! `recv` for it, not one more to learn that nothing follows and another when it is woken
 //! (session 18: 5.5 `recv` calls a request before, measured with `perf stat` at 64 clients).
 //! Events are taken from the set only by the driver, a task of the same thread, so none can
-//! fall between an operation and the clearing of its flag.
+//! fall between an operation and the clearing of its flag. An end of stream, hang-up or error
+//! once reported keeps the socket ready for good: a peer's last bytes and its FIN may come in
+//! one edge, and a short `recv` of the bytes is followed by no edge for the FIN.
 //!
 //! **How a quiet shard sleeps.** After [`READINESS_SPIN`] without a socket operation or an
 //! event that ends a wait, the driver hands the set to a watcher thread (one per executor that
@@ -74,6 +76,12 @@ struct Slot {
     read_ready: bool,
     /// The socket may be ready to write.
     write_ready: bool,
+    /// An event reported the end of the stream, a hang-up or an error: the socket stays ready
+    /// to read for good (the data before the end may be read by a short `recv`, after which
+    /// no edge comes again).
+    read_closed: bool,
+    /// An event reported a hang-up or an error: ready to write for good.
+    write_closed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +107,8 @@ impl Slots {
         slot.live = true;
         slot.read_ready = true;
         slot.write_ready = true;
+        slot.read_closed = false;
+        slot.write_closed = false;
         self.live += 1;
         token(index, slot.generation)
     }
@@ -148,14 +158,15 @@ impl Slots {
 
     /// Takes the wakers an event with `flags` on `token` ends.
     fn ready(&mut self, token: u64, flags: EpollFlags, woken: &mut Vec<Waker>) {
-        let readable = EpollFlags::EPOLLIN
-            | EpollFlags::EPOLLRDHUP
-            | EpollFlags::EPOLLHUP
-            | EpollFlags::EPOLLERR;
-        let writable = EpollFlags::EPOLLOUT | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+        let read_closed = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+        let readable = EpollFlags::EPOLLIN | read_closed;
+        let write_closed = EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+        let writable = EpollFlags::EPOLLOUT | write_closed;
         let Some(slot) = self.slot(token) else {
             return;
         };
+        slot.read_closed |= flags.intersects(read_closed);
+        slot.write_closed |= flags.intersects(write_closed);
         let mut taken = 0;
         if flags.intersects(readable) {
             slot.read_ready = true;
@@ -178,8 +189,8 @@ impl Slots {
     /// operation runs and reports what it finds).
     fn may_be_ready(&mut self, token: u64, direction: Direction) -> bool {
         self.slot(token).is_none_or(|slot| match direction {
-            Direction::Read => slot.read_ready,
-            Direction::Write => slot.write_ready,
+            Direction::Read => slot.read_ready || slot.read_closed,
+            Direction::Write => slot.write_ready || slot.write_closed,
         })
     }
 
@@ -791,6 +802,44 @@ mod tests {
             tries <= ROUNDS * 2 + ROUNDS / 4,
             "{tries} socket operations tried for {ROUNDS} rounds"
         );
+    }
+
+    #[test]
+    fn the_end_of_a_stream_after_its_last_bytes_is_read() {
+        // The peer's last bytes and its FIN come while the shard's read waits, so one event
+        // may report both: the read that takes the bytes is short, and no edge follows for
+        // the FIN. The next read must still see the end of the stream.
+        for round in 0..20 {
+            let (address_out, address_in) = std::sync::mpsc::channel();
+            let (waiting_out, waiting_in) = std::sync::mpsc::channel();
+            let server = std::thread::spawn(move || {
+                on_executor(async move {
+                    let listener = Listener::bind(loopback()).unwrap();
+                    address_out.send(listener.local_addr()).unwrap();
+                    let (mut reader, _writer) = listener.accept().await.unwrap().into_halves();
+                    let mut buffer = [0u8; 4096];
+                    let reading = glommio::spawn_local(async move {
+                        let first = reader.read(&mut buffer, Some(TIMEOUT)).await;
+                        let second = reader.read(&mut buffer, Some(TIMEOUT)).await;
+                        (
+                            first.map_err(|e| e.to_string()),
+                            second.map_err(|e| e.to_string()),
+                        )
+                    });
+                    // The read has tried once and waits: the peer may send.
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    waiting_out.send(()).unwrap();
+                    reading.await
+                })
+            });
+            let mut stream = std::net::TcpStream::connect(address_in.recv().unwrap()).unwrap();
+            waiting_in.recv().unwrap();
+            stream.write_all(b"last bytes").unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let (first, second) = server.join().unwrap();
+            assert_eq!(first, Ok(10), "round {round}: the last bytes");
+            assert_eq!(second, Ok(0), "round {round}: the end of the stream");
+        }
     }
 
     #[test]
