@@ -10,6 +10,12 @@
 #   RUNS=5 SECS=10 bench/run-network-figures.sh > network-figures.json
 #   RUNS=1 SECS=2 CLIENTS="1 64" bench/run-network-figures.sh      (a smoke run)
 #
+# Cores: placement is left to the scheduler. With SPLIT_CORES=1 and more cores than node shards,
+# the servers (the node, redis-server) run on the first NODE_SHARDS cores and the load generators
+# (coregrid bench, redis-benchmark) on the others, both under `taskset`, the same split for both
+# systems. It keeps a load generator off the node's shard core (coregrid gains), but redis loses
+# by it at low client counts (docs/perf.md, session 18), so it is not the default.
+#
 # Knobs (environment): RUNS, SECS (per measurement), CLIENTS, NODE_SHARDS (default 1),
 # NODE_PARTITIONS (default: the node's, 64), BENCH_THREADS (client threads of both load
 # generators, default 1), LIMITS (path of limits.sh, default ../shared/tools/limits.sh from the
@@ -96,6 +102,19 @@ bin=$target/release/coregrid; pingpong=$target/release/tcp_pingpong
 rm -rf "$data"; mkdir -p "$data/results"
 out=$data/results
 
+# The cores of the servers and of the load generators (see the header); empty: no split.
+server_cpus=; client_cpus=
+cores=$(nproc)
+if [ "${SPLIT_CORES:-0}" = 1 ] && [ "$node_shards" -lt "$cores" ] && command -v taskset >/dev/null; then
+  server_cpus=0-$((node_shards - 1)); client_cpus=$node_shards-$((cores - 1))
+fi
+# Only in a background job (`&`, `tracked`): it execs, so the job's PID is the command's own
+# and a signal sent to it reaches the command (taskset execs the command too).
+on_cpus() { # cpus, command...: runs the command on those cores (no cpus: as it is)
+  local cpus=$1; shift
+  if [ -n "$cpus" ]; then exec taskset -c "$cpus" "$@"; else exec "$@"; fi
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # --- coregrid node. --------------------------------------------------------------------------
@@ -105,7 +124,7 @@ start_node() { # data dir
   mkdir -p "$dir"
   local args=(node --listen-address 127.0.0.1 --base-port 0 --shards "$node_shards" --data-dir "$dir/data")
   [ -n "$node_partitions" ] && args+=(--partitions "$node_partitions")
-  "$bin" "${args[@]}" >"$dir/node.out" 2>"$dir/node.err" &
+  on_cpus "$server_cpus" "$bin" "${args[@]}" >"$dir/node.out" 2>"$dir/node.err" &
   node_pid=$!; live+=("$node_pid")
   # base_port 0: the node picks free ports and prints them; then wait until it answers.
   deadline=$((SECONDS + 60)); node_addr=
@@ -131,7 +150,7 @@ stop_node() { # prints the seconds SIGTERM took
 coregrid_bench() { # clients, output file, extra args...
   local c=$1 file=$2; shift 2
   local threads=$((bench_threads < c ? bench_threads : c))
-  tracked "$bin" bench -q --json --cluster "$node_addr" --clients "$c" --threads "$threads" \
+  tracked on_cpus "$client_cpus" "$bin" bench -q --json --cluster "$node_addr" --clients "$c" --threads "$threads" \
     --value-bytes "$value_bytes" --key-space "$key_space" --duration "$secs" "$@" >"$file"
 }
 
@@ -141,7 +160,7 @@ start_redis() { # dir, appendfsync policy
   local dir=$1 policy=$2 deadline
   mkdir -p "$dir"
   redis_port=$(free_port)
-  redis-server --bind 127.0.0.1 --port "$redis_port" --appendonly yes --appendfsync "$policy" \
+  on_cpus "$server_cpus" redis-server --bind 127.0.0.1 --port "$redis_port" --appendonly yes --appendfsync "$policy" \
     --dir "$dir" --save '' --daemonize no --logfile "$dir/redis.log" >/dev/null 2>&1 &
   redis_pid=$!; live+=("$redis_pid")
   deadline=$((SECONDS + 30))
@@ -167,14 +186,14 @@ redis_bench() { # test, clients, output file
   n=$((c * 4 > 1000 ? c * 4 : 1000))
   local target; target=$(python3 -c "print(min(1.0, $secs / 4))")
   for _ in 1 2 3 4 5 6 7 8; do
-    tracked redis-benchmark "${args[@]}" -n "$n" >"$file.csv"
+    tracked on_cpus "$client_cpus" redis-benchmark "${args[@]}" -n "$n" >"$file.csv"
     rps=$(rb_rps <"$file.csv")
     if python3 -c "import sys; sys.exit(0 if $rps > 0 and $n / $rps >= $target else 1)"; then break; fi
     n=$(python3 -c "import math; print(max($n * 2, math.ceil($rps * $target * 1.5)))")
   done
   n=$(python3 -c "import math; print(max($c, math.ceil($rps * $secs)))")
   t0=$(date +%s.%N)
-  tracked redis-benchmark "${args[@]}" -n "$n" >"$file.csv"
+  tracked on_cpus "$client_cpus" redis-benchmark "${args[@]}" -n "$n" >"$file.csv"
   t1=$(date +%s.%N)
   csv=$(cat "$file.csv"); rm -f "$file.csv"
   python3 - "$n" "$t0" "$t1" "$csv" "${args[*]} -n $n" >"$file" <<'PY'
@@ -200,7 +219,7 @@ redis_fill() {
 }
 
 # --- Runs. -----------------------------------------------------------------------------------
-log "RUNS=$runs SECS=$secs CLIENTS=\"$clients_list\" NODE_SHARDS=$node_shards BENCH_THREADS=$bench_threads data=$data"
+log "RUNS=$runs SECS=$secs CLIENTS=\"$clients_list\" NODE_SHARDS=$node_shards BENCH_THREADS=$bench_threads data=$data servers on cores ${server_cpus:-any} load generators on ${client_cpus:-any}"
 for run in $(seq 1 "$runs"); do
   r=$out/run$run; mkdir -p "$r"
   if [ "$limits" != none ] && [ -x "$limits" ]; then
@@ -245,9 +264,11 @@ done
 
 # --- Report. ---------------------------------------------------------------------------------
 python3 - "$out" "$runs" "$secs" "$clients_list" "$node_shards" "$bench_threads" "$data" \
-  "$(redis-server --version)" "$(git rev-parse HEAD 2>/dev/null || echo unknown)" "$limits" <<'PY'
+  "$(redis-server --version)" "$(git rev-parse HEAD 2>/dev/null || echo unknown)" "$limits" \
+  "$server_cpus" "$client_cpus" <<'PY'
 import csv, io, json, os, statistics, sys
-out, runs, secs, clients, node_shards, bench_threads, data, redis_version, commit, limits_path = sys.argv[1:]
+(out, runs, secs, clients, node_shards, bench_threads, data, redis_version, commit, limits_path,
+ server_cpus, client_cpus) = sys.argv[1:]
 runs, secs, clients = int(runs), float(secs), [int(c) for c in clients.split()]
 
 def load(path):
@@ -361,6 +382,8 @@ print(json.dumps({
     "value_bytes": 100, "key_space": 100000, "key_bytes": 16, "commit": commit,
     "setup": {
         "cores": os.cpu_count(), "data_dir": data,
+        "cpus": {"servers": server_cpus or "any", "load_generators": client_cpus or "any",
+                 "how": "taskset -c; the node's and redis-server's cores, then coregrid bench's and redis-benchmark's"},
         "coregrid": {"node_shards": node["node_shards"], "node_shards_asked": int(node_shards),
                      "partitions": node["partitions"], "listen": "127.0.0.1, base_port 0",
                      "bench": "coregrid bench --cluster ADDR --clients C --threads T --value-bytes 100 --key-space 100000 --duration SECS --json (gets: --fill true --read-ratio 1.0)",
