@@ -149,18 +149,22 @@ pub fn encode_barrier(payload: &mut Vec<u8>, partition: u32) {
 }
 
 fn encode_entry(payload: &mut Vec<u8>, kind: u8, partition: u32, first_lsn: u64, bytes: &[u8]) {
-    let header = EntryHeader {
+    let header = entry_header(kind, partition, first_lsn, bytes.len());
+    payload.extend_from_slice(header.as_bytes());
+    payload.extend_from_slice(bytes);
+}
+
+fn entry_header(kind: u8, partition: u32, first_lsn: u64, len: usize) -> EntryHeader {
+    EntryHeader {
         kind,
         _pad: [0; 3],
         partition: partition.into(),
         first_lsn: first_lsn.into(),
-        len: u32::try_from(bytes.len())
+        len: u32::try_from(len)
             .expect("an entry is smaller than a slot")
             .into(),
         _pad2: [0; 4],
-    };
-    payload.extend_from_slice(header.as_bytes());
-    payload.extend_from_slice(bytes);
+    }
 }
 
 /// Bytes a chunk of `payload_len` takes in its slot (whole blocks).
@@ -555,8 +559,30 @@ impl<S: Storage> Journal<S> {
     /// Adds records `first_lsn..=last_lsn` of `partition` (their bytes) to the open chunk;
     /// the partition learns through [`JournalClient::journaled`] when they are durable.
     pub fn append_records(&self, partition: u32, first_lsn: u64, last_lsn: u64, bytes: &[u8]) {
+        self.append_records_from(partition, |payload| {
+            payload.extend_from_slice(bytes);
+            Some((first_lsn, last_lsn))
+        });
+    }
+
+    /// Adds records of `partition` that `copy` appends straight to the open chunk's payload
+    /// (no copy in between), returning their first and last LSN; `None`: there were none.
+    pub fn append_records_from(
+        &self,
+        partition: u32,
+        copy: impl FnOnce(&mut Vec<u8>) -> Option<(u64, u64)>,
+    ) {
         let mut state = self.state.borrow_mut();
-        encode_records(&mut state.payload, partition, first_lsn, bytes);
+        let at = state.payload.len();
+        // The header's LSN and length are known once the records are in.
+        state.payload.resize(at + ENTRY_HEADER_BYTES, 0);
+        let Some((first_lsn, last_lsn)) = copy(&mut state.payload) else {
+            state.payload.truncate(at);
+            return;
+        };
+        let len = state.payload.len() - at - ENTRY_HEADER_BYTES;
+        let header = entry_header(ENTRY_RECORDS, partition, first_lsn, len);
+        state.payload[at..at + ENTRY_HEADER_BYTES].copy_from_slice(header.as_bytes());
         state
             .payload_lsns
             .entry(partition)

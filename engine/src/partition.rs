@@ -529,10 +529,7 @@ impl<S: Storage> Partition<S> {
                 .set(self.file_flush_target.get().max(last));
             return;
         }
-        let mut out = Vec::with_capacity(bytes);
-        if let Some((first, last)) = wal.copy_unjournaled(&mut out) {
-            journal.append_records(self.id, first, last, &out);
-        }
+        journal.append_records_from(self.id, |payload| wal.copy_unjournaled(payload));
     }
 
     /// Poisons the shard and stops its journal, which wakes the waiters of every partition

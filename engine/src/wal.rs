@@ -688,8 +688,7 @@ impl<S: Storage> Wal<S> {
             return None;
         }
         let first_lsn = self.journal_cursor.0 + 1;
-        let groups: Vec<(usize, usize)> = self.unjournaled_groups().collect();
-        for (index, from) in groups {
+        for (index, from) in self.unjournaled_groups() {
             let group = &self.staged[index];
             let buffer = group
                 .bytes

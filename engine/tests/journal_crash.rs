@@ -21,7 +21,7 @@ use coregrid_engine::constants::SEGMENT_BYTES_MIN;
 use coregrid_engine::journal::{self, Journal, JOURNAL_BLOCK_BYTES};
 use coregrid_engine::partition::{replay_journal_entries, PartitionConfig, ShardState};
 use coregrid_engine::rt;
-use coregrid_engine::sim::{CrashMode, SimDisk};
+use coregrid_engine::sim::SimDisk;
 use coregrid_engine::{EngineError, Partition};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -241,18 +241,15 @@ fn the_journal_loses_no_acknowledged_put_and_revives_no_cut_one_at_any_sync() {
             "too few journal chunks to retire slots: {}",
             run.journal_writes
         );
-        recover_and_check(&clean.crash(CrashMode::LoseUnsynced), &run, "clean run").await;
-
-        let crash_at = common::crash_at_every_sync(
+        common::check_every_crash(
+            &clean,
+            run,
             sync_points,
+            sync_points - 2,
             seed,
             |disk| async move { workload(&disk).await },
             |disk, run, what| async move { recover_and_check(&disk, &run, &what).await },
         )
         .await;
-        assert!(
-            crash_at > sync_points - 3,
-            "only {crash_at} of ~{sync_points} sync points were reached"
-        );
     });
 }

@@ -95,6 +95,34 @@ pub fn crash_modes(seed: u64) -> [CrashMode; 4] {
     ]
 }
 
+/// The whole crash check of a workload: `check` first gets the clean run's disk after a power
+/// cut (unsynced sectors lost), then every crashed disk of [`crash_at_every_sync`]; the crash
+/// points reached must be at least `covered_min` of the clean run's `syncs`.
+pub async fn check_every_crash<R, W, C>(
+    clean: &SimDisk,
+    clean_run: R,
+    syncs: u64,
+    covered_min: u64,
+    seed: u64,
+    workload: impl Fn(SimDisk) -> W,
+    check: impl Fn(SimDisk, Rc<R>, String) -> C,
+) where
+    W: Future<Output = R>,
+    C: Future<Output = ()>,
+{
+    check(
+        clean.crash(CrashMode::LoseUnsynced),
+        Rc::new(clean_run),
+        "clean run".to_string(),
+    )
+    .await;
+    let crash_at = crash_at_every_sync(syncs, seed, workload, check).await;
+    assert!(
+        crash_at >= covered_min,
+        "only {crash_at} of ~{syncs} sync points were reached"
+    );
+}
+
 /// Runs `workload` on fresh disks that lose power at sync 1, 2, ... and hands each crashed
 /// disk, under every one of [`crash_modes`], to `check` with the run's outcome and a
 /// description. Scheduling is not fully deterministic (time slices, automatic snapshots), so

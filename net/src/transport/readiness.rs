@@ -189,17 +189,18 @@ impl Slots {
     /// operation runs and reports what it finds).
     fn may_be_ready(&mut self, token: u64, direction: Direction) -> bool {
         self.slot(token).is_none_or(|slot| match direction {
-            Direction::Read => slot.read_ready || slot.read_closed,
-            Direction::Write => slot.write_ready || slot.write_closed,
+            Direction::Read => slot.read_ready,
+            Direction::Write => slot.write_ready,
         })
     }
 
-    /// Notes that `token`'s socket is not ready for `direction` until its next event.
+    /// Notes that `token`'s socket is not ready for `direction` until its next event, unless
+    /// it is closed that way for good.
     fn not_ready(&mut self, token: u64, direction: Direction) {
         if let Some(slot) = self.slot(token) {
             match direction {
-                Direction::Read => slot.read_ready = false,
-                Direction::Write => slot.write_ready = false,
+                Direction::Read => slot.read_ready = slot.read_closed,
+                Direction::Write => slot.write_ready = slot.write_closed,
             }
         }
     }
@@ -703,6 +704,22 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 0))
     }
 
+    /// Runs `serve` on a new thread's executor with a listener bound on loopback; returns the
+    /// listener's address and the thread.
+    fn serve_on_thread<T: Send + 'static, Fut: std::future::Future<Output = T> + 'static>(
+        serve: impl FnOnce(Listener) -> Fut + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<T>) {
+        let (address_out, address_in) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            on_executor(async move {
+                let listener = Listener::bind(loopback()).unwrap();
+                address_out.send(listener.local_addr()).unwrap();
+                serve(listener).await
+            })
+        });
+        (address_in.recv().unwrap(), server)
+    }
+
     /// Accepts connections and echoes every byte back, each connection on its own task.
     fn echo_server(listener: Listener) {
         glommio::spawn_local(async move {
@@ -755,34 +772,29 @@ mod tests {
         // drained by the last read), and try once when the request is there; each answer is
         // one `send`. Without the readiness flags a read tried three times.
         const ROUNDS: u64 = 300;
-        let (address_out, address_in) = std::sync::mpsc::channel();
-        let server = std::thread::spawn(move || {
-            on_executor(async move {
-                let listener = Listener::bind(loopback()).unwrap();
-                address_out.send(listener.local_addr()).unwrap();
-                let poller = Poller::current().unwrap();
-                let (mut reader, mut writer) = listener.accept().await.unwrap().into_halves();
-                let tries = poller.tries.get();
-                // Room for more than a request, as a frame decoder's buffer has.
-                let mut buffer = [0u8; 4096];
-                for _ in 0..ROUNDS {
-                    let mut received = 0;
-                    while received < 64 {
-                        let count = reader.read(&mut buffer[received..], Some(TIMEOUT)).await;
-                        let count = count.expect("read");
-                        assert_ne!(count, 0, "the client closed early");
-                        received += count;
-                    }
-                    assert_eq!(received, 64, "one request at a time");
-                    writer
-                        .write_all(&buffer[..64], Some(TIMEOUT))
-                        .await
-                        .unwrap();
+        let (address, server) = serve_on_thread(|listener| async move {
+            let poller = Poller::current().unwrap();
+            let (mut reader, mut writer) = listener.accept().await.unwrap().into_halves();
+            let tries = poller.tries.get();
+            // Room for more than a request, as a frame decoder's buffer has.
+            let mut buffer = [0u8; 4096];
+            for _ in 0..ROUNDS {
+                let mut received = 0;
+                while received < 64 {
+                    let count = reader.read(&mut buffer[received..], Some(TIMEOUT)).await;
+                    let count = count.expect("read");
+                    assert_ne!(count, 0, "the client closed early");
+                    received += count;
                 }
-                poller.tries.get() - tries
-            })
+                assert_eq!(received, 64, "one request at a time");
+                writer
+                    .write_all(&buffer[..64], Some(TIMEOUT))
+                    .await
+                    .unwrap();
+            }
+            poller.tries.get() - tries
         });
-        let mut stream = std::net::TcpStream::connect(address_in.recv().unwrap()).unwrap();
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         for round in 0..ROUNDS {
             // A pause, so that the shard's read is waiting when the request comes (the shape
@@ -810,29 +822,32 @@ mod tests {
         // may report both: the read that takes the bytes is short, and no edge follows for
         // the FIN. The next read must still see the end of the stream.
         for round in 0..20 {
-            let (address_out, address_in) = std::sync::mpsc::channel();
             let (waiting_out, waiting_in) = std::sync::mpsc::channel();
-            let server = std::thread::spawn(move || {
-                on_executor(async move {
-                    let listener = Listener::bind(loopback()).unwrap();
-                    address_out.send(listener.local_addr()).unwrap();
-                    let (mut reader, _writer) = listener.accept().await.unwrap().into_halves();
-                    let mut buffer = [0u8; 4096];
-                    let reading = glommio::spawn_local(async move {
-                        let first = reader.read(&mut buffer, Some(TIMEOUT)).await;
-                        let second = reader.read(&mut buffer, Some(TIMEOUT)).await;
-                        (
-                            first.map_err(|e| e.to_string()),
-                            second.map_err(|e| e.to_string()),
-                        )
-                    });
-                    // The read has tried once and waits: the peer may send.
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                    waiting_out.send(()).unwrap();
-                    reading.await
-                })
+            let (address, server) = serve_on_thread(move |listener| async move {
+                let poller = Poller::current().unwrap();
+                let (mut reader, _writer) = listener.accept().await.unwrap().into_halves();
+                let mut buffer = [0u8; 4096];
+                let reading = glommio::spawn_local(async move {
+                    let first = reader.read(&mut buffer, Some(TIMEOUT)).await;
+                    let second = reader.read(&mut buffer, Some(TIMEOUT)).await;
+                    (
+                        first.map_err(|e| e.to_string()),
+                        second.map_err(|e| e.to_string()),
+                    )
+                });
+                // Once the read has tried and waits, the peer may send.
+                let deadline = std::time::Instant::now() + TIMEOUT;
+                while poller.slots.borrow().waiters == 0 {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the read never waited"
+                    );
+                    glommio::timer::sleep(Duration::from_micros(50)).await;
+                }
+                waiting_out.send(()).unwrap();
+                reading.await
             });
-            let mut stream = std::net::TcpStream::connect(address_in.recv().unwrap()).unwrap();
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
             waiting_in.recv().unwrap();
             stream.write_all(b"last bytes").unwrap();
             stream.shutdown(std::net::Shutdown::Write).unwrap();
@@ -846,22 +861,17 @@ mod tests {
     fn echoes_through_busy_and_quiet_periods() {
         // Clients are plain threads with blocking sockets, so the shard is quiet whenever they
         // pause: its waits must then end through the watcher thread.
-        let (address_out, address_in) = std::sync::mpsc::channel();
-        let server = std::thread::spawn(move || {
-            on_executor(async move {
-                let listener = Listener::bind(loopback()).unwrap();
-                address_out.send(listener.local_addr()).unwrap();
-                let poller = Poller::current().unwrap();
-                echo_server(listener);
-                // Serves until the clients are done: they connect to this one to say so.
-                let stop = Listener::bind(loopback()).unwrap();
-                address_out.send(stop.local_addr()).unwrap();
-                let _last = stop.accept().await.unwrap();
-                poller.handovers.get()
-            })
+        let (stop_out, stop_in) = std::sync::mpsc::channel();
+        let (address, server) = serve_on_thread(move |listener| async move {
+            let poller = Poller::current().unwrap();
+            echo_server(listener);
+            // Serves until the clients are done: they connect to this one to say so.
+            let stop = Listener::bind(loopback()).unwrap();
+            stop_out.send(stop.local_addr()).unwrap();
+            let _last = stop.accept().await.unwrap();
+            poller.handovers.get()
         });
-        let address = address_in.recv().unwrap();
-        let stop = address_in.recv().unwrap();
+        let stop = stop_in.recv().unwrap();
         let clients: Vec<_> = (0..16u8)
             .map(|client| {
                 std::thread::spawn(move || {
