@@ -584,7 +584,7 @@ impl<'a> Operation<'a> {
                     out.extend_from_slice(&window.forgotten_up_to.unwrap_or(0).to_le_bytes());
                     out.extend_from_slice(&window.last_lsn.to_le_bytes());
                     out.extend_from_slice(&(window.applied.len() as u32).to_le_bytes());
-                    for (sequence, (lsn, hlc)) in &window.applied {
+                    for (sequence, (lsn, hlc)) in window.applied.iter() {
                         out.extend_from_slice(&sequence.to_le_bytes());
                         out.extend_from_slice(&lsn.to_le_bytes());
                         out.extend_from_slice(&hlc.to_le_bytes());
@@ -690,7 +690,7 @@ impl<'a> Operation<'a> {
                         return Err(RecordError::MalformedBody);
                     }
                     let mut window = ClientWindow {
-                        applied: std::collections::BTreeMap::new(),
+                        applied: Default::default(),
                         forgotten_up_to: forgotten,
                         last_lsn,
                     };
@@ -701,8 +701,8 @@ impl<'a> Operation<'a> {
                         // Written in ascending order; anything else was not written by us.
                         if window
                             .applied
-                            .last_key_value()
-                            .is_some_and(|(last, _)| *last >= sequence)
+                            .last()
+                            .is_some_and(|(last, _)| last >= sequence)
                         {
                             return Err(RecordError::MalformedBody);
                         }

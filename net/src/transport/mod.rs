@@ -33,7 +33,6 @@ use crate::error::FrameError;
 use crate::kind::ChannelKind;
 use glommio::net::UdpSocket;
 use readiness::{Direction, Registered};
-use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -73,20 +72,6 @@ impl TransportError {
             TransportError::Io(error) => error,
         }
     }
-}
-
-/// Runs `future` for at most `duration`, on the shard's timer.
-async fn with_timeout<T>(
-    duration: Duration,
-    future: impl Future<Output = io::Result<T>>,
-) -> Result<T, TransportError> {
-    glommio::timer::timeout(duration, async { future.await.map_err(Into::into) })
-        .await
-        .map_err(|error| match error {
-            glommio::GlommioError::TimedOut(_) => TransportError::TimedOut(duration),
-            glommio::GlommioError::IoError(error) => TransportError::Io(error),
-            other => TransportError::Io(io::Error::other(other.to_string())),
-        })
 }
 
 /// A listening TCP socket on the current shard.
