@@ -12,13 +12,6 @@ use std::path::PathBuf;
 mod cli;
 mod node;
 
-/// mimalloc, not the system allocator: the node's put path allocates a few small buffers a
-/// request (the request's key and value, answer frames, index entries), and glibc's malloc and
-/// free were 10-11% of a busy shard's CPU at 64 clients (session 19, perf); with mimalloc they
-/// are 4-5%. Only the binary chooses: the libraries leave the allocator to whoever embeds them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// coregrid: a partitioned key-value storage engine.
 #[derive(Parser, Debug)]
 #[command(name = "coregrid", version, about)]

@@ -22,7 +22,9 @@
 //! **Deadlines.** A wait with a timeout leaves its deadline in the slot beside its waker; the
 //! driver wakes every waiter whose deadline has come, once per turn that reaches the earliest
 //! one, and the wait then ends with [`TransportError::TimedOut`]. A quiet shard's watcher
-//! sleeps no later than the earliest deadline. No glommio timer is made per wait (session 19:
+//! sleeps no later than the earliest deadline; a wait registered while it sleeps (by a task a
+//! timer or a channel woke) with an earlier deadline nudges it through an eventfd, and the
+//! driver hands the set over again with that deadline. No glommio timer is made per wait (session 19:
 //! a timer per request read was 6-8% of a busy shard's CPU, in clock reads, timer-map inserts
 //! and removals and the reactor's scan of the map every turn).
 //!
@@ -127,6 +129,10 @@ impl Slots {
         slot.write_ready = true;
         slot.read_closed = false;
         slot.write_closed = false;
+        slot.read_deadline = None;
+        slot.write_deadline = None;
+        slot.read_expired = false;
+        slot.write_expired = false;
         self.live += 1;
         token(index, slot.generation)
     }
@@ -326,6 +332,10 @@ pub(super) struct Poller {
     watcher: RefCell<Option<Watcher>>,
     /// Times the driver handed the set to the watcher (the quiet path).
     handovers: Cell<u64>,
+    /// While the set is with the watcher: the deadline it sleeps until (`Some(None)`: none).
+    /// A wait with an earlier deadline, registered meanwhile (by a task woken by a timer or a
+    /// channel), nudges the watcher, so that the driver hands the set over again with it.
+    handed_until: Cell<Option<Option<Instant>>>,
     /// Socket operations that moved bytes (or a connection): a shard that just wrote an
     /// answer is about to read the next request, so the spin counts from its last operation
     /// as well as from its last event.
@@ -358,6 +368,7 @@ impl Poller {
                 failed: Cell::new(None),
                 watcher: RefCell::new(None),
                 handovers: Cell::new(0),
+                handed_until: Cell::new(None),
                 operations: Cell::new(0),
                 tries: Cell::new(0),
             });
@@ -410,6 +421,14 @@ impl Poller {
         }
         if let Some(driver) = self.driver_parked.borrow_mut().take() {
             driver.wake();
+        }
+        if let (Some(deadline), Some(until)) = (deadline, self.handed_until.get()) {
+            if until.is_none_or(|until| deadline < until) {
+                self.handed_until.set(Some(Some(deadline)));
+                if let Some(watcher) = self.watcher.borrow().as_ref() {
+                    watcher.nudge();
+                }
+            }
         }
         if !self.driving.replace(true) {
             glommio::spawn_local(drive(self.clone())).detach();
@@ -534,12 +553,14 @@ async fn drive(poller: Rc<Poller>) {
             match poller.watcher() {
                 Ok(mut watcher) => {
                     watcher.watch(context.waker().clone(), until);
+                    poller.handed_until.set(Some(until));
                     Poll::Pending
                 }
                 Err(error) => Poll::Ready(Err(error)),
             }
         })
         .await;
+        poller.handed_until.set(None);
         if watched.is_err() {
             // No thread to watch with: keep polling, at a cost in CPU, rather than stall.
             next_turn().await;
@@ -565,6 +586,8 @@ struct WatchShared {
     handed: Condvar,
     /// Written to stop the thread out of `poll`.
     stop_fd: OwnedFd,
+    /// Written to end the thread's `poll` early (a deadline earlier than its timeout came).
+    nudge_fd: OwnedFd,
 }
 
 #[derive(Default)]
@@ -578,10 +601,12 @@ struct WatchState {
 impl Watcher {
     fn start(epoll: Arc<Epoll>) -> io::Result<Watcher> {
         let stop_fd = eventfd(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let nudge_fd = eventfd(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let shared = Arc::new(WatchShared {
             state: Mutex::new(WatchState::default()),
             handed: Condvar::new(),
             stop_fd,
+            nudge_fd,
         });
         let thread = std::thread::Builder::new()
             .name("coregrid-readiness".into())
@@ -601,6 +626,14 @@ impl Watcher {
         state.waker = Some(waker);
         state.until = until;
         self.shared.handed.notify_one();
+    }
+
+    /// Ends the thread's current sleep: it wakes the driver, which hands the set over again
+    /// with the deadline that is now the earliest.
+    fn nudge(&self) {
+        let one = 1u64.to_ne_bytes();
+        // Fails only if the counter would overflow, which the drain after each poll prevents.
+        let _ = nix::unistd::write(self.shared.nudge_fd.as_raw_fd(), &one);
     }
 
     fn stop(mut self) {
@@ -643,13 +676,18 @@ fn watch(epoll: &Epoll, shared: &WatchShared) {
         let mut fds = [
             PollFd::new(&epoll.0, PollFlags::POLLIN),
             PollFd::new(&shared.stop_fd, PollFlags::POLLIN),
+            PollFd::new(&shared.nudge_fd, PollFlags::POLLIN),
         ];
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => {
-                // Cannot happen with two valid descriptors; wake the driver, which polls.
+                // Cannot happen with valid descriptors; wake the driver, which polls.
             }
         }
+        // Reset the nudge (a read of a non-blocking eventfd that was not written fails with
+        // EAGAIN, which is fine).
+        let mut counter = [0u8; 8];
+        let _ = nix::unistd::read(shared.nudge_fd.as_raw_fd(), &mut counter);
         let waker = {
             let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.stop {
@@ -1115,6 +1153,34 @@ mod tests {
                 Poller::current().unwrap().handovers.get() > handovers,
                 "the quiet wait never went to the watcher"
             );
+            // A wait registered while the set is with the watcher, by a task a timer woke,
+            // whose deadline is earlier than the one the watcher sleeps until (the only other
+            // wait is a read without a timeout; older deadlines of ended waits may linger).
+            let (other_client, other_server) = connected_pair().await;
+            let (mut other_reader, _other_writer) = other_server.into_halves();
+            let waiting = glommio::spawn_local(async move {
+                let mut buffer = [0u8; 16];
+                let read = other_reader.read(&mut buffer, None).await;
+                drop(read);
+            });
+            let handovers = Poller::current().unwrap().handovers.get();
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            let sleeps_past = |poller: &Poller| {
+                poller.handed_until.get().is_some_and(|until| {
+                    until.is_none_or(|until| until > std::time::Instant::now() + SHORT * 2)
+                })
+            };
+            while !sleeps_past(&Poller::current().unwrap()) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the set never went to a watcher sleeping past the next deadline"
+                );
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(Poller::current().unwrap().handovers.get() > handovers);
+            expires_on_time(&mut reader, SHORT, "registered while handed over").await;
+            drop(other_client);
+            waiting.await;
             // The next wait has a long deadline and gets the bytes that come after the short
             // one expired.
             let writing = glommio::spawn_local(async move {
