@@ -24,9 +24,9 @@
 //! one, and the wait then ends with [`TransportError::TimedOut`]. A quiet shard's watcher
 //! sleeps no later than the earliest deadline; a wait registered while it sleeps (by a task a
 //! timer or a channel woke) with an earlier deadline nudges it through an eventfd, and the
-//! driver hands the set over again with that deadline. No glommio timer is made per wait (session 19:
-//! a timer per request read was 6-8% of a busy shard's CPU, in clock reads, timer-map inserts
-//! and removals and the reactor's scan of the map every turn).
+//! driver hands the set over again with that deadline. No glommio timer is made per wait
+//! (session 19: a timer per request read was 6-8% of a busy shard's CPU, in clock reads,
+//! timer-map inserts and removals and the reactor's scan of the map every turn).
 //!
 //! **Known not ready.** Each slot remembers, per direction, whether the socket may be ready: set
 //! by every event of the set that says so, cleared when an operation would block, and cleared
@@ -74,30 +74,54 @@ pub(super) enum Direction {
     Write,
 }
 
+/// One direction of a socket's slot: its waiting task and what the set knows of the socket
+/// that way.
+#[derive(Debug, Default)]
+struct Half {
+    waker: Option<Waker>,
+    /// The socket may be ready this way (see the module docs, "Known not ready").
+    ready: bool,
+    /// An event reported this way closed, so it stays ready for good. Reading: an end of
+    /// stream, a hang-up or an error (the data before the end may be read by a short `recv`,
+    /// after which no edge comes again). Writing: a hang-up or an error.
+    closed: bool,
+    /// When the waiter's wait ends in a timeout (`None`: it waits as long as it takes).
+    deadline: Option<Instant>,
+    /// The waiter was woken by its deadline (taken by the wait, cleared by the next).
+    expired: bool,
+}
+
+impl Half {
+    /// A new socket's: ready until an operation finds otherwise.
+    fn open() -> Half {
+        Half {
+            ready: true,
+            ..Half::default()
+        }
+    }
+
+    /// An event says the socket is ready this way: the waker to wake, if a task waits.
+    fn woken(&mut self) -> Option<Waker> {
+        self.ready = true;
+        self.waker.take()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     generation: u32,
     live: bool,
-    read: Option<Waker>,
-    write: Option<Waker>,
-    /// The socket may be ready to read (see the module docs, "Known not ready").
-    read_ready: bool,
-    /// The socket may be ready to write.
-    write_ready: bool,
-    /// An event reported the end of the stream, a hang-up or an error: the socket stays ready
-    /// to read for good (the data before the end may be read by a short `recv`, after which
-    /// no edge comes again).
-    read_closed: bool,
-    /// An event reported a hang-up or an error: ready to write for good.
-    write_closed: bool,
-    /// When the read waiter's wait ends in a timeout (`None`: it waits as long as it takes).
-    read_deadline: Option<Instant>,
-    /// When the write waiter's wait ends in a timeout.
-    write_deadline: Option<Instant>,
-    /// The read waiter was woken by its deadline (taken by the wait, cleared by the next).
-    read_expired: bool,
-    /// The write waiter was woken by its deadline.
-    write_expired: bool,
+    read: Half,
+    write: Half,
+}
+
+impl Slot {
+    fn half(&mut self, direction: Direction) -> &mut Half {
+        match direction {
+            Direction::Read => &mut self.read,
+            Direction::Write => &mut self.write,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -125,14 +149,8 @@ impl Slots {
         let slot = &mut self.entries[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
         slot.live = true;
-        slot.read_ready = true;
-        slot.write_ready = true;
-        slot.read_closed = false;
-        slot.write_closed = false;
-        slot.read_deadline = None;
-        slot.write_deadline = None;
-        slot.read_expired = false;
-        slot.write_expired = false;
+        slot.read = Half::open();
+        slot.write = Half::open();
         self.live += 1;
         token(index, slot.generation)
     }
@@ -148,8 +166,8 @@ impl Slots {
         let mut dropped = 0;
         if let Some(slot) = self.slot(token) {
             slot.live = false;
-            dropped += usize::from(slot.read.take().is_some());
-            dropped += usize::from(slot.write.take().is_some());
+            dropped += usize::from(slot.read.waker.take().is_some());
+            dropped += usize::from(slot.write.waker.take().is_some());
             self.free.push(untoken(token).0);
             self.live -= 1;
         }
@@ -168,27 +186,16 @@ impl Slots {
         let Some(slot) = self.slot(token) else {
             return false;
         };
-        let (place, slot_deadline, expired) = match direction {
-            Direction::Read => (
-                &mut slot.read,
-                &mut slot.read_deadline,
-                &mut slot.read_expired,
-            ),
-            Direction::Write => (
-                &mut slot.write,
-                &mut slot.write_deadline,
-                &mut slot.write_expired,
-            ),
-        };
-        *slot_deadline = deadline;
-        *expired = false;
-        let added = match place {
+        let half = slot.half(direction);
+        half.deadline = deadline;
+        half.expired = false;
+        let added = match &mut half.waker {
             Some(current) if current.will_wake(waker) => false,
             Some(current) => {
                 current.clone_from(waker);
                 false
             }
-            None => {
+            place @ None => {
                 *place = Some(waker.clone());
                 true
             }
@@ -211,21 +218,18 @@ impl Slots {
         let Some(slot) = self.slot(token) else {
             return;
         };
-        slot.read_closed |= flags.intersects(read_closed);
-        slot.write_closed |= flags.intersects(write_closed);
+        slot.read.closed |= flags.intersects(read_closed);
+        slot.write.closed |= flags.intersects(write_closed);
         let mut taken = 0;
-        if flags.intersects(readable) {
-            slot.read_ready = true;
-            if let Some(waker) = slot.read.take() {
-                woken.push(waker);
-                taken += 1;
-            }
-        }
-        if flags.intersects(writable) {
-            slot.write_ready = true;
-            if let Some(waker) = slot.write.take() {
-                woken.push(waker);
-                taken += 1;
+        for (half, now_ready) in [
+            (&mut slot.read, flags.intersects(readable)),
+            (&mut slot.write, flags.intersects(writable)),
+        ] {
+            if now_ready {
+                if let Some(waker) = half.woken() {
+                    woken.push(waker);
+                    taken += 1;
+                }
             }
         }
         self.waiters -= taken;
@@ -234,29 +238,23 @@ impl Slots {
     /// Whether `token`'s socket may be ready for `direction` (a slot gone: yes, so that the
     /// operation runs and reports what it finds).
     fn may_be_ready(&mut self, token: u64, direction: Direction) -> bool {
-        self.slot(token).is_none_or(|slot| match direction {
-            Direction::Read => slot.read_ready,
-            Direction::Write => slot.write_ready,
-        })
+        self.slot(token)
+            .is_none_or(|slot| slot.half(direction).ready)
     }
 
     /// Notes that `token`'s socket is not ready for `direction` until its next event, unless
     /// it is closed that way for good.
     fn not_ready(&mut self, token: u64, direction: Direction) {
         if let Some(slot) = self.slot(token) {
-            match direction {
-                Direction::Read => slot.read_ready = slot.read_closed,
-                Direction::Write => slot.write_ready = slot.write_closed,
-            }
+            let half = slot.half(direction);
+            half.ready = half.closed;
         }
     }
 
     /// Whether the wait for `direction` on `token` was ended by its deadline; clears it.
     fn take_expired(&mut self, token: u64, direction: Direction) -> bool {
-        self.slot(token).is_some_and(|slot| match direction {
-            Direction::Read => std::mem::take(&mut slot.read_expired),
-            Direction::Write => std::mem::take(&mut slot.write_expired),
-        })
+        self.slot(token)
+            .is_some_and(|slot| std::mem::take(&mut slot.half(direction).expired))
     }
 
     /// Wakes every waiter whose deadline is not after `now`, marking it expired, once the
@@ -269,25 +267,14 @@ impl Slots {
         let mut next: Option<Instant> = None;
         let mut taken = 0;
         for slot in self.entries.iter_mut().filter(|slot| slot.live) {
-            for (waiter, deadline, expired) in [
-                (
-                    &mut slot.read,
-                    &mut slot.read_deadline,
-                    &mut slot.read_expired,
-                ),
-                (
-                    &mut slot.write,
-                    &mut slot.write_deadline,
-                    &mut slot.write_expired,
-                ),
-            ] {
-                let (Some(_), Some(due)) = (waiter.as_ref(), *deadline) else {
+            for half in [&mut slot.read, &mut slot.write] {
+                let (Some(_), Some(due)) = (half.waker.as_ref(), half.deadline) else {
                     continue;
                 };
                 if due <= now {
-                    woken.extend(waiter.take());
-                    *deadline = None;
-                    *expired = true;
+                    woken.extend(half.waker.take());
+                    half.deadline = None;
+                    half.expired = true;
                     taken += 1;
                 } else if next.is_none_or(|next| due < next) {
                     next = Some(due);
@@ -300,10 +287,8 @@ impl Slots {
 
     fn wake_all(&mut self, woken: &mut Vec<Waker>) {
         for slot in &mut self.entries {
-            slot.read_ready = true;
-            slot.write_ready = true;
-            woken.extend(slot.read.take());
-            woken.extend(slot.write.take());
+            woken.extend(slot.read.woken());
+            woken.extend(slot.write.woken());
         }
         self.waiters = 0;
     }
