@@ -9,6 +9,8 @@
 //! lost, kept, or torn by a seed) the partitions reopen, the journal is read and replayed into
 //! them, and every acknowledged put must be there with its value and its revision.
 //!
+//! The workload ends as the engine's shutdown does: partitions closed, then the journal.
+//!
 //! Partition 1 is cut back mid-run (`truncate_after`, as a deposed leader is): its records
 //! after the cut were journaled and must never come back, so its cut keys must be absent
 //! after recovery unless written again after the cut.
@@ -170,9 +172,14 @@ async fn workload(disk: &SimDisk) -> Run {
     }
     let cut = cut.await;
     run.journal_writes = journal.stats().writes;
+    // As the engine shuts a shard down: its partitions first (their logs made durable), then
+    // the journal (its writes in flight waited for, its slot files closed). The clean run's
+    // check then recovers a journal closed this way; the close makes no sync of its own, so
+    // it adds no crash point.
     for partition in partitions.values() {
         let _ = partition.close().await;
     }
+    let _ = journal.close().await;
     run.acked = acked.take();
     let (cut, removed) = cut.unwrap_or_default();
     run.removed = removed;
