@@ -12,7 +12,8 @@
 //!   state (every record the follower had stays) or exactly the new one, never a mix; also
 //!   when the follower's writes were acknowledged from a shard journal, whose records of the
 //!   replaced log the install's journal barrier keeps from being replayed over the snapshot
-//!   (without the barrier, recovery replays them and fails in 4 of 6 seeds tried).
+//!   (without the barrier, recovery replays them and fails in 4 of 6 random seeds tried, and
+//!   always with the pinned one).
 
 mod common;
 
@@ -381,7 +382,7 @@ async fn write_as_follower(follower: &Follower, past_lsn: u64) {
 #[test]
 fn a_power_cut_during_an_install_leaves_the_old_state_or_the_new() {
     power_cut_during_an_install(
-        "a_power_cut_during_an_install_leaves_the_old_state_or_the_new",
+        seed("a_power_cut_during_an_install_leaves_the_old_state_or_the_new"),
         false,
     );
 }
@@ -392,14 +393,13 @@ fn a_power_cut_during_an_install_leaves_the_old_state_or_the_new() {
 /// snapshot.
 #[test]
 fn a_power_cut_during_an_install_under_a_journal_leaves_the_old_state_or_the_new() {
-    power_cut_during_an_install(
-        "a_power_cut_during_an_install_under_a_journal_leaves_the_old_state_or_the_new",
-        true,
-    );
+    let name = "a_power_cut_during_an_install_under_a_journal_leaves_the_old_state_or_the_new";
+    power_cut_during_an_install(seed(name), true);
+    // Pinned: a seed whose run fails without the barrier (a random one does 4 times in 6).
+    power_cut_during_an_install(14301633657852195903, true);
 }
 
-fn power_cut_during_an_install(name: &str, journaled: bool) {
-    let seed = seed(name);
+fn power_cut_during_an_install(seed: u64, journaled: bool) {
     rt::run_local(|| async move {
         let mut rng = StdRng::seed_from_u64(seed);
         let leader = open(&SimDisk::new(), config()).await.unwrap();
