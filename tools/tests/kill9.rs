@@ -4,13 +4,14 @@
 //! Twenty rounds on one data directory: start `coregrid-torture write`, let it acknowledge a
 //! round-specific number of writes, SIGKILL it, then run `coregrid-torture verify` over every
 //! acknowledgement of every round so far, with a shard count drawn apart from the writer's (a
-//! verifier on another count replays the shard journals the killed writer's shards left). Rounds vary the load so that kills land in different
-//! places: many writers on small values (mid group commit), 64 KiB values over the smallest
-//! segment size (segment rolls), tiny snapshot thresholds (snapshots and WAL pruning), several
-//! hundred writers on one shard (the pipelined group commit under high concurrency: a flush
-//! submitted before the previous one's writers wake, batches closing when filling them takes
-//! longer than a flush), and a few writers (single writes in flight). Finally the verifier must reject a forged acknowledgement,
-//! so a verifier that accepts anything cannot pass this test.
+//! verifier on another count replays the shard journals the killed writer's shards left).
+//! Rounds vary the load so that kills land in different places: many writers on small values
+//! (mid group commit), 64 KiB values over the smallest segment size (segment rolls), tiny
+//! snapshot thresholds (snapshots and WAL pruning), several hundred writers on one shard (the
+//! pipelined group commit under high concurrency: a flush submitted before the previous one's
+//! writers wake, batches closing when filling them takes longer than a flush), and a few
+//! writers (single writes in flight). Finally the verifier must reject a forged
+//! acknowledgement, so a verifier that accepts anything cannot pass this test.
 //!
 //! The seed is printed; `COREGRID_SEED=<seed>` replays the same rounds (the kill points are
 //! counted in acknowledgements, so a replay is close but not identical in time).

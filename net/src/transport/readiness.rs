@@ -45,8 +45,9 @@
 //! has sockets, started on first need) and stops polling. The watcher sleeps in `poll(2)` on
 //! the epoll descriptor, which reports readiness without taking any event off the set, and
 //! wakes the driver through glommio's cross-thread waker (an eventfd write only if the
-//! executor sleeps), then sleeps until handed the set again. A busy shard never hands it over, so the watcher costs nothing under load;
-//! a quiet shard pays one thread wake-up more for its first request.
+//! executor sleeps), then sleeps until handed the set again. A busy shard never hands it
+//! over, so the watcher costs nothing under load; a quiet shard pays one thread wake-up more
+//! for its first request.
 
 use super::TransportError;
 use crate::constants::READINESS_SPIN;
@@ -1167,7 +1168,9 @@ mod tests {
             drop(other_client);
             waiting.await;
             // The next wait has a long deadline and gets the bytes that come after the short
-            // one expired.
+            // one expired. The writer runs only once the read waits (one thread); its pause is
+            // the workload's shape, turns of the driver while the long read waits, and no
+            // assertion depends on its length.
             let writing = glommio::spawn_local(async move {
                 glommio::timer::sleep(SHORT).await;
                 client_writer
